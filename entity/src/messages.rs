@@ -1,0 +1,32 @@
+//! `messages`: Messages in both directions, unique per (workspace, wamid).
+
+use sea_orm::entity::prelude::*;
+use serde::Serialize;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, Serialize)]
+#[sea_orm(table_name = "messages")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    pub workspace_id: i64,
+    pub conversation_id: i64,
+    pub direction: String,
+    pub wamid: String,
+    pub message_type: String,
+    #[sea_orm(column_type = "Text")]
+    pub content: Option<String>,
+    pub status: Option<String>,
+    #[sea_orm(column_type = "Text")]
+    pub status_error: Option<String>,
+    pub timestamp: DateTimeUtc,
+    #[sea_orm(column_type = "Text")]
+    pub metadata: String,
+    pub event_id: Option<i64>,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

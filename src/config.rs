@@ -1,0 +1,311 @@
+//! Layered configuration: `config/default.toml` (every default), then the file named by
+//! `WAHOOK_CONFIG`, then `DATABASE_URL`, then `WAHOOK_<SECTION>__<KEY>` environment variables.
+
+use std::{net::SocketAddr, path::Path};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+/// The defaults file, compiled in as a fallback for a binary run outside the source tree.
+const EMBEDDED_DEFAULTS: &str = include_str!("../config/default.toml");
+const DEFAULTS_PATH: &str = "config/default.toml";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub intake: IntakeConfig,
+    pub log: LogConfig,
+    #[serde(default)]
+    pub accounts: Vec<AccountConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub body_limit_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+    #[serde(default)]
+    pub schema: String,
+    pub sqlite_synchronous: SqliteSynchronous,
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    Off,
+    Normal,
+    Full,
+    Extra,
+}
+
+impl SqliteSynchronous {
+    pub fn pragma(self) -> &'static str {
+        match self {
+            Self::Off => "OFF",
+            Self::Normal => "NORMAL",
+            Self::Full => "FULL",
+            Self::Extra => "EXTRA",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct IntakeConfig {
+    pub batch_max: usize,
+    pub batch_wait_us: u64,
+    pub queue_capacity: usize,
+    pub retry_after_seconds: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct AccountConfig {
+    pub workspace: String,
+    pub phone_number_id: String,
+    pub display_phone_number: String,
+    #[serde(default)]
+    pub app_secret: Option<String>,
+    /// Name of an environment variable holding the app secret.
+    #[serde(default)]
+    pub app_secret_env: Option<String>,
+    pub verify_token: String,
+    #[serde(default)]
+    pub kapso_secret: Option<String>,
+    #[serde(default)]
+    pub agent: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(String),
+    #[error("configuration key `{key}` ({origin}): {message}")]
+    Invalid {
+        key: String,
+        origin: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads the layered configuration from the process environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::from_figment(Self::figment())
+    }
+
+    /// Only the defaults file: what tests and tools start from before changing fields.
+    pub fn defaults() -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(defaults_provider()))
+    }
+
+    fn figment() -> Figment {
+        let mut figment = Figment::from(defaults_provider());
+        if let Ok(path) = std::env::var("WAHOOK_CONFIG") {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL"])
+                    .map(|_| "database.url".into()),
+            )
+            // Every override has a section, so `__` separates them; this also keeps
+            // WAHOOK_CONFIG itself out of the tree.
+            .merge(
+                Env::prefixed("WAHOOK_")
+                    .filter(|k| k.as_str().contains("__"))
+                    .split("__"),
+            )
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(describe_errors)?;
+        config.validate(&figment)?;
+        Ok(config)
+    }
+
+    fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
+        let origin = |key: &str| {
+            figment
+                .find_metadata(key)
+                .map(|m| {
+                    m.source
+                        .as_ref()
+                        .map(|s| format!("file {s}"))
+                        .unwrap_or_else(|| m.name.to_string())
+                })
+                .unwrap_or_else(|| "defaults".into())
+        };
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.into(),
+            origin: origin(key),
+            message: message.into(),
+        };
+        if self.server.body_limit_bytes == 0 {
+            return Err(invalid("server.body_limit_bytes", "must be greater than 0"));
+        }
+        if self.database.url.trim().is_empty() {
+            return Err(invalid("database.url", "must not be empty"));
+        }
+        if !(self.database.url.starts_with("sqlite:") || self.database.url.starts_with("postgres"))
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with sqlite: or postgres:// (postgresql://)",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if self.intake.batch_max == 0 {
+            return Err(invalid("intake.batch_max", "must be at least 1"));
+        }
+        if self.intake.queue_capacity == 0 {
+            return Err(invalid("intake.queue_capacity", "must be at least 1"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, account) in self.accounts.iter().enumerate() {
+            let key = |field: &str| format!("accounts[{i}].{field}");
+            if account.phone_number_id.trim().is_empty() {
+                return Err(invalid(&key("phone_number_id"), "must not be empty"));
+            }
+            if !seen.insert(account.phone_number_id.as_str()) {
+                return Err(invalid(&key("phone_number_id"), "is declared twice"));
+            }
+            if account.workspace.trim().is_empty() {
+                return Err(invalid(&key("workspace"), "must not be empty"));
+            }
+            if account.verify_token.is_empty() {
+                return Err(invalid(&key("verify_token"), "must not be empty"));
+            }
+            if let Err(message) = account.resolve_app_secret() {
+                return Err(ConfigError::Invalid {
+                    key: key(if account.app_secret_env.is_some() {
+                        "app_secret_env"
+                    } else {
+                        "app_secret"
+                    }),
+                    origin: origin("accounts"),
+                    message,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML with every secret replaced.
+    pub fn redacted_toml(&self) -> String {
+        let mut copy = self.clone();
+        copy.database.url = redact_url(&copy.database.url);
+        for a in &mut copy.accounts {
+            for secret in [&mut a.app_secret, &mut a.kapso_secret] {
+                if secret.is_some() {
+                    *secret = Some("<redacted>".into());
+                }
+            }
+            a.verify_token = "<redacted>".into();
+        }
+        toml_string(&copy)
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.database.url.starts_with("postgres")
+    }
+}
+
+impl AccountConfig {
+    /// The app secret, from the file or from the environment variable it names.
+    pub fn resolve_app_secret(&self) -> Result<String, String> {
+        match (&self.app_secret, &self.app_secret_env) {
+            (Some(s), _) if !s.is_empty() => Ok(s.clone()),
+            (_, Some(var)) => match std::env::var(var) {
+                Ok(s) if !s.is_empty() => Ok(s),
+                _ => Err(format!("environment variable {var} is not set or empty")),
+            },
+            _ => Err("an account needs app_secret or app_secret_env".into()),
+        }
+    }
+}
+
+fn defaults_provider() -> figment::providers::Data<Toml> {
+    if Path::new(DEFAULTS_PATH).is_file() {
+        Toml::file_exact(DEFAULTS_PATH)
+    } else {
+        Toml::string(EMBEDDED_DEFAULTS)
+    }
+}
+
+/// One line per problem, each naming the key (`server.listen`) and where its value came from
+/// (the file, or the exact environment variable).
+fn describe_errors(errors: figment::Error) -> ConfigError {
+    let lines: Vec<String> = errors
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".").to_lowercase();
+            let origin = match &e.metadata {
+                Some(md) if md.name.contains("environment") => {
+                    if key == "database.url" && std::env::var_os("WAHOOK_DATABASE__URL").is_none() {
+                        "environment variable DATABASE_URL".to_string()
+                    } else {
+                        format!(
+                            "environment variable WAHOOK_{}",
+                            e.path.join("__").to_uppercase()
+                        )
+                    }
+                }
+                Some(md) => md
+                    .source
+                    .as_ref()
+                    .map(|s| format!("file {s}"))
+                    .unwrap_or_else(|| md.name.to_string()),
+                None => "configuration".to_string(),
+            };
+            if key.is_empty() {
+                format!("configuration ({origin}): {}", e.kind)
+            } else {
+                format!("configuration key `{key}` ({origin}): {}", e.kind)
+            }
+        })
+        .collect();
+    ConfigError::Load(lines.join("\n"))
+}
+
+/// Hides the password of a database URL.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:<redacted>{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn toml_string(config: &Config) -> String {
+    toml::to_string_pretty(config).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+}

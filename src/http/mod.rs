@@ -1,0 +1,72 @@
+//! The HTTP front: one router per resource file, merged here with the layers (body limit,
+//! request metrics by route template).
+
+mod health;
+mod webhooks;
+
+use std::{
+    sync::{Arc, RwLock},
+    time::Instant,
+};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request},
+    middleware::{self, Next},
+    response::Response,
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sea_orm::DatabaseConnection;
+
+use crate::{config::Config, metrics as m, store::accounts::Directory, store::inbox::Inbox};
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub config: Arc<Config>,
+    pub accounts: Arc<RwLock<Arc<Directory>>>,
+    pub inbox: Inbox,
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    /// The current account directory (a cheap `Arc` clone).
+    pub fn directory(&self) -> Arc<Directory> {
+        match self.accounts.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.server.body_limit_bytes;
+    Router::new()
+        .merge(health::router())
+        .merge(webhooks::router())
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(track_request))
+        .with_state(state)
+}
+
+/// OpenTelemetry's `http.server.request.duration`, labelled by route template (never a raw
+/// path, which could carry ids), method and status.
+async fn track_request(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let response = next.run(req).await;
+    metrics::histogram!(
+        m::HTTP_REQUEST_DURATION,
+        "http_route" => route,
+        "http_request_method" => method,
+        "http_response_status_code" => response.status().as_u16().to_string(),
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,354 @@
+//! `POST /webhooks/whatsapp` (Meta), `GET /webhooks/whatsapp` (Meta's handshake) and
+//! `POST /webhooks/kapso`.
+//!
+//! The order is fixed: raw bytes → the accounts the body names → their secret → HMAC over the
+//! raw bytes → append to the durable inbox → 200. Nothing is re-serialised before the HMAC.
+
+use std::collections::HashMap;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use chrono::Utc;
+use serde_json::json;
+
+use super::AppState;
+use crate::{
+    error::ApiError,
+    ingest::{self, Routing, signature},
+    metrics as m,
+    store::{
+        accounts::{Account, Directory},
+        inbox::{AppendError, AppendOutcome, EventStatus, NewEvent, Source},
+    },
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/webhooks/whatsapp", get(handshake).post(meta))
+        .route("/webhooks/kapso", axum::routing::post(kapso))
+}
+
+/// Headers worth keeping with the raw payload.
+const KEPT_HEADERS: &[&str] = &[
+    "content-type",
+    "user-agent",
+    "x-hub-signature-256",
+    "x-webhook-event",
+    "x-webhook-signature",
+    "x-idempotency-key",
+    "x-webhook-batch",
+    "x-batch-size",
+    "x-webhook-payload-version",
+];
+
+/// Meta's verification handshake: echo `hub.challenge` verbatim as text/plain when the token
+/// is some account's verify token.
+async fn handshake(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    // PHP-style `hub_mode` spellings are accepted too; they name the same parameters.
+    let param = |k: &str| q.get(k).or_else(|| q.get(&k.replace('.', "_")));
+    let (Some(mode), Some(token), Some(challenge)) = (
+        param("hub.mode"),
+        param("hub.verify_token"),
+        param("hub.challenge"),
+    ) else {
+        count(Source::Meta, "handshake_incomplete");
+        return ApiError::Forbidden("handshake_incomplete").into_response();
+    };
+    let known = state
+        .directory()
+        .iter()
+        .any(|a| signature::constant_time_eq(a.verify_token.as_bytes(), token.as_bytes()));
+    if mode != "subscribe" || !known {
+        count(Source::Meta, "handshake_refused");
+        tracing::warn!(
+            reason = "handshake_refused",
+            mode,
+            "verification handshake refused"
+        );
+        return ApiError::Forbidden("handshake_refused").into_response();
+    }
+    count(Source::Meta, "handshake_ok");
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        challenge.clone(),
+    )
+        .into_response()
+}
+
+async fn meta(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let correlation_id = uuid::Uuid::now_v7().to_string();
+    let result = accept_meta(&state, &headers, &body, &correlation_id).await;
+    respond(Source::Meta, result, &correlation_id)
+}
+
+async fn kapso(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let correlation_id = uuid::Uuid::now_v7().to_string();
+    let result = accept_kapso(&state, &headers, &body, &correlation_id).await;
+    respond(Source::Kapso, result, &correlation_id)
+}
+
+/// The accounts a request is for, and whether the signature holds.
+struct Verified {
+    workspace_id: Option<i64>,
+    account_id: Option<i64>,
+}
+
+async fn accept_meta(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+    correlation_id: &str,
+) -> Result<AppendOutcome, ApiError> {
+    let expected = signature::parse_meta_header(header_bytes(headers, "x-hub-signature-256"))
+        .map_err(signature_error)?;
+    let directory = state.directory();
+    let routing = ingest::meta_routing(body);
+    let secret_of = |a: &Account| Some(a.app_secret.clone());
+    let verified = verify(&directory, &routing, body, &expected, secret_of)?;
+    let event = new_event(
+        Source::Meta,
+        None,
+        format!("meta:{}", signature::sha256_hex(body)),
+        body,
+        headers,
+        correlation_id,
+        &verified,
+        &routing,
+    );
+    append(state, event, &routing).await
+}
+
+async fn accept_kapso(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+    correlation_id: &str,
+) -> Result<AppendOutcome, ApiError> {
+    let expected = signature::parse_kapso_header(header_bytes(headers, "x-webhook-signature"))
+        .map_err(signature_error)?;
+    let directory = state.directory();
+    let (routing, batch_type) = ingest::kapso_routing(body);
+    if matches!(&routing, Routing::Json { phone_number_ids } if phone_number_ids.is_empty()) {
+        // Kapso always names the phone number; without it there is no secret to check.
+        return Err(ApiError::Forbidden("unknown_phone_number"));
+    }
+    let verified = verify(&directory, &routing, body, &expected, |a: &Account| {
+        a.kapso_secret.clone()
+    })?;
+    let event_type = header_str(headers, "x-webhook-event")
+        .map(str::to_owned)
+        .or(batch_type);
+    let dedup_key = match header_str(headers, "x-idempotency-key") {
+        Some(key) if !key.is_empty() => format!("kapso:{key}"),
+        _ => format!("kapso:sha256:{}", signature::sha256_hex(body)),
+    };
+    let event = new_event(
+        Source::Kapso,
+        event_type,
+        dedup_key,
+        body,
+        headers,
+        correlation_id,
+        &verified,
+        &routing,
+    );
+    append(state, event, &routing).await
+}
+
+/// Tenant isolation: every phone number the body names must be known, and all of them must
+/// share one secret, which must sign the raw body. A body naming none (account-level fields,
+/// or not JSON) is checked against every configured secret.
+fn verify(
+    directory: &Directory,
+    routing: &Routing,
+    body: &[u8],
+    expected: &signature::Digest32,
+    secret_of: impl Fn(&Account) -> Option<String>,
+) -> Result<Verified, ApiError> {
+    let ids: &[String] = match routing {
+        Routing::Json { phone_number_ids } => phone_number_ids,
+        Routing::NotJson(_) => &[],
+    };
+    if ids.is_empty() {
+        let signer = directory
+            .iter()
+            .find(|a| secret_of(a).is_some_and(|s| signature::verify(s.as_bytes(), body, expected)))
+            .ok_or(ApiError::Forbidden("bad_signature"))?;
+        return Ok(Verified {
+            workspace_id: match routing {
+                Routing::NotJson(_) => Some(signer.workspace_id),
+                Routing::Json { .. } => None,
+            },
+            account_id: None,
+        });
+    }
+    let mut accounts = Vec::with_capacity(ids.len());
+    for id in ids {
+        accounts.push(
+            directory
+                .get(id)
+                .ok_or(ApiError::Forbidden("unknown_phone_number"))?,
+        );
+    }
+    let mut secrets: Vec<String> = Vec::with_capacity(1);
+    for a in &accounts {
+        let secret = secret_of(a).ok_or(ApiError::Forbidden("no_secret_for_source"))?;
+        if !secrets.contains(&secret) {
+            secrets.push(secret);
+        }
+    }
+    if secrets.len() > 1 {
+        return Err(ApiError::Forbidden("cross_tenant"));
+    }
+    if !signature::verify(secrets[0].as_bytes(), body, expected) {
+        return Err(ApiError::Forbidden("bad_signature"));
+    }
+    let first = accounts[0];
+    let one_workspace = accounts
+        .iter()
+        .all(|a| a.workspace_id == first.workspace_id);
+    Ok(Verified {
+        workspace_id: one_workspace.then_some(first.workspace_id),
+        account_id: (accounts.len() == 1).then_some(first.id),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn new_event(
+    source: Source,
+    event_type: Option<String>,
+    dedup_key: String,
+    body: &[u8],
+    headers: &HeaderMap,
+    correlation_id: &str,
+    verified: &Verified,
+    routing: &Routing,
+) -> NewEvent {
+    // A signed body that is not JSON is kept for the record (status `dead`, with the reason)
+    // and refused with 400; a JSON body is exactly its UTF-8 text.
+    let (status, last_error, payload) = match routing {
+        Routing::Json { .. } => (
+            EventStatus::Pending,
+            None,
+            String::from_utf8_lossy(body).into_owned(),
+        ),
+        Routing::NotJson(err) => (
+            EventStatus::Dead,
+            Some(format!("payload is not JSON: {err}")),
+            String::from_utf8_lossy(body).into_owned(),
+        ),
+    };
+    let kept: serde_json::Map<String, serde_json::Value> = KEPT_HEADERS
+        .iter()
+        .filter_map(|name| header_str(headers, name).map(|v| ((*name).to_owned(), json!(v))))
+        .collect();
+    NewEvent {
+        source,
+        event_type,
+        dedup_key,
+        payload,
+        headers: serde_json::Value::Object(kept).to_string(),
+        workspace_id: verified.workspace_id,
+        account_id: verified.account_id,
+        correlation_id: correlation_id.to_owned(),
+        received_at: Utc::now(),
+        status,
+        last_error,
+    }
+}
+
+async fn append(
+    state: &AppState,
+    event: NewEvent,
+    routing: &Routing,
+) -> Result<AppendOutcome, ApiError> {
+    let retry_after_seconds = state.config.intake.retry_after_seconds;
+    let outcome = state.inbox.append(event).await.map_err(|e| {
+        let reason = match e {
+            AppendError::QueueFull => "intake_queue_full",
+            AppendError::Closed => "intake_stopped",
+            AppendError::Store(_) => "store_unavailable",
+        };
+        ApiError::Unavailable {
+            reason,
+            retry_after_seconds,
+        }
+    })?;
+    match routing {
+        Routing::NotJson(_) => Err(ApiError::BadRequest("payload_not_json")),
+        Routing::Json { .. } => Ok(outcome),
+    }
+}
+
+fn respond(
+    source: Source,
+    result: Result<AppendOutcome, ApiError>,
+    correlation_id: &str,
+) -> Response {
+    let mut response = match result {
+        Ok(AppendOutcome::Accepted { event_id }) => {
+            count(source, "accepted");
+            tracing::debug!(
+                correlation_id,
+                event_id,
+                source = source.as_str(),
+                "webhook accepted"
+            );
+            Json(json!({ "status": "accepted", "event_id": event_id })).into_response()
+        }
+        Ok(AppendOutcome::Duplicate) => {
+            count(source, "duplicate");
+            tracing::info!(
+                correlation_id,
+                source = source.as_str(),
+                "redelivered webhook acknowledged as duplicate"
+            );
+            Json(json!({ "status": "duplicate" })).into_response()
+        }
+        Err(e) => {
+            count(source, e.code());
+            tracing::warn!(
+                correlation_id,
+                source = source.as_str(),
+                reason = e.code(),
+                status = e.status().as_u16(),
+                "webhook rejected"
+            );
+            e.into_response()
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(correlation_id) {
+        response.headers_mut().insert("x-correlation-id", v);
+    }
+    response
+}
+
+fn count(source: Source, outcome: &'static str) {
+    metrics::counter!(m::WEBHOOKS_RECEIVED, "source" => source.as_str(), "outcome" => outcome)
+        .increment(1);
+}
+
+fn signature_error(e: signature::SignatureError) -> ApiError {
+    match e {
+        signature::SignatureError::Missing => ApiError::Unauthorized("missing_signature"),
+        signature::SignatureError::Malformed => ApiError::Unauthorized("malformed_signature"),
+    }
+}
+
+fn header_bytes<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers.get(name).map(HeaderValue::as_bytes)
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}

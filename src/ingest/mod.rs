@@ -1,0 +1,184 @@
+//! The edge of the payload formats. Intake only needs to know which accounts a body names
+//! (to pick the secret); the full normalisation into typed events lives here too as it grows.
+
+pub mod signature;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+/// What the intake reads of a Meta body: the `phone_number_id`s it names, nothing else.
+#[derive(Debug, Deserialize)]
+struct MetaEnvelope {
+    #[serde(default)]
+    entry: Vec<MetaEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MetaEntry {
+    #[serde(default)]
+    changes: Vec<MetaChange>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MetaChange {
+    #[serde(default)]
+    value: Option<MetaValue>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MetaValue {
+    #[serde(default)]
+    metadata: Option<MetaMetadata>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MetaMetadata {
+    #[serde(default)]
+    phone_number_id: Option<String>,
+}
+
+/// How a body reads at the edge.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Routing {
+    /// JSON naming these phone number ids (sorted, distinct; empty for account-level fields
+    /// or a JSON body of an unexpected shape, which processing will report).
+    Json { phone_number_ids: Vec<String> },
+    /// Not JSON at all.
+    NotJson(String),
+}
+
+/// The distinct `entry[].changes[].value.metadata.phone_number_id` of a Meta body.
+pub fn meta_routing(body: &[u8]) -> Routing {
+    match serde_json::from_slice::<MetaEnvelope>(body) {
+        Ok(env) => {
+            let ids = env
+                .entry
+                .into_iter()
+                .flat_map(|e| e.changes)
+                .filter_map(|c| c.value?.metadata?.phone_number_id);
+            Routing::Json {
+                phone_number_ids: distinct(ids),
+            }
+        }
+        Err(e) => json_or_not(body, e),
+    }
+}
+
+/// What the intake reads of a Kapso body: the phone number id(s), single or batched, and the
+/// batch's event type.
+#[derive(Debug, Deserialize)]
+struct KapsoEnvelope {
+    #[serde(default)]
+    phone_number_id: Option<String>,
+    #[serde(default)]
+    conversation: Option<KapsoConversation>,
+    #[serde(default, rename = "type")]
+    event_type: Option<String>,
+    #[serde(default)]
+    data: Option<Vec<KapsoEnvelopeItem>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct KapsoEnvelopeItem {
+    #[serde(default)]
+    phone_number_id: Option<String>,
+    #[serde(default)]
+    conversation: Option<KapsoConversation>,
+}
+
+#[derive(Debug, Deserialize)]
+struct KapsoConversation {
+    #[serde(default)]
+    phone_number_id: Option<String>,
+}
+
+/// The phone number ids of a Kapso body (single or `{"batch":true,"data":[…]}`) and the
+/// event type a batch body carries.
+pub fn kapso_routing(body: &[u8]) -> (Routing, Option<String>) {
+    match serde_json::from_slice::<KapsoEnvelope>(body) {
+        Ok(env) => {
+            let mut ids: Vec<String> = Vec::new();
+            ids.extend(env.phone_number_id);
+            ids.extend(env.conversation.and_then(|c| c.phone_number_id));
+            for item in env.data.into_iter().flatten() {
+                ids.extend(item.phone_number_id);
+                ids.extend(item.conversation.and_then(|c| c.phone_number_id));
+            }
+            (
+                Routing::Json {
+                    phone_number_ids: distinct(ids),
+                },
+                env.event_type,
+            )
+        }
+        Err(e) => (json_or_not(body, e), None),
+    }
+}
+
+fn distinct(ids: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut v: Vec<String> = ids.into_iter().filter(|s| !s.is_empty()).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// A body that does not fit the envelope may still be JSON (of another shape): that is kept
+/// and processed (and reported there); only a body that is not JSON at all is refused.
+fn json_or_not(body: &[u8], shape_error: serde_json::Error) -> Routing {
+    match serde_json::from_slice::<IgnoredAny>(body) {
+        Ok(_) => Routing::Json {
+            phone_number_ids: Vec::new(),
+        },
+        Err(_) => Routing::NotJson(shape_error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_routing_reads_every_entry_and_change() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[
+            {"id":"1","changes":[{"field":"messages","value":{"metadata":{"phone_number_id":"B"}}},
+                                 {"value":{"metadata":{"phone_number_id":"A"}},"field":"messages"}]},
+            {"id":"2","changes":[{"field":"messages","value":{"metadata":{"phone_number_id":"B"}}}]}]}"#;
+        assert_eq!(
+            meta_routing(body),
+            Routing::Json {
+                phone_number_ids: vec!["A".into(), "B".into()]
+            }
+        );
+        assert_eq!(
+            meta_routing(br#"{"entry":"odd"}"#),
+            Routing::Json {
+                phone_number_ids: vec![]
+            }
+        );
+        assert!(matches!(meta_routing(b"not json"), Routing::NotJson(_)));
+    }
+
+    #[test]
+    fn kapso_routing_reads_single_and_batch() {
+        let (r, t) = kapso_routing(
+            br#"{"message":{},"conversation":{"phone_number_id":"P"},"phone_number_id":"P"}"#,
+        );
+        assert_eq!(
+            r,
+            Routing::Json {
+                phone_number_ids: vec!["P".into()]
+            }
+        );
+        assert_eq!(t, None);
+        let (r, t) = kapso_routing(
+            br#"{"type":"whatsapp.message.received","batch":true,"data":[{"phone_number_id":"P"},{"phone_number_id":"Q"}]}"#,
+        );
+        assert_eq!(
+            r,
+            Routing::Json {
+                phone_number_ids: vec!["P".into(), "Q".into()]
+            }
+        );
+        assert_eq!(t.as_deref(), Some("whatsapp.message.received"));
+    }
+}

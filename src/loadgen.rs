@@ -1,0 +1,307 @@
+//! `wahook loadgen`: builds realistic, signed Meta payloads (unique wamids, many senders,
+//! statuses mixed in), POSTs them over N keep-alive connections at a target rate or at full
+//! speed, and reports throughput, ack latency percentiles and non-200 answers.
+
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, client::conn::http1};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::ingest::signature;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Webhook URL (Meta format).
+    #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/whatsapp")]
+    pub url: String,
+    /// App secret of the account the payloads are for.
+    #[arg(long, default_value = "demo-app-secret-change-me")]
+    pub secret: String,
+    /// `metadata.phone_number_id` of that account.
+    #[arg(long, default_value = "100000000000001")]
+    pub phone_number_id: String,
+    /// Total requests to send.
+    #[arg(long, default_value_t = 100_000)]
+    pub requests: u64,
+    /// Stop after this many seconds even if requests remain.
+    #[arg(long, default_value_t = 300)]
+    pub max_seconds: u64,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Target requests per second over all connections; 0 = as fast as answers come.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Messages in each payload.
+    #[arg(long, default_value_t = 1)]
+    pub messages_per_payload: u32,
+    /// Distinct senders (contact phone numbers) cycled through.
+    #[arg(long, default_value_t = 1000)]
+    pub senders: u64,
+    /// Every Nth payload carries statuses instead of messages (0 = none).
+    #[arg(long, default_value_t = 0)]
+    pub status_every: u64,
+    /// Distinguishes wamids of separate runs against the same database.
+    #[arg(long, default_value_t = default_run_id())]
+    pub run_id: String,
+}
+
+fn default_run_id() -> String {
+    format!("{:x}", chrono::Utc::now().timestamp_millis())
+}
+
+impl Args {
+    /// Defaults aimed at `url`, for tests and benchmarks.
+    pub fn new(
+        url: impl Into<String>,
+        secret: impl Into<String>,
+        phone_number_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            url: url.into(),
+            secret: secret.into(),
+            phone_number_id: phone_number_id.into(),
+            requests: 1000,
+            max_seconds: 60,
+            connections: 8,
+            rate: 0,
+            messages_per_payload: 1,
+            senders: 100,
+            status_every: 0,
+            run_id: default_run_id(),
+        }
+    }
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub sent: u64,
+    pub ok: u64,
+    pub non_200: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Ack latencies in microseconds, sorted.
+    pub latencies_us: Vec<u32>,
+}
+
+impl Report {
+    pub fn throughput(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The q-quantile (0..=1) of ack latency in milliseconds.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let idx = ((self.latencies_us.len() - 1) as f64 * q).round() as usize;
+        self.latencies_us[idx] as f64 / 1000.0
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "requests: {} sent, {} ok (200), {} non-200, {} transport errors in {:.2} s",
+            self.sent,
+            self.ok,
+            self.non_200,
+            self.errors,
+            self.elapsed.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "throughput: {:.0} acknowledged webhooks/s",
+            self.throughput()
+        )?;
+        write!(
+            f,
+            "ack latency ms: p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}",
+            self.quantile_ms(0.50),
+            self.quantile_ms(0.95),
+            self.quantile_ms(0.99),
+            self.quantile_ms(1.0)
+        )
+    }
+}
+
+struct Target {
+    host: String,
+    authority: String,
+    path: String,
+}
+
+fn parse_url(url: &str) -> anyhow::Result<Target> {
+    let rest = url
+        .strip_prefix("http://")
+        .context("loadgen speaks plain http:// only")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        bail!("no host in {url}");
+    }
+    let host = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    Ok(Target {
+        host,
+        authority: authority.to_string(),
+        path: path.to_string(),
+    })
+}
+
+/// Builds payload `n` of a run: a Meta `messages` change with `messages_per_payload`
+/// messages from one sender, or (every `status_every`th) the statuses of earlier sends.
+pub fn payload(args: &Args, n: u64) -> String {
+    let sender = 491_700_000_000u64 + (n % args.senders.max(1));
+    let ts = chrono::Utc::now().timestamp();
+    let value_body = if args.status_every > 0 && n % args.status_every == args.status_every - 1 {
+        let statuses: Vec<String> = (0..args.messages_per_payload)
+            .map(|i| {
+                format!(
+                    r#"{{"id":"wamid.out.{run}.{n}.{i}","status":"delivered","timestamp":"{ts}","recipient_id":"{sender}","pricing":{{"billable":true,"pricing_model":"PMP","category":"service"}}}}"#,
+                    run = args.run_id
+                )
+            })
+            .collect();
+        format!(r#""statuses":[{}]"#, statuses.join(","))
+    } else {
+        let messages: Vec<String> = (0..args.messages_per_payload)
+            .map(|i| {
+                format!(
+                    r#"{{"from":"{sender}","id":"wamid.lg.{run}.{n}.{i}","timestamp":"{ts}","type":"text","text":{{"body":"Hola, ¿tienen el modelo {n}-{i} en stock? \/ price?"}}}}"#,
+                    run = args.run_id
+                )
+            })
+            .collect();
+        format!(
+            r#""contacts":[{{"profile":{{"name":"Load Sender {sender}"}},"wa_id":"{sender}"}}],"messages":[{}]"#,
+            messages.join(",")
+        )
+    };
+    format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"102290129340398","changes":[{{"value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550000001","phone_number_id":"{pnid}"}},{value_body}}},"field":"messages"}}]}}]}}"#,
+        pnid = args.phone_number_id
+    )
+}
+
+pub async fn run(args: Args) -> anyhow::Result<Report> {
+    let target = Arc::new(parse_url(&args.url)?);
+    let args = Arc::new(args);
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.max_seconds);
+    let mut tasks = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections.max(1) {
+        let (target, args, next) = (target.clone(), args.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            connection(target, args, next, started, deadline).await
+        }));
+    }
+    let mut report = Report {
+        sent: 0,
+        ok: 0,
+        non_200: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies_us: Vec::with_capacity(args.requests as usize),
+    };
+    for t in tasks {
+        let part = t.await.context("loadgen connection task")??;
+        report.sent += part.sent;
+        report.ok += part.ok;
+        report.non_200 += part.non_200;
+        report.errors += part.errors;
+        report.latencies_us.extend(part.latencies_us);
+    }
+    report.elapsed = started.elapsed();
+    report.latencies_us.sort_unstable();
+    Ok(report)
+}
+
+async fn connect(target: &Target) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(&target.host)
+        .await
+        .with_context(|| format!("connecting to {}", target.host))?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+async fn connection(
+    target: Arc<Target>,
+    args: Arc<Args>,
+    next: Arc<AtomicU64>,
+    started: Instant,
+    deadline: Instant,
+) -> anyhow::Result<Report> {
+    let mut part = Report {
+        sent: 0,
+        ok: 0,
+        non_200: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies_us: Vec::new(),
+    };
+    let mut sender = connect(&target).await?;
+    loop {
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        if n >= args.requests || Instant::now() >= deadline {
+            break;
+        }
+        if args.rate > 0 {
+            let due = started + Duration::from_secs_f64(n as f64 / args.rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let body = payload(&args, n);
+        let sig = signature::meta_header(args.secret.as_bytes(), body.as_bytes());
+        let request = Request::post(&target.path)
+            .header("host", &target.authority)
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", sig)
+            .body(Full::new(Bytes::from(body)))?;
+        let sent_at = Instant::now();
+        part.sent += 1;
+        if sender.ready().await.is_err() {
+            sender = connect(&target).await?;
+        }
+        match sender.send_request(request).await {
+            Ok(response) => {
+                let status = response.status();
+                let _ = response.into_body().collect().await;
+                part.latencies_us
+                    .push(sent_at.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                if status == hyper::StatusCode::OK {
+                    part.ok += 1;
+                } else {
+                    part.non_200 += 1;
+                }
+            }
+            Err(_) => {
+                part.errors += 1;
+                sender = connect(&target).await?;
+            }
+        }
+    }
+    Ok(part)
+}

@@ -1,0 +1,111 @@
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use wahook::{config::Config, ingest::signature, loadgen, store, telemetry};
+
+/// Signed WhatsApp webhooks in, a durable inbox, and a database out.
+#[derive(Parser)]
+#[command(name = "wahook", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the server (the default).
+    Serve,
+    /// Run the database migrations and exit.
+    Migrate,
+    /// Print the effective configuration with every secret redacted.
+    Config,
+    /// Print the signature header value for a body file (use it with curl).
+    Sign {
+        /// The account's app secret (Meta) or Kapso webhook secret.
+        #[arg(long)]
+        secret: String,
+        /// Print Kapso's bare-hex `X-Webhook-Signature` instead of Meta's `sha256=…`.
+        #[arg(long)]
+        kapso: bool,
+        /// The exact body bytes that will be sent.
+        file: PathBuf,
+    },
+    /// Send signed, realistic Meta webhooks at a server and report throughput and latency.
+    Loadgen(loadgen::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Sign {
+            secret,
+            kapso,
+            file,
+        } => match std::fs::read(&file) {
+            Ok(body) => {
+                if kapso {
+                    println!("{}", signature::sign_hex(secret.as_bytes(), &body));
+                } else {
+                    println!("{}", signature::meta_header(secret.as_bytes(), &body));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format!("cannot read {}: {e}", file.display())),
+        },
+        Command::Loadgen(args) => runtime().block_on(async {
+            match loadgen::run(args).await {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("{e:#}")),
+            }
+        }),
+        command => {
+            let config = match Config::load() {
+                Ok(c) => c,
+                Err(e) => return fail(e.to_string()),
+            };
+            match command {
+                Command::Config => {
+                    print!("{}", config.redacted_toml());
+                    ExitCode::SUCCESS
+                }
+                Command::Migrate => runtime().block_on(async {
+                    telemetry::init(&config.log);
+                    let result = async {
+                        let db = store::connect(&config.database).await?;
+                        store::migrate(&db).await
+                    }
+                    .await;
+                    match result {
+                        Ok(()) => {
+                            println!("migrations applied");
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => fail(format!("migrate: {e}")),
+                    }
+                }),
+                _ => runtime().block_on(async {
+                    telemetry::init(&config.log);
+                    match wahook::run(config, None).await {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => fail(format!("{e:#}")),
+                    }
+                }),
+            }
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime")
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("wahook: {message}");
+    ExitCode::FAILURE
+}

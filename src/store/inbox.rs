@@ -1,0 +1,323 @@
+//! The durable inbox (`webhook_events`) and its group-commit writer.
+//!
+//! Every accepted webhook request is appended here before it is acknowledged. One writer task
+//! takes whatever requests are waiting (up to `intake.batch_max`, waiting at most
+//! `intake.batch_wait_us` for more) and appends them with a single multi-row
+//! `INSERT … ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key`: one statement, one
+//! implicit transaction, one fsync for the whole group. A request learns its fate only after
+//! that commit, so a 200 always means "on disk", and "duplicate" always means "the first copy
+//! is on disk".
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use entity::webhook_events;
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbErr, QueryResult,
+    sea_query::{OnConflict, Query},
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{config::IntakeConfig, metrics as m};
+
+/// Where a webhook came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Meta,
+    Kapso,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Meta => "meta",
+            Source::Kapso => "kapso",
+        }
+    }
+}
+
+/// The inbox status of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventStatus {
+    Pending,
+    Processed,
+    Failed,
+    /// Kept for the record but never processed (e.g. a signed body that is not JSON).
+    Dead,
+}
+
+impl EventStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Pending => "pending",
+            EventStatus::Processed => "processed",
+            EventStatus::Failed => "failed",
+            EventStatus::Dead => "dead",
+        }
+    }
+}
+
+/// A verified request, ready to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub source: Source,
+    pub event_type: Option<String>,
+    pub dedup_key: String,
+    pub payload: String,
+    pub headers: String,
+    pub workspace_id: Option<i64>,
+    pub account_id: Option<i64>,
+    pub correlation_id: String,
+    pub received_at: DateTime<Utc>,
+    pub status: EventStatus,
+    pub last_error: Option<String>,
+}
+
+/// An event that is committed to the inbox, as handed to processing.
+#[derive(Debug, Clone)]
+pub struct CommittedEvent {
+    pub id: i64,
+    pub source: Source,
+    pub event_type: Option<String>,
+    pub workspace_id: Option<i64>,
+    pub account_id: Option<i64>,
+    pub correlation_id: String,
+    pub received_at: DateTime<Utc>,
+    pub payload: Arc<str>,
+}
+
+/// The one narrow interface between the inbox and processing: it is told about every pending
+/// event right after its commit, in commit order, and must not block.
+pub trait EventSink: Send + Sync + 'static {
+    fn dispatch(&self, event: CommittedEvent);
+}
+
+/// Processing not wired yet: events stay `pending` in the inbox, which is where recovery
+/// finds them.
+pub struct NoProcessing;
+
+impl EventSink for NoProcessing {
+    fn dispatch(&self, _event: CommittedEvent) {}
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Accepted { event_id: i64 },
+    Duplicate,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("the intake queue is full")]
+    QueueFull,
+    #[error("the inbox writer has stopped")]
+    Closed,
+    #[error("the inbox could not commit: {0}")]
+    Store(String),
+}
+
+struct Request {
+    event: NewEvent,
+    reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
+}
+
+/// Handle to the inbox writer; cheap to clone.
+#[derive(Clone)]
+pub struct Inbox {
+    tx: mpsc::Sender<Request>,
+}
+
+impl Inbox {
+    /// Starts the writer task.
+    pub fn spawn(
+        db: DatabaseConnection,
+        cfg: &IntakeConfig,
+        sink: Arc<dyn EventSink>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(cfg.queue_capacity);
+        let writer = Writer {
+            db,
+            rx,
+            sink,
+            batch_max: cfg.batch_max,
+            batch_wait: Duration::from_micros(cfg.batch_wait_us),
+        };
+        (Self { tx }, tokio::spawn(writer.run()))
+    }
+
+    /// Appends one event and waits for its group's commit.
+    pub async fn append(&self, event: NewEvent) -> Result<AppendOutcome, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(Request { event, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => AppendError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => AppendError::Closed,
+            })?;
+        rx.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Requests waiting for the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+struct Writer {
+    db: DatabaseConnection,
+    rx: mpsc::Receiver<Request>,
+    sink: Arc<dyn EventSink>,
+    batch_max: usize,
+    batch_wait: Duration,
+}
+
+impl Writer {
+    async fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.batch_max);
+        while let Some(first) = self.rx.recv().await {
+            batch.push(first);
+            self.fill(&mut batch).await;
+            metrics::gauge!(m::INTAKE_QUEUE_DEPTH).set(self.rx.len() as f64);
+            self.commit(&mut batch).await;
+        }
+    }
+
+    /// Takes what is already queued, then waits (bounded) for stragglers.
+    async fn fill(&mut self, batch: &mut Vec<Request>) {
+        let deadline = tokio::time::Instant::now() + self.batch_wait;
+        while batch.len() < self.batch_max {
+            match self.rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if self.batch_wait.is_zero() {
+                        return;
+                    }
+                    match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                        Ok(Some(r)) => batch.push(r),
+                        _ => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn commit(&self, batch: &mut Vec<Request>) {
+        // The first request of a dedup key in the batch is the one inserted; later copies in
+        // the same batch are duplicates of it (they share its commit).
+        let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+        let mut unique = Vec::with_capacity(batch.len());
+        for (i, r) in batch.iter().enumerate() {
+            if !first_of.contains_key(r.event.dedup_key.as_str()) {
+                first_of.insert(r.event.dedup_key.as_str(), i);
+                unique.push(&r.event);
+            }
+        }
+        let started = Instant::now();
+        let result = append_many(&self.db, &unique).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        metrics::histogram!(m::INBOX_COMMIT_DURATION).record(elapsed);
+        metrics::histogram!(m::INBOX_BATCH_SIZE).record(batch.len() as f64);
+        metrics::counter!(m::DB_STATEMENTS, "component" => "inbox").increment(1);
+
+        match result {
+            Ok(inserted) => {
+                let mut outcomes: Vec<AppendOutcome> = vec![AppendOutcome::Duplicate; batch.len()];
+                let mut committed = Vec::with_capacity(inserted.len());
+                for (id, key) in inserted {
+                    if let Some(&i) = first_of.get(key.as_str()) {
+                        outcomes[i] = AppendOutcome::Accepted { event_id: id };
+                        committed.push((id, i));
+                    }
+                }
+                committed.sort_unstable();
+                for (id, i) in committed {
+                    let e = &batch[i].event;
+                    if e.status == EventStatus::Pending {
+                        self.sink.dispatch(CommittedEvent {
+                            id,
+                            source: e.source,
+                            event_type: e.event_type.clone(),
+                            workspace_id: e.workspace_id,
+                            account_id: e.account_id,
+                            correlation_id: e.correlation_id.clone(),
+                            received_at: e.received_at,
+                            payload: Arc::from(e.payload.as_str()),
+                        });
+                    }
+                }
+                for (r, outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = r.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = batch.len(), "inbox commit failed; answering 503");
+                let message = e.to_string();
+                for r in batch.drain(..) {
+                    let _ = r.reply.send(Err(AppendError::Store(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// One statement for the whole group; returns `(id, dedup_key)` of the rows it inserted.
+pub async fn append_many(
+    db: &impl ConnectionTrait,
+    events: &[&NewEvent],
+) -> Result<Vec<(i64, String)>, DbErr> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    use webhook_events::Column as C;
+    let columns = [
+        C::WorkspaceId,
+        C::AccountId,
+        C::Source,
+        C::EventType,
+        C::DedupKey,
+        C::Payload,
+        C::Headers,
+        C::ReceivedAt,
+        C::Status,
+        C::Attempts,
+        C::LastError,
+        C::CorrelationId,
+    ];
+    let mut insert = Query::insert();
+    insert
+        .into_table(webhook_events::Entity)
+        .columns(columns)
+        .on_conflict(OnConflict::column(C::DedupKey).do_nothing().to_owned())
+        .returning(Query::returning().columns([C::Id, C::DedupKey]));
+    for e in events {
+        insert.values_panic([
+            e.workspace_id.into(),
+            e.account_id.into(),
+            e.source.as_str().into(),
+            e.event_type.clone().into(),
+            e.dedup_key.clone().into(),
+            e.payload.clone().into(),
+            e.headers.clone().into(),
+            e.received_at.into(),
+            e.status.as_str().into(),
+            0i32.into(),
+            e.last_error.clone().into(),
+            e.correlation_id.clone().into(),
+        ]);
+    }
+    let stmt = db.get_database_backend().build(&insert);
+    let rows: Vec<QueryResult> = db.query_all_raw(stmt).await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get::<i64>("", "id")?,
+                r.try_get::<String>("", "dedup_key")?,
+            ))
+        })
+        .collect()
+}

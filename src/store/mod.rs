@@ -1,0 +1,106 @@
+//! Storage: connection set-up for both backends, migrations, and small functions over
+//! `&impl ConnectionTrait` so they run inside or outside a transaction.
+
+pub mod accounts;
+pub mod inbox;
+
+use std::{path::Path, time::Duration};
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DbErr,
+    Statement,
+    sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode},
+};
+
+use crate::config::DatabaseConfig;
+
+/// Opens the pool. SQLite: the file and its folder are created, WAL, the configured
+/// `synchronous`, and a busy timeout so the inbox writer and the processors share the file.
+/// PostgreSQL: the configured schema is created if missing and put on the search path.
+pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbErr> {
+    let mut opts = ConnectOptions::new(cfg.url.clone());
+    opts.max_connections(cfg.max_connections)
+        .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
+        .connect_timeout(Duration::from_millis(cfg.acquire_timeout_ms.max(1000)))
+        .sqlx_logging(false);
+    if cfg.url.starts_with("sqlite:") {
+        if let Some(dir) = sqlite_path(&cfg.url).and_then(|p| p.parent().map(Path::to_path_buf))
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                DbErr::Custom(format!("cannot create the folder {}: {e}", dir.display()))
+            })?;
+        }
+        let sync = match cfg.sqlite_synchronous {
+            crate::config::SqliteSynchronous::Off => sea_orm::sqlx::sqlite::SqliteSynchronous::Off,
+            crate::config::SqliteSynchronous::Normal => {
+                sea_orm::sqlx::sqlite::SqliteSynchronous::Normal
+            }
+            crate::config::SqliteSynchronous::Full => {
+                sea_orm::sqlx::sqlite::SqliteSynchronous::Full
+            }
+            crate::config::SqliteSynchronous::Extra => {
+                sea_orm::sqlx::sqlite::SqliteSynchronous::Extra
+            }
+        };
+        opts.map_sqlx_sqlite_opts(move |o: SqliteConnectOptions| {
+            o.create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(sync)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+        });
+    } else if !cfg.schema.is_empty() {
+        ensure_schema(cfg).await?;
+        opts.set_schema_search_path(cfg.schema.clone());
+    }
+    Database::connect(opts).await
+}
+
+async fn ensure_schema(cfg: &DatabaseConfig) -> Result<(), DbErr> {
+    if !cfg
+        .schema
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(DbErr::Custom(format!(
+            "database.schema `{}` may hold only letters, digits and _",
+            cfg.schema
+        )));
+    }
+    let mut opts = ConnectOptions::new(cfg.url.clone());
+    opts.max_connections(1).sqlx_logging(false);
+    let db = Database::connect(opts).await?;
+    db.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", cfg.schema))
+        .await?;
+    db.close().await
+}
+
+fn sqlite_path(url: &str) -> Option<&Path> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| Path::new(path))
+}
+
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    Migrator::up(db, None).await
+}
+
+pub fn backend_name(db: &impl ConnectionTrait) -> &'static str {
+    match db.get_database_backend() {
+        DatabaseBackend::Sqlite => "sqlite",
+        DatabaseBackend::Postgres => "postgres",
+        _ => "other",
+    }
+}
+
+/// One round trip that proves the store answers.
+pub async fn ping(db: &impl ConnectionTrait) -> Result<(), DbErr> {
+    let backend = db.get_database_backend();
+    db.query_one_raw(Statement::from_string(backend, "SELECT 1"))
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,380 @@
+//! Signed intake: handshake, signatures over raw bytes, tenant isolation, the durable inbox
+//! with dedup, Kapso's format, and 503 when the store cannot commit.
+
+use futures_util::future::join_all;
+use wahook::ingest::signature;
+
+use crate::{both_backends, common::*};
+
+both_backends!(
+    handshake_echoes_the_challenge_only_for_a_known_token,
+    signatures_are_checked_over_the_raw_bytes,
+    missing_malformed_and_wrong_signatures_are_refused_and_store_nothing,
+    tenants_cannot_sign_each_others_events,
+    oversized_bodies_get_413,
+    a_signed_body_that_is_not_json_is_kept_and_refused,
+    account_level_payloads_are_stored_without_a_workspace,
+    redeliveries_sequential_and_concurrent_leave_one_row,
+    kapso_single_and_batch_events_are_accepted_with_bare_hex_signatures,
+    an_unreachable_store_answers_503_and_recovers_by_itself,
+);
+
+async fn handshake_echoes_the_challenge_only_for_a_known_token(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let get = |q: String| {
+        let c = app.client.clone();
+        let url = app.url(&format!("/webhooks/whatsapp?{q}"));
+        async move { c.get(url).send().await.unwrap() }
+    };
+    let res = get(format!(
+        "hub.mode=subscribe&hub.verify_token={ACME_VERIFY}&hub.challenge=1158201444"
+    ))
+    .await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert_eq!(
+        res.text().await.unwrap(),
+        "1158201444",
+        "verbatim, not JSON-quoted"
+    );
+
+    let res = get("hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1".into()).await;
+    assert_eq!(res.status(), 403);
+    let res = get(format!(
+        "hub.mode=unsubscribe&hub.verify_token={ACME_VERIFY}&hub.challenge=1"
+    ))
+    .await;
+    assert_eq!(res.status(), 403);
+    let res = get(format!("hub.mode=subscribe&hub.verify_token={ACME_VERIFY}")).await;
+    assert_eq!(res.status(), 403);
+    app.stop().await;
+}
+
+async fn signatures_are_checked_over_the_raw_bytes(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    // `\/`, `\u00e4`-style escapes, surrogate pairs and raw emoji: re-serialising would
+    // change these bytes, so only a raw-bytes HMAC accepts them.
+    let body = fixture("meta/text_unicode_escapes.json");
+    let res = app.post_meta(body.clone(), ACME_SECRET).await;
+    assert_eq!(res.status(), 200);
+    let json: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(json["status"], "accepted");
+    assert!(json["event_id"].as_i64().unwrap() > 0);
+
+    // Upper-case hex is the same signature.
+    let mut other = body.clone();
+    other.extend_from_slice(b"\n");
+    let upper = format!(
+        "sha256={}",
+        signature::sign_hex(ACME_SECRET.as_bytes(), &other).to_uppercase()
+    );
+    let res = app.post_meta_with(other, Some(&upper)).await;
+    assert_eq!(res.status(), 200);
+
+    // The stored payload is byte-for-byte what was signed.
+    let row = app
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM webhook_events WHERE payload = '{}'",
+            String::from_utf8(body).unwrap().replace('\'', "''")
+        ))
+        .await;
+    assert_eq!(row, 1);
+    assert_eq!(app.count("webhook_events").await, 2);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM webhook_events WHERE status = 'pending' AND workspace_id IS NOT NULL AND account_id IS NOT NULL")
+            .await,
+        2
+    );
+    app.stop().await;
+}
+
+async fn missing_malformed_and_wrong_signatures_are_refused_and_store_nothing(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let body = meta_text(ACME_PNID, "4915100000001", "wamid.sig.1", "hi");
+    let before = rejected_count(&app, "bad_signature").await;
+
+    let res = app.post_meta_with(body.clone(), None).await;
+    assert_eq!(res.status(), 401);
+    let res = app.post_meta_with(body.clone(), Some("sha256=zz")).await;
+    assert_eq!(res.status(), 401);
+    let bare = signature::sign_hex(ACME_SECRET.as_bytes(), body.as_bytes());
+    let res = app.post_meta_with(body.clone(), Some(&bare)).await;
+    assert_eq!(res.status(), 401, "Meta's header needs the sha256= prefix");
+    let res = app.post_meta(body.clone(), "not-the-secret").await;
+    assert_eq!(res.status(), 403);
+    let tampered = body.replace("hi", "hI");
+    let sig = signature::meta_header(ACME_SECRET.as_bytes(), body.as_bytes());
+    let res = app.post_meta_with(tampered, Some(&sig)).await;
+    assert_eq!(res.status(), 403);
+    let res = app
+        .post_meta(
+            meta_text("999999999", "49151", "wamid.x", "hi"),
+            ACME_SECRET,
+        )
+        .await;
+    assert_eq!(res.status(), 403, "unknown phone number");
+
+    assert_eq!(app.count("webhook_events").await, 0);
+    assert!(rejected_count(&app, "bad_signature").await >= before + 2.0);
+    app.stop().await;
+}
+
+async fn tenants_cannot_sign_each_others_events(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    // globex's number signed with acme's secret.
+    let res = app
+        .post_meta(
+            meta_text(GLOBEX_PNID, "4915100000002", "wamid.t.1", "x"),
+            ACME_SECRET,
+        )
+        .await;
+    assert_eq!(res.status(), 403);
+    // One payload naming numbers of both tenants: refused whoever signed it.
+    let mixed = two_numbers(ACME_PNID, GLOBEX_PNID);
+    assert_eq!(
+        app.post_meta(mixed.clone(), ACME_SECRET).await.status(),
+        403
+    );
+    assert_eq!(app.post_meta(mixed, GLOBEX_SECRET).await.status(), 403);
+    assert_eq!(app.count("webhook_events").await, 0);
+    // Two numbers of one tenant that share a secret: accepted, for that workspace.
+    let res = app
+        .post_meta(two_numbers(ACME_PNID, ACME2_PNID), ACME_SECRET)
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        app.scalar(
+            "SELECT COUNT(*) FROM webhook_events e JOIN workspaces w ON w.id = e.workspace_id WHERE w.name = 'acme' AND e.account_id IS NULL"
+        )
+        .await,
+        1
+    );
+    app.stop().await;
+}
+
+fn two_numbers(a: &str, b: &str) -> String {
+    let first = meta_text(a, "4915100000003", "wamid.two.1", "one");
+    let second = meta_text(b, "4915100000004", "wamid.two.2", "two");
+    let v1: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let v2: serde_json::Value = serde_json::from_str(&second).unwrap();
+    serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [v1["entry"][0], v2["entry"][0]],
+    })
+    .to_string()
+}
+
+async fn oversized_bodies_get_413(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| c.server.body_limit_bytes = 2048).await;
+    let big = meta_text(ACME_PNID, "4915100000005", "wamid.big", &"a".repeat(4096));
+    let res = app.post_meta(big, ACME_SECRET).await;
+    assert_eq!(res.status(), 413);
+    let small = meta_text(ACME_PNID, "4915100000005", "wamid.small", "ok");
+    assert_eq!(app.post_meta(small, ACME_SECRET).await.status(), 200);
+    assert_eq!(app.count("webhook_events").await, 1);
+    app.stop().await;
+}
+
+async fn a_signed_body_that_is_not_json_is_kept_and_refused(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let res = app.post_meta("this is {not json", ACME_SECRET).await;
+    assert_eq!(res.status(), 400);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "payload_not_json");
+    // Kept for the record, never processed.
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM webhook_events WHERE status = 'dead' AND last_error LIKE 'payload is not JSON%'")
+            .await,
+        1
+    );
+    // Unsigned garbage is refused before anything is kept.
+    assert_eq!(app.post_meta("garbage", "wrong").await.status(), 403);
+    assert_eq!(app.count("webhook_events").await, 1);
+    app.stop().await;
+}
+
+async fn account_level_payloads_are_stored_without_a_workspace(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let body = fixture("meta/account_update_no_phone_number_id.json");
+    assert_eq!(app.post_meta(body.clone(), "nobody").await.status(), 403);
+    let res = app.post_meta(body, GLOBEX_SECRET).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        app.scalar(
+            "SELECT COUNT(*) FROM webhook_events WHERE workspace_id IS NULL AND status = 'pending'"
+        )
+        .await,
+        1
+    );
+    app.stop().await;
+}
+
+async fn redeliveries_sequential_and_concurrent_leave_one_row(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let body = meta_text(ACME_PNID, "4915100000006", "wamid.dup.1", "same");
+    let first: serde_json::Value = app
+        .post_meta(body.clone(), ACME_SECRET)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["status"], "accepted");
+    let again = app.post_meta(body.clone(), ACME_SECRET).await;
+    assert_eq!(again.status(), 200);
+    let again: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(again["status"], "duplicate");
+    assert_eq!(app.count("webhook_events").await, 1);
+
+    // 20 copies of a new payload at once: one accepted, 19 duplicates, one row.
+    let body = meta_text(ACME_PNID, "4915100000006", "wamid.dup.2", "burst");
+    let answers = join_all((0..20).map(|_| app.post_meta(body.clone(), ACME_SECRET))).await;
+    let mut accepted = 0;
+    for res in answers {
+        assert_eq!(res.status(), 200);
+        let v: serde_json::Value = res.json().await.unwrap();
+        if v["status"] == "accepted" {
+            accepted += 1;
+        } else {
+            assert_eq!(v["status"], "duplicate");
+        }
+    }
+    assert_eq!(accepted, 1);
+    assert_eq!(app.count("webhook_events").await, 2);
+    app.stop().await;
+}
+
+async fn kapso_single_and_batch_events_are_accepted_with_bare_hex_signatures(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let single = fixture("kapso/message_received.json");
+    let res = app
+        .post_kapso(
+            single.clone(),
+            ACME_KAPSO,
+            "whatsapp.message.received",
+            "idem-1",
+            false,
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    // Redelivery under the same idempotency key.
+    let res = app
+        .post_kapso(
+            single.clone(),
+            ACME_KAPSO,
+            "whatsapp.message.received",
+            "idem-1",
+            false,
+        )
+        .await;
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["status"], "duplicate");
+    // Meta's secret does not sign Kapso events, and the sha256= prefix is not Kapso's.
+    let res = app
+        .post_kapso(
+            single.clone(),
+            ACME_SECRET,
+            "whatsapp.message.received",
+            "idem-2",
+            false,
+        )
+        .await;
+    assert_eq!(res.status(), 403);
+    let prefixed = app
+        .client
+        .post(app.url("/webhooks/kapso"))
+        .header(
+            "x-webhook-signature",
+            signature::meta_header(ACME_KAPSO.as_bytes(), &single),
+        )
+        .body(single.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(prefixed.status(), 401);
+
+    let batch = fixture("kapso/message_received_batch.json");
+    let res = app
+        .post_kapso(
+            batch,
+            ACME_KAPSO,
+            "whatsapp.message.received",
+            "idem-batch-1",
+            true,
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    // An event name wahook does not process is stored all the same.
+    let res = app
+        .post_kapso(
+            single,
+            ACME_KAPSO,
+            "workflow.execution.handoff",
+            "idem-3",
+            false,
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+
+    assert_eq!(app.count("webhook_events").await, 3);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM webhook_events WHERE source = 'kapso' AND event_type = 'whatsapp.message.received' AND dedup_key IN ('kapso:idem-1', 'kapso:idem-batch-1')")
+            .await,
+        2
+    );
+    assert_eq!(
+        app.scalar(
+            "SELECT COUNT(*) FROM webhook_events WHERE event_type = 'workflow.execution.handoff'"
+        )
+        .await,
+        1
+    );
+    app.stop().await;
+}
+
+async fn an_unreachable_store_answers_503_and_recovers_by_itself(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    // Take the inbox away underneath the running server.
+    app.exec("ALTER TABLE webhook_events RENAME TO webhook_events_away")
+        .await;
+    let body = meta_text(ACME_PNID, "4915100000007", "wamid.outage.1", "during");
+    let res = app.post_meta(body.clone(), ACME_SECRET).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "5");
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["error"], "store_unavailable");
+
+    app.exec("ALTER TABLE webhook_events_away RENAME TO webhook_events")
+        .await;
+    // Meta retries the same payload: now it is accepted, once.
+    let res = app.post_meta(body, ACME_SECRET).await;
+    assert_eq!(res.status(), 200);
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["status"], "accepted");
+    assert_eq!(app.count("webhook_events").await, 1);
+    app.stop().await;
+}
+
+async fn rejected_count(app: &TestApp, outcome: &str) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("wahook_webhooks_received_total{")
+                && l.contains("source=\"meta\"")
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -1,0 +1,6 @@
+//! The one integration test binary. Storage tests run on SQLite and on PostgreSQL
+//! (`sqlite::…` and `postgres::…` in the output).
+
+mod common;
+mod foundation;
+mod intake;
