@@ -24,7 +24,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
     config::Config,
-    http::AppState,
+    http::{AppInner, AppState},
     store::inbox::{Inbox, NoProcessing},
 };
 
@@ -100,13 +100,13 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     );
 
     let (inbox, writer) = Inbox::spawn(db.clone(), &config.intake, Arc::new(NoProcessing));
-    let state = AppState {
+    let state = AppState::new(AppInner {
         db: db.clone(),
         config: Arc::new(config),
         accounts: Arc::new(RwLock::new(Arc::new(directory))),
         inbox,
         metrics,
-    };
+    });
     let app = http::router(state);
     let (shutdown, mut rx) = watch::channel(false);
     let server = tokio::spawn(async move {

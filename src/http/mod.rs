@@ -12,6 +12,7 @@ use std::{
 use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request},
+    http::{Method, StatusCode},
     middleware::{self, Next},
     response::Response,
 };
@@ -20,9 +21,24 @@ use sea_orm::DatabaseConnection;
 
 use crate::{config::Config, metrics as m, store::accounts::Directory, store::inbox::Inbox};
 
-/// Shared by every handler.
+/// Shared by every handler; one `Arc` so a request clones a single pointer.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(inner: AppInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+pub struct AppInner {
     pub db: DatabaseConnection,
     pub config: Arc<Config>,
     pub accounts: Arc<RwLock<Arc<Directory>>>,
@@ -30,7 +46,7 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
 }
 
-impl AppState {
+impl AppInner {
     /// The current account directory (a cheap `Arc` clone).
     pub fn directory(&self) -> Arc<Directory> {
         match self.accounts.read() {
@@ -59,14 +75,37 @@ async fn track_request(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        _ => "_OTHER",
+    };
     let response = next.run(req).await;
     metrics::histogram!(
         m::HTTP_REQUEST_DURATION,
         "http_route" => route,
         "http_request_method" => method,
-        "http_response_status_code" => response.status().as_u16().to_string(),
+        "http_response_status_code" => status_label(response.status()),
     )
     .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// Status codes as static labels (no allocation per request for the common ones).
+fn status_label(status: StatusCode) -> metrics::SharedString {
+    match status.as_u16() {
+        200 => "200".into(),
+        400 => "400".into(),
+        401 => "401".into(),
+        403 => "403".into(),
+        404 => "404".into(),
+        405 => "405".into(),
+        413 => "413".into(),
+        503 => "503".into(),
+        other => other.to_string().into(),
+    }
 }
