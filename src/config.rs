@@ -18,6 +18,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub intake: IntakeConfig,
+    pub actors: ActorsConfig,
+    pub processing: ProcessingConfig,
     pub log: LogConfig,
     #[serde(default)]
     pub accounts: Vec<AccountConfig>,
@@ -65,6 +67,39 @@ pub struct IntakeConfig {
     pub batch_wait_us: u64,
     pub queue_capacity: usize,
     pub retry_after_seconds: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ActorsConfig {
+    pub idle_timeout_ms: u64,
+    pub restart_budget: u32,
+    pub restart_window_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ProcessingConfig {
+    pub batch_max: usize,
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    pub dlq_max_attempts: u32,
+    pub dlq_backoff_base_ms: u64,
+    pub dlq_backoff_max_ms: u64,
+    pub dlq_poll_ms: u64,
+    pub max_in_flight: usize,
+}
+
+/// Exponential backoff with "equal jitter": half fixed, half random, capped.
+pub fn backoff(attempt: u32, base_ms: u64, max_ms: u64) -> std::time::Duration {
+    let exp = base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(30));
+    let capped = exp.min(max_ms).max(1);
+    let half = capped / 2;
+    let jitter = if capped - half > 0 {
+        rand::random_range(0..=capped - half)
+    } else {
+        0
+    };
+    std::time::Duration::from_millis(half + jitter)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -181,6 +216,18 @@ impl Config {
         }
         if self.intake.batch_max == 0 {
             return Err(invalid("intake.batch_max", "must be at least 1"));
+        }
+        if self.processing.batch_max == 0 {
+            return Err(invalid("processing.batch_max", "must be at least 1"));
+        }
+        if self.processing.max_attempts == 0 {
+            return Err(invalid("processing.max_attempts", "must be at least 1"));
+        }
+        if self.processing.dlq_poll_ms == 0 {
+            return Err(invalid("processing.dlq_poll_ms", "must be at least 1"));
+        }
+        if self.actors.idle_timeout_ms == 0 {
+            return Err(invalid("actors.idle_timeout_ms", "must be at least 1"));
         }
         if self.intake.queue_capacity == 0 {
             return Err(invalid("intake.queue_capacity", "must be at least 1"));

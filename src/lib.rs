@@ -4,6 +4,7 @@
 //! `main.rs` only parses the command line; [`run`] and [`start`] start everything, and tests
 //! call [`start`] with a listener on port 0.
 
+pub mod actors;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -22,19 +23,25 @@ use anyhow::Context;
 use sea_orm::DatabaseConnection;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
+use ractor::{Actor, ActorRef};
+
 use crate::{
+    actors::{Ctx, RouterSink, messages::RootMsg, messages::RouterMsg, supervisor::Root},
     config::Config,
     http::{AppInner, AppState},
-    store::inbox::{Inbox, NoProcessing},
+    store::{batch::Store, inbox::Inbox},
 };
 
 /// A started server.
 pub struct Running {
     pub addr: SocketAddr,
     pub db: DatabaseConnection,
+    pub ctx: Arc<Ctx>,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     writer: JoinHandle<()>,
+    store_writer: JoinHandle<()>,
+    root: ActorRef<RootMsg>,
 }
 
 impl Running {
@@ -44,14 +51,44 @@ impl Running {
         (&mut self.server).await.context("server task")??;
         // The writer drains what was queued once every handler (and so every sender) is gone.
         let _ = (&mut self.writer).await;
+        // What the actors have not finished stays `pending` and is recovered at next start.
+        let _ = self
+            .root
+            .stop_and_wait(
+                Some("shutdown".into()),
+                Some(std::time::Duration::from_secs(5)),
+            )
+            .await;
         Ok(())
     }
 
-    /// Waits for Ctrl-C or SIGTERM, then shuts down gracefully.
+    /// Waits for Ctrl-C or SIGTERM (then shuts down gracefully), or for the supervisor to
+    /// give up (then fails).
     pub async fn until_signal(self) -> anyhow::Result<()> {
-        shutdown_signal().await;
-        tracing::info!("shutdown signal received");
-        self.shutdown().await
+        let mut fatal = self.ctx.fatal.subscribe();
+        tokio::select! {
+            _ = shutdown_signal() => {
+                tracing::info!("shutdown signal received");
+                self.shutdown().await
+            }
+            reason = async { fatal.wait_for(Option::is_some).await.map(|r| r.clone()) } => {
+                let reason = reason.ok().flatten().unwrap_or_default();
+                anyhow::bail!("processing stopped: {reason}")
+            }
+        }
+    }
+
+    /// Changes whenever processing makes progress (a commit, a DLQ park, an actor stop).
+    pub fn progress(&self) -> watch::Receiver<u64> {
+        self.ctx.store.progress()
+    }
+
+    /// Conversation actors alive now.
+    pub async fn live_conversations(&self) -> usize {
+        match self.ctx.router() {
+            Some(router) => ractor::call!(router, RouterMsg::LiveConversations).unwrap_or(0),
+            None => 0,
+        }
     }
 }
 
@@ -61,6 +98,11 @@ impl Drop for Running {
         // tasks stop where they are and only what was committed survives.
         self.server.abort();
         self.writer.abort();
+        self.store_writer.abort();
+        self.root.stop_children(None);
+        self.root.stop(None);
+        actors::write(&self.ctx.router, None);
+        actors::write(&self.ctx.dead_letter, None);
     }
 }
 
@@ -99,13 +141,35 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         "wahook started"
     );
 
-    let (inbox, writer) = Inbox::spawn(db.clone(), &config.intake, Arc::new(NoProcessing));
+    let accounts = Arc::new(RwLock::new(Arc::new(directory)));
+    let (store, store_writer) = Store::spawn(db.clone(), config.processing.batch_max);
+    let ctx = Arc::new(Ctx {
+        db: db.clone(),
+        store,
+        accounts: accounts.clone(),
+        actors: config.actors.clone(),
+        processing: config.processing.clone(),
+        in_flight: Default::default(),
+        router: RwLock::new(None),
+        dead_letter: RwLock::new(None),
+        fatal: watch::channel(None).0,
+    });
+    // The router recovers every pending inbox event before it takes new ones.
+    let (root, _) = Actor::spawn(None, Root, ctx.clone())
+        .await
+        .context("starting the actor tree")?;
+    let (inbox, writer) = Inbox::spawn(
+        db.clone(),
+        &config.intake,
+        Arc::new(RouterSink(ctx.clone())),
+    );
     let state = AppState::new(AppInner {
         db: db.clone(),
         config: Arc::new(config),
-        accounts: Arc::new(RwLock::new(Arc::new(directory))),
+        accounts,
         inbox,
         metrics,
+        processing: ctx.clone(),
     });
     let app = http::router(state);
     let (shutdown, mut rx) = watch::channel(false);
@@ -119,9 +183,12 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     Ok(Running {
         addr,
         db,
+        ctx,
         shutdown,
         server,
         writer,
+        store_writer,
+        root,
     })
 }
 

@@ -12,6 +12,15 @@ pub const INTAKE_QUEUE_DEPTH: &str = "wahook_intake_queue_depth";
 pub const INBOX_BATCH_SIZE: &str = "wahook_inbox_batch_size";
 pub const INBOX_COMMIT_DURATION: &str = "wahook_inbox_commit_duration_seconds";
 pub const DB_STATEMENTS: &str = "wahook_db_statements_total";
+pub const STORE_BATCH_SIZE: &str = "wahook_store_batch_size";
+pub const STORE_COMMIT_DURATION: &str = "wahook_store_commit_duration_seconds";
+pub const EVENTS_PROCESSED: &str = "wahook_events_processed_total";
+pub const PROCESSING_LAG: &str = "wahook_processing_lag_seconds";
+pub const RETRIES: &str = "wahook_processing_retries_total";
+pub const ACTOR_RESTARTS: &str = "wahook_actor_restarts_total";
+pub const LIVE_CONVERSATIONS: &str = "wahook_conversation_actors";
+pub const IN_FLIGHT: &str = "wahook_events_in_flight";
+pub const DLQ_PARKED: &str = "wahook_dlq_parked_total";
 
 /// Seconds, from a quarter millisecond (a sub-millisecond ack must be visible) to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -32,6 +41,9 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(INBOX_BATCH_SIZE.into()), BATCH_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(STORE_BATCH_SIZE.into()), BATCH_BUCKETS)
                 })
                 .expect("bucket lists are non-empty constants");
             let handle = match builder.install_recorder() {

@@ -18,6 +18,7 @@ pub struct Model {
     pub status: Option<String>,
     #[sea_orm(column_type = "Text")]
     pub status_error: Option<String>,
+    pub status_rank: i32,
     pub timestamp: DateTimeUtc,
     #[sea_orm(column_type = "Text")]
     pub metadata: String,

@@ -44,6 +44,7 @@ pub struct AppInner {
     pub accounts: Arc<RwLock<Arc<Directory>>>,
     pub inbox: Inbox,
     pub metrics: PrometheusHandle,
+    pub processing: Arc<crate::actors::Ctx>,
 }
 
 impl AppInner {

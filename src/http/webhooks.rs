@@ -273,6 +273,13 @@ async fn append(
     routing: &Routing,
 ) -> Result<AppendOutcome, ApiError> {
     let retry_after_seconds = state.config.intake.retry_after_seconds;
+    // Bounded memory: past this much unfinished work, Meta is asked to come back later.
+    if state.processing.in_flight() >= state.config.processing.max_in_flight {
+        return Err(ApiError::Unavailable {
+            reason: "processing_backlog",
+            retry_after_seconds,
+        });
+    }
     let outcome = state.inbox.append(event).await.map_err(|e| {
         let reason = match e {
             AppendError::QueueFull => "intake_queue_full",

@@ -1,9 +1,99 @@
 //! The edge of the payload formats. Intake only needs to know which accounts a body names
 //! (to pick the secret); the full normalisation into typed events lives here too as it grows.
 
+pub mod event;
+pub mod kapso;
+pub mod meta;
 pub mod signature;
 
+use chrono::{DateTime, TimeZone, Utc};
 use serde::Deserialize;
+use serde_json::Value;
+
+use crate::store::inbox::Source;
+pub use event::Normalized;
+
+/// Normalises one inbox event's payload. `workspace_of` maps a `phone_number_id` to its
+/// workspace (tenant routing happens per change, not per request).
+pub fn normalize(
+    source: Source,
+    event_type: Option<&str>,
+    payload: &str,
+    received_at: DateTime<Utc>,
+    workspace_of: &dyn Fn(&str) -> Option<i64>,
+) -> Result<Normalized, String> {
+    match source {
+        Source::Meta => meta::normalize(payload, received_at, workspace_of),
+        Source::Kapso => kapso::normalize(event_type, payload, received_at, workspace_of),
+    }
+}
+
+/// Unix seconds as a JSON string (Meta's usual) or number (older payloads); never ms.
+pub fn parse_timestamp(v: Option<&Value>) -> Option<DateTime<Utc>> {
+    let secs = match v? {
+        Value::String(s) => s.trim().parse::<i64>().ok()?,
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64))?,
+        _ => return None,
+    };
+    Utc.timestamp_opt(secs, 0).single()
+}
+
+/// A readable rendering of a message, where its type has one.
+pub fn content_of(message_type: &str, m: &Value) -> Option<String> {
+    let s = |path: &[&str]| {
+        let mut v = m;
+        for p in path {
+            v = v.get(p)?;
+        }
+        v.as_str().map(str::to_owned)
+    };
+    match message_type {
+        "text" => s(&["text", "body"]),
+        "button" => s(&["button", "text"]),
+        "interactive" => s(&["interactive", "button_reply", "title"])
+            .or_else(|| s(&["interactive", "list_reply", "title"]))
+            .or_else(|| s(&["interactive", "nfm_reply", "body"]))
+            .or_else(|| s(&["interactive", "nfm_reply", "response_json"])),
+        "image" | "video" | "document" => {
+            s(&[message_type, "caption"]).or_else(|| s(&[message_type, "filename"]))
+        }
+        "reaction" => Some(s(&["reaction", "emoji"]).unwrap_or_default()),
+        "location" => {
+            let loc = m.get("location")?;
+            let coords = format!(
+                "{},{}",
+                loc.get("latitude")
+                    .map(Value::to_string)
+                    .unwrap_or_default(),
+                loc.get("longitude")
+                    .map(Value::to_string)
+                    .unwrap_or_default()
+            );
+            Some(match loc.get("name").and_then(Value::as_str) {
+                Some(name) => format!("{name} ({coords})"),
+                None => coords,
+            })
+        }
+        "contacts" => {
+            let names: Vec<String> = m
+                .get("contacts")?
+                .as_array()?
+                .iter()
+                .filter_map(|c| {
+                    c.get("name")?
+                        .get("formatted_name")?
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .collect();
+            Some(names.join(", "))
+        }
+        "order" => s(&["order", "text"]).or_else(|| Some("order".into())),
+        "edit" => s(&["edit", "message", "text", "body"]),
+        "system" => s(&["system", "body"]),
+        _ => None,
+    }
+}
 use serde::de::IgnoredAny;
 
 /// What the intake reads of a Meta body: the `phone_number_id`s it names, nothing else.

@@ -81,6 +81,8 @@ pub struct NewEvent {
 #[derive(Debug, Clone)]
 pub struct CommittedEvent {
     pub id: i64,
+    /// Re-driven from the dead-letter queue (its DLQ row resolves when it succeeds).
+    pub redrive: bool,
     pub source: Source,
     pub event_type: Option<String>,
     pub workspace_id: Option<i64>,
@@ -88,6 +90,55 @@ pub struct CommittedEvent {
     pub correlation_id: String,
     pub received_at: DateTime<Utc>,
     pub payload: Arc<str>,
+}
+
+impl CommittedEvent {
+    pub fn from_row(e: webhook_events::Model, redrive: bool) -> Self {
+        Self {
+            id: e.id,
+            redrive,
+            source: if e.source == "kapso" {
+                Source::Kapso
+            } else {
+                Source::Meta
+            },
+            event_type: e.event_type,
+            workspace_id: e.workspace_id,
+            account_id: e.account_id,
+            correlation_id: e.correlation_id,
+            received_at: e.received_at,
+            payload: Arc::from(e.payload),
+        }
+    }
+}
+
+/// Pending inbox events after `after` (`(received_at, id)`), oldest first: what crash
+/// recovery re-dispatches, page by page.
+pub async fn pending_page(
+    db: &impl ConnectionTrait,
+    after: Option<(DateTime<Utc>, i64)>,
+    limit: u64,
+) -> Result<Vec<CommittedEvent>, DbErr> {
+    use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+    use webhook_events::Column as C;
+    let mut q = webhook_events::Entity::find().filter(C::Status.eq(EventStatus::Pending.as_str()));
+    if let Some((at, id)) = after {
+        q = q.filter(
+            Condition::any()
+                .add(C::ReceivedAt.gt(at))
+                .add(Condition::all().add(C::ReceivedAt.eq(at)).add(C::Id.gt(id))),
+        );
+    }
+    let rows = q
+        .order_by_asc(C::ReceivedAt)
+        .order_by_asc(C::Id)
+        .limit(limit)
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|e| CommittedEvent::from_row(e, false))
+        .collect())
 }
 
 /// The one narrow interface between the inbox and processing: it is told about every pending
@@ -240,6 +291,7 @@ impl Writer {
                     if e.status == EventStatus::Pending {
                         self.sink.dispatch(CommittedEvent {
                             id,
+                            redrive: false,
                             source: e.source,
                             event_type: e.event_type.clone(),
                             workspace_id: e.workspace_id,

@@ -2,7 +2,11 @@
 //! `&impl ConnectionTrait` so they run inside or outside a transaction.
 
 pub mod accounts;
+pub mod batch;
+pub mod dlq;
 pub mod inbox;
+pub mod leads;
+mod sql;
 
 use std::{path::Path, time::Duration};
 

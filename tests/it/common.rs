@@ -270,6 +270,86 @@ impl TestApp {
             .expect("an integer")
     }
 
+    /// Waits (on processing progress, never a fixed sleep) until `sql` yields `expected`.
+    pub async fn wait_for(&self, sql: &str, expected: i64) {
+        let mut progress = self.running().progress();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            progress.borrow_and_update();
+            let now = self.scalar(sql).await;
+            if now == expected {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, progress.changed())
+                .await
+                .is_err()
+            {
+                panic!("timed out waiting for `{sql}` to be {expected}; it is {now}");
+            }
+        }
+    }
+
+    /// Waits until every accepted event is processed and `n` are.
+    pub async fn wait_processed(&self, n: i64) {
+        self.wait_for(
+            "SELECT COUNT(*) FROM webhook_events WHERE status = 'processed'",
+            n,
+        )
+        .await;
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("the server is running")
+    }
+
+    pub async fn column(&self, sql: &str) -> Vec<i64> {
+        let backend = self.db.get_database_backend();
+        self.db
+            .query_all_raw(Statement::from_string(backend, sql.to_owned()))
+            .await
+            .expect("query runs")
+            .iter()
+            .map(|r| r.try_get_by_index::<i64>(0).expect("an integer"))
+            .collect()
+    }
+
+    pub async fn strings(&self, sql: &str) -> Vec<String> {
+        let backend = self.db.get_database_backend();
+        self.db
+            .query_all_raw(Statement::from_string(backend, sql.to_owned()))
+            .await
+            .expect("query runs")
+            .iter()
+            .map(|r| {
+                r.try_get_by_index::<Option<String>>(0)
+                    .expect("a string")
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    pub async fn db_time(&self, sql: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+        let backend = self.db.get_database_backend();
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(backend, sql.to_owned()))
+            .await
+            .expect("query runs")?;
+        row.try_get_by_index::<Option<chrono::DateTime<chrono::Utc>>>(0)
+            .expect("a timestamp")
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
     pub async fn exec(&self, sql: &str) {
         self.db
             .execute_unprepared(sql)

@@ -1,0 +1,87 @@
+//! Every actor's message enum, in one place.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU32, Ordering},
+};
+
+use chrono::{DateTime, Utc};
+use ractor::RpcReplyPort;
+
+use crate::{
+    ingest::event::{ContactKey, ItemKind},
+    store::inbox::CommittedEvent,
+};
+
+/// A conversation: its workspace and who it is with.
+pub type ConversationKey = (i64, ContactKey);
+
+/// One conversation's share of one inbox event, in payload order.
+#[derive(Debug)]
+pub struct Slice {
+    pub event_id: i64,
+    pub correlation_id: String,
+    pub received_at: DateTime<Utc>,
+    pub key: ConversationKey,
+    pub user_id: Option<String>,
+    pub items: Vec<ItemKind>,
+    /// How often the router has handed this slice to an actor (more than once after the
+    /// actor failed or stopped with it queued).
+    deliveries: AtomicU32,
+}
+
+impl Slice {
+    pub fn new(
+        event: &CommittedEvent,
+        key: ConversationKey,
+        user_id: Option<String>,
+        items: Vec<ItemKind>,
+    ) -> Self {
+        Self {
+            event_id: event.id,
+            correlation_id: event.correlation_id.clone(),
+            received_at: event.received_at,
+            key,
+            user_id,
+            items,
+            deliveries: AtomicU32::new(0),
+        }
+    }
+
+    pub fn delivered(&self) -> u32 {
+        self.deliveries.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn deliveries(&self) -> u32 {
+        self.deliveries.load(Ordering::Relaxed)
+    }
+}
+
+pub enum RootMsg {}
+
+pub enum RouterMsg {
+    /// A committed inbox event to process.
+    Dispatch(CommittedEvent),
+    /// A conversation actor finished (applied or parked) a slice.
+    SliceDone { key: ConversationKey, event_id: i64 },
+    /// How many conversation actors are alive.
+    LiveConversations(RpcReplyPort<usize>),
+}
+
+pub enum ConversationMsg {
+    Apply(Arc<Slice>),
+    /// Stop if nothing happened for `actors.idle_timeout_ms`.
+    IdleCheck,
+}
+
+pub enum DeadLetterMsg {
+    /// Park an event that failed `attempts` times.
+    Park {
+        event_id: i64,
+        correlation_id: String,
+        error: String,
+        attempts: u32,
+    },
+    /// Re-drive the DLQ rows that are due.
+    Tick,
+}

@@ -1,0 +1,98 @@
+//! The actor tree (ractor):
+//!
+//! ```text
+//! root (supervisor: restart budget, then exit loudly)
+//! ├── router ── owns (workspace, contact) → conversation actor; the only place they spawn
+//! │    └── conversation actors (one per live conversation; restarted by the router)
+//! └── dead-letter actor ── webhook_dlq, retry worker
+//! ```
+//!
+//! The inbox hands every committed event to the router through [`RouterSink`]; conversation
+//! actors write through the batched [`Store`]. A conversation actor awaits its own commits
+//! only, so a slow conversation (an AI turn later) never holds up the others, the store or
+//! the intake.
+
+pub mod conversation;
+pub mod dead_letter;
+pub mod messages;
+pub mod router;
+pub mod supervisor;
+
+use std::sync::{
+    Arc, RwLock,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use ractor::ActorRef;
+use sea_orm::DatabaseConnection;
+use tokio::sync::watch;
+
+use crate::{
+    config::{ActorsConfig, ProcessingConfig},
+    store::{
+        accounts::Directory,
+        batch::Store,
+        inbox::{CommittedEvent, EventSink},
+    },
+};
+use messages::{DeadLetterMsg, RouterMsg};
+
+/// What every actor shares.
+pub struct Ctx {
+    pub db: DatabaseConnection,
+    pub store: Store,
+    pub accounts: Arc<RwLock<Arc<Directory>>>,
+    pub actors: ActorsConfig,
+    pub processing: ProcessingConfig,
+    /// Events dispatched and not yet finished (bounds the intake).
+    pub in_flight: AtomicUsize,
+    pub router: RwLock<Option<ActorRef<RouterMsg>>>,
+    pub dead_letter: RwLock<Option<ActorRef<DeadLetterMsg>>>,
+    /// Set when the root gives up; the process then exits non-zero.
+    pub fatal: watch::Sender<Option<String>>,
+}
+
+impl Ctx {
+    pub fn router(&self) -> Option<ActorRef<RouterMsg>> {
+        read(&self.router)
+    }
+
+    pub fn dead_letter(&self) -> Option<ActorRef<DeadLetterMsg>> {
+        read(&self.dead_letter)
+    }
+
+    pub fn directory(&self) -> Arc<Directory> {
+        read(&self.accounts)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) fn read<T: Clone>(lock: &RwLock<T>) -> T {
+    match lock.read() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    }
+}
+
+pub(crate) fn write<T>(lock: &RwLock<T>, value: T) {
+    match lock.write() {
+        Ok(mut g) => *g = value,
+        Err(p) => *p.into_inner() = value,
+    }
+}
+
+/// The inbox's hand-over to processing: a cast to the router, never an await.
+pub struct RouterSink(pub Arc<Ctx>);
+
+impl EventSink for RouterSink {
+    fn dispatch(&self, event: CommittedEvent) {
+        // While the router restarts there is no one to tell: the event stays `pending` in the
+        // inbox, and the new router's recovery dispatches it.
+        if let Some(router) = self.0.router() {
+            let _ = router.cast(RouterMsg::Dispatch(event));
+        }
+    }
+}

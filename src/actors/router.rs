@@ -1,0 +1,280 @@
+//! The router: normalises each committed event, splits it into per-conversation slices, and
+//! hands them to the conversation actors it owns (the only place they are spawned, so two
+//! webhooks for a new phone cannot race). It keeps every slice in flight until its actor
+//! reports it done, so a conversation actor that fails or stops with work queued is restarted
+//! and fed the same slices again: nothing in a dead mailbox is lost.
+//!
+//! On start it re-dispatches every `pending` inbox event, oldest first, before any new event
+//! (those wait in its mailbox): crash recovery.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, atomic::Ordering},
+};
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use super::{
+    Ctx,
+    conversation::Conversation,
+    messages::{ConversationKey, ConversationMsg, DeadLetterMsg, RouterMsg, Slice},
+    write,
+};
+use crate::{
+    ingest::{self, event::ItemKind},
+    metrics as m,
+    store::{dlq, inbox},
+};
+
+pub struct Router;
+
+struct Conv {
+    actor: ActorRef<ConversationMsg>,
+    in_flight: VecDeque<Arc<Slice>>,
+}
+
+pub struct RouterState {
+    ctx: Arc<Ctx>,
+    conversations: HashMap<ConversationKey, Conv>,
+    by_actor: HashMap<ActorId, ConversationKey>,
+    /// Slices still to finish per event.
+    events: HashMap<i64, usize>,
+}
+
+impl Actor for Router {
+    type Msg = RouterMsg;
+    type State = RouterState;
+    type Arguments = Arc<Ctx>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RouterMsg>,
+        ctx: Arc<Ctx>,
+    ) -> Result<RouterState, ActorProcessingErr> {
+        // Take the inbox's hand-over before recovery reads it, so no event falls between.
+        write(&ctx.router, Some(myself));
+        Ok(RouterState {
+            ctx,
+            conversations: HashMap::new(),
+            by_actor: HashMap::new(),
+            events: HashMap::new(),
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<RouterMsg>,
+        state: &mut RouterState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.ctx.in_flight.store(0, Ordering::Relaxed);
+        let reset = dlq::reset_retrying(&state.ctx.db).await?;
+        let mut after = None;
+        let mut recovered = 0usize;
+        loop {
+            let page = inbox::pending_page(&state.ctx.db, after, 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.received_at, last.id));
+            for event in page {
+                recovered += 1;
+                dispatch(&myself, state, event).await?;
+            }
+        }
+        if recovered > 0 || reset > 0 {
+            tracing::info!(
+                recovered,
+                dlq_reset = reset,
+                "re-dispatched unprocessed inbox events"
+            );
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<RouterMsg>,
+        _state: &mut RouterState,
+    ) -> Result<(), ActorProcessingErr> {
+        // A restarted router starts from the inbox; the old actors must not keep writing.
+        myself.stop_children(None);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RouterMsg>,
+        msg: RouterMsg,
+        state: &mut RouterState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RouterMsg::Dispatch(event) => dispatch(&myself, state, event).await?,
+            RouterMsg::SliceDone { key, event_id } => {
+                if let Some(conv) = state.conversations.get_mut(&key)
+                    && let Some(pos) = conv.in_flight.iter().position(|s| s.event_id == event_id)
+                {
+                    conv.in_flight.remove(pos);
+                }
+                finish_slice(state, event_id);
+            }
+            RouterMsg::LiveConversations(reply) => {
+                let _ = reply.send(state.conversations.len());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RouterMsg>,
+        event: SupervisionEvent,
+        state: &mut RouterState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, failure) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            _ => return Ok(()),
+        };
+        let Some(key) = state.by_actor.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        let Some(conv) = state.conversations.remove(&key) else {
+            return Ok(());
+        };
+        if let Some(err) = &failure {
+            metrics::counter!(m::ACTOR_RESTARTS, "actor" => "conversation").increment(1);
+            let correlation_id = conv.in_flight.front().map(|s| s.correlation_id.clone());
+            tracing::error!(error = %err, correlation_id, pending = conv.in_flight.len(), "conversation actor failed; restarting it");
+        }
+        if conv.in_flight.is_empty() {
+            metrics::gauge!(m::LIVE_CONVERSATIONS).set(state.conversations.len() as f64);
+            state.ctx.store.bump();
+            return Ok(());
+        }
+        // Failed, or stopped idle just as work arrived: a new actor gets the same slices.
+        let actor = spawn_conversation(&myself, state, key.clone()).await?;
+        for slice in &conv.in_flight {
+            slice.delivered();
+            actor.cast(ConversationMsg::Apply(slice.clone()))?;
+        }
+        state.conversations.insert(
+            key,
+            Conv {
+                actor,
+                in_flight: conv.in_flight,
+            },
+        );
+        Ok(())
+    }
+}
+
+async fn dispatch(
+    myself: &ActorRef<RouterMsg>,
+    state: &mut RouterState,
+    event: inbox::CommittedEvent,
+) -> Result<(), ActorProcessingErr> {
+    let ctx = state.ctx.clone();
+    let directory = ctx.directory();
+    let workspace_of = |pnid: &str| directory.get(pnid).map(|a| a.workspace_id);
+    let normalized = match ingest::normalize(
+        event.source,
+        event.event_type.as_deref(),
+        &event.payload,
+        event.received_at,
+        &workspace_of,
+    ) {
+        Ok(n) => n,
+        Err(error) => {
+            // Malformed: no retry can fix the payload; it is kept and reported in the DLQ.
+            tracing::warn!(correlation_id = %event.correlation_id, event_id = event.id, %error, "payload cannot be normalised; parking it");
+            ctx.store.abandon(event.id).await;
+            if let Some(dl) = ctx.dead_letter() {
+                let _ = dl.cast(DeadLetterMsg::Park {
+                    event_id: event.id,
+                    correlation_id: event.correlation_id.clone(),
+                    error,
+                    attempts: 1,
+                });
+            }
+            return Ok(());
+        }
+    };
+    for note in &normalized.notes {
+        tracing::info!(correlation_id = %event.correlation_id, event_id = event.id, note, "payload note");
+    }
+
+    // Group by conversation, keeping payload order within each and first-seen order across.
+    let mut slices: Vec<(ConversationKey, Option<String>, Vec<ItemKind>)> = Vec::new();
+    for item in normalized.items {
+        let key = (item.workspace_id, item.contact);
+        match slices.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, user_id, items)) => {
+                if user_id.is_none() {
+                    *user_id = item.user_id;
+                }
+                items.push(item.kind);
+            }
+            None => slices.push((key, item.user_id, vec![item.kind])),
+        }
+    }
+    if slices.is_empty() {
+        ctx.store.complete(event.id, event.redrive).await;
+        return Ok(());
+    }
+    ctx.store
+        .expect(event.id, slices.len(), event.redrive)
+        .await;
+    ctx.in_flight.fetch_add(1, Ordering::Relaxed);
+    metrics::gauge!(m::IN_FLIGHT).set(ctx.in_flight() as f64);
+    state.events.insert(event.id, slices.len());
+    for (key, user_id, items) in slices {
+        let slice = Arc::new(Slice::new(&event, key.clone(), user_id, items));
+        let actor = match state.conversations.get(&key) {
+            Some(conv) => conv.actor.clone(),
+            None => {
+                let actor = spawn_conversation(myself, state, key.clone()).await?;
+                state.conversations.insert(
+                    key.clone(),
+                    Conv {
+                        actor: actor.clone(),
+                        in_flight: VecDeque::new(),
+                    },
+                );
+                metrics::gauge!(m::LIVE_CONVERSATIONS).set(state.conversations.len() as f64);
+                actor
+            }
+        };
+        if let Some(conv) = state.conversations.get_mut(&key) {
+            conv.in_flight.push_back(slice.clone());
+        }
+        slice.delivered();
+        // A failed cast means the actor is already gone; its supervision event re-sends.
+        let _ = actor.cast(ConversationMsg::Apply(slice));
+    }
+    Ok(())
+}
+
+async fn spawn_conversation(
+    myself: &ActorRef<RouterMsg>,
+    state: &mut RouterState,
+    key: ConversationKey,
+) -> Result<ActorRef<ConversationMsg>, ActorProcessingErr> {
+    let (actor, _) = Actor::spawn_linked(
+        None,
+        Conversation,
+        (state.ctx.clone(), key.clone(), myself.clone()),
+        myself.get_cell(),
+    )
+    .await?;
+    state.by_actor.insert(actor.get_id(), key);
+    Ok(actor)
+}
+
+fn finish_slice(state: &mut RouterState, event_id: i64) {
+    if let Some(left) = state.events.get_mut(&event_id) {
+        *left -= 1;
+        if *left == 0 {
+            state.events.remove(&event_id);
+            state.ctx.in_flight.fetch_sub(1, Ordering::Relaxed);
+            metrics::gauge!(m::IN_FLIGHT).set(state.ctx.in_flight() as f64);
+        }
+    }
+}

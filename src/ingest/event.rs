@@ -1,0 +1,215 @@
+//! The internal event type: everything past `ingest/` sees these, never raw JSON.
+
+use chrono::{DateTime, Utc};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// A message's delivery status, ordered: a status only ever moves to a higher rank.
+/// `failed` outranks only a message not yet delivered; after that it is recorded with its
+/// error without changing the status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageStatus {
+    /// An inbound message as received.
+    Received,
+    /// An outbound message accepted by the send API, no webhook yet.
+    Accepted,
+    Sent,
+    Failed,
+    Delivered,
+    Read,
+    /// First play of a voice message.
+    Played,
+}
+
+impl MessageStatus {
+    pub fn rank(self) -> i32 {
+        match self {
+            MessageStatus::Received | MessageStatus::Accepted => 0,
+            MessageStatus::Sent => 10,
+            MessageStatus::Failed => 15,
+            MessageStatus::Delivered => 20,
+            MessageStatus::Read => 30,
+            MessageStatus::Played => 40,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Received => "received",
+            MessageStatus::Accepted => "accepted",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Failed => "failed",
+            MessageStatus::Delivered => "delivered",
+            MessageStatus::Read => "read",
+            MessageStatus::Played => "played",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "received" => MessageStatus::Received,
+            "accepted" => MessageStatus::Accepted,
+            "sent" => MessageStatus::Sent,
+            "failed" => MessageStatus::Failed,
+            "delivered" => MessageStatus::Delivered,
+            "read" => MessageStatus::Read,
+            "played" => MessageStatus::Played,
+            _ => return None,
+        })
+    }
+}
+
+/// A conversation's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConversationState {
+    Open,
+    Inactive,
+    Closed,
+}
+
+impl ConversationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConversationState::Open => "open",
+            ConversationState::Inactive => "inactive",
+            ConversationState::Closed => "closed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "open" => ConversationState::Open,
+            "inactive" => ConversationState::Inactive,
+            "closed" => ConversationState::Closed,
+            _ => return None,
+        })
+    }
+}
+
+/// What an event asks of a conversation's state; [`ConversationState::after`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    InboundMessage,
+    Lifecycle(Lifecycle),
+}
+
+impl ConversationState {
+    /// The conversation state machine: the state after `intent`, or `None` when it stays.
+    pub fn after(self, intent: Intent) -> Option<(ConversationState, &'static str)> {
+        use ConversationState::*;
+        match (self, intent) {
+            (Inactive | Closed, Intent::InboundMessage) => {
+                Some((Open, "reopened by an inbound message"))
+            }
+            (Inactive | Closed, Intent::Lifecycle(Lifecycle::Opened)) => {
+                Some((Open, "conversation created"))
+            }
+            (Open | Inactive, Intent::Lifecycle(Lifecycle::Ended)) => {
+                Some((Closed, "conversation ended"))
+            }
+            (Open, Intent::Lifecycle(Lifecycle::Inactive)) => {
+                Some((Inactive, "conversation inactive"))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Who the conversation is with: the phone (digits, no "+"), or for a username adopter with
+/// no phone, `bsuid:<user_id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContactKey(String);
+
+impl ContactKey {
+    /// From a phone number and/or a business-scoped user id; `None` when both are empty.
+    pub fn new(phone: Option<&str>, user_id: Option<&str>) -> Option<Self> {
+        let phone: String = phone
+            .unwrap_or("")
+            .chars()
+            .filter(|c| c.is_ascii_digit())
+            .collect();
+        if !phone.is_empty() {
+            return Some(Self(phone));
+        }
+        match user_id {
+            Some(u) if !u.is_empty() => Some(Self(format!("bsuid:{u}"))),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageItem {
+    pub direction: Direction,
+    pub wamid: String,
+    pub timestamp: DateTime<Utc>,
+    /// As the payload names it (`text`, `image`, …, `unsupported`, or a type we do not know).
+    pub message_type: String,
+    /// A human-readable rendering where the type has one.
+    pub content: Option<String>,
+    /// The raw message object.
+    pub metadata: String,
+    /// The status it arrives with (Kapso's `sent`, our own send API's `accepted`).
+    pub status: MessageStatus,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusItem {
+    pub wamid: String,
+    pub status: MessageStatus,
+    pub timestamp: DateTime<Utc>,
+    /// `code: title` of the first error of a `failed` status.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    Opened,
+    Ended,
+    Inactive,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemKind {
+    Message(MessageItem),
+    Status(StatusItem),
+    /// The contact's profile name as WhatsApp shows it.
+    Profile {
+        name: String,
+    },
+    Lifecycle(Lifecycle),
+}
+
+/// One thing that happened in one conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub workspace_id: i64,
+    pub contact: ContactKey,
+    pub user_id: Option<String>,
+    pub kind: ItemKind,
+}
+
+/// Everything one inbox event says, in payload order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Normalized {
+    pub items: Vec<Item>,
+    /// Value-level errors and items that could not be attributed (kept for the log).
+    pub notes: Vec<String>,
+}

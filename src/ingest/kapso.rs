@@ -1,0 +1,171 @@
+//! Kapso's v2 platform webhooks → [`Normalized`]. The event name comes from the
+//! `X-Webhook-Event` header (stored with the event); batches carry `data[]`.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::{
+    event::{
+        ContactKey, Direction, Item, ItemKind, Lifecycle, MessageStatus, Normalized, StatusItem,
+    },
+    meta::{error_text, message_item},
+};
+
+pub fn normalize(
+    event_type: Option<&str>,
+    body: &str,
+    received_at: DateTime<Utc>,
+    workspace_of: &dyn Fn(&str) -> Option<i64>,
+) -> Result<Normalized, String> {
+    let root: Value =
+        serde_json::from_str(body).map_err(|e| format!("not a Kapso webhook payload: {e}"))?;
+    let event_type = event_type
+        .or_else(|| root.get("type").and_then(Value::as_str))
+        .unwrap_or("");
+    let mut out = Normalized::default();
+    let items: Vec<&Value> = match root.get("data").and_then(Value::as_array) {
+        Some(batch) if root.get("batch").and_then(Value::as_bool) == Some(true) => {
+            batch.iter().collect()
+        }
+        _ => vec![&root],
+    };
+    for data in items {
+        normalize_one(event_type, data, received_at, workspace_of, &mut out);
+    }
+    Ok(out)
+}
+
+fn normalize_one(
+    event_type: &str,
+    data: &Value,
+    received_at: DateTime<Utc>,
+    workspace_of: &dyn Fn(&str) -> Option<i64>,
+    out: &mut Normalized,
+) {
+    let conversation = data.get("conversation");
+    let pnid = data
+        .get("phone_number_id")
+        .and_then(Value::as_str)
+        .or_else(|| conversation?.get("phone_number_id")?.as_str())
+        .unwrap_or("");
+    let Some(workspace_id) = workspace_of(pnid) else {
+        out.notes.push(format!(
+            "Kapso event for unknown phone_number_id {pnid:?} skipped"
+        ));
+        return;
+    };
+    let message = data.get("message");
+    let direction = match message
+        .and_then(|m| m.get("kapso")?.get("direction")?.as_str())
+        .unwrap_or(if event_type == "whatsapp.message.received" {
+            "inbound"
+        } else {
+            "outbound"
+        }) {
+        "inbound" => Direction::Inbound,
+        _ => Direction::Outbound,
+    };
+    let text = |v: Option<&Value>, k: &str| {
+        v.and_then(|v| v.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let phone = text(conversation, "phone_number")
+        .or_else(|| match direction {
+            Direction::Inbound => text(message, "from"),
+            Direction::Outbound => text(message, "to"),
+        })
+        .or_else(|| text(data.get("contact"), "wa_id"))
+        .or_else(|| text(data.get("contact"), "phone_number"));
+    let user_id = text(conversation, "business_scoped_user_id")
+        .or_else(|| text(data.get("contact"), "user_id"));
+    let Some(contact) = ContactKey::new(phone.as_deref(), user_id.as_deref()) else {
+        out.notes
+            .push(format!("Kapso {event_type} without a contact skipped"));
+        return;
+    };
+    let push = |out: &mut Normalized, kind| {
+        out.items.push(Item {
+            workspace_id,
+            contact: contact.clone(),
+            user_id: user_id.clone(),
+            kind,
+        })
+    };
+
+    match event_type {
+        "whatsapp.message.received"
+        | "whatsapp.message.sent"
+        | "whatsapp.message.delivered"
+        | "whatsapp.message.read"
+        | "whatsapp.message.failed" => {
+            let Some(m) = message else {
+                out.notes
+                    .push(format!("{event_type} without a message skipped"));
+                return;
+            };
+            if let Some(name) = conversation
+                .and_then(|c| c.get("kapso")?.get("contact_name")?.as_str())
+                .filter(|n| !n.is_empty())
+            {
+                push(
+                    out,
+                    ItemKind::Profile {
+                        name: name.to_owned(),
+                    },
+                );
+            }
+            let Some(mut item) = message_item(m, direction, received_at) else {
+                out.notes
+                    .push(format!("{event_type} without a message id skipped"));
+                return;
+            };
+            if let Some(content) = text(m.get("kapso"), "content").filter(|c| !c.is_empty()) {
+                item.content = Some(content);
+            }
+            let status = match event_type {
+                "whatsapp.message.sent" => Some(MessageStatus::Sent),
+                "whatsapp.message.delivered" => Some(MessageStatus::Delivered),
+                "whatsapp.message.read" => Some(MessageStatus::Read),
+                "whatsapp.message.failed" => Some(MessageStatus::Failed),
+                _ => None,
+            };
+            let wamid = item.wamid.clone();
+            let timestamp = item.timestamp;
+            push(out, ItemKind::Message(item));
+            if let Some(status) = status {
+                let error = m
+                    .get("errors")
+                    .and_then(Value::as_array)
+                    .and_then(|e| e.first())
+                    .or_else(|| m.get("kapso")?.get("error"))
+                    .map(error_text);
+                push(
+                    out,
+                    ItemKind::Status(StatusItem {
+                        wamid,
+                        status,
+                        timestamp,
+                        error,
+                    }),
+                );
+            }
+        }
+        "whatsapp.conversation.created" => push(out, ItemKind::Lifecycle(Lifecycle::Opened)),
+        "whatsapp.conversation.ended" => push(out, ItemKind::Lifecycle(Lifecycle::Ended)),
+        "whatsapp.conversation.inactive" => push(out, ItemKind::Lifecycle(Lifecycle::Inactive)),
+        "whatsapp.contact.updated" => {
+            let c = data.get("contact");
+            if let Some(name) = text(c, "name")
+                .or_else(|| text(c, "profile_name"))
+                .or_else(|| text(c, "display_name"))
+                .filter(|n| !n.is_empty())
+            {
+                push(out, ItemKind::Profile { name });
+            }
+        }
+        other => out
+            .notes
+            .push(format!("Kapso event {other:?} stored, not processed")),
+    }
+}

@@ -1,0 +1,163 @@
+//! The dead-letter queue (`webhook_dlq`): parking, the retry worker's reads, and the operator's
+//! replay / resolve / discard.
+
+use chrono::{DateTime, Utc};
+use entity::{webhook_dlq, webhook_events};
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+    sea_query::{Expr, ExprTrait, OnConflict},
+};
+
+use super::inbox::{CommittedEvent, EventStatus};
+
+/// Parks an event: its DLQ row (created or updated; `parked` = times it has been parked) and
+/// its inbox row (status, error, `processing_attempts` more attempts), together.
+/// `next_retry_at = None` means no more automatic retries (the event is `dead`).
+pub async fn park(
+    db: &sea_orm::DatabaseConnection,
+    event_id: i64,
+    error: &str,
+    parked: i32,
+    processing_attempts: u32,
+    next_retry_at: Option<DateTime<Utc>>,
+) -> Result<(), DbErr> {
+    let now = Utc::now();
+    let tx = db.begin().await?;
+    webhook_dlq::Entity::insert(webhook_dlq::ActiveModel {
+        event_id: Set(event_id),
+        error: Set(error.to_owned()),
+        attempts: Set(parked),
+        next_retry_at: Set(next_retry_at),
+        resolution_status: Set("pending".into()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    })
+    .on_conflict(
+        OnConflict::column(webhook_dlq::Column::EventId)
+            .update_columns([
+                webhook_dlq::Column::Error,
+                webhook_dlq::Column::Attempts,
+                webhook_dlq::Column::NextRetryAt,
+                webhook_dlq::Column::ResolutionStatus,
+                webhook_dlq::Column::UpdatedAt,
+            ])
+            .to_owned(),
+    )
+    .exec(&tx)
+    .await?;
+    let status = if next_retry_at.is_some() {
+        EventStatus::Failed
+    } else {
+        EventStatus::Dead
+    };
+    webhook_events::Entity::update_many()
+        .col_expr(webhook_events::Column::Status, status.as_str().into())
+        .col_expr(webhook_events::Column::LastError, error.into())
+        .col_expr(
+            webhook_events::Column::Attempts,
+            Expr::col(webhook_events::Column::Attempts).add(processing_attempts as i32),
+        )
+        .filter(webhook_events::Column::Id.eq(event_id))
+        .exec(&tx)
+        .await?;
+    tx.commit().await
+}
+
+/// Current DLQ attempts of an event (0 if it was never parked).
+pub async fn attempts_of(db: &impl ConnectionTrait, event_id: i64) -> Result<i32, DbErr> {
+    Ok(webhook_dlq::Entity::find()
+        .filter(webhook_dlq::Column::EventId.eq(event_id))
+        .one(db)
+        .await?
+        .map_or(0, |r| r.attempts))
+}
+
+/// Claims the DLQ rows due for a retry (`pending`, `next_retry_at` passed) and returns their
+/// events, oldest first, marked `retrying`.
+pub async fn claim_due(
+    db: &impl ConnectionTrait,
+    now: DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<CommittedEvent>, DbErr> {
+    let rows = webhook_dlq::Entity::find()
+        .filter(webhook_dlq::Column::ResolutionStatus.eq("pending"))
+        .filter(webhook_dlq::Column::NextRetryAt.lte(now))
+        .order_by_asc(webhook_dlq::Column::NextRetryAt)
+        .limit(limit)
+        .all(db)
+        .await?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let event_ids: Vec<i64> = rows.iter().map(|r| r.event_id).collect();
+    webhook_dlq::Entity::update_many()
+        .col_expr(webhook_dlq::Column::ResolutionStatus, "retrying".into())
+        .col_expr(webhook_dlq::Column::UpdatedAt, now.into())
+        .filter(webhook_dlq::Column::Id.is_in(ids))
+        .exec(db)
+        .await?;
+    let events = webhook_events::Entity::find()
+        .filter(webhook_events::Column::Id.is_in(event_ids))
+        .order_by_asc(webhook_events::Column::ReceivedAt)
+        .order_by_asc(webhook_events::Column::Id)
+        .all(db)
+        .await?;
+    Ok(events
+        .into_iter()
+        .map(|e| CommittedEvent::from_row(e, true))
+        .collect())
+}
+
+/// Operator: retry this DLQ row now (also revives a `dead` event).
+pub async fn replay(db: &impl ConnectionTrait, dlq_id: i64) -> Result<bool, DbErr> {
+    let now = Utc::now();
+    let res = webhook_dlq::Entity::update_many()
+        .col_expr(webhook_dlq::Column::ResolutionStatus, "pending".into())
+        .col_expr(webhook_dlq::Column::NextRetryAt, Some(now).into())
+        .col_expr(webhook_dlq::Column::UpdatedAt, now.into())
+        .filter(webhook_dlq::Column::Id.eq(dlq_id))
+        .filter(webhook_dlq::Column::ResolutionStatus.ne("resolved"))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// Operator: close a DLQ row by hand, `resolved` (fixed elsewhere) or `discarded`.
+pub async fn close(
+    db: &impl ConnectionTrait,
+    dlq_id: i64,
+    resolution: &str,
+    by: &str,
+) -> Result<bool, DbErr> {
+    let now = Utc::now();
+    let res = webhook_dlq::Entity::update_many()
+        .col_expr(webhook_dlq::Column::ResolutionStatus, resolution.into())
+        .col_expr(webhook_dlq::Column::ResolvedBy, Some(by.to_owned()).into())
+        .col_expr(webhook_dlq::Column::ResolvedAt, Some(now).into())
+        .col_expr(
+            webhook_dlq::Column::NextRetryAt,
+            None::<DateTime<Utc>>.into(),
+        )
+        .col_expr(webhook_dlq::Column::UpdatedAt, now.into())
+        .filter(webhook_dlq::Column::Id.eq(dlq_id))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// At start-up: re-drives interrupted by a crash (`retrying`) become due again.
+pub async fn reset_retrying(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
+    let now = Utc::now();
+    let res = webhook_dlq::Entity::update_many()
+        .col_expr(webhook_dlq::Column::ResolutionStatus, "pending".into())
+        .col_expr(webhook_dlq::Column::NextRetryAt, Some(now).into())
+        .col_expr(webhook_dlq::Column::UpdatedAt, now.into())
+        .filter(webhook_dlq::Column::ResolutionStatus.eq("retrying"))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected)
+}

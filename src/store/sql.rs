@@ -1,0 +1,54 @@
+//! A small SQL text builder that numbers parameters for the backend (`?` or `$n`), for the
+//! multi-row upserts sea-query's builder cannot express (CASE-max merges, conditional updates).
+
+use sea_orm::{DatabaseBackend, Statement, Value};
+
+pub struct Sql {
+    backend: DatabaseBackend,
+    text: String,
+    values: Vec<Value>,
+}
+
+impl Sql {
+    pub fn new(backend: DatabaseBackend, text: &str) -> Self {
+        Self {
+            backend,
+            text: text.to_owned(),
+            values: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    pub fn param(&mut self, value: impl Into<Value>) -> &mut Self {
+        self.values.push(value.into());
+        match self.backend {
+            DatabaseBackend::Postgres => {
+                self.text.push('$');
+                self.text.push_str(&self.values.len().to_string());
+            }
+            _ => self.text.push('?'),
+        }
+        self
+    }
+
+    /// `(p1, p2, …)` for a list of values.
+    pub fn tuple<V: Into<Value>>(&mut self, values: impl IntoIterator<Item = V>) -> &mut Self {
+        self.text.push('(');
+        for (i, v) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.text.push_str(", ");
+            }
+            self.param(v);
+        }
+        self.text.push(')');
+        self
+    }
+
+    pub fn build(self) -> Statement {
+        Statement::from_sql_and_values(self.backend, self.text, self.values)
+    }
+}
