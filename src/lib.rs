@@ -153,11 +153,26 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         router: RwLock::new(None),
         dead_letter: RwLock::new(None),
         fatal: watch::channel(None).0,
+        recovered: watch::channel(false).0,
+        serving: Default::default(),
     });
-    // The router recovers every pending inbox event before it takes new ones.
+    // Every pending inbox event is re-dispatched before new traffic is taken in.
+    let mut recovered = ctx.recovered.subscribe();
     let (root, _) = Actor::spawn(None, Root, ctx.clone())
         .await
         .context("starting the actor tree")?;
+    let mut fatal = ctx.fatal.subscribe();
+    tokio::select! {
+        done = recovered.wait_for(|done| *done) => {
+            done.context("the router stopped during recovery")?;
+        }
+        reason = fatal.wait_for(Option::is_some) => {
+            let reason = reason.ok().and_then(|r| r.clone()).unwrap_or_default();
+            anyhow::bail!("recovering unprocessed events failed: {reason}");
+        }
+    }
+    ctx.serving
+        .store(true, std::sync::atomic::Ordering::Release);
     let (inbox, writer) = Inbox::spawn(
         db.clone(),
         &config.intake,

@@ -50,6 +50,10 @@ pub struct Ctx {
     pub dead_letter: RwLock<Option<ActorRef<DeadLetterMsg>>>,
     /// Set when the root gives up; the process then exits non-zero.
     pub fatal: watch::Sender<Option<String>>,
+    /// Set by the router once its start-up recovery has dispatched every pending event.
+    pub recovered: watch::Sender<bool>,
+    /// Set once the intake hands events over (after the first recovery).
+    pub serving: std::sync::atomic::AtomicBool,
 }
 
 impl Ctx {

@@ -8,7 +8,7 @@
 //! (those wait in its mailbox): crash recovery.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, atomic::Ordering},
 };
 
@@ -39,6 +39,9 @@ pub struct RouterState {
     by_actor: HashMap<ActorId, ConversationKey>,
     /// Slices still to finish per event.
     events: HashMap<i64, usize>,
+    /// Events a restarted router's recovery dispatched while the intake kept handing events
+    /// over: their copies in the mailbox are skipped.
+    recovered: HashSet<i64>,
 }
 
 impl Actor for Router {
@@ -58,6 +61,7 @@ impl Actor for Router {
             conversations: HashMap::new(),
             by_actor: HashMap::new(),
             events: HashMap::new(),
+            recovered: HashSet::new(),
         })
     }
 
@@ -67,6 +71,9 @@ impl Actor for Router {
         state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
         state.ctx.in_flight.store(0, Ordering::Relaxed);
+        // At first start the intake waits for this recovery; after a router restart it is
+        // already running, so the same event may also be in the mailbox.
+        let concurrent_intake = state.ctx.serving.load(Ordering::Acquire);
         let reset = dlq::reset_retrying(&state.ctx.db).await?;
         let mut after = None;
         let mut recovered = 0usize;
@@ -76,9 +83,13 @@ impl Actor for Router {
             after = Some((last.received_at, last.id));
             for event in page {
                 recovered += 1;
+                if concurrent_intake {
+                    state.recovered.insert(event.id);
+                }
                 dispatch(&myself, state, event).await?;
             }
         }
+        let _ = state.ctx.recovered.send(true);
         if recovered > 0 || reset > 0 {
             tracing::info!(
                 recovered,
@@ -106,7 +117,11 @@ impl Actor for Router {
         state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RouterMsg::Dispatch(event) => dispatch(&myself, state, event).await?,
+            RouterMsg::Dispatch(event) => {
+                if !(state.recovered.remove(&event.id) && !event.redrive) {
+                    dispatch(&myself, state, event).await?;
+                }
+            }
             RouterMsg::SliceDone { key, event_id } => {
                 if let Some(conv) = state.conversations.get_mut(&key)
                     && let Some(pos) = conv.in_flight.iter().position(|s| s.event_id == event_id)
