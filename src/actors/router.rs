@@ -118,7 +118,8 @@ impl Actor for Router {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RouterMsg::Dispatch(event) => {
-                if !(state.recovered.remove(&event.id) && !event.redrive) {
+                let already = !event.redrive && state.recovered.remove(&event.id);
+                if !already {
                     dispatch(&myself, state, event).await?;
                 }
             }
