@@ -20,6 +20,7 @@ pub struct Config {
     pub intake: IntakeConfig,
     pub actors: ActorsConfig,
     pub processing: ProcessingConfig,
+    pub health: HealthConfig,
     pub log: LogConfig,
     #[serde(default)]
     pub accounts: Vec<AccountConfig>,
@@ -87,6 +88,13 @@ pub struct ProcessingConfig {
     pub dlq_backoff_max_ms: u64,
     pub dlq_poll_ms: u64,
     pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct HealthConfig {
+    pub max_pending_age_seconds: u64,
+    pub stuck_after_seconds: u64,
+    pub gauge_interval_ms: u64,
 }
 
 /// Exponential backoff with "equal jitter": half fixed, half random, capped.
@@ -225,6 +233,9 @@ impl Config {
         }
         if self.processing.dlq_poll_ms == 0 {
             return Err(invalid("processing.dlq_poll_ms", "must be at least 1"));
+        }
+        if self.health.gauge_interval_ms == 0 {
+            return Err(invalid("health.gauge_interval_ms", "must be at least 1"));
         }
         if self.actors.idle_timeout_ms == 0 {
             return Err(invalid("actors.idle_timeout_ms", "must be at least 1"));

@@ -41,6 +41,7 @@ pub struct Running {
     server: JoinHandle<std::io::Result<()>>,
     writer: JoinHandle<()>,
     store_writer: JoinHandle<()>,
+    gauges: JoinHandle<()>,
     root: ActorRef<RootMsg>,
 }
 
@@ -99,6 +100,7 @@ impl Drop for Running {
         self.server.abort();
         self.writer.abort();
         self.store_writer.abort();
+        self.gauges.abort();
         self.root.stop_children(None);
         self.root.stop(None);
         actors::write(&self.ctx.router, None);
@@ -186,6 +188,12 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         metrics,
         processing: ctx.clone(),
     });
+    let gauges = tokio::spawn(refresh_gauges(
+        state.db.clone(),
+        std::time::Duration::from_millis(state.config.health.gauge_interval_ms),
+        state.config.health.max_pending_age_seconds,
+        ctx.clone(),
+    ));
     let app = http::router(state);
     let (shutdown, mut rx) = watch::channel(false);
     let server = tokio::spawn(async move {
@@ -199,12 +207,42 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         addr,
         db,
         ctx,
+        gauges,
         shutdown,
         server,
         writer,
         store_writer,
         root,
     })
+}
+
+/// Keeps the backlog gauges (and readiness) current between scrapes.
+async fn refresh_gauges(
+    db: DatabaseConnection,
+    every: std::time::Duration,
+    max_pending_age_seconds: u64,
+    ctx: Arc<Ctx>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let ready = match store::health::backlog(&db, chrono::Utc::now()).await {
+            Ok(b) => {
+                ::metrics::gauge!(crate::metrics::INBOX_PENDING).set(b.pending_events as f64);
+                ::metrics::gauge!(crate::metrics::INBOX_OLDEST_PENDING_AGE)
+                    .set(b.oldest_pending_age_seconds);
+                for (status, n) in &b.dlq {
+                    ::metrics::gauge!(crate::metrics::DLQ_ROWS, "status" => status.clone())
+                        .set(*n as f64);
+                }
+                b.oldest_pending_age_seconds <= max_pending_age_seconds as f64
+            }
+            Err(_) => false,
+        };
+        let actors_up = ctx.router().is_some() && ctx.dead_letter().is_some();
+        ::metrics::gauge!(crate::metrics::READY).set(if ready && actors_up { 1.0 } else { 0.0 });
+    }
 }
 
 async fn shutdown_signal() {

@@ -21,6 +21,38 @@ pub const ACTOR_RESTARTS: &str = "wahook_actor_restarts_total";
 pub const LIVE_CONVERSATIONS: &str = "wahook_conversation_actors";
 pub const IN_FLIGHT: &str = "wahook_events_in_flight";
 pub const DLQ_PARKED: &str = "wahook_dlq_parked_total";
+pub const MAILBOX_DEPTH: &str = "wahook_conversation_mailbox_depth";
+pub const INBOX_PENDING: &str = "wahook_inbox_pending_events";
+pub const INBOX_OLDEST_PENDING_AGE: &str = "wahook_inbox_oldest_pending_age_seconds";
+pub const DLQ_ROWS: &str = "wahook_dlq_rows";
+pub const READY: &str = "wahook_ready";
+
+/// Every histogram, for the test that checks each is exposed with real buckets.
+pub const HISTOGRAMS: &[&str] = &[
+    HTTP_REQUEST_DURATION,
+    INBOX_BATCH_SIZE,
+    INBOX_COMMIT_DURATION,
+    STORE_BATCH_SIZE,
+    STORE_COMMIT_DURATION,
+    PROCESSING_LAG,
+];
+
+/// Webhook outcomes, registered at zero so dashboards and alerts see series before the first
+/// rejection happens.
+const OUTCOMES: &[&str] = &[
+    "accepted",
+    "duplicate",
+    "missing_signature",
+    "malformed_signature",
+    "bad_signature",
+    "unknown_phone_number",
+    "cross_tenant",
+    "no_secret_for_source",
+    "payload_not_json",
+    "store_unavailable",
+    "intake_queue_full",
+    "processing_backlog",
+];
 
 /// Seconds, from a quarter millisecond (a sub-millisecond ack must be visible) to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -92,5 +124,74 @@ fn describe() {
         Unit::Seconds,
         "Duration of one inbox group commit."
     );
-    describe_counter!(DB_STATEMENTS, "Database statements issued, by component.");
+    describe_counter!(
+        DB_STATEMENTS,
+        "Database statements issued, by component (inbox, store)."
+    );
+    describe_histogram!(
+        STORE_BATCH_SIZE,
+        "Change sets (one conversation's share of one event) committed per store transaction."
+    );
+    describe_histogram!(
+        STORE_COMMIT_DURATION,
+        Unit::Seconds,
+        "Duration of one store transaction."
+    );
+    describe_counter!(
+        EVENTS_PROCESSED,
+        "Inbox events finished, by outcome (processed, parked in the DLQ, dead)."
+    );
+    describe_histogram!(
+        PROCESSING_LAG,
+        Unit::Seconds,
+        "From the ack (received_at) to the event's effects being committed."
+    );
+    describe_counter!(
+        RETRIES,
+        "Processing retries of a change set by its conversation actor."
+    );
+    describe_counter!(
+        ACTOR_RESTARTS,
+        "Actors restarted by their supervisor, by actor kind."
+    );
+    describe_gauge!(LIVE_CONVERSATIONS, "Conversation actors alive.");
+    describe_gauge!(
+        IN_FLIGHT,
+        "Events dispatched to processing and not yet finished."
+    );
+    describe_counter!(DLQ_PARKED, "Events parked in the dead-letter queue.");
+    describe_gauge!(
+        MAILBOX_DEPTH,
+        "Slices handed to conversation actors and not yet finished, summed over actors."
+    );
+    describe_gauge!(INBOX_PENDING, "Inbox events not yet processed.");
+    describe_gauge!(
+        INBOX_OLDEST_PENDING_AGE,
+        Unit::Seconds,
+        "Age of the oldest inbox event not yet processed."
+    );
+    describe_gauge!(DLQ_ROWS, "Dead-letter queue rows by resolution status.");
+    describe_gauge!(
+        READY,
+        "1 when /ready would answer 200 (store answers, actors up, backlog young)."
+    );
+    // Registered at zero, so dashboards and alerts see series before the first event.
+    for source in ["meta", "kapso"] {
+        for outcome in OUTCOMES {
+            metrics::counter!(WEBHOOKS_RECEIVED, "source" => source, "outcome" => *outcome)
+                .increment(0);
+        }
+    }
+    for outcome in ["processed", "parked", "dead"] {
+        metrics::counter!(EVENTS_PROCESSED, "outcome" => outcome).increment(0);
+    }
+    for actor in ["router", "dead_letter", "conversation"] {
+        metrics::counter!(ACTOR_RESTARTS, "actor" => actor).increment(0);
+    }
+    metrics::counter!(RETRIES).increment(0);
+    metrics::counter!(DLQ_PARKED).increment(0);
+    for component in ["inbox", "store"] {
+        metrics::counter!(DB_STATEMENTS, "component" => component).increment(0);
+    }
+    metrics::gauge!(READY).set(0.0);
 }

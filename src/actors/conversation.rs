@@ -111,6 +111,13 @@ async fn apply(state: &mut Live, slice: &Slice) {
                     conversation_id: applied.conversation_id,
                 });
                 state.state = Some(applied.state);
+                tracing::debug!(
+                    correlation_id = %slice.correlation_id,
+                    event_id = slice.event_id,
+                    contact = %crate::telemetry::mask_phone(slice.key.1.as_str()),
+                    items = slice.items.len(),
+                    "event applied"
+                );
                 let lag = (Utc::now() - slice.received_at)
                     .num_microseconds()
                     .unwrap_or(0);
@@ -119,7 +126,14 @@ async fn apply(state: &mut Live, slice: &Slice) {
             }
             Err(e) => {
                 last_error = e;
-                tracing::warn!(correlation_id = %slice.correlation_id, event_id = slice.event_id, attempt, error = %last_error, "applying an event failed");
+                tracing::warn!(
+                    correlation_id = %slice.correlation_id,
+                    event_id = slice.event_id,
+                    contact = %crate::telemetry::mask_phone(slice.key.1.as_str()),
+                    attempt,
+                    error = %last_error,
+                    "applying an event failed"
+                );
                 if attempt < max {
                     metrics::counter!(m::RETRIES).increment(1);
                     tokio::time::sleep(backoff(

@@ -66,6 +66,8 @@ pub enum RouterMsg {
     SliceDone { key: ConversationKey, event_id: i64 },
     /// How many conversation actors are alive.
     LiveConversations(RpcReplyPort<usize>),
+    /// How many conversations have unfinished work acknowledged more than this long ago.
+    Stuck(std::time::Duration, RpcReplyPort<usize>),
 }
 
 pub enum ConversationMsg {

@@ -42,6 +42,8 @@ pub struct RouterState {
     /// Events a restarted router's recovery dispatched while the intake kept handing events
     /// over: their copies in the mailbox are skipped.
     recovered: HashSet<i64>,
+    /// Slices handed to conversation actors and not yet done (their mailboxes, summed).
+    queued: usize,
 }
 
 impl Actor for Router {
@@ -62,6 +64,7 @@ impl Actor for Router {
             by_actor: HashMap::new(),
             events: HashMap::new(),
             recovered: HashSet::new(),
+            queued: 0,
         })
     }
 
@@ -128,11 +131,23 @@ impl Actor for Router {
                     && let Some(pos) = conv.in_flight.iter().position(|s| s.event_id == event_id)
                 {
                     conv.in_flight.remove(pos);
+                    state.queued = state.queued.saturating_sub(1);
+                    metrics::gauge!(m::MAILBOX_DEPTH).set(state.queued as f64);
                 }
                 finish_slice(state, event_id);
             }
             RouterMsg::LiveConversations(reply) => {
                 let _ = reply.send(state.conversations.len());
+            }
+            RouterMsg::Stuck(older_than, reply) => {
+                let cutoff = chrono::Utc::now()
+                    - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+                let stuck = state
+                    .conversations
+                    .values()
+                    .filter(|c| c.in_flight.front().is_some_and(|s| s.received_at < cutoff))
+                    .count();
+                let _ = reply.send(stuck);
             }
         }
         Ok(())
@@ -155,6 +170,7 @@ impl Actor for Router {
         let Some(conv) = state.conversations.remove(&key) else {
             return Ok(());
         };
+        // A restarted router stops its children; their queues died with this state.
         if let Some(err) = &failure {
             metrics::counter!(m::ACTOR_RESTARTS, "actor" => "conversation").increment(1);
             let correlation_id = conv.in_flight.front().map(|s| s.correlation_id.clone());
@@ -235,6 +251,7 @@ async fn dispatch(
         ctx.store.complete(event.id, event.redrive).await;
         return Ok(());
     }
+    metrics::gauge!(m::MAILBOX_DEPTH).set((state.queued + slices.len()) as f64);
     ctx.store
         .expect(event.id, slices.len(), event.redrive)
         .await;
@@ -260,6 +277,7 @@ async fn dispatch(
         };
         if let Some(conv) = state.conversations.get_mut(&key) {
             conv.in_flight.push_back(slice.clone());
+            state.queued += 1;
         }
         slice.delivered();
         // A failed cast means the actor is already gone; its supervision event re-sends.

@@ -236,7 +236,12 @@ impl Writer {
             }
             Err(e) if batch.len() > 1 || !completed.is_empty() => {
                 // One bad set must not sink the others: apply each alone.
-                tracing::warn!(error = %e, sets = batch.len(), "store batch failed; applying its change sets one by one");
+                let correlation_ids: Vec<&str> = batch
+                    .iter()
+                    .take(10)
+                    .map(|(s, _)| s.correlation_id.as_str())
+                    .collect();
+                tracing::warn!(error = %e, sets = batch.len(), ?correlation_ids, "store batch failed; applying its change sets one by one");
                 self.completed = completed;
                 for (set, reply) in batch {
                     let (done, remaining) = self.finishing(&[&set]);

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod batch;
 pub mod dlq;
+pub mod health;
 pub mod inbox;
 pub mod leads;
 mod sql;
