@@ -137,6 +137,6 @@ for name, expr in exprs:
         failures += 1
         continue
     print(f"ok   {name}: {len(result)} series")
-print(f"{len(exprs) - failures} passed, {failures} failed")
+print(f"PromQL expressions: {len(exprs) - failures} ok, {failures} failing")
 sys.exit(1 if failures else 0)
 PY

@@ -203,6 +203,7 @@ async fn dispatch(
     state: &mut RouterState,
     event: inbox::CommittedEvent,
 ) -> Result<(), ActorProcessingErr> {
+    injected_panic(&event);
     let ctx = state.ctx.clone();
     let directory = ctx.directory();
     let workspace_of = |pnid: &str| directory.get(pnid).map(|a| a.workspace_id);
@@ -311,4 +312,15 @@ fn finish_slice(state: &mut RouterState, event_id: i64) {
             metrics::gauge!(m::IN_FLIGHT).set(state.ctx.in_flight() as f64);
         }
     }
+}
+
+/// Fault injection for the test suite (`fail` crate): panics the router on an event whose
+/// payload contains the point's argument.
+#[allow(unused_variables)] // without failpoints the macro expands to nothing
+fn injected_panic(event: &inbox::CommittedEvent) {
+    fail::fail_point!("router::dispatch", |arg: Option<String>| {
+        if arg.is_some_and(|marker| event.payload.contains(&marker)) {
+            panic!("injected router panic on event {}", event.id);
+        }
+    });
 }

@@ -207,13 +207,14 @@ fn verify(
             secrets.push(secret);
         }
     }
-    if secrets.len() > 1 {
-        return Err(ApiError::Forbidden("cross_tenant"));
-    }
-    if !signature::verify(secrets[0].as_bytes(), body, expected) {
+    let (secret, first) = match (secrets.as_slice(), accounts.first()) {
+        ([secret], Some(first)) => (secret, *first),
+        ([], _) | (_, None) => return Err(ApiError::Forbidden("unknown_phone_number")),
+        _ => return Err(ApiError::Forbidden("cross_tenant")),
+    };
+    if !signature::verify(secret.as_bytes(), body, expected) {
         return Err(ApiError::Forbidden("bad_signature"));
     }
-    let first = accounts[0];
     let one_workspace = accounts
         .iter()
         .all(|a| a.workspace_id == first.workspace_id);

@@ -498,7 +498,7 @@ async fn apply_sets(
     let mut messages: Vec<(i64, i64, &MessageItem, i64)> = Vec::new();
     let mut touched: BTreeMap<i64, ()> = BTreeMap::new();
     for set in sets {
-        let (conversation_id, _) = conv_of_contact[&contact_of(set)?];
+        let (conversation_id, _) = conversation_of(&conv_of_contact, contact_of(set)?)?;
         for msg in &set.messages {
             if seen.insert((set.workspace_id, msg.wamid.as_str())) {
                 messages.push((set.workspace_id, conversation_id, msg, set.event_id));
@@ -557,7 +557,7 @@ async fn apply_sets(
     //    that keeps the status until its message arrives.
     let mut best: BTreeMap<(i64, &str), (i64, StatusItem, i64)> = BTreeMap::new();
     for set in sets {
-        let (conversation_id, _) = conv_of_contact[&contact_of(set)?];
+        let (conversation_id, _) = conversation_of(&conv_of_contact, contact_of(set)?)?;
         for st in &set.statuses {
             match best.get_mut(&(set.workspace_id, st.wamid.as_str())) {
                 Some((_, cur, _)) => {
@@ -644,7 +644,7 @@ async fn apply_sets(
     let mut applied = Vec::with_capacity(sets.len());
     for set in sets {
         let contact_id = contact_of(set)?;
-        let (conversation_id, stored) = conv_of_contact[&contact_id];
+        let (conversation_id, stored) = conversation_of(&conv_of_contact, contact_id)?;
         let current = state.entry(conversation_id).or_insert(stored);
         if created.remove(&contact_id) {
             transitions.push(TransitionRow {
@@ -712,6 +712,17 @@ async fn apply_sets(
         run(tx, sql).await?;
     }
     Ok(applied)
+}
+
+/// A conversation the batch created or read; an error (never a panic: a panic would stop the
+/// writer) if it vanished, e.g. deleted by an operator mid-batch.
+fn conversation_of(
+    map: &HashMap<i64, (i64, ConversationState)>,
+    contact_id: i64,
+) -> Result<(i64, ConversationState), DbErr> {
+    map.get(&contact_id)
+        .copied()
+        .ok_or_else(|| DbErr::Custom(format!("no conversation for contact {contact_id}")))
 }
 
 const MESSAGE_INSERT: &str = "INSERT INTO messages (workspace_id, conversation_id, direction, wamid, \

@@ -20,6 +20,8 @@ both_backends!(
     kapso_events_drive_messages_and_the_conversation_state_machine,
     lead_queries_find_the_right_contacts,
     idle_conversation_actors_stop_and_come_back,
+    a_failed_router_is_restarted_and_recovers_from_the_inbox,
+    a_router_crash_loop_exhausts_the_restart_budget_and_stops_loudly,
 );
 
 fn value(phone_number_id: &str, inner: &str) -> String {
@@ -652,5 +654,69 @@ async fn idle_conversation_actors_stop_and_come_back(backend: Backend) {
         app.scalar("SELECT message_count FROM conversations").await,
         2
     );
+    app.stop().await;
+}
+
+async fn a_failed_router_is_restarted_and_recovers_from_the_inbox(backend: Backend) {
+    let _turn = FAILPOINTS.lock().await;
+    let marker = format!("router-panics-once-{backend:?}");
+    fail::cfg("router::dispatch", &format!("1*return({marker})")).unwrap();
+    let app = TestApp::start(backend).await;
+    post_ok(
+        &app,
+        text_at("4917699990001", "wamid.router.1", 1_767_225_600, &marker),
+    )
+    .await;
+    post_ok(
+        &app,
+        text_at("4917699990002", "wamid.router.2", 1_767_225_601, "after"),
+    )
+    .await;
+    app.wait_processed(2).await;
+    assert_eq!(app.count("messages").await, 2);
+    assert_eq!(
+        app.scalar("SELECT SUM(message_count) FROM conversations")
+            .await,
+        2
+    );
+    assert!(
+        app.running().ctx.fatal.borrow().is_none(),
+        "within the budget"
+    );
+    assert!(app.running().ctx.router().is_some());
+    fail::remove("router::dispatch");
+    app.stop().await;
+}
+
+async fn a_router_crash_loop_exhausts_the_restart_budget_and_stops_loudly(backend: Backend) {
+    let _turn = FAILPOINTS.lock().await;
+    let marker = format!("router-panics-always-{backend:?}");
+    fail::cfg("router::dispatch", &format!("return({marker})")).unwrap();
+    let app = TestApp::start_with(backend, |c| c.actors.restart_budget = 2).await;
+    // Every new router recovers the event from the inbox and dies on it again.
+    post_ok(
+        &app,
+        text_at("4917699990003", "wamid.router.3", 1_767_225_602, &marker),
+    )
+    .await;
+    let mut fatal = app.running().ctx.fatal.subscribe();
+    let reason = tokio::time::timeout(Duration::from_secs(60), fatal.wait_for(Option::is_some))
+        .await
+        .expect("the supervisor gives up")
+        .unwrap()
+        .clone()
+        .unwrap();
+    assert!(reason.contains("restart budget"), "{reason}");
+    fail::remove("router::dispatch");
+    // The event is still pending: nothing acknowledged was lost.
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM webhook_events WHERE status = 'pending'")
+            .await,
+        1
+    );
+    let (test_db, config) = app.stop().await;
+    // After the fix (here: the fault removed) a restart processes it.
+    let app = TestApp::start_on(test_db, config).await;
+    app.wait_processed(1).await;
     app.stop().await;
 }
