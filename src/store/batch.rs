@@ -382,28 +382,20 @@ async fn apply_sets(
             "INSERT INTO contacts (workspace_id, phone, user_id, name, lead_status, lead_score, \
              last_activity_at, last_contact_at, created_at, updated_at) VALUES ",
         );
-        for (i, ((ws, phone), row)) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.push("(")
-                .param(*ws)
-                .push(", ")
-                .param(phone.to_string())
-                .push(", ")
-                .param(row.user_id.clone())
-                .push(", ")
-                .param(row.name.clone())
-                .push(", 'prospect', 50, ")
-                .param(row.last_activity)
-                .push(", ")
-                .param(row.last_contact)
-                .push(", ")
-                .param(now)
-                .push(", ")
-                .param(now)
-                .push(")");
-        }
+        sql.values(chunk.iter().map(|((ws, phone), row)| {
+            vec![
+                (*ws).into(),
+                phone.to_string().into(),
+                row.user_id.clone().into(),
+                row.name.clone().into(),
+                "prospect".into(),
+                50i32.into(),
+                row.last_activity.into(),
+                row.last_contact.into(),
+                now.into(),
+                now.into(),
+            ]
+        }));
         sql.push(&format!(
             " ON CONFLICT (workspace_id, phone) DO UPDATE SET \
              user_id = COALESCE(excluded.user_id, contacts.user_id), \
@@ -448,20 +440,16 @@ async fn apply_sets(
             backend,
             "INSERT INTO conversations (workspace_id, contact_id, status, message_count, created_at, updated_at) VALUES ",
         );
-        for (i, (contact_id, ws)) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.push("(")
-                .param(*ws)
-                .push(", ")
-                .param(*contact_id)
-                .push(", 'open', 0, ")
-                .param(now)
-                .push(", ")
-                .param(now)
-                .push(")");
-        }
+        sql.values(chunk.iter().map(|(contact_id, ws)| {
+            vec![
+                (*ws).into(),
+                (*contact_id).into(),
+                "open".into(),
+                0i32.into(),
+                now.into(),
+                now.into(),
+            ]
+        }));
         sql.push(" ON CONFLICT (contact_id) DO NOTHING RETURNING id, contact_id, status");
         for r in query(tx, sql).await? {
             let contact_id: i64 = r.try_get("", "contact_id")?;
@@ -508,40 +496,24 @@ async fn apply_sets(
     }
     for chunk in messages.chunks(CHUNK) {
         let mut sql = Sql::new(backend, MESSAGE_INSERT);
-        for (i, (ws, conv, msg, event_id)) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.push("(")
-                .param(*ws)
-                .push(", ")
-                .param(*conv)
-                .push(", ")
-                .param(msg.direction.as_str())
-                .push(", ")
-                .param(msg.wamid.clone())
-                .push(", ")
-                .param(msg.message_type.clone())
-                .push(", ")
-                .param(msg.content.clone())
-                .push(", ")
-                .param(msg.status.as_str())
-                .push(", ")
-                .param(msg.status.rank())
-                .push(", ")
-                .param(None::<String>)
-                .push(", ")
-                .param(msg.timestamp)
-                .push(", ")
-                .param(msg.metadata.clone())
-                .push(", ")
-                .param(*event_id)
-                .push(", ")
-                .param(now)
-                .push(", ")
-                .param(now)
-                .push(")");
-        }
+        sql.values(chunk.iter().map(|(ws, conv, msg, event_id)| {
+            vec![
+                (*ws).into(),
+                (*conv).into(),
+                msg.direction.as_str().into(),
+                msg.wamid.clone().into(),
+                msg.message_type.clone().into(),
+                msg.content.clone().into(),
+                msg.status.as_str().into(),
+                msg.status.rank().into(),
+                None::<String>.into(),
+                msg.timestamp.into(),
+                msg.metadata.clone().into(),
+                (*event_id).into(),
+                now.into(),
+                now.into(),
+            ]
+        }));
         sql.push(
             " ON CONFLICT (workspace_id, wamid) DO UPDATE SET \
              conversation_id = excluded.conversation_id, direction = excluded.direction, \
@@ -579,32 +551,25 @@ async fn apply_sets(
     let statuses: Vec<_> = best.into_iter().collect();
     for chunk in statuses.chunks(CHUNK) {
         let mut sql = Sql::new(backend, MESSAGE_INSERT);
-        for (i, ((ws, wamid), (conv, st, event_id))) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.push("(")
-                .param(*ws)
-                .push(", ")
-                .param(*conv)
-                .push(", 'outbound', ")
-                .param(wamid.to_string())
-                .push(", 'pending', NULL, ")
-                .param(st.status.as_str())
-                .push(", ")
-                .param(st.status.rank())
-                .push(", ")
-                .param(st.error.clone())
-                .push(", ")
-                .param(st.timestamp)
-                .push(", '{}', ")
-                .param(*event_id)
-                .push(", ")
-                .param(now)
-                .push(", ")
-                .param(now)
-                .push(")");
-        }
+        // A placeholder row: outbound, type `pending`, no content, until its message arrives.
+        sql.values(chunk.iter().map(|((ws, wamid), (conv, st, event_id))| {
+            vec![
+                (*ws).into(),
+                (*conv).into(),
+                "outbound".into(),
+                wamid.to_string().into(),
+                "pending".into(),
+                None::<String>.into(),
+                st.status.as_str().into(),
+                st.status.rank().into(),
+                st.error.clone().into(),
+                st.timestamp.into(),
+                "{}".into(),
+                (*event_id).into(),
+                now.into(),
+                now.into(),
+            ]
+        }));
         sql.push(
             " ON CONFLICT (workspace_id, wamid) DO UPDATE SET \
              status = CASE WHEN excluded.status_rank > messages.status_rank THEN excluded.status ELSE messages.status END, \
@@ -691,24 +656,16 @@ async fn apply_sets(
             backend,
             "INSERT INTO conversation_state_transitions (conversation_id, from_state, to_state, reason, correlation_id, at) VALUES ",
         );
-        for (i, t) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.push("(")
-                .param(t.conversation_id)
-                .push(", ")
-                .param(t.from.map(|s| s.as_str().to_owned()))
-                .push(", ")
-                .param(t.to.as_str())
-                .push(", ")
-                .param(t.reason)
-                .push(", ")
-                .param(t.correlation_id.clone())
-                .push(", ")
-                .param(now)
-                .push(")");
-        }
+        sql.values(chunk.iter().map(|t| {
+            vec![
+                t.conversation_id.into(),
+                t.from.map(|s| s.as_str().to_owned()).into(),
+                t.to.as_str().into(),
+                t.reason.into(),
+                t.correlation_id.clone().into(),
+                now.into(),
+            ]
+        }));
         run(tx, sql).await?;
     }
     Ok(applied)

@@ -48,6 +48,17 @@ impl Sql {
         self
     }
 
+    /// `(…), (…), …`: one parenthesised tuple of parameters per row.
+    pub fn values(&mut self, rows: impl IntoIterator<Item = Vec<Value>>) -> &mut Self {
+        for (i, row) in rows.into_iter().enumerate() {
+            if i > 0 {
+                self.text.push_str(", ");
+            }
+            self.tuple(row);
+        }
+        self
+    }
+
     pub fn build(self) -> Statement {
         Statement::from_sql_and_values(self.backend, self.text, self.values)
     }
