@@ -61,7 +61,9 @@ fn main() -> ExitCode {
         Command::Loadgen(args) => runtime().block_on(async {
             match loadgen::run(args).await {
                 Ok(report) => {
-                    println!("{report}");
+                    // A closed stdout (`| head`) is not an error of the run.
+                    use std::io::Write;
+                    let _ = writeln!(std::io::stdout(), "{report}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(format!("{e:#}")),
