@@ -53,13 +53,17 @@ impl Running {
         // The writer drains what was queued once every handler (and so every sender) is gone.
         let _ = (&mut self.writer).await;
         // What the actors have not finished stays `pending` and is recovered at next start.
-        let _ = self
+        // An actor may be sleeping in a retry backoff: it gets seconds of grace, not minutes.
+        let stopped = self
             .root
             .stop_and_wait(
                 Some("shutdown".into()),
                 Some(std::time::Duration::from_secs(5)),
             )
             .await;
+        if stopped.is_err() {
+            self.root.kill();
+        }
         Ok(())
     }
 

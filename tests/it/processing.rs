@@ -22,6 +22,7 @@ both_backends!(
     idle_conversation_actors_stop_and_come_back,
     a_failed_router_is_restarted_and_recovers_from_the_inbox,
     a_router_crash_loop_exhausts_the_restart_budget_and_stops_loudly,
+    a_full_processing_backlog_answers_503_and_loses_nothing,
 );
 
 fn value(phone_number_id: &str, inner: &str) -> String {
@@ -718,5 +719,63 @@ async fn a_router_crash_loop_exhausts_the_restart_budget_and_stops_loudly(backen
     // After the fix (here: the fault removed) a restart processes it.
     let app = TestApp::start_on(test_db, config).await;
     app.wait_processed(1).await;
+    app.stop().await;
+}
+
+async fn a_full_processing_backlog_answers_503_and_loses_nothing(backend: Backend) {
+    let _turn = FAILPOINTS.lock().await;
+    let stuck = format!("wamid.backlog.{backend:?}");
+    fail::cfg("conversation::apply", &format!("return({stuck})")).unwrap();
+    let app = TestApp::start_with(backend, |c| {
+        c.processing.max_in_flight = 1;
+        c.processing.max_attempts = 20;
+        c.processing.backoff_base_ms = 100;
+        c.processing.backoff_max_ms = 200;
+    })
+    .await;
+    // One event held in flight by a failing apply (its actor retries with backoff).
+    post_ok(
+        &app,
+        text_at("4917610100001", &stuck, 1_767_225_600, "held"),
+    )
+    .await;
+    let ctx = app.running().ctx.clone();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while ctx.in_flight() < 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the event is dispatched");
+    let other = text_at(
+        "4917610100002",
+        "wamid.backlog.other",
+        1_767_225_601,
+        "later",
+    );
+    let res = app.post_meta(other.clone(), ACME_SECRET).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "5");
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["error"], "processing_backlog");
+    assert_eq!(
+        app.count("webhook_events").await,
+        1,
+        "a refused request stores nothing"
+    );
+    // The fault clears; the held event is applied; Meta's retry of the refused one is taken.
+    fail::remove("conversation::apply");
+    app.wait_processed(1).await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while ctx.in_flight() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("nothing left in flight");
+    post_ok(&app, other).await;
+    app.wait_processed(2).await;
+    assert_eq!(app.count("messages").await, 2);
+    assert_eq!(app.count("webhook_dlq").await, 0);
     app.stop().await;
 }
