@@ -148,7 +148,8 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     );
 
     let accounts = Arc::new(RwLock::new(Arc::new(directory)));
-    let (store, store_writer) = Store::spawn(db.clone(), config.processing.batch_max);
+    let gate = store::WriteGate::for_backend(&db);
+    let (store, store_writer) = Store::spawn(db.clone(), gate.clone(), config.processing.batch_max);
     let ctx = Arc::new(Ctx {
         db: db.clone(),
         store,
@@ -181,6 +182,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         .store(true, std::sync::atomic::Ordering::Release);
     let (inbox, writer) = Inbox::spawn(
         db.clone(),
+        gate,
         &config.intake,
         Arc::new(RouterSink(ctx.clone())),
     );

@@ -84,11 +84,16 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn spawn(db: DatabaseConnection, batch_max: usize) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn spawn(
+        db: DatabaseConnection,
+        gate: super::WriteGate,
+        batch_max: usize,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(65_536);
         let progress = std::sync::Arc::new(watch::channel(0).0);
         let writer = Writer {
             db,
+            gate,
             rx,
             batch_max,
             expected: HashMap::new(),
@@ -142,6 +147,7 @@ impl Store {
 
 struct Writer {
     db: DatabaseConnection,
+    gate: super::WriteGate,
     rx: mpsc::Receiver<StoreMsg>,
     batch_max: usize,
     /// Change sets still to come per multi-set event.
@@ -221,7 +227,7 @@ impl Writer {
         let (mut done, remaining) = self.finishing(&sets);
         let completed = std::mem::take(&mut self.completed);
         done.extend(completed.iter().copied());
-        let result = transact(&self.db, &sets, &done, &self.redriven).await;
+        let result = transact(&self.db, &self.gate, &sets, &done, &self.redriven).await;
         metrics::histogram!(m::STORE_COMMIT_DURATION).record(started.elapsed().as_secs_f64());
         metrics::histogram!(m::STORE_BATCH_SIZE).record(sets.len() as f64);
         match result {
@@ -245,7 +251,7 @@ impl Writer {
                 self.completed = completed;
                 for (set, reply) in batch {
                     let (done, remaining) = self.finishing(&[&set]);
-                    match transact(&self.db, &[&set], &done, &self.redriven).await {
+                    match transact(&self.db, &self.gate, &[&set], &done, &self.redriven).await {
                         Ok(mut applied) => {
                             self.settle(remaining);
                             self.processed.send_modify(|n| *n += done.len() as u64);
@@ -260,7 +266,7 @@ impl Writer {
                 }
                 if !self.completed.is_empty() {
                     let completed = std::mem::take(&mut self.completed);
-                    match transact(&self.db, &[], &completed, &self.redriven).await {
+                    match transact(&self.db, &self.gate, &[], &completed, &self.redriven).await {
                         Ok(_) => self.processed.send_modify(|n| *n += completed.len() as u64),
                         Err(e) => {
                             tracing::warn!(error = %e, "marking events processed failed; they stay pending for recovery");
@@ -291,10 +297,12 @@ impl Writer {
 
 async fn transact(
     db: &DatabaseConnection,
+    gate: &super::WriteGate,
     sets: &[&ChangeSet],
     done: &[i64],
     redriven: &HashSet<i64>,
 ) -> Result<Vec<Applied>, DbErr> {
+    let _gate = gate.enter().await;
     let tx = db.begin().await?;
     count_statement();
     let applied = apply_sets(&tx, sets, Utc::now()).await?;

@@ -186,12 +186,14 @@ impl Inbox {
     /// Starts the writer task.
     pub fn spawn(
         db: DatabaseConnection,
+        gate: super::WriteGate,
         cfg: &IntakeConfig,
         sink: Arc<dyn EventSink>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(cfg.queue_capacity);
         let writer = Writer {
             db,
+            gate,
             rx,
             sink,
             batch_max: cfg.batch_max,
@@ -220,6 +222,7 @@ impl Inbox {
 
 struct Writer {
     db: DatabaseConnection,
+    gate: super::WriteGate,
     rx: mpsc::Receiver<Request>,
     sink: Arc<dyn EventSink>,
     batch_max: usize,
@@ -269,7 +272,10 @@ impl Writer {
             }
         }
         let started = Instant::now();
-        let result = append_many(&self.db, &unique).await;
+        let result = {
+            let _gate = self.gate.enter().await;
+            append_many(&self.db, &unique).await
+        };
         let elapsed = started.elapsed().as_secs_f64();
         metrics::histogram!(m::INBOX_COMMIT_DURATION).record(elapsed);
         metrics::histogram!(m::INBOX_BATCH_SIZE).record(batch.len() as f64);
