@@ -3,9 +3,10 @@
 //!
 //! Effects happen once because every write is idempotent by construction: contacts and
 //! conversations are upserted on their unique keys, messages on `(workspace_id, wamid)`,
-//! statuses only raise `status_rank`, timestamps take the max, and `message_count` /
-//! `last_message_at` are recomputed from the stored messages rather than incremented. A
-//! re-applied event (redelivery, replay, retry, restart) therefore changes nothing.
+//! statuses only raise `status_rank`, timestamps take the max, and `message_count` grows by
+//! the rows the message upsert returns — only those it inserted, never a duplicate — in the
+//! same transaction. A re-applied event (redelivery, replay, retry, restart) therefore
+//! changes nothing.
 //! Inbox rows become `processed` in the same transaction as their last effects.
 
 use std::{
@@ -492,13 +493,12 @@ async fn apply_sets(
     //    placeholder left by an early status).
     let mut seen: HashSet<(i64, &str)> = HashSet::new();
     let mut messages: Vec<(i64, i64, &MessageItem, i64)> = Vec::new();
-    let mut touched: BTreeMap<i64, ()> = BTreeMap::new();
+    let mut added: BTreeMap<i64, (i32, DateTime<Utc>)> = BTreeMap::new();
     for set in sets {
         let (conversation_id, _) = conversation_of(&conv_of_contact, contact_of(set)?)?;
         for msg in &set.messages {
             if seen.insert((set.workspace_id, msg.wamid.as_str())) {
                 messages.push((set.workspace_id, conversation_id, msg, set.event_id));
-                touched.insert(conversation_id, ());
             }
         }
     }
@@ -528,9 +528,18 @@ async fn apply_sets(
              message_type = excluded.message_type, content = excluded.content, \
              timestamp = excluded.timestamp, metadata = excluded.metadata, \
              event_id = excluded.event_id, updated_at = excluded.updated_at \
-             WHERE messages.message_type = 'pending'",
+             WHERE messages.message_type = 'pending' \
+             RETURNING conversation_id, timestamp",
         );
-        run(tx, sql).await?;
+        // Only rows inserted (or placeholders completed) come back, never a duplicate: they
+        // are the messages this transaction adds, counted in the same transaction.
+        for r in query(tx, sql).await? {
+            let conversation_id: i64 = r.try_get("", "conversation_id")?;
+            let timestamp: DateTime<Utc> = r.try_get("", "timestamp")?;
+            let (n, latest) = added.entry(conversation_id).or_insert((0, timestamp));
+            *n += 1;
+            *latest = (*latest).max(timestamp);
+        }
     }
 
     // 4. Statuses: the highest rank per wamid; a wamid not stored yet leaves a placeholder
@@ -588,18 +597,31 @@ async fn apply_sets(
         run(tx, sql).await?;
     }
 
-    // 5. Counters derived from what is stored: a message counts once however often it came.
-    let touched: Vec<i64> = touched.into_keys().collect();
-    for chunk in touched.chunks(CHUNK) {
+    // 5. Counters: each conversation gains exactly the messages this transaction added, so
+    //    a redelivered, replayed or retried message never counts twice; O(1) per conversation.
+    let added: Vec<(i64, (i32, DateTime<Utc>))> = added.into_iter().collect();
+    for chunk in added.chunks(CHUNK) {
         let mut sql = Sql::new(
             backend,
-            "UPDATE conversations SET \
-             message_count = (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = conversations.id AND m.message_type <> 'pending'), \
-             last_message_at = (SELECT MAX(m.timestamp) FROM messages m WHERE m.conversation_id = conversations.id AND m.message_type <> 'pending'), \
-             updated_at = ",
+            "UPDATE conversations SET message_count = message_count + CASE id",
         );
-        sql.param(now).push(" WHERE id IN ");
-        sql.tuple(chunk.iter().copied());
+        for (id, (n, _)) in chunk {
+            sql.push(" WHEN ").param(*id).push(" THEN ").param(*n);
+        }
+        sql.push(" ELSE 0 END, last_message_at = CASE id");
+        for (id, (_, latest)) in chunk {
+            sql.push(" WHEN ")
+                .param(*id)
+                .push(" THEN (CASE WHEN last_message_at IS NULL OR last_message_at < ")
+                .param(*latest)
+                .push(" THEN ")
+                .param(*latest)
+                .push(" ELSE last_message_at END)");
+        }
+        sql.push(" ELSE last_message_at END, updated_at = ")
+            .param(now)
+            .push(" WHERE id IN ");
+        sql.tuple(chunk.iter().map(|(id, _)| *id));
         run(tx, sql).await?;
     }
 
