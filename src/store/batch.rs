@@ -100,6 +100,7 @@ impl Store {
             expected: HashMap::new(),
             completed: Vec::new(),
             redriven: HashSet::new(),
+            abandoned: HashSet::new(),
             processed: progress.clone(),
         };
         (Self { tx, progress }, tokio::spawn(writer.run()))
@@ -157,6 +158,9 @@ struct Writer {
     completed: Vec<i64>,
     /// Events re-driven from the dead-letter queue, whose DLQ rows resolve with them.
     redriven: HashSet<i64>,
+    /// Events parked in the DLQ: their other change sets still apply, but never mark them
+    /// processed (the DLQ owns them until a re-drive dispatches them afresh).
+    abandoned: HashSet<i64>,
     processed: std::sync::Arc<watch::Sender<u64>>,
 }
 
@@ -188,6 +192,7 @@ impl Writer {
                 slices,
                 redrive,
             } => {
+                self.abandoned.remove(&event_id);
                 self.expected.insert(event_id, slices);
                 if redrive {
                     self.redriven.insert(event_id);
@@ -202,6 +207,7 @@ impl Writer {
             StoreMsg::Abandon { event_id } => {
                 self.expected.remove(&event_id);
                 self.redriven.remove(&event_id);
+                self.abandoned.insert(event_id);
             }
         }
     }
@@ -211,6 +217,9 @@ impl Writer {
         let mut remaining: HashMap<i64, usize> = HashMap::new();
         let mut done = Vec::new();
         for set in sets {
+            if self.abandoned.contains(&set.event_id) {
+                continue;
+            }
             let left = remaining
                 .entry(set.event_id)
                 .or_insert_with(|| self.expected.get(&set.event_id).copied().unwrap_or(1));

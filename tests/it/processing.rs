@@ -23,6 +23,7 @@ both_backends!(
     a_failed_router_is_restarted_and_recovers_from_the_inbox,
     a_router_crash_loop_exhausts_the_restart_budget_and_stops_loudly,
     a_full_processing_backlog_answers_503_and_loses_nothing,
+    an_event_across_conversations_with_one_poison_slice_stays_with_the_dlq,
 );
 
 fn value(phone_number_id: &str, inner: &str) -> String {
@@ -777,5 +778,56 @@ async fn a_full_processing_backlog_answers_503_and_loses_nothing(backend: Backen
     app.wait_processed(2).await;
     assert_eq!(app.count("messages").await, 2);
     assert_eq!(app.count("webhook_dlq").await, 0);
+    app.stop().await;
+}
+
+async fn an_event_across_conversations_with_one_poison_slice_stays_with_the_dlq(backend: Backend) {
+    let _turn = FAILPOINTS.lock().await;
+    let poison = format!("wamid.split.poison.{backend:?}");
+    fail::cfg("conversation::apply", &format!("return({poison})")).unwrap();
+    let app = TestApp::start_with(backend, |c| {
+        c.processing.max_attempts = 2;
+        c.processing.backoff_base_ms = 1;
+        c.processing.backoff_max_ms = 2;
+        c.processing.dlq_backoff_base_ms = 3_600_000;
+        c.processing.dlq_poll_ms = 20;
+    })
+    .await;
+    // One payload, two senders: one slice is poison, the other is fine.
+    let body = value(
+        ACME_PNID,
+        &format!(
+            r#""messages":[{{"from":"4917620200001","id":"{poison}","timestamp":"1767225600","type":"text","text":{{"body":"bad"}}}},{{"from":"4917620200002","id":"wamid.split.good","timestamp":"1767225601","type":"text","text":{{"body":"good"}}}}]"#
+        ),
+    );
+    post_ok(&app, body).await;
+    app.wait_for("SELECT COUNT(*) FROM webhook_dlq", 1).await;
+    app.wait_for(
+        "SELECT COUNT(*) FROM messages WHERE wamid = 'wamid.split.good'",
+        1,
+    )
+    .await;
+    // Whichever slice finished first, the event belongs to the DLQ, not to `processed`.
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM webhook_events WHERE status = 'failed'")
+            .await,
+        1
+    );
+    // Fixed and replayed: the whole event is applied again, idempotently, and resolves.
+    fail::remove("conversation::apply");
+    let dlq_id = app.scalar("SELECT id FROM webhook_dlq").await;
+    assert!(wahook::store::dlq::replay(&app.db, dlq_id).await.unwrap());
+    app.wait_for(
+        "SELECT COUNT(*) FROM webhook_dlq WHERE resolution_status = 'resolved'",
+        1,
+    )
+    .await;
+    app.wait_processed(1).await;
+    assert_eq!(app.count("messages").await, 2);
+    assert_eq!(
+        app.scalar("SELECT SUM(message_count) FROM conversations")
+            .await,
+        2
+    );
     app.stop().await;
 }
