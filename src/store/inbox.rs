@@ -379,3 +379,51 @@ pub async fn append_many(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(key: &str) -> NewEvent {
+        NewEvent {
+            source: Source::Meta,
+            event_type: None,
+            dedup_key: key.into(),
+            payload: "{}".into(),
+            headers: "{}".into(),
+            workspace_id: None,
+            account_id: None,
+            correlation_id: "c".into(),
+            received_at: Utc::now(),
+            status: EventStatus::Pending,
+            last_error: None,
+        }
+    }
+
+    /// A full queue refuses at once (the endpoint answers 503 + Retry-After) instead of
+    /// waiting or growing; a stopped writer is reported as such.
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once() {
+        let (tx, rx) = mpsc::channel(1);
+        let inbox = Inbox { tx };
+        // Fill the only slot; nobody drains it.
+        let (reply, _keep) = oneshot::channel();
+        inbox
+            .tx
+            .try_send(Request {
+                event: event("a"),
+                reply,
+            })
+            .expect("one slot");
+        assert_eq!(inbox.queue_depth(), 1);
+        assert!(matches!(
+            inbox.append(event("b")).await,
+            Err(AppendError::QueueFull)
+        ));
+        drop(rx);
+        assert!(matches!(
+            inbox.append(event("c")).await,
+            Err(AppendError::Closed)
+        ));
+    }
+}
