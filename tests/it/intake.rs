@@ -379,3 +379,114 @@ async fn rejected_count(app: &TestApp, outcome: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// A TCP proxy in front of PostgreSQL that the test can cut: a real network outage.
+struct CuttableProxy {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    async fn start(upstream: String) -> Self {
+        use std::sync::{Arc, Mutex, atomic::AtomicBool};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (c, l) = (cut.clone(), links.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // refused: dropped at once
+                }
+                let upstream = upstream.clone();
+                l.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                }));
+            }
+        });
+        Self {
+            port,
+            cut,
+            links,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// PostgreSQL only (SQLite is in-process): the database goes away under a running server;
+/// webhooks get 503 + Retry-After and /ready says why; when it is back, both recover by
+/// themselves and Meta's retry is accepted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_network_outage_answers_503_and_recovers_by_itself() {
+    let test_db = TestDb::new(Backend::Postgres).await;
+    let url = test_db.url.clone();
+    let host_port = url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("127.0.0.1:5432")
+        .to_string();
+    let upstream = if host_port.contains(':') {
+        host_port.clone()
+    } else {
+        format!("{host_port}:5432")
+    };
+    let proxy = CuttableProxy::start(upstream).await;
+    let mut config = test_config(&test_db);
+    config.database.url = url.replacen(&host_port, &format!("127.0.0.1:{}", proxy.port), 1);
+    config.database.acquire_timeout_ms = 500;
+    let app = TestApp::start_on(test_db, config).await;
+
+    let first = meta_text(ACME_PNID, "4915100000011", "wamid.net.1", "before");
+    assert_eq!(app.post_meta(first, ACME_SECRET).await.status(), 200);
+    app.wait_processed(1).await;
+
+    proxy.cut();
+    let during = meta_text(ACME_PNID, "4915100000011", "wamid.net.2", "during");
+    let res = app.post_meta(during.clone(), ACME_SECRET).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "5");
+    let ready = app.client.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+
+    proxy.restore();
+    let res = app.post_meta(during, ACME_SECRET).await;
+    assert_eq!(res.status(), 200);
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["status"], "accepted");
+    app.wait_processed(2).await;
+    assert_eq!(
+        app.client
+            .get(app.url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(app.count("messages").await, 2);
+    app.stop().await;
+}
