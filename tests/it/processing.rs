@@ -278,13 +278,7 @@ async fn a_poison_event_is_parked_while_its_conversation_and_others_go_on(backen
 
     // The cause is fixed; the operator replays it; the retry worker re-drives it once.
     fail::remove("conversation::apply");
-    let dlq_id = app.scalar("SELECT id FROM webhook_dlq").await;
-    assert!(wahook::store::dlq::replay(&app.db, dlq_id).await.unwrap());
-    app.wait_for(
-        "SELECT COUNT(*) FROM webhook_dlq WHERE resolution_status = 'resolved'",
-        1,
-    )
-    .await;
+    replay_the_parked_event(&app).await;
     app.wait_processed(3).await;
     assert_eq!(
         app.scalar(&format!(
@@ -815,13 +809,7 @@ async fn an_event_across_conversations_with_one_poison_slice_stays_with_the_dlq(
     );
     // Fixed and replayed: the whole event is applied again, idempotently, and resolves.
     fail::remove("conversation::apply");
-    let dlq_id = app.scalar("SELECT id FROM webhook_dlq").await;
-    assert!(wahook::store::dlq::replay(&app.db, dlq_id).await.unwrap());
-    app.wait_for(
-        "SELECT COUNT(*) FROM webhook_dlq WHERE resolution_status = 'resolved'",
-        1,
-    )
-    .await;
+    replay_the_parked_event(&app).await;
     app.wait_processed(1).await;
     assert_eq!(app.count("messages").await, 2);
     assert_eq!(
@@ -830,4 +818,15 @@ async fn an_event_across_conversations_with_one_poison_slice_stays_with_the_dlq(
         2
     );
     app.stop().await;
+}
+
+/// The operator's replay of the one DLQ row, and the retry worker resolving it.
+async fn replay_the_parked_event(app: &TestApp) {
+    let dlq_id = app.scalar("SELECT id FROM webhook_dlq").await;
+    assert!(wahook::store::dlq::replay(&app.db, dlq_id).await.unwrap());
+    app.wait_for(
+        "SELECT COUNT(*) FROM webhook_dlq WHERE resolution_status = 'resolved'",
+        1,
+    )
+    .await;
 }
