@@ -24,7 +24,7 @@ use crate::{
     config::backoff,
     ingest::event::{ConversationState, Direction, Intent, ItemKind},
     metrics as m,
-    store::batch::{ChangeSet, Known},
+    store::batch::{ApplyError, ChangeSet, Known},
 };
 
 pub struct Conversation;
@@ -94,17 +94,24 @@ impl Actor for Conversation {
 }
 
 /// Applies one slice: retried with backoff, then parked. Never returns an error: a poison
-/// slice hurts only itself.
+/// slice hurts only itself. While the database is unreachable no attempt is spent: the slice
+/// (and the conversation behind it) waits, in order, until the database answers again, rather
+/// than filling the dead-letter queue with events that have nothing wrong with them.
 async fn apply(state: &mut Live, slice: &Slice) {
     let set = change_set(state, slice);
-    let max = state.ctx.processing.max_attempts;
-    let mut last_error = String::new();
-    for attempt in 1..=max {
-        let result = match injected_failure(slice).and_then(|()| injected_panic(slice)) {
+    let processing = &state.ctx.processing;
+    let max = processing.max_attempts;
+    let mut attempt = 0;
+    let mut waits = 0u32;
+    let last_error = loop {
+        let result = match injected_failure(slice)
+            .and_then(|()| injected_panic(slice))
+            .and_then(|()| injected_outage(slice))
+        {
             Err(e) => Err(e),
             Ok(()) => state.ctx.store.apply(set.clone()).await,
         };
-        match result {
+        let error = match result {
             Ok(applied) => {
                 state.known = Some(Known {
                     contact_id: applied.contact_id,
@@ -124,28 +131,49 @@ async fn apply(state: &mut Live, slice: &Slice) {
                 metrics::histogram!(m::PROCESSING_LAG).record(lag.max(0) as f64 / 1e6);
                 return;
             }
-            Err(e) => {
-                last_error = e;
+            Err(e) => e,
+        };
+        if error.transient {
+            metrics::counter!(m::RETRIES).increment(1);
+            waits += 1;
+            if waits == 1 || waits.is_multiple_of(50) {
                 tracing::warn!(
                     correlation_id = %slice.correlation_id,
                     event_id = slice.event_id,
-                    contact = %crate::telemetry::mask_phone(slice.key.1.as_str()),
-                    attempt,
-                    error = %last_error,
-                    "applying an event failed"
+                    waits,
+                    error = %error,
+                    "the database is unreachable; the event waits for it"
                 );
-                if attempt < max {
-                    metrics::counter!(m::RETRIES).increment(1);
-                    tokio::time::sleep(backoff(
-                        attempt,
-                        state.ctx.processing.backoff_base_ms,
-                        state.ctx.processing.backoff_max_ms,
-                    ))
-                    .await;
-                }
             }
+            state.ctx.store.bump();
+            tokio::time::sleep(backoff(
+                waits.min(16),
+                processing.backoff_base_ms,
+                processing.backoff_max_ms,
+            ))
+            .await;
+            continue;
         }
-    }
+        attempt += 1;
+        tracing::warn!(
+            correlation_id = %slice.correlation_id,
+            event_id = slice.event_id,
+            contact = %crate::telemetry::mask_phone(slice.key.1.as_str()),
+            attempt,
+            error = %error,
+            "applying an event failed"
+        );
+        if attempt >= max {
+            break error.message;
+        }
+        metrics::counter!(m::RETRIES).increment(1);
+        tokio::time::sleep(backoff(
+            attempt,
+            processing.backoff_base_ms,
+            processing.backoff_max_ms,
+        ))
+        .await;
+    };
     state.ctx.store.abandon(slice.event_id).await;
     match state.ctx.dead_letter() {
         Some(dl) => {
@@ -195,10 +223,30 @@ fn change_set(state: &Live, slice: &Slice) -> ChangeSet {
 /// `failpoints` feature). A point's argument names the wamid it hits, so concurrent tests do
 /// not trip over each other's faults.
 #[allow(unused_variables)] // without failpoints the macro expands to nothing
-fn injected_failure(slice: &Slice) -> Result<(), String> {
+fn injected_failure(slice: &Slice) -> Result<(), ApplyError> {
     fail::fail_point!("conversation::apply", |arg| {
         if mentions(slice, &arg) {
-            Err(format!("injected failure for {}", arg.unwrap_or_default()))
+            Err(ApplyError {
+                message: format!("injected failure for {}", arg.unwrap_or_default()),
+                transient: false,
+            })
+        } else {
+            Ok(())
+        }
+    });
+    Ok(())
+}
+
+/// The store answers "unreachable" for slices naming the point's wamid, as it does while the
+/// database is down.
+#[allow(unused_variables)]
+fn injected_outage(slice: &Slice) -> Result<(), ApplyError> {
+    fail::fail_point!("store::unreachable", |arg| {
+        if mentions(slice, &arg) {
+            Err(ApplyError {
+                message: "injected: the database is unreachable".into(),
+                transient: true,
+            })
         } else {
             Ok(())
         }
@@ -209,7 +257,7 @@ fn injected_failure(slice: &Slice) -> Result<(), String> {
 /// Panics on the first delivery of a slice naming the point's wamid (the restarted actor's
 /// second delivery goes through).
 #[allow(unused_variables)]
-fn injected_panic(slice: &Slice) -> Result<(), String> {
+fn injected_panic(slice: &Slice) -> Result<(), ApplyError> {
     fail::fail_point!("conversation::panic", |arg| {
         if mentions(slice, &arg) && slice.deliveries() == 1 {
             panic!("injected panic for {}", arg.unwrap_or_default());

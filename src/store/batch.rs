@@ -51,6 +51,50 @@ pub struct Known {
     pub conversation_id: i64,
 }
 
+/// Why a change set did not apply.
+#[derive(Debug, Clone)]
+pub struct ApplyError {
+    pub message: String,
+    /// The database could not be reached: the change set itself is fine and will apply once
+    /// the database answers again, so retrying it spends no attempt.
+    pub transient: bool,
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<&DbErr> for ApplyError {
+    fn from(e: &DbErr) -> Self {
+        Self {
+            message: e.to_string(),
+            transient: is_unreachable(e),
+        }
+    }
+}
+
+/// An error that says "the database is not there" rather than "this data is wrong": no
+/// connection to be had, a broken connection, a server shutting down or refusing connections
+/// (SQLSTATE classes 08 and 57P).
+pub fn is_unreachable(e: &DbErr) -> bool {
+    use sea_orm::{RuntimeErr, sqlx::Error as Sqlx};
+    match e {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            match &**e {
+                Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed => true,
+                Sqlx::Database(db) => db
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
 /// The store's answer to a committed change set.
 #[derive(Debug, Clone, Copy)]
 pub struct Applied {
@@ -62,7 +106,7 @@ pub struct Applied {
 enum StoreMsg {
     Apply {
         set: ChangeSet,
-        reply: oneshot::Sender<Result<Applied, String>>,
+        reply: oneshot::Sender<Result<Applied, ApplyError>>,
     },
     /// The event was split into this many change sets; mark it processed after the last.
     /// `redrive`: it comes from the dead-letter queue, whose row is resolved with it.
@@ -106,14 +150,17 @@ impl Store {
         (Self { tx, progress }, tokio::spawn(writer.run()))
     }
 
-    pub async fn apply(&self, set: ChangeSet) -> Result<Applied, String> {
+    pub async fn apply(&self, set: ChangeSet) -> Result<Applied, ApplyError> {
+        let stopped = || ApplyError {
+            message: "the store writer has stopped".into(),
+            transient: false,
+        };
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(StoreMsg::Apply { set, reply })
             .await
-            .map_err(|_| "the store writer has stopped".to_string())?;
-        rx.await
-            .map_err(|_| "the store writer has stopped".to_string())?
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 
     pub async fn expect(&self, event_id: i64, slices: usize, redrive: bool) {
@@ -164,7 +211,7 @@ struct Writer {
     processed: std::sync::Arc<watch::Sender<u64>>,
 }
 
-type Pending = (ChangeSet, oneshot::Sender<Result<Applied, String>>);
+type Pending = (ChangeSet, oneshot::Sender<Result<Applied, ApplyError>>);
 
 impl Writer {
     async fn run(mut self) {
@@ -250,6 +297,14 @@ impl Writer {
                     let _ = reply.send(Ok(a));
                 }
             }
+            // The database is away: no change set is to blame, none is tried alone.
+            Err(e) if is_unreachable(&e) => {
+                self.completed = completed;
+                let error = ApplyError::from(&e);
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
             Err(e) if batch.len() > 1 || !completed.is_empty() => {
                 // One bad set must not sink the others: apply each alone.
                 let correlation_ids: Vec<&str> = batch
@@ -270,7 +325,7 @@ impl Writer {
                             let _ = reply.send(Ok(applied.remove(0)));
                         }
                         Err(e) => {
-                            let _ = reply.send(Err(e.to_string()));
+                            let _ = reply.send(Err(ApplyError::from(&e)));
                         }
                     }
                 }
@@ -285,8 +340,9 @@ impl Writer {
                 }
             }
             Err(e) => {
+                let error = ApplyError::from(&e);
                 for (_, reply) in batch {
-                    let _ = reply.send(Err(e.to_string()));
+                    let _ = reply.send(Err(error.clone()));
                 }
             }
         }
@@ -758,4 +814,35 @@ async fn mark_processed(
         run(tx, sql).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use sea_orm::{ConnAcquireErr, RuntimeErr, sqlx};
+
+    use super::*;
+
+    #[test]
+    fn unreachable_means_no_connection_not_bad_data() {
+        assert!(is_unreachable(&DbErr::ConnectionAcquire(
+            ConnAcquireErr::Timeout
+        )));
+        assert!(is_unreachable(&DbErr::Conn(RuntimeErr::Internal(
+            "refused".into()
+        ))));
+        let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(is_unreachable(&DbErr::Exec(RuntimeErr::SqlxError(
+            Arc::new(io)
+        ))));
+        assert!(is_unreachable(&DbErr::Query(RuntimeErr::SqlxError(
+            Arc::new(sqlx::Error::PoolTimedOut)
+        ))));
+        assert!(!is_unreachable(&DbErr::Exec(RuntimeErr::SqlxError(
+            Arc::new(sqlx::Error::RowNotFound)
+        ))));
+        assert!(!is_unreachable(&DbErr::Custom("no such table".into())));
+        assert!(!is_unreachable(&DbErr::RecordNotInserted));
+    }
 }

@@ -24,6 +24,7 @@ both_backends!(
     a_router_crash_loop_exhausts_the_restart_budget_and_stops_loudly,
     a_full_processing_backlog_answers_503_and_loses_nothing,
     an_event_across_conversations_with_one_poison_slice_stays_with_the_dlq,
+    an_unreachable_database_makes_events_wait_not_park,
 );
 
 fn value(phone_number_id: &str, inner: &str) -> String {
@@ -829,4 +830,62 @@ async fn replay_the_parked_event(app: &TestApp) {
         1,
     )
     .await;
+}
+
+/// A database outage is no fault of the event: it waits (in order) without spending attempts,
+/// and is applied once the database answers, with nothing in the dead-letter queue.
+async fn an_unreachable_database_makes_events_wait_not_park(backend: Backend) {
+    let _turn = FAILPOINTS.lock().await;
+    let wamid = format!("wamid.outage.{backend:?}");
+    fail::cfg("store::unreachable", &format!("return({wamid})")).unwrap();
+    let app = TestApp::start_with(backend, |c| {
+        c.processing.max_attempts = 2;
+        c.processing.backoff_base_ms = 1;
+        c.processing.backoff_max_ms = 4;
+        c.processing.dlq_poll_ms = 20;
+    })
+    .await;
+    let retries = || async {
+        app.metrics_text()
+            .await
+            .lines()
+            .find(|l| l.starts_with("wahook_processing_retries_total "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = retries().await;
+    post_ok(
+        &app,
+        text_at("4917630300001", &wamid, 1_767_225_600, "waits"),
+    )
+    .await;
+    post_ok(
+        &app,
+        text_at(
+            "4917630300001",
+            "wamid.outage.next",
+            1_767_225_601,
+            "behind it",
+        ),
+    )
+    .await;
+    // Far more tries than max_attempts allows for a faulty event.
+    let mut progress = app.running().progress();
+    while retries().await - before < 10.0 {
+        tokio::time::timeout(Duration::from_secs(30), progress.changed())
+            .await
+            .expect("the event keeps waiting")
+            .unwrap();
+    }
+    assert_eq!(app.count("webhook_dlq").await, 0, "nothing parked");
+    assert_eq!(
+        app.count("messages").await,
+        0,
+        "the conversation waits in order"
+    );
+    fail::remove("store::unreachable");
+    app.wait_processed(2).await;
+    assert_eq!(app.count("messages").await, 2);
+    assert_eq!(app.count("webhook_dlq").await, 0);
+    app.stop().await;
 }
