@@ -147,13 +147,13 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         "wahook started"
     );
 
-    let accounts = Arc::new(RwLock::new(Arc::new(directory)));
+    let accounts = RwLock::new(Arc::new(directory));
     let gate = store::WriteGate::for_backend(&db);
     let (store, store_writer) = Store::spawn(db.clone(), gate.clone(), config.processing.batch_max);
     let ctx = Arc::new(Ctx {
         db: db.clone(),
         store,
-        accounts: accounts.clone(),
+        accounts,
         actors: config.actors.clone(),
         processing: config.processing.clone(),
         in_flight: Default::default(),
@@ -189,7 +189,6 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     let state = AppState::new(AppInner {
         db: db.clone(),
         config: Arc::new(config),
-        accounts,
         inbox,
         metrics,
         processing: ctx.clone(),

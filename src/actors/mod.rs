@@ -41,7 +41,8 @@ use messages::{DeadLetterMsg, RouterMsg};
 pub struct Ctx {
     pub db: DatabaseConnection,
     pub store: Store,
-    pub accounts: Arc<RwLock<Arc<Directory>>>,
+    /// Accounts by `phone_number_id`, swapped whole when they change; the intake reads it too.
+    pub accounts: RwLock<Arc<Directory>>,
     pub actors: ActorsConfig,
     pub processing: ProcessingConfig,
     /// Events dispatched and not yet finished (bounds the intake).

@@ -4,10 +4,7 @@
 mod health;
 mod webhooks;
 
-use std::{
-    sync::{Arc, RwLock},
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     Router,
@@ -41,19 +38,15 @@ impl AppState {
 pub struct AppInner {
     pub db: DatabaseConnection,
     pub config: Arc<Config>,
-    pub accounts: Arc<RwLock<Arc<Directory>>>,
     pub inbox: Inbox,
     pub metrics: PrometheusHandle,
     pub processing: Arc<crate::actors::Ctx>,
 }
 
 impl AppInner {
-    /// The current account directory (a cheap `Arc` clone).
+    /// The current account directory (shared with processing; a cheap `Arc` clone).
     pub fn directory(&self) -> Arc<Directory> {
-        match self.accounts.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.processing.directory()
     }
 }
 

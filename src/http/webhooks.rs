@@ -4,7 +4,7 @@
 //! The order is fixed: raw bytes → the accounts the body names → their secret → HMAC over the
 //! raw bytes → append to the durable inbox → 200. Nothing is re-serialised before the HMAC.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     Json, Router,
@@ -237,18 +237,14 @@ fn new_event(
 ) -> NewEvent {
     // A signed body that is not JSON is kept for the record (status `dead`, with the reason)
     // and refused with 400; a JSON body is exactly its UTF-8 text.
-    let (status, last_error, payload) = match routing {
-        Routing::Json { .. } => (
-            EventStatus::Pending,
-            None,
-            String::from_utf8_lossy(body).into_owned(),
-        ),
+    let (status, last_error) = match routing {
+        Routing::Json { .. } => (EventStatus::Pending, None),
         Routing::NotJson(err) => (
             EventStatus::Dead,
             Some(format!("payload is not JSON: {err}")),
-            String::from_utf8_lossy(body).into_owned(),
         ),
     };
+    let payload: Arc<str> = String::from_utf8_lossy(body).into();
     let kept: serde_json::Map<String, serde_json::Value> = KEPT_HEADERS
         .iter()
         .filter_map(|name| header_str(headers, name).map(|v| ((*name).to_owned(), json!(v))))

@@ -44,18 +44,12 @@ pub async fn backlog(db: &impl ConnectionTrait, now: DateTime<Utc>) -> Result<Ba
         out.dlq.insert(row.try_get("", "s")?, row.try_get("", "n")?);
     }
     let hour_ago = now - Duration::hours(1);
-    let row = db
-        .query_one_raw(Statement::from_sql_and_values(
-            backend,
-            match backend {
-                sea_orm::DatabaseBackend::Postgres => {
-                    "SELECT COUNT(*) AS n FROM webhook_dlq WHERE updated_at >= $1"
-                }
-                _ => "SELECT COUNT(*) AS n FROM webhook_dlq WHERE updated_at >= ?",
-            },
-            [hour_ago.into()],
-        ))
-        .await?;
+    let mut sql = super::sql::Sql::new(
+        backend,
+        "SELECT COUNT(*) AS n FROM webhook_dlq WHERE updated_at >= ",
+    );
+    sql.param(hour_ago);
+    let row = db.query_one_raw(sql.build()).await?;
     if let Some(row) = row {
         out.errors_last_hour = row.try_get("", "n")?;
     }

@@ -67,7 +67,8 @@ pub struct NewEvent {
     pub source: Source,
     pub event_type: Option<String>,
     pub dedup_key: String,
-    pub payload: String,
+    /// The raw body as received (JSON is UTF-8), shared with the hand-over to processing.
+    pub payload: Arc<str>,
     pub headers: String,
     pub workspace_id: Option<i64>,
     pub account_id: Option<i64>,
@@ -304,7 +305,7 @@ impl Writer {
                             account_id: e.account_id,
                             correlation_id: e.correlation_id.clone(),
                             received_at: e.received_at,
-                            payload: Arc::from(e.payload.as_str()),
+                            payload: e.payload.clone(),
                         });
                     }
                 }
@@ -359,7 +360,7 @@ pub async fn append_many(
             e.source.as_str().into(),
             e.event_type.clone().into(),
             e.dedup_key.clone().into(),
-            e.payload.clone().into(),
+            e.payload.to_string().into(),
             e.headers.clone().into(),
             e.received_at.into(),
             e.status.as_str().into(),
