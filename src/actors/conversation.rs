@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     config::backoff,
-    ingest::event::{ConversationState, Direction, Intent, ItemKind},
+    ingest::event::{Direction, Intent, ItemKind},
     metrics as m,
     store::batch::{ApplyError, ChangeSet, Known},
 };
@@ -35,7 +35,6 @@ pub struct Live {
     key: ConversationKey,
     router: ActorRef<RouterMsg>,
     known: Option<Known>,
-    state: Option<ConversationState>,
     last_active: Instant,
     idle: Duration,
 }
@@ -57,7 +56,6 @@ impl Actor for Conversation {
             key,
             router,
             known: None,
-            state: None,
             last_active: Instant::now(),
             idle,
         })
@@ -117,7 +115,6 @@ async fn apply(state: &mut Live, slice: &Slice) {
                     contact_id: applied.contact_id,
                     conversation_id: applied.conversation_id,
                 });
-                state.state = Some(applied.state);
                 tracing::debug!(
                     correlation_id = %slice.correlation_id,
                     event_id = slice.event_id,

@@ -100,7 +100,6 @@ pub fn is_unreachable(e: &DbErr) -> bool {
 pub struct Applied {
     pub contact_id: i64,
     pub conversation_id: i64,
-    pub state: ConversationState,
 }
 
 enum StoreMsg {
@@ -731,7 +730,6 @@ async fn apply_sets(
         applied.push(Applied {
             contact_id,
             conversation_id,
-            state: *current,
         });
     }
     if !changed.is_empty() {

@@ -148,14 +148,6 @@ pub trait EventSink: Send + Sync + 'static {
     fn dispatch(&self, event: CommittedEvent);
 }
 
-/// Processing not wired yet: events stay `pending` in the inbox, which is where recovery
-/// finds them.
-pub struct NoProcessing;
-
-impl EventSink for NoProcessing {
-    fn dispatch(&self, _event: CommittedEvent) {}
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppendOutcome {
     Accepted { event_id: i64 },
