@@ -190,25 +190,12 @@ impl Config {
     }
 
     fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
-        let origin = |key: &str| {
-            figment
-                .find_metadata(key)
-                .map(|m| {
-                    m.source
-                        .as_ref()
-                        .map(|s| format!("file {s}"))
-                        .unwrap_or_else(|| m.name.to_string())
-                })
-                .unwrap_or_else(|| "defaults".into())
-        };
+        let origin = |key: &str| origin_of(key, figment.find_metadata(key));
         let invalid = |key: &str, message: &str| ConfigError::Invalid {
             key: key.into(),
             origin: origin(key),
             message: message.into(),
         };
-        if self.server.body_limit_bytes == 0 {
-            return Err(invalid("server.body_limit_bytes", "must be greater than 0"));
-        }
         if self.database.url.trim().is_empty() {
             return Err(invalid("database.url", "must not be empty"));
         }
@@ -219,29 +206,29 @@ impl Config {
                 "must start with sqlite: or postgres:// (postgresql://)",
             ));
         }
-        if self.database.max_connections == 0 {
-            return Err(invalid("database.max_connections", "must be at least 1"));
-        }
-        if self.intake.batch_max == 0 {
-            return Err(invalid("intake.batch_max", "must be at least 1"));
-        }
-        if self.processing.batch_max == 0 {
-            return Err(invalid("processing.batch_max", "must be at least 1"));
-        }
-        if self.processing.max_attempts == 0 {
-            return Err(invalid("processing.max_attempts", "must be at least 1"));
-        }
-        if self.processing.dlq_poll_ms == 0 {
-            return Err(invalid("processing.dlq_poll_ms", "must be at least 1"));
-        }
-        if self.health.gauge_interval_ms == 0 {
-            return Err(invalid("health.gauge_interval_ms", "must be at least 1"));
-        }
-        if self.actors.idle_timeout_ms == 0 {
-            return Err(invalid("actors.idle_timeout_ms", "must be at least 1"));
-        }
-        if self.intake.queue_capacity == 0 {
-            return Err(invalid("intake.queue_capacity", "must be at least 1"));
+        // Sizes, counts and intervals where 0 would stop wahook from working.
+        let positive = [
+            (
+                "server.body_limit_bytes",
+                self.server.body_limit_bytes as u64,
+            ),
+            (
+                "database.max_connections",
+                self.database.max_connections.into(),
+            ),
+            ("intake.batch_max", self.intake.batch_max as u64),
+            ("intake.queue_capacity", self.intake.queue_capacity as u64),
+            ("processing.batch_max", self.processing.batch_max as u64),
+            (
+                "processing.max_attempts",
+                self.processing.max_attempts.into(),
+            ),
+            ("processing.dlq_poll_ms", self.processing.dlq_poll_ms),
+            ("health.gauge_interval_ms", self.health.gauge_interval_ms),
+            ("actors.idle_timeout_ms", self.actors.idle_timeout_ms),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(invalid(key, "must be at least 1"));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, account) in self.accounts.iter().enumerate() {
@@ -315,6 +302,28 @@ fn defaults_provider() -> figment::providers::Data<Toml> {
     }
 }
 
+/// Where a key's value came from: the file, or the exact environment variable.
+fn origin_of(key: &str, metadata: Option<&figment::Metadata>) -> String {
+    match metadata {
+        Some(md) if md.name.contains("environment") => {
+            if key == "database.url" && std::env::var_os("WAHOOK_DATABASE__URL").is_none() {
+                "environment variable DATABASE_URL".to_string()
+            } else {
+                format!(
+                    "environment variable WAHOOK_{}",
+                    key.replace('.', "__").to_uppercase()
+                )
+            }
+        }
+        Some(md) => md
+            .source
+            .as_ref()
+            .map(|s| format!("file {s}"))
+            .unwrap_or_else(|| md.name.to_string()),
+        None => "defaults".to_string(),
+    }
+}
+
 /// One line per problem, each naming the key (`server.listen`) and where its value came from
 /// (the file, or the exact environment variable).
 fn describe_errors(errors: figment::Error) -> ConfigError {
@@ -322,24 +331,7 @@ fn describe_errors(errors: figment::Error) -> ConfigError {
         .into_iter()
         .map(|e| {
             let key = e.path.join(".").to_lowercase();
-            let origin = match &e.metadata {
-                Some(md) if md.name.contains("environment") => {
-                    if key == "database.url" && std::env::var_os("WAHOOK_DATABASE__URL").is_none() {
-                        "environment variable DATABASE_URL".to_string()
-                    } else {
-                        format!(
-                            "environment variable WAHOOK_{}",
-                            e.path.join("__").to_uppercase()
-                        )
-                    }
-                }
-                Some(md) => md
-                    .source
-                    .as_ref()
-                    .map(|s| format!("file {s}"))
-                    .unwrap_or_else(|| md.name.to_string()),
-                None => "configuration".to_string(),
-            };
+            let origin = origin_of(&key, e.metadata.as_ref());
             if key.is_empty() {
                 format!("configuration ({origin}): {}", e.kind)
             } else {

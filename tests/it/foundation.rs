@@ -171,6 +171,19 @@ fn a_bad_config_value_fails_start_up_naming_the_key_and_its_origin() {
     assert!(err.contains("server.listen"), "{err}");
     assert!(err.contains("WAHOOK_SERVER__LISTEN"), "{err}");
 
+    // A value that parses but is invalid names its exact variable too.
+    let out = wahook()
+        .arg("serve")
+        .env("WAHOOK_INTAKE__BATCH_MAX", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`intake.batch_max` (environment variable WAHOOK_INTAKE__BATCH_MAX)"),
+        "{err}"
+    );
+
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
     std::fs::write(&file, "[intake]\nbatch_max = 0\n").unwrap();
