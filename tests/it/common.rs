@@ -257,17 +257,33 @@ impl TestApp {
         self.scalar(&format!("SELECT COUNT(*) FROM {table}")).await
     }
 
-    pub async fn scalar(&self, sql: &str) -> i64 {
+    /// The rows of a test query (the one place tests read the database).
+    async fn rows(&self, sql: &str) -> Vec<sea_orm::QueryResult> {
         let backend = self.db.get_database_backend();
-        let row = self
-            .db
-            .query_one_raw(Statement::from_string(backend, sql.to_owned()))
+        self.db
+            .query_all_raw(Statement::from_string(backend, sql.to_owned()))
             .await
-            .expect("query runs")
-            .expect("one row");
-        row.try_get_by_index::<i64>(0)
-            .or_else(|_| row.try_get_by_index::<i32>(0).map(i64::from))
-            .expect("an integer")
+            .unwrap_or_else(|e| panic!("`{sql}` runs: {e}"))
+    }
+
+    /// The first column of every row, as integers (INT4 or INT8).
+    pub async fn column(&self, sql: &str) -> Vec<i64> {
+        self.rows(sql)
+            .await
+            .iter()
+            .map(|r| {
+                r.try_get_by_index::<i64>(0)
+                    .or_else(|_| r.try_get_by_index::<i32>(0).map(i64::from))
+                    .expect("an integer")
+            })
+            .collect()
+    }
+
+    /// The integer of a one-row query.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let values = self.column(sql).await;
+        assert_eq!(values.len(), 1, "`{sql}` yields one row");
+        values[0]
     }
 
     /// Waits (on processing progress, never a fixed sleep) until `sql` yields `expected`.
@@ -302,23 +318,9 @@ impl TestApp {
         self.running.as_ref().expect("the server is running")
     }
 
-    pub async fn column(&self, sql: &str) -> Vec<i64> {
-        let backend = self.db.get_database_backend();
-        self.db
-            .query_all_raw(Statement::from_string(backend, sql.to_owned()))
-            .await
-            .expect("query runs")
-            .iter()
-            .map(|r| r.try_get_by_index::<i64>(0).expect("an integer"))
-            .collect()
-    }
-
     pub async fn strings(&self, sql: &str) -> Vec<String> {
-        let backend = self.db.get_database_backend();
-        self.db
-            .query_all_raw(Statement::from_string(backend, sql.to_owned()))
+        self.rows(sql)
             .await
-            .expect("query runs")
             .iter()
             .map(|r| {
                 r.try_get_by_index::<Option<String>>(0)
@@ -329,13 +331,10 @@ impl TestApp {
     }
 
     pub async fn db_time(&self, sql: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-        let backend = self.db.get_database_backend();
-        let row = self
-            .db
-            .query_one_raw(Statement::from_string(backend, sql.to_owned()))
+        self.rows(sql)
             .await
-            .expect("query runs")?;
-        row.try_get_by_index::<Option<chrono::DateTime<chrono::Utc>>>(0)
+            .first()?
+            .try_get_by_index::<Option<chrono::DateTime<chrono::Utc>>>(0)
             .expect("a timestamp")
     }
 
