@@ -14,6 +14,7 @@ const EMBEDDED_DEFAULTS: &str = include_str!("../config/default.toml");
 const DEFAULTS_PATH: &str = "config/default.toml";
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
@@ -27,12 +28,14 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub body_limit_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub url: String,
     pub max_connections: u32,
@@ -63,6 +66,7 @@ impl SqliteSynchronous {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct IntakeConfig {
     pub batch_max: usize,
     pub batch_wait_us: u64,
@@ -71,6 +75,7 @@ pub struct IntakeConfig {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ActorsConfig {
     pub idle_timeout_ms: u64,
     pub restart_budget: u32,
@@ -78,6 +83,7 @@ pub struct ActorsConfig {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProcessingConfig {
     pub batch_max: usize,
     pub max_attempts: u32,
@@ -91,6 +97,7 @@ pub struct ProcessingConfig {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     pub max_pending_age_seconds: u64,
     pub stuck_after_seconds: u64,
@@ -111,6 +118,7 @@ pub fn backoff(attempt: u32, base_ms: u64, max_ms: u64) -> std::time::Duration {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub format: LogFormat,
     pub filter: String,
@@ -124,10 +132,13 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct AccountConfig {
     pub workspace: String,
     pub phone_number_id: String,
-    pub display_phone_number: String,
+    /// Informational (Meta sends it in every payload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_phone_number: Option<String>,
     #[serde(default)]
     pub app_secret: Option<String>,
     /// Name of an environment variable holding the app secret.
@@ -155,7 +166,20 @@ pub enum ConfigError {
 impl Config {
     /// Loads the layered configuration from the process environment.
     pub fn load() -> Result<Self, ConfigError> {
-        Self::from_figment(Self::figment())
+        Self::from_figment(Self::figment(
+            std::env::var_os("WAHOOK_CONFIG").map(Into::into),
+        ))
+    }
+
+    /// Like [`Config::load`], with `file` in place of the one `WAHOOK_CONFIG` names.
+    pub fn load_file(file: &Path) -> Result<Self, ConfigError> {
+        if !file.is_file() {
+            return Err(ConfigError::Load(format!(
+                "configuration file {} does not exist",
+                file.display()
+            )));
+        }
+        Self::from_figment(Self::figment(Some(file.to_path_buf())))
     }
 
     /// Only the defaults file: what tests and tools start from before changing fields.
@@ -163,9 +187,9 @@ impl Config {
         Self::from_figment(Figment::from(defaults_provider()))
     }
 
-    fn figment() -> Figment {
+    fn figment(file: Option<std::path::PathBuf>) -> Figment {
         let mut figment = Figment::from(defaults_provider());
-        if let Ok(path) = std::env::var("WAHOOK_CONFIG") {
+        if let Some(path) = file {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment
@@ -325,12 +349,20 @@ fn origin_of(key: &str, metadata: Option<&figment::Metadata>) -> String {
 }
 
 /// One line per problem, each naming the key (`server.listen`) and where its value came from
-/// (the file, or the exact environment variable).
+/// (the file, or the exact environment variable); an unknown key also names the nearest known
+/// one.
 fn describe_errors(errors: figment::Error) -> ConfigError {
     let lines: Vec<String> = errors
         .into_iter()
         .map(|e| {
-            let key = e.path.join(".").to_lowercase();
+            let key = dotted(&e.path);
+            if let figment::error::Kind::UnknownField(field, expected) = &e.kind {
+                let parent = match e.path.split_last() {
+                    Some((last, parent)) if last == field => dotted(parent),
+                    _ => key,
+                };
+                return unknown_key(&parent, field, expected, e.metadata.as_ref());
+            }
             let origin = origin_of(&key, e.metadata.as_ref());
             if key.is_empty() {
                 format!("configuration ({origin}): {}", e.kind)
@@ -340,6 +372,81 @@ fn describe_errors(errors: figment::Error) -> ConfigError {
         })
         .collect();
     ConfigError::Load(lines.join("\n"))
+}
+
+/// `accounts[0].agent` from figment's path `["accounts", "0", "agent"]`.
+fn dotted(path: &[String]) -> String {
+    let mut key = String::new();
+    for part in path {
+        if part.chars().all(|c| c.is_ascii_digit()) {
+            key.push_str(&format!("[{part}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(&part.to_lowercase());
+        }
+    }
+    key
+}
+
+/// "unknown key `server.listen_adress` in file wahook.toml — did you mean `server.listen`?"
+fn unknown_key(
+    parent: &str,
+    field: &str,
+    expected: &[&str],
+    metadata: Option<&figment::Metadata>,
+) -> String {
+    let join = |name: &str| {
+        if parent.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{parent}.{name}")
+        }
+    };
+    let (key, origin) = match metadata {
+        // An environment variable: name the exact variable, whose key may go deeper than the
+        // unknown part (`WAHOOK_PROCESING__BATCH_MAX` → `procesing.batch_max`).
+        Some(md) if md.name.contains("environment") => {
+            let prefix = format!("WAHOOK_{}", join(field).replace('.', "__").to_uppercase());
+            let var = std::env::vars()
+                .map(|(k, _)| k)
+                .find(|k| *k == prefix || k.starts_with(&format!("{prefix}__")));
+            match var {
+                Some(var) => {
+                    let key = var["WAHOOK_".len()..].replace("__", ".").to_lowercase();
+                    (key, format!("environment variable {var}"))
+                }
+                None => (join(field), "an environment variable".to_owned()),
+            }
+        }
+        Some(md) => (
+            join(field),
+            md.source
+                .as_ref()
+                .map(|s| format!("file {s}"))
+                .unwrap_or_else(|| md.name.to_string()),
+        ),
+        None => (join(field), "defaults".to_owned()),
+    };
+    // Jaro-Winkler favours a shared start, which is how keys are mistyped or run on
+    // (`listen_adress` for `listen`).
+    let nearest = expected
+        .iter()
+        .map(|candidate| (strsim::jaro_winkler(field, candidate), *candidate))
+        .filter(|(similarity, _)| *similarity >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let rest = key[join(field).len()..].to_owned();
+    match nearest {
+        Some((_, name)) => format!(
+            "unknown key `{key}` in {origin} — did you mean `{}{rest}`?",
+            join(name)
+        ),
+        None => format!(
+            "unknown key `{key}` in {origin} — the keys here are: {}",
+            expected.join(", ")
+        ),
+    }
 }
 
 /// Hides the password of a database URL.

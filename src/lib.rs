@@ -162,6 +162,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         fatal: watch::channel(None).0,
         recovered: watch::channel(false).0,
         serving: Default::default(),
+        notes: Default::default(),
     });
     // Every pending inbox event is re-dispatched before new traffic is taken in.
     let mut recovered = ctx.recovered.subscribe();

@@ -55,6 +55,10 @@ pub struct Args {
     /// Distinguishes wamids of separate runs against the same database.
     #[arg(long, default_value_t = default_run_id())]
     pub run_id: String,
+    /// No progress while running (on a terminal a live line, otherwise a plain line every
+    /// few seconds, both on stderr); the summary is printed either way.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 fn default_run_id() -> String {
@@ -80,6 +84,7 @@ impl Args {
             senders: 100,
             status_every: 0,
             run_id: default_run_id(),
+            quiet: true,
         }
     }
 }
@@ -206,15 +211,17 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let target = Arc::new(parse_url(&args.url)?);
     let args = Arc::new(args);
     let next = Arc::new(AtomicU64::new(0));
+    let live = Arc::new(Live::default());
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.max_seconds);
     let mut tasks = Vec::with_capacity(args.connections);
     for _ in 0..args.connections.max(1) {
-        let (target, args, next) = (target.clone(), args.clone(), next.clone());
+        let (target, args, next, live) = (target.clone(), args.clone(), next.clone(), live.clone());
         tasks.push(tokio::spawn(async move {
-            connection(target, args, next, started, deadline).await
+            connection(target, args, next, live, started, deadline).await
         }));
     }
+    let progress = (!args.quiet).then(|| tokio::spawn(show_progress(live, args.requests)));
     let mut report = Report {
         sent: 0,
         ok: 0,
@@ -233,7 +240,99 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
     report.elapsed = started.elapsed();
     report.latencies_us.sort_unstable();
+    if let Some(progress) = progress {
+        progress.abort();
+        let _ = progress.await;
+    }
     Ok(report)
+}
+
+/// Running totals the connections update and the progress line reads.
+struct Live {
+    sent: AtomicU64,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    /// Ack latencies in quarter-octave buckets of microseconds (bucket `i` holds values below
+    /// 2^((i+1)/4) µs): enough for a p99 so far without sorting.
+    buckets: [AtomicU64; 128],
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Self {
+            sent: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Live {
+    fn record(&self, latency_us: u32) {
+        let i = ((f64::from(latency_us.max(1))).log2() * 4.0) as usize;
+        self.buckets[i.min(127)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The upper bound of the bucket holding the p99, in ms.
+    fn p99_ms(&self) -> f64 {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        let mut seen = 0;
+        for (i, n) in counts.iter().enumerate() {
+            seen += n;
+            if total > 0 && seen * 100 >= total * 99 {
+                return 2f64.powf((i + 1) as f64 / 4.0) / 1000.0;
+            }
+        }
+        0.0
+    }
+}
+
+/// A live line on a terminal (indicatif), otherwise a plain line every 5 s; on stderr, so
+/// the summary on stdout stays the same for scripts.
+async fn show_progress(live: Arc<Live>, total: u64) {
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::new(total);
+    if terminal {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let every = Duration::from_millis(if terminal { 250 } else { 5000 });
+    let started = Instant::now();
+    let (mut last_ok, mut last_at) = (0u64, started);
+    loop {
+        tokio::time::sleep(every).await;
+        let (sent, ok, failed) = (
+            live.sent.load(Ordering::Relaxed),
+            live.ok.load(Ordering::Relaxed),
+            live.failed.load(Ordering::Relaxed),
+        );
+        let rate = (ok - last_ok) as f64 / last_at.elapsed().as_secs_f64().max(1e-9);
+        (last_ok, last_at) = (ok, Instant::now());
+        let line = format!(
+            "{ok} acknowledged, {failed} errors, {rate:.0}/s now, p99 so far ≤ {:.1} ms",
+            live.p99_ms()
+        );
+        if terminal {
+            bar.set_position(sent);
+            bar.set_message(line);
+        } else {
+            eprintln!(
+                "loadgen: {sent}/{total} sent, {line} ({:.0} s)",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
 }
 
 async fn connect(target: &Target) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
@@ -252,6 +351,7 @@ async fn connection(
     target: Arc<Target>,
     args: Arc<Args>,
     next: Arc<AtomicU64>,
+    live: Arc<Live>,
     started: Instant,
     deadline: Instant,
 ) -> anyhow::Result<Report> {
@@ -282,6 +382,7 @@ async fn connection(
             .body(Full::new(Bytes::from(body)))?;
         let sent_at = Instant::now();
         part.sent += 1;
+        live.sent.fetch_add(1, Ordering::Relaxed);
         if sender.ready().await.is_err() {
             sender = connect(&target).await?;
         }
@@ -289,16 +390,20 @@ async fn connection(
             Ok(response) => {
                 let status = response.status();
                 let _ = response.into_body().collect().await;
-                part.latencies_us
-                    .push(sent_at.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                let latency = sent_at.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                part.latencies_us.push(latency);
+                live.record(latency);
                 if status == hyper::StatusCode::OK {
                     part.ok += 1;
+                    live.ok.fetch_add(1, Ordering::Relaxed);
                 } else {
                     part.non_200 += 1;
+                    live.failed.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Err(_) => {
                 part.errors += 1;
+                live.failed.fetch_add(1, Ordering::Relaxed);
                 sender = connect(&target).await?;
             }
         }

@@ -23,8 +23,15 @@ enum Command {
     Serve,
     /// Run the database migrations and exit.
     Migrate,
-    /// Print the effective configuration with every secret redacted.
-    Config,
+    /// Print the effective configuration with every secret redacted; with --check, only
+    /// validate it (exit 0 or 1, the database untouched).
+    Config {
+        /// Validate and exit 0 (valid) or 1 (the errors, each naming its key and origin).
+        #[arg(long)]
+        check: bool,
+        /// The file to use instead of the one WAHOOK_CONFIG names.
+        file: Option<PathBuf>,
+    },
     /// Print the signature header value for a body file (use it with curl).
     Sign {
         /// The account's app secret (Meta) or Kapso webhook secret.
@@ -69,16 +76,33 @@ fn main() -> ExitCode {
                 Err(e) => fail(format!("{e:#}")),
             }
         }),
+        Command::Config { check, file } => {
+            let loaded = match &file {
+                Some(file) => Config::load_file(file),
+                None => Config::load(),
+            };
+            match (loaded, check) {
+                (Err(e), _) => fail(e.to_string()),
+                (Ok(_), true) => {
+                    let source = file
+                        .map(|f| f.display().to_string())
+                        .or_else(|| std::env::var("WAHOOK_CONFIG").ok())
+                        .unwrap_or_else(|| "defaults".into());
+                    println!("configuration OK ({source} and the environment)");
+                    ExitCode::SUCCESS
+                }
+                (Ok(config), false) => {
+                    print!("{}", config.redacted_toml());
+                    ExitCode::SUCCESS
+                }
+            }
+        }
         command => {
             let config = match Config::load() {
                 Ok(c) => c,
                 Err(e) => return fail(e.to_string()),
             };
             match command {
-                Command::Config => {
-                    print!("{}", config.redacted_toml());
-                    ExitCode::SUCCESS
-                }
                 Command::Migrate => runtime().block_on(async {
                     telemetry::init(&config.log);
                     let result = async {

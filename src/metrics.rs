@@ -26,6 +26,7 @@ pub const INBOX_PENDING: &str = "wahook_inbox_pending_events";
 pub const INBOX_OLDEST_PENDING_AGE: &str = "wahook_inbox_oldest_pending_age_seconds";
 pub const DLQ_ROWS: &str = "wahook_dlq_rows";
 pub const READY: &str = "wahook_ready";
+pub const PAYLOAD_NOTES: &str = "wahook_payload_notes_total";
 
 /// Every histogram, for the test that checks each is exposed with real buckets.
 pub const HISTOGRAMS: &[&str] = &[
@@ -175,6 +176,11 @@ fn describe() {
         READY,
         "1 when /ready would answer 200 (store answers, actors up, backlog young)."
     );
+    describe_counter!(
+        PAYLOAD_NOTES,
+        "Lines normalisation reported, by kind: note (value-level error, part stored but not \
+         processed) or unattributed (no conversation found; the event went to the DLQ)."
+    );
     // Registered at zero, so dashboards and alerts see series before the first event.
     for source in ["meta", "kapso"] {
         for outcome in OUTCOMES {
@@ -192,6 +198,9 @@ fn describe() {
     metrics::counter!(DLQ_PARKED).increment(0);
     for component in ["inbox", "store"] {
         metrics::counter!(DB_STATEMENTS, "component" => component).increment(0);
+    }
+    for kind in ["note", "unattributed"] {
+        metrics::counter!(PAYLOAD_NOTES, "kind" => kind).increment(0);
     }
     metrics::gauge!(READY).set(0.0);
 }

@@ -25,6 +25,9 @@ pub struct Model {
     #[sea_orm(column_type = "Text")]
     pub last_error: Option<String>,
     pub correlation_id: String,
+    /// What normalisation said about the event, one line each.
+    #[sea_orm(column_type = "Text")]
+    pub notes: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

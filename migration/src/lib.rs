@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_init;
 mod m20261122_000002_message_status_rank;
+mod m20261123_000003_event_notes;
 
 pub struct Migrator;
 
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_init::Migration),
             Box::new(m20261122_000002_message_status_rank::Migration),
+            Box::new(m20261123_000003_event_notes::Migration),
         ]
     }
 }

@@ -55,6 +55,31 @@ pub struct Ctx {
     pub recovered: watch::Sender<bool>,
     /// Set once the intake hands events over (after the first recovery).
     pub serving: std::sync::atomic::AtomicBool,
+    /// What normalisation reported since start (shown by `/health`).
+    pub notes: NoteCounts,
+}
+
+/// Lines normalisation reported since start: notes (value-level errors, parts stored but not
+/// processed) and parts no conversation could be found for (their events went to the DLQ).
+#[derive(Default)]
+pub struct NoteCounts {
+    notes: AtomicUsize,
+    unattributed: AtomicUsize,
+}
+
+impl NoteCounts {
+    pub fn record(&self, notes: usize, unattributed: usize) {
+        self.notes.fetch_add(notes, Ordering::Relaxed);
+        self.unattributed.fetch_add(unattributed, Ordering::Relaxed);
+    }
+
+    /// `(notes, unattributed)`.
+    pub fn get(&self) -> (usize, usize) {
+        (
+            self.notes.load(Ordering::Relaxed),
+            self.unattributed.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl Ctx {

@@ -21,9 +21,12 @@ use super::{
     write,
 };
 use crate::{
-    ingest::{self, event::ItemKind},
+    ingest::{
+        self,
+        event::{ContactKey, Item, ItemKind},
+    },
     metrics as m,
-    store::{dlq, inbox},
+    store::{dlq, inbox, messages},
 };
 
 pub struct Router;
@@ -207,7 +210,7 @@ async fn dispatch(
     let ctx = state.ctx.clone();
     let directory = ctx.directory();
     let workspace_of = |pnid: &str| directory.get(pnid).map(|a| a.workspace_id);
-    let normalized = match ingest::normalize(
+    let mut normalized = match ingest::normalize(
         event.source,
         event.event_type.as_deref(),
         &event.payload,
@@ -218,20 +221,22 @@ async fn dispatch(
         Err(error) => {
             // Malformed: no retry can fix the payload; it is kept and reported in the DLQ.
             tracing::warn!(correlation_id = %event.correlation_id, event_id = event.id, %error, "payload cannot be normalised; parking it");
-            ctx.store.abandon(event.id).await;
-            if let Some(dl) = ctx.dead_letter() {
-                let _ = dl.cast(DeadLetterMsg::Park {
-                    event_id: event.id,
-                    correlation_id: event.correlation_id.clone(),
-                    error,
-                    attempts: 1,
-                });
-            }
+            park(&ctx, &event, error).await;
             return Ok(());
         }
     };
-    for note in &normalized.notes {
-        tracing::info!(correlation_id = %event.correlation_id, event_id = event.id, note, "payload note");
+    attribute_orphan_statuses(&ctx, &mut normalized).await;
+    report_notes(&ctx, &event, &normalized);
+    // Something in the event belongs to no conversation: what can be applied is, but the
+    // event is never `processed`; the DLQ keeps it with the reason (and the raw payload).
+    let unattributed = !normalized.unattributed.is_empty();
+    if unattributed {
+        let error = format!(
+            "cannot be attributed to a conversation: {}",
+            normalized.unattributed.join("; ")
+        );
+        tracing::warn!(correlation_id = %event.correlation_id, event_id = event.id, %error, "parking the event");
+        park(&ctx, &event, error).await;
     }
 
     // Group by conversation, keeping payload order within each and first-seen order across.
@@ -249,13 +254,17 @@ async fn dispatch(
         }
     }
     if slices.is_empty() {
-        ctx.store.complete(event.id, event.redrive).await;
+        if !unattributed {
+            ctx.store.complete(event.id, event.redrive).await;
+        }
         return Ok(());
     }
     metrics::gauge!(m::MAILBOX_DEPTH).set((state.queued + slices.len()) as f64);
-    ctx.store
-        .expect(event.id, slices.len(), event.redrive)
-        .await;
+    if !unattributed {
+        ctx.store
+            .expect(event.id, slices.len(), event.redrive)
+            .await;
+    }
     ctx.in_flight.fetch_add(1, Ordering::Relaxed);
     metrics::gauge!(m::IN_FLIGHT).set(ctx.in_flight() as f64);
     state.events.insert(event.id, slices.len());
@@ -285,6 +294,91 @@ async fn dispatch(
         let _ = actor.cast(ConversationMsg::Apply(slice));
     }
     Ok(())
+}
+
+/// Parks the whole event in the dead-letter queue; change sets of it still to commit apply
+/// but never mark it processed.
+async fn park(ctx: &Ctx, event: &inbox::CommittedEvent, error: String) {
+    ctx.store.abandon(event.id).await;
+    if let Some(dl) = ctx.dead_letter() {
+        let _ = dl.cast(DeadLetterMsg::Park {
+            event_id: event.id,
+            correlation_id: event.correlation_id.clone(),
+            error,
+            attempts: 1,
+        });
+    }
+}
+
+/// A status that names no recipient belongs to the conversation of the stored message with
+/// its wamid; one that matches no stored message cannot be attributed (yet: the DLQ retries).
+async fn attribute_orphan_statuses(ctx: &Ctx, normalized: &mut ingest::Normalized) {
+    if normalized.orphan_statuses.is_empty() {
+        return;
+    }
+    let orphans = std::mem::take(&mut normalized.orphan_statuses);
+    let wamids: Vec<(i64, String)> = orphans
+        .iter()
+        .map(|o| (o.workspace_id, o.status.wamid.clone()))
+        .collect();
+    let found = match messages::contacts_of(&ctx.db, &wamids).await {
+        Ok(found) => found,
+        Err(e) => {
+            normalized.unattributed.push(format!(
+                "statuses without a recipient could not be matched to their messages: {e}"
+            ));
+            return;
+        }
+    };
+    for o in orphans {
+        match found.get(&(o.workspace_id, o.status.wamid.clone())) {
+            Some(phone) => normalized.items.push(Item {
+                workspace_id: o.workspace_id,
+                contact: ContactKey::stored(phone.clone()),
+                user_id: None,
+                kind: ItemKind::Status(o.status),
+            }),
+            None => normalized.unattributed.push(format!(
+                "{} status for {} names no recipient and matches no stored message",
+                o.status.status.as_str(),
+                o.status.wamid
+            )),
+        }
+    }
+}
+
+/// What normalisation said goes to the log, the metrics, the health counts and the event's
+/// own row (`webhook_events.notes`, written aside so the router never waits for it).
+fn report_notes(ctx: &Ctx, event: &inbox::CommittedEvent, normalized: &ingest::Normalized) {
+    if normalized.notes.is_empty() && normalized.unattributed.is_empty() {
+        return;
+    }
+    for note in &normalized.notes {
+        tracing::info!(correlation_id = %event.correlation_id, event_id = event.id, note, "payload note");
+    }
+    metrics::counter!(m::PAYLOAD_NOTES, "kind" => "note").increment(normalized.notes.len() as u64);
+    metrics::counter!(m::PAYLOAD_NOTES, "kind" => "unattributed")
+        .increment(normalized.unattributed.len() as u64);
+    ctx.notes
+        .record(normalized.notes.len(), normalized.unattributed.len());
+    let lines: Vec<String> = normalized
+        .notes
+        .iter()
+        .cloned()
+        .chain(
+            normalized
+                .unattributed
+                .iter()
+                .map(|u| format!("unattributed: {u}")),
+        )
+        .collect();
+    let (db, store, event_id) = (ctx.db.clone(), ctx.store.clone(), event.id);
+    tokio::spawn(async move {
+        if let Err(e) = inbox::record_notes(&db, event_id, &lines).await {
+            tracing::warn!(event_id, error = %e, "could not store the event's notes");
+        }
+        store.bump();
+    });
 }
 
 async fn spawn_conversation(

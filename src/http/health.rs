@@ -31,6 +31,7 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let backlog = store::health::backlog(&state.db, Utc::now()).await;
     let stuck = stuck_conversations(&state).await;
     let processing = &state.processing;
+    let (notes, unattributed) = processing.notes.get();
     Json(json!({
         "status": if db.is_ok() && backlog.is_ok() { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
@@ -46,6 +47,8 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
             "events_in_flight": processing.in_flight(),
             "stuck_conversations": stuck,
             "stuck_after_seconds": state.config.health.stuck_after_seconds,
+            "payload_notes": notes,
+            "unattributed": unattributed,
         },
         "inbox": backlog.as_ref().ok().map(|b| json!({
             "pending_events": b.pending_events,

@@ -128,26 +128,55 @@ impl ConversationState {
     }
 }
 
-/// Who the conversation is with: the phone (digits, no "+"), or for a username adopter with
-/// no phone, `bsuid:<user_id>`.
+/// Who the conversation is with: the phone (digits, no "+"); for a username adopter with no
+/// phone, `bsuid:<user_id>`; for a sender id that is present but not a phone number (e.g. a
+/// placeholder such as `PHONE_NUMBER`), `raw:<id as given>`. A sender is never dropped for its
+/// shape.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ContactKey(String);
 
 impl ContactKey {
-    /// From a phone number and/or a business-scoped user id; `None` when both are empty.
+    /// From a phone number and/or a business-scoped user id: the phone's digits when it reads
+    /// as a phone number, else the user id, else the phone as given; `None` when both are
+    /// empty.
     pub fn new(phone: Option<&str>, user_id: Option<&str>) -> Option<Self> {
-        let phone: String = phone
-            .unwrap_or("")
-            .chars()
-            .filter(|c| c.is_ascii_digit())
-            .collect();
-        if !phone.is_empty() {
-            return Some(Self(phone));
+        let phone = phone.map(str::trim).filter(|p| !p.is_empty());
+        if let Some(key) = phone.and_then(Self::phone) {
+            return Some(key);
         }
-        match user_id {
-            Some(u) if !u.is_empty() => Some(Self(format!("bsuid:{u}"))),
-            _ => None,
+        if let Some(u) = user_id.filter(|u| !u.is_empty()) {
+            return Some(Self::user(u));
         }
+        phone.map(Self::raw)
+    }
+
+    /// A phone number: digits with the usual `+`, spaces, dashes, dots and brackets; `None`
+    /// for anything else (letters, or no digit at all).
+    pub fn phone(s: &str) -> Option<Self> {
+        let mut digits = String::with_capacity(s.len());
+        for c in s.trim().chars() {
+            match c {
+                '0'..='9' => digits.push(c),
+                '+' | ' ' | '-' | '.' | '(' | ')' => {}
+                _ => return None,
+            }
+        }
+        (!digits.is_empty()).then_some(Self(digits))
+    }
+
+    /// A business-scoped user id (a username adopter without a phone).
+    pub fn user(user_id: &str) -> Self {
+        Self(format!("bsuid:{user_id}"))
+    }
+
+    /// A sender id that is not a phone number, kept as given.
+    pub fn raw(id: &str) -> Self {
+        Self(format!("raw:{id}"))
+    }
+
+    /// As stored in `contacts.phone`.
+    pub fn stored(key: String) -> Self {
+        Self(key)
     }
 
     pub fn as_str(&self) -> &str {
@@ -206,10 +235,23 @@ pub struct Item {
     pub kind: ItemKind,
 }
 
+/// A status whose recipient the payload does not name: it belongs to the conversation of the
+/// stored message with its wamid, if there is one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrphanStatus {
+    pub workspace_id: i64,
+    pub status: StatusItem,
+}
+
 /// Everything one inbox event says, in payload order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Normalized {
     pub items: Vec<Item>,
-    /// Value-level errors and items that could not be attributed (kept for the log).
+    /// Statuses to attribute by their message's wamid (processing looks them up).
+    pub orphan_statuses: Vec<OrphanStatus>,
+    /// What could not be attributed to any conversation, with the reason: the event is parked
+    /// in the dead-letter queue with these, never marked processed.
+    pub unattributed: Vec<String>,
+    /// Value-level errors and things stored but not processed (kept with the event).
     pub notes: Vec<String>,
 }

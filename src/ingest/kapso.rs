@@ -54,6 +54,11 @@ fn normalize_one(
         ));
         return;
     };
+    if !KNOWN.contains(&event_type) {
+        out.notes
+            .push(format!("Kapso event {event_type:?} stored, not processed"));
+        return;
+    }
     let message = data.get("message");
     let direction = match message
         .and_then(|m| m.get("kapso")?.get("direction")?.as_str())
@@ -80,8 +85,8 @@ fn normalize_one(
     let user_id = text(conversation, "business_scoped_user_id")
         .or_else(|| text(data.get("contact"), "user_id"));
     let Some(contact) = ContactKey::new(phone.as_deref(), user_id.as_deref()) else {
-        out.notes
-            .push(format!("Kapso {event_type} without a contact skipped"));
+        out.unattributed
+            .push(format!("Kapso {event_type} names no contact"));
         return;
     };
     let push = |out: &mut Normalized, kind| {
@@ -100,8 +105,8 @@ fn normalize_one(
         | "whatsapp.message.read"
         | "whatsapp.message.failed" => {
             let Some(m) = message else {
-                out.notes
-                    .push(format!("{event_type} without a message skipped"));
+                out.unattributed
+                    .push(format!("Kapso {event_type} without a message"));
                 return;
             };
             if let Some(name) = conversation
@@ -116,8 +121,8 @@ fn normalize_one(
                 );
             }
             let Some(mut item) = message_item(m, direction, received_at) else {
-                out.notes
-                    .push(format!("{event_type} without a message id skipped"));
+                out.unattributed
+                    .push(format!("Kapso {event_type} without a message id"));
                 return;
             };
             if let Some(content) = text(m.get("kapso"), "content").filter(|c| !c.is_empty()) {
@@ -164,8 +169,19 @@ fn normalize_one(
                 push(out, ItemKind::Profile { name });
             }
         }
-        other => out
-            .notes
-            .push(format!("Kapso event {other:?} stored, not processed")),
+        _ => {}
     }
 }
+
+/// The Kapso events that processing applies; others are stored with a note.
+const KNOWN: &[&str] = &[
+    "whatsapp.message.received",
+    "whatsapp.message.sent",
+    "whatsapp.message.delivered",
+    "whatsapp.message.read",
+    "whatsapp.message.failed",
+    "whatsapp.conversation.created",
+    "whatsapp.conversation.ended",
+    "whatsapp.conversation.inactive",
+    "whatsapp.contact.updated",
+];

@@ -2,8 +2,6 @@
 //! `contacts` and `profile` may be missing; `wa_id` may be empty with a `user_id`; unknown
 //! message types are kept with their raw JSON.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
@@ -11,7 +9,8 @@ use serde_json::Value;
 use super::{
     content_of,
     event::{
-        ContactKey, Direction, Item, ItemKind, MessageItem, MessageStatus, Normalized, StatusItem,
+        ContactKey, Direction, Item, ItemKind, MessageItem, MessageStatus, Normalized,
+        OrphanStatus, StatusItem,
     },
     parse_timestamp,
 };
@@ -100,10 +99,12 @@ pub fn normalize(
         serde_json::from_str(body).map_err(|e| format!("not a Meta webhook payload: {e}"))?;
     let mut out = Normalized::default();
     for change in payload.entry.into_iter().flat_map(|e| e.changes) {
-        let Some(value) = change.value else { continue };
         if !matches!(change.field.as_str(), "messages" | "smb_message_echoes") {
+            out.notes
+                .push(format!("field {:?} stored, not processed", change.field));
             continue;
         }
+        let Some(value) = change.value else { continue };
         for e in &value.errors {
             out.notes
                 .push(format!("value-level error: {}", error_text(e)));
@@ -127,12 +128,8 @@ pub fn normalize(
         };
 
         // Profiles first: a message from a contact carries its current name.
-        let mut user_ids: HashMap<String, String> = HashMap::new();
         for c in &value.contacts {
             let user_id = c.user_id.clone().filter(|u| !u.is_empty());
-            if let (Some(wa), Some(u)) = (c.wa_id.as_deref(), &user_id) {
-                user_ids.insert(wa.to_string(), u.clone());
-            }
             let Some(key) = ContactKey::new(c.wa_id.as_deref(), user_id.as_deref()) else {
                 continue;
             };
@@ -148,63 +145,107 @@ pub fn normalize(
         }
 
         for m in &value.messages {
-            let from = str_field(m, "from");
-            let user_id = str_field(m, "from_user_id")
-                .map(str::to_owned)
-                .or_else(|| from.and_then(|f| user_ids.get(f).cloned()));
-            let Some(key) = ContactKey::new(from, user_id.as_deref()) else {
-                out.notes.push("message without sender skipped".into());
+            let Some(msg) = message_item(m, Direction::Inbound, received_at) else {
+                out.unattributed
+                    .push("a message without an id cannot be stored".into());
                 continue;
             };
-            match message_item(m, Direction::Inbound, received_at) {
-                Some(msg) => out.items.push(item(key, user_id, ItemKind::Message(msg))),
-                None => out.notes.push("message without id skipped".into()),
-            }
+            let Some((key, user_id)) = sender(m, &value.contacts) else {
+                out.unattributed.push(format!(
+                    "message {} names no sender (no `from`, `from_user_id` or single contact)",
+                    msg.wamid
+                ));
+                continue;
+            };
+            out.items.push(item(key, user_id, ItemKind::Message(msg)));
         }
 
         for m in &value.message_echoes {
-            let Some(key) = ContactKey::new(str_field(m, "to"), str_field(m, "to_user_id")) else {
-                out.notes.push("echo without recipient skipped".into());
+            let Some(mut msg) = message_item(m, Direction::Outbound, received_at) else {
+                out.unattributed
+                    .push("an echo without an id cannot be stored".into());
                 continue;
             };
-            match message_item(m, Direction::Outbound, received_at) {
-                Some(mut msg) => {
-                    msg.status = MessageStatus::Sent;
-                    out.items.push(item(key, None, ItemKind::Message(msg)));
-                }
-                None => out.notes.push("echo without id skipped".into()),
-            }
+            let to_user = str_field(m, "to_user_id").filter(|u| !u.is_empty());
+            let Some(key) = ContactKey::new(str_field(m, "to"), to_user) else {
+                out.unattributed.push(format!(
+                    "echo {} names no recipient (no `to` or `to_user_id`)",
+                    msg.wamid
+                ));
+                continue;
+            };
+            msg.status = MessageStatus::Sent;
+            out.items.push(item(key, None, ItemKind::Message(msg)));
         }
 
         for s in value.statuses {
-            let recipient_user = s.recipient_user_id.filter(|u| !u.is_empty());
-            let Some(key) = ContactKey::new(s.recipient_id.as_deref(), recipient_user.as_deref())
-            else {
-                out.notes.push("status without recipient skipped".into());
-                continue;
-            };
             let Some(status) = MessageStatus::parse(&s.status) else {
                 out.notes
                     .push(format!("unknown status {:?} skipped", s.status));
                 continue;
             };
             if s.id.is_empty() {
-                out.notes.push("status without id skipped".into());
+                out.unattributed
+                    .push(format!("a {} status without a message id", s.status));
                 continue;
             }
-            out.items.push(item(
-                key,
-                recipient_user,
-                ItemKind::Status(StatusItem {
-                    wamid: s.id,
-                    status,
-                    timestamp: parse_timestamp(s.timestamp.as_ref()).unwrap_or(received_at),
-                    error: s.errors.first().map(error_text),
+            let status_item = StatusItem {
+                wamid: s.id,
+                status,
+                timestamp: parse_timestamp(s.timestamp.as_ref()).unwrap_or(received_at),
+                error: s.errors.first().map(error_text),
+            };
+            let recipient_user = s.recipient_user_id.filter(|u| !u.is_empty());
+            match ContactKey::new(s.recipient_id.as_deref(), recipient_user.as_deref()) {
+                Some(key) => {
+                    out.items
+                        .push(item(key, recipient_user, ItemKind::Status(status_item)))
+                }
+                None => out.orphan_statuses.push(OrphanStatus {
+                    workspace_id,
+                    status: status_item,
                 }),
-            ));
+            }
         }
     }
     Ok(out)
+}
+
+/// Who sent a message, in this order: `from` when it reads as a phone number,
+/// `from_user_id`, the `user_id` of the contact whose `wa_id` is `from`, `from` as given
+/// (`raw:`), and, when the change has exactly one contact, that contact.
+fn sender(m: &Value, contacts: &[Contact]) -> Option<(ContactKey, Option<String>)> {
+    let from = str_field(m, "from")
+        .map(str::trim)
+        .filter(|f| !f.is_empty());
+    let user_id = str_field(m, "from_user_id")
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .or_else(|| {
+            let from = from?;
+            contacts
+                .iter()
+                .find(|c| c.wa_id.as_deref().map(str::trim) == Some(from))?
+                .user_id
+                .clone()
+                .filter(|u| !u.is_empty())
+        });
+    if let Some(key) = from.and_then(ContactKey::phone) {
+        return Some((key, user_id));
+    }
+    if let Some(u) = &user_id {
+        return Some((ContactKey::user(u), user_id));
+    }
+    if let Some(f) = from {
+        return Some((ContactKey::raw(f), None));
+    }
+    match contacts {
+        [only] => {
+            let user_id = only.user_id.clone().filter(|u| !u.is_empty());
+            ContactKey::new(only.wa_id.as_deref(), user_id.as_deref()).map(|k| (k, user_id))
+        }
+        _ => None,
+    }
 }
 
 fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {

@@ -101,7 +101,7 @@ pub async fn upsert_from_config(
         whatsapp_accounts::Entity::insert(whatsapp_accounts::ActiveModel {
             workspace_id: Set(workspace_id),
             phone_number_id: Set(a.phone_number_id.clone()),
-            display_phone_number: Set(a.display_phone_number.clone()),
+            display_phone_number: Set(a.display_phone_number.clone().unwrap_or_default()),
             app_secret: Set(app_secret),
             verify_token: Set(a.verify_token.clone()),
             kapso_secret: Set(a.kapso_secret.clone()),

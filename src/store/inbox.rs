@@ -142,6 +142,21 @@ pub async fn pending_page(
         .collect())
 }
 
+/// Keeps what normalisation said about an event with it (`webhook_events.notes`).
+pub async fn record_notes(
+    db: &impl ConnectionTrait,
+    event_id: i64,
+    notes: &[String],
+) -> Result<(), DbErr> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    webhook_events::Entity::update_many()
+        .col_expr(webhook_events::Column::Notes, notes.join("\n").into())
+        .filter(webhook_events::Column::Id.eq(event_id))
+        .exec(db)
+        .await
+        .map(|_| ())
+}
+
 /// The one narrow interface between the inbox and processing: it is told about every pending
 /// event right after its commit, in commit order, and must not block.
 pub trait EventSink: Send + Sync + 'static {

@@ -7,6 +7,7 @@ pub mod dlq;
 pub mod health;
 pub mod inbox;
 pub mod leads;
+pub mod messages;
 mod sql;
 
 use std::{path::Path, time::Duration};

@@ -53,7 +53,7 @@ pub fn test_accounts() -> Vec<AccountConfig> {
         |ws: &str, pnid: &str, secret: &str, verify: &str, kapso: Option<&str>| AccountConfig {
             workspace: ws.into(),
             phone_number_id: pnid.into(),
-            display_phone_number: format!("1555{}", &pnid[..7]),
+            display_phone_number: Some(format!("1555{}", &pnid[..7])),
             app_secret: Some(secret.into()),
             app_secret_env: None,
             verify_token: verify.into(),

@@ -119,7 +119,7 @@ async fn migrations_create_the_contract_with_its_unique_constraints(backend: Bac
 async fn configured_accounts_are_upserted_once_across_restarts(backend: Backend) {
     let app = TestApp::start(backend).await;
     let (test_db, mut config) = app.stop().await;
-    config.accounts[0].display_phone_number = "15559990000".into();
+    config.accounts[0].display_phone_number = Some("15559990000".into());
     let app = TestApp::start_on(test_db, config).await;
     assert_eq!(app.count("whatsapp_accounts").await, 3);
     assert_eq!(app.count("workspaces").await, 2);
@@ -155,7 +155,7 @@ async fn migrate_command_applies_the_schema(backend: Backend) {
     app.stop().await;
 }
 
-fn wahook() -> Command {
+pub(crate) fn wahook() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wahook"));
     cmd.env_remove("DATABASE_URL").env_remove("WAHOOK_CONFIG");
     cmd

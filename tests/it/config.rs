@@ -1,0 +1,192 @@
+//! Configuration typos: an unknown key or section fails start-up (exit 1) naming the key,
+//! where it came from and the nearest valid key; `wahook config --check` validates without a
+//! database.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Output, Stdio},
+};
+
+use crate::foundation::wahook;
+
+const ACCOUNT: &str = "[[accounts]]\nworkspace = \"w\"\nphone_number_id = \"1\"\n\
+                       verify_token = \"t\"\napp_secret = \"s\"\n";
+
+fn write(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let file = dir.path().join("wahook.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+fn serve_with_file(text: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, text);
+    wahook()
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("WAHOOK_CONFIG", &file)
+        .output()
+        .unwrap()
+}
+
+fn assert_refused(out: &Output, expected: &[&str]) {
+    assert_eq!(out.status.code(), Some(1), "exit code 1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for part in expected {
+        assert!(err.contains(part), "`{part}` in: {err}");
+    }
+}
+
+#[test]
+fn a_misspelled_key_in_a_file_fails_start_up_with_a_suggestion() {
+    let out = serve_with_file("[server]\nlisten_adress = \"127.0.0.1:9999\"\n");
+    assert_refused(
+        &out,
+        &[
+            "unknown key `server.listen_adress`",
+            "wahook.toml",
+            "did you mean `server.listen`?",
+        ],
+    );
+}
+
+#[test]
+fn a_misspelled_section_fails_start_up_with_a_suggestion() {
+    let out = serve_with_file("[procesing]\nbatch_max = 5\n");
+    assert_refused(
+        &out,
+        &[
+            "unknown key `procesing`",
+            "wahook.toml",
+            "did you mean `processing`?",
+        ],
+    );
+}
+
+#[test]
+fn a_misspelled_key_in_an_account_fails_start_up_with_a_suggestion() {
+    let out = serve_with_file(&format!("{ACCOUNT}kapso_secrt = \"k\"\n"));
+    assert_refused(
+        &out,
+        &[
+            "unknown key `accounts[0].kapso_secrt`",
+            "wahook.toml",
+            "did you mean `accounts[0].kapso_secret`?",
+        ],
+    );
+}
+
+#[test]
+fn a_misspelled_environment_variable_fails_start_up_with_a_suggestion() {
+    let out = wahook()
+        .arg("serve")
+        .env("WAHOOK_PROCESING__BATCH_MAX", "5")
+        .output()
+        .unwrap();
+    assert_refused(
+        &out,
+        &[
+            "unknown key `procesing.batch_max`",
+            "environment variable WAHOOK_PROCESING__BATCH_MAX",
+            "did you mean `processing.batch_max`?",
+        ],
+    );
+    // The same for `wahook config`, which used to print the defaults as if all was well.
+    let out = wahook()
+        .arg("config")
+        .env("WAHOOK_SERVER__LISTEN_ADRESS", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_refused(
+        &out,
+        &[
+            "unknown key `server.listen_adress`",
+            "WAHOOK_SERVER__LISTEN_ADRESS",
+            "did you mean `server.listen`?",
+        ],
+    );
+}
+
+#[test]
+fn config_check_validates_a_file_without_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    // A database URL nobody could reach: --check never connects.
+    let good = write(
+        &dir,
+        &format!("[database]\nurl = \"postgres://nobody@127.0.0.1:1/none\"\n{ACCOUNT}"),
+    );
+    let out = wahook()
+        .args(["config", "--check"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[intake]\nbatch_maxx = 5\n").unwrap();
+    let out = wahook()
+        .args(["config", "--check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_refused(
+        &out,
+        &[
+            "unknown key `intake.batch_maxx`",
+            "bad.toml",
+            "did you mean `intake.batch_max`?",
+        ],
+    );
+    // The environment is checked too.
+    let out = wahook()
+        .args(["config", "--check"])
+        .arg(&good)
+        .env("WAHOOK_INTAKE__BATCH_MAX", "0")
+        .output()
+        .unwrap();
+    assert_refused(&out, &["intake.batch_max", "WAHOOK_INTAKE__BATCH_MAX"]);
+    let out = wahook()
+        .args(["config", "--check"])
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert_refused(&out, &["missing.toml", "does not exist"]);
+    assert!(!dir.path().join("data").exists(), "no database was created");
+}
+
+/// `display_phone_number` is informational: an account without it starts and answers.
+#[tokio::test]
+async fn an_account_without_display_phone_number_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, ACCOUNT);
+    let mut child = wahook()
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("WAHOOK_CONFIG", &file)
+        .env("WAHOOK_SERVER__LISTEN", "127.0.0.1:0")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let listen = tokio::task::spawn_blocking(move || {
+        for line in BufReader::new(stderr).lines() {
+            let line = line.ok()?;
+            if line.contains("wahook started") {
+                let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+                return v["listen"].as_str().map(str::to_owned);
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    let listen = listen.expect("a start-up line with the listen address");
+    let res = reqwest::get(format!("http://{listen}/health"))
+        .await
+        .unwrap();
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["accounts"], 1, "{body}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
