@@ -20,11 +20,11 @@ use serde_json::json;
 use super::AppState;
 use crate::{
     error::ApiError,
-    ingest::{self, Routing, signature},
+    ingest::{self, Routing, Source, signature},
     metrics as m,
     store::{
         accounts::{Account, Directory},
-        inbox::{AppendError, AppendOutcome, EventStatus, NewEvent, Source},
+        inbox::{AppendError, AppendOutcome, EventStatus, NewEvent},
     },
 };
 

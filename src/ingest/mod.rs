@@ -10,8 +10,23 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::store::inbox::Source;
 pub use event::Normalized;
+
+/// Where a webhook came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Meta,
+    Kapso,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Meta => "meta",
+            Source::Kapso => "kapso",
+        }
+    }
+}
 
 /// Normalises one inbox event's payload. `workspace_of` maps a `phone_number_id` to its
 /// workspace (tenant routing happens per change, not per request).

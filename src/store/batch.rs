@@ -10,24 +10,21 @@
 //! Inbox rows become `processed` in the same transaction as their last effects.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     time::Instant,
 };
 
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, QueryResult, TransactionTrait,
-};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::sql::Sql;
+use super::{
+    contacts, conversations, dlq, inbox, messages, sql::count_statement, statuses, transitions,
+};
 use crate::{
-    ingest::event::{ContactKey, ConversationState, Direction, Intent, MessageItem, StatusItem},
+    ingest::event::{ContactKey, Intent, MessageItem, StatusItem},
     metrics as m,
 };
-
-/// Rows per multi-row statement: well under both backends' parameter limits.
-const CHUNK: usize = 1000;
 
 /// What one conversation actor asks the store to apply for one inbox event.
 #[derive(Debug, Clone)]
@@ -370,37 +367,22 @@ async fn transact(
     let _gate = gate.enter().await;
     let tx = db.begin().await?;
     count_statement();
-    let applied = apply_sets(&tx, sets, Utc::now()).await?;
+    let now = Utc::now();
+    let applied = apply_sets(&tx, sets, now).await?;
+    // Inbox rows become `processed`; a DLQ row being retried is resolved with them.
     let resolve: Vec<i64> = done
         .iter()
         .copied()
         .filter(|e| redriven.contains(e))
         .collect();
-    mark_processed(&tx, done, &resolve).await?;
+    inbox::mark_processed(&tx, done, now).await?;
+    dlq::resolve_retried(&tx, &resolve, now).await?;
     tx.commit().await?;
     count_statement();
     Ok(applied)
 }
 
-fn count_statement() {
-    metrics::counter!(m::DB_STATEMENTS, "component" => "store").increment(1);
-}
-
-async fn run(tx: &DatabaseTransaction, sql: Sql) -> Result<(), DbErr> {
-    count_statement();
-    tx.execute_raw(sql.build()).await.map(|_| ())
-}
-
-async fn query(tx: &DatabaseTransaction, sql: Sql) -> Result<Vec<QueryResult>, DbErr> {
-    count_statement();
-    tx.query_all_raw(sql.build()).await
-}
-
-fn max_opt(a: Option<DateTime<Utc>>, b: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    Some(a.map_or(b, |a| a.max(b)))
-}
-
-/// Applies the sets in order and returns, per set, the ids and state it ended with.
+/// Applies the sets in order, one step per table, and returns per set the ids it ended with.
 async fn apply_sets(
     tx: &DatabaseTransaction,
     sets: &[&ChangeSet],
@@ -409,409 +391,18 @@ async fn apply_sets(
     if sets.is_empty() {
         return Ok(Vec::new());
     }
-    let backend = tx.get_database_backend();
-
     // 1. Contacts: one row per (workspace, contact), merged in set order.
-    struct ContactRow {
-        user_id: Option<String>,
-        name: Option<String>,
-        last_activity: Option<DateTime<Utc>>,
-        last_contact: Option<DateTime<Utc>>,
-    }
-    let mut contacts: BTreeMap<(i64, &str), ContactRow> = BTreeMap::new();
-    for set in sets {
-        let row = contacts
-            .entry((set.workspace_id, set.contact.as_str()))
-            .or_insert(ContactRow {
-                user_id: None,
-                name: None,
-                last_activity: None,
-                last_contact: None,
-            });
-        if set.user_id.is_some() {
-            row.user_id.clone_from(&set.user_id);
-        }
-        if set.contact_name.is_some() {
-            row.name.clone_from(&set.contact_name);
-        }
-        for msg in &set.messages {
-            row.last_activity = max_opt(row.last_activity, msg.timestamp);
-            if msg.direction == Direction::Outbound {
-                row.last_contact = max_opt(row.last_contact, msg.timestamp);
-            }
-        }
-    }
-    let later = |col: &str| {
-        format!(
-            "{col} = CASE WHEN contacts.{col} IS NULL OR excluded.{col} > contacts.{col} \
-             THEN excluded.{col} ELSE contacts.{col} END"
-        )
-    };
-    let mut contact_ids: HashMap<(i64, String), i64> = HashMap::new();
-    let rows: Vec<_> = contacts.into_iter().collect();
-    for chunk in rows.chunks(CHUNK) {
-        let mut sql = Sql::new(
-            backend,
-            "INSERT INTO contacts (workspace_id, phone, user_id, name, lead_status, lead_score, \
-             last_activity_at, last_contact_at, created_at, updated_at) VALUES ",
-        );
-        sql.values(chunk.iter().map(|((ws, phone), row)| {
-            vec![
-                (*ws).into(),
-                phone.to_string().into(),
-                row.user_id.clone().into(),
-                row.name.clone().into(),
-                "prospect".into(),
-                50i32.into(),
-                row.last_activity.into(),
-                row.last_contact.into(),
-                now.into(),
-                now.into(),
-            ]
-        }));
-        sql.push(&format!(
-            " ON CONFLICT (workspace_id, phone) DO UPDATE SET \
-             user_id = COALESCE(excluded.user_id, contacts.user_id), \
-             name = COALESCE(excluded.name, contacts.name), {}, {}, \
-             updated_at = excluded.updated_at RETURNING id, workspace_id, phone",
-            later("last_activity_at"),
-            later("last_contact_at")
-        ));
-        for r in query(tx, sql).await? {
-            contact_ids.insert(
-                (r.try_get("", "workspace_id")?, r.try_get("", "phone")?),
-                r.try_get("", "id")?,
-            );
-        }
-    }
-    let contact_of = |set: &ChangeSet| -> Result<i64, DbErr> {
-        contact_ids
-            .get(&(set.workspace_id, set.contact.as_str().to_owned()))
-            .copied()
-            .ok_or_else(|| DbErr::Custom(format!("contact of event {} not upserted", set.event_id)))
-    };
-
+    let contacts = contacts::upsert(tx, sets, now).await?;
     // 2. Conversations: create the missing ones; read those neither created nor known.
-    let mut conv_of_contact: HashMap<i64, (i64, ConversationState)> = HashMap::new();
-    let mut created: HashSet<i64> = HashSet::new();
-    let mut wanted: BTreeMap<i64, i64> = BTreeMap::new(); // contact -> workspace
-    let mut known: HashMap<i64, i64> = HashMap::new(); // contact -> conversation
-    for set in sets {
-        let contact_id = contact_of(set)?;
-        wanted.insert(contact_id, set.workspace_id);
-        if let Some(k) = set.known.filter(|k| k.contact_id == contact_id) {
-            known.insert(contact_id, k.conversation_id);
-        }
-    }
-    let to_create: Vec<(i64, i64)> = wanted
-        .iter()
-        .filter(|(c, _)| !known.contains_key(c))
-        .map(|(c, w)| (*c, *w))
-        .collect();
-    for chunk in to_create.chunks(CHUNK) {
-        let mut sql = Sql::new(
-            backend,
-            "INSERT INTO conversations (workspace_id, contact_id, status, message_count, created_at, updated_at) VALUES ",
-        );
-        sql.values(chunk.iter().map(|(contact_id, ws)| {
-            vec![
-                (*ws).into(),
-                (*contact_id).into(),
-                "open".into(),
-                0i32.into(),
-                now.into(),
-                now.into(),
-            ]
-        }));
-        sql.push(" ON CONFLICT (contact_id) DO NOTHING RETURNING id, contact_id, status");
-        for r in query(tx, sql).await? {
-            let contact_id: i64 = r.try_get("", "contact_id")?;
-            conv_of_contact.insert(contact_id, (r.try_get("", "id")?, ConversationState::Open));
-            created.insert(contact_id);
-        }
-    }
-    let to_read: Vec<i64> = wanted
-        .keys()
-        .filter(|c| !conv_of_contact.contains_key(c))
-        .copied()
-        .collect();
-    for chunk in to_read.chunks(CHUNK) {
-        let mut sql = Sql::new(
-            backend,
-            "SELECT id, contact_id, status FROM conversations WHERE contact_id IN ",
-        );
-        sql.tuple(chunk.iter().copied());
-        for r in query(tx, sql).await? {
-            let status: String = r.try_get("", "status")?;
-            conv_of_contact.insert(
-                r.try_get("", "contact_id")?,
-                (
-                    r.try_get("", "id")?,
-                    ConversationState::parse(&status).unwrap_or(ConversationState::Open),
-                ),
-            );
-        }
-    }
-
-    // 3. Messages (first copy of a wamid wins; a stored one is only completed if it was a
-    //    placeholder left by an early status).
-    let mut seen: HashSet<(i64, &str)> = HashSet::new();
-    let mut messages: Vec<(i64, i64, &MessageItem, i64)> = Vec::new();
-    let mut added: BTreeMap<i64, (i32, DateTime<Utc>)> = BTreeMap::new();
-    for set in sets {
-        let (conversation_id, _) = conversation_of(&conv_of_contact, contact_of(set)?)?;
-        for msg in &set.messages {
-            if seen.insert((set.workspace_id, msg.wamid.as_str())) {
-                messages.push((set.workspace_id, conversation_id, msg, set.event_id));
-            }
-        }
-    }
-    for chunk in messages.chunks(CHUNK) {
-        let mut sql = Sql::new(backend, MESSAGE_INSERT);
-        sql.values(chunk.iter().map(|(ws, conv, msg, event_id)| {
-            vec![
-                (*ws).into(),
-                (*conv).into(),
-                msg.direction.as_str().into(),
-                msg.wamid.clone().into(),
-                msg.message_type.clone().into(),
-                msg.content.clone().into(),
-                msg.status.as_str().into(),
-                msg.status.rank().into(),
-                None::<String>.into(),
-                msg.timestamp.into(),
-                msg.metadata.clone().into(),
-                (*event_id).into(),
-                now.into(),
-                now.into(),
-            ]
-        }));
-        sql.push(
-            " ON CONFLICT (workspace_id, wamid) DO UPDATE SET \
-             conversation_id = excluded.conversation_id, direction = excluded.direction, \
-             message_type = excluded.message_type, content = excluded.content, \
-             timestamp = excluded.timestamp, metadata = excluded.metadata, \
-             event_id = excluded.event_id, updated_at = excluded.updated_at \
-             WHERE messages.message_type = 'pending' \
-             RETURNING conversation_id, timestamp",
-        );
-        // Only rows inserted (or placeholders completed) come back, never a duplicate: they
-        // are the messages this transaction adds, counted in the same transaction.
-        for r in query(tx, sql).await? {
-            let conversation_id: i64 = r.try_get("", "conversation_id")?;
-            let timestamp: DateTime<Utc> = r.try_get("", "timestamp")?;
-            let (n, latest) = added.entry(conversation_id).or_insert((0, timestamp));
-            *n += 1;
-            *latest = (*latest).max(timestamp);
-        }
-    }
-
-    // 4. Statuses: the highest rank per wamid; a wamid not stored yet leaves a placeholder
-    //    that keeps the status until its message arrives.
-    let mut best: BTreeMap<(i64, &str), (i64, StatusItem, i64)> = BTreeMap::new();
-    for set in sets {
-        let (conversation_id, _) = conversation_of(&conv_of_contact, contact_of(set)?)?;
-        for st in &set.statuses {
-            match best.get_mut(&(set.workspace_id, st.wamid.as_str())) {
-                Some((_, cur, _)) => {
-                    let error = st.error.clone().or_else(|| cur.error.clone());
-                    if st.status.rank() > cur.status.rank() {
-                        *cur = st.clone();
-                    }
-                    cur.error = error;
-                }
-                None => {
-                    best.insert(
-                        (set.workspace_id, st.wamid.as_str()),
-                        (conversation_id, st.clone(), set.event_id),
-                    );
-                }
-            }
-        }
-    }
-    let statuses: Vec<_> = best.into_iter().collect();
-    for chunk in statuses.chunks(CHUNK) {
-        let mut sql = Sql::new(backend, MESSAGE_INSERT);
-        // A placeholder row: outbound, type `pending`, no content, until its message arrives.
-        sql.values(chunk.iter().map(|((ws, wamid), (conv, st, event_id))| {
-            vec![
-                (*ws).into(),
-                (*conv).into(),
-                "outbound".into(),
-                wamid.to_string().into(),
-                "pending".into(),
-                None::<String>.into(),
-                st.status.as_str().into(),
-                st.status.rank().into(),
-                st.error.clone().into(),
-                st.timestamp.into(),
-                "{}".into(),
-                (*event_id).into(),
-                now.into(),
-                now.into(),
-            ]
-        }));
-        sql.push(
-            " ON CONFLICT (workspace_id, wamid) DO UPDATE SET \
-             status = CASE WHEN excluded.status_rank > messages.status_rank THEN excluded.status ELSE messages.status END, \
-             status_rank = CASE WHEN excluded.status_rank > messages.status_rank THEN excluded.status_rank ELSE messages.status_rank END, \
-             status_error = COALESCE(excluded.status_error, messages.status_error), \
-             updated_at = excluded.updated_at",
-        );
-        run(tx, sql).await?;
-    }
-
-    // 5. Counters: each conversation gains exactly the messages this transaction added, so
-    //    a redelivered, replayed or retried message never counts twice; O(1) per conversation.
-    let added: Vec<(i64, (i32, DateTime<Utc>))> = added.into_iter().collect();
-    for chunk in added.chunks(CHUNK) {
-        let mut sql = Sql::new(
-            backend,
-            "UPDATE conversations SET message_count = message_count + CASE id",
-        );
-        for (id, (n, _)) in chunk {
-            sql.push(" WHEN ").param(*id).push(" THEN ").param(*n);
-        }
-        sql.push(" ELSE 0 END, last_message_at = CASE id");
-        for (id, (_, latest)) in chunk {
-            sql.push(" WHEN ")
-                .param(*id)
-                .push(" THEN (CASE WHEN last_message_at IS NULL OR last_message_at < ")
-                .param(*latest)
-                .push(" THEN ")
-                .param(*latest)
-                .push(" ELSE last_message_at END)");
-        }
-        sql.push(" ELSE last_message_at END, updated_at = ")
-            .param(now)
-            .push(" WHERE id IN ");
-        sql.tuple(chunk.iter().map(|(id, _)| *id));
-        run(tx, sql).await?;
-    }
-
+    let conversations = conversations::ensure(tx, sets, &contacts, now).await?;
+    // 3. Messages: the first copy of a wamid wins; returns what each conversation gained.
+    let added = messages::insert(tx, sets, &contacts, &conversations, now).await?;
+    // 4. Statuses: the highest rank per wamid; placeholders for wamids not stored yet.
+    statuses::apply(tx, sets, &contacts, &conversations, now).await?;
+    // 5. Counters: each conversation gains exactly the messages step 3 added.
+    conversations::add_counts(tx, added, now).await?;
     // 6. The state machine, from the stored state, with an audit row per change.
-    struct TransitionRow {
-        conversation_id: i64,
-        from: Option<ConversationState>,
-        to: ConversationState,
-        reason: &'static str,
-        correlation_id: String,
-    }
-    let mut transitions: Vec<TransitionRow> = Vec::new();
-    let mut state: HashMap<i64, ConversationState> = HashMap::new();
-    let mut changed: BTreeMap<i64, ConversationState> = BTreeMap::new();
-    let mut applied = Vec::with_capacity(sets.len());
-    for set in sets {
-        let contact_id = contact_of(set)?;
-        let (conversation_id, stored) = conversation_of(&conv_of_contact, contact_id)?;
-        let current = state.entry(conversation_id).or_insert(stored);
-        if created.remove(&contact_id) {
-            transitions.push(TransitionRow {
-                conversation_id,
-                from: None,
-                to: ConversationState::Open,
-                reason: "conversation started",
-                correlation_id: set.correlation_id.clone(),
-            });
-        }
-        for intent in &set.intents {
-            if let Some((to, reason)) = current.after(*intent) {
-                transitions.push(TransitionRow {
-                    conversation_id,
-                    from: Some(*current),
-                    to,
-                    reason,
-                    correlation_id: set.correlation_id.clone(),
-                });
-                *current = to;
-                changed.insert(conversation_id, to);
-            }
-        }
-        applied.push(Applied {
-            contact_id,
-            conversation_id,
-        });
-    }
-    if !changed.is_empty() {
-        let mut sql = Sql::new(backend, "UPDATE conversations SET status = CASE id");
-        for (id, to) in &changed {
-            sql.push(" WHEN ")
-                .param(*id)
-                .push(" THEN ")
-                .param(to.as_str());
-        }
-        sql.push(" ELSE status END WHERE id IN ");
-        sql.tuple(changed.keys().copied());
-        run(tx, sql).await?;
-    }
-    for chunk in transitions.chunks(CHUNK) {
-        let mut sql = Sql::new(
-            backend,
-            "INSERT INTO conversation_state_transitions (conversation_id, from_state, to_state, reason, correlation_id, at) VALUES ",
-        );
-        sql.values(chunk.iter().map(|t| {
-            vec![
-                t.conversation_id.into(),
-                t.from.map(|s| s.as_str().to_owned()).into(),
-                t.to.as_str().into(),
-                t.reason.into(),
-                t.correlation_id.clone().into(),
-                now.into(),
-            ]
-        }));
-        run(tx, sql).await?;
-    }
-    Ok(applied)
-}
-
-/// A conversation the batch created or read; an error (never a panic: a panic would stop the
-/// writer) if it vanished, e.g. deleted by an operator mid-batch.
-fn conversation_of(
-    map: &HashMap<i64, (i64, ConversationState)>,
-    contact_id: i64,
-) -> Result<(i64, ConversationState), DbErr> {
-    map.get(&contact_id)
-        .copied()
-        .ok_or_else(|| DbErr::Custom(format!("no conversation for contact {contact_id}")))
-}
-
-const MESSAGE_INSERT: &str = "INSERT INTO messages (workspace_id, conversation_id, direction, wamid, \
-     message_type, content, status, status_rank, status_error, timestamp, metadata, event_id, \
-     created_at, updated_at) VALUES ";
-
-/// Inbox rows become `processed`; a DLQ row being retried is resolved with them.
-async fn mark_processed(
-    tx: &DatabaseTransaction,
-    done: &[i64],
-    resolve: &[i64],
-) -> Result<(), DbErr> {
-    if done.is_empty() {
-        return Ok(());
-    }
-    let backend = tx.get_database_backend();
-    let now = Utc::now();
-    for chunk in done.chunks(CHUNK) {
-        let mut sql = Sql::new(
-            backend,
-            "UPDATE webhook_events SET status = 'processed', last_error = NULL, attempts = attempts + 1, processed_at = ",
-        );
-        sql.param(now).push(" WHERE id IN ");
-        sql.tuple(chunk.iter().copied());
-        run(tx, sql).await?;
-    }
-    for chunk in resolve.chunks(CHUNK) {
-        let mut sql = Sql::new(
-            backend,
-            "UPDATE webhook_dlq SET resolution_status = 'resolved', resolved_by = 'retry', resolved_at = ",
-        );
-        sql.param(now)
-            .push(", updated_at = ")
-            .param(now)
-            .push(" WHERE resolution_status = 'retrying' AND event_id IN ");
-        sql.tuple(chunk.iter().copied());
-        run(tx, sql).await?;
-    }
-    Ok(())
+    transitions::apply(tx, sets, &contacts, conversations, now).await
 }
 
 #[cfg(test)]

@@ -66,6 +66,28 @@ pub async fn park(
     tx.commit().await
 }
 
+/// Resolves the DLQ rows of re-driven events that just succeeded, inside the store's
+/// transaction that marks them processed.
+pub async fn resolve_retried(
+    tx: &sea_orm::DatabaseTransaction,
+    event_ids: &[i64],
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    for chunk in event_ids.chunks(super::sql::CHUNK) {
+        let mut sql = super::sql::Sql::new(
+            tx.get_database_backend(),
+            "UPDATE webhook_dlq SET resolution_status = 'resolved', resolved_by = 'retry', resolved_at = ",
+        );
+        sql.param(now)
+            .push(", updated_at = ")
+            .param(now)
+            .push(" WHERE resolution_status = 'retrying' AND event_id IN ");
+        sql.tuple(chunk.iter().copied());
+        super::sql::run(tx, sql).await?;
+    }
+    Ok(())
+}
+
 /// Current DLQ attempts of an event (0 if it was never parked).
 pub async fn attempts_of(db: &impl ConnectionTrait, event_id: i64) -> Result<i32, DbErr> {
     Ok(webhook_dlq::Entity::find()

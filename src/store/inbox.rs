@@ -22,23 +22,8 @@ use sea_orm::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::ingest::Source;
 use crate::{config::IntakeConfig, metrics as m};
-
-/// Where a webhook came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Meta,
-    Kapso,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Meta => "meta",
-            Source::Kapso => "kapso",
-        }
-    }
-}
 
 /// The inbox status of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +125,24 @@ pub async fn pending_page(
         .into_iter()
         .map(|e| CommittedEvent::from_row(e, false))
         .collect())
+}
+
+/// Marks inbox rows `processed`, inside the store's transaction with their last effects.
+pub async fn mark_processed(
+    tx: &sea_orm::DatabaseTransaction,
+    done: &[i64],
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    for chunk in done.chunks(super::sql::CHUNK) {
+        let mut sql = super::sql::Sql::new(
+            tx.get_database_backend(),
+            "UPDATE webhook_events SET status = 'processed', last_error = NULL, attempts = attempts + 1, processed_at = ",
+        );
+        sql.param(now).push(" WHERE id IN ");
+        sql.tuple(chunk.iter().copied());
+        super::sql::run(tx, sql).await?;
+    }
+    Ok(())
 }
 
 /// Keeps what normalisation said about an event with it (`webhook_events.notes`).

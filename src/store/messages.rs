@@ -1,10 +1,87 @@
-//! `messages`: reads by wamid for processing (the batched writes are in `batch.rs`).
+//! `messages`, step 3 of a store transaction: every message of the batch inserted once (the
+//! first copy of a wamid wins; a stored one is only completed if it was a placeholder left by
+//! an early status), returning what each conversation gained. Also the read processing uses
+//! to attribute a status by its wamid.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use sea_orm::{ConnectionTrait, DbErr};
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
 
-use super::sql::Sql;
+use super::{
+    batch::ChangeSet,
+    contacts::ContactIds,
+    conversations::{Added, Conversations},
+    sql::{CHUNK, Sql, query},
+};
+use crate::ingest::event::MessageItem;
+
+/// The insert every message row goes through, placeholders (`statuses.rs`) included.
+pub const INSERT: &str = "INSERT INTO messages (workspace_id, conversation_id, direction, wamid, \
+     message_type, content, status, status_rank, status_error, timestamp, metadata, event_id, \
+     created_at, updated_at) VALUES ";
+
+/// Inserts the batch's messages; returns, per conversation, how many rows were added (only
+/// rows inserted or placeholders completed, never a duplicate) and the latest timestamp.
+pub async fn insert(
+    tx: &DatabaseTransaction,
+    sets: &[&ChangeSet],
+    contacts: &ContactIds,
+    conversations: &Conversations,
+    now: DateTime<Utc>,
+) -> Result<Added, DbErr> {
+    let mut seen: HashSet<(i64, &str)> = HashSet::new();
+    let mut messages: Vec<(i64, i64, &MessageItem, i64)> = Vec::new();
+    for set in sets {
+        let conversation_id = conversations.id_of(contacts, set)?;
+        for msg in &set.messages {
+            if seen.insert((set.workspace_id, msg.wamid.as_str())) {
+                messages.push((set.workspace_id, conversation_id, msg, set.event_id));
+            }
+        }
+    }
+    let mut added = Added::new();
+    for chunk in messages.chunks(CHUNK) {
+        let mut sql = Sql::new(tx.get_database_backend(), INSERT);
+        sql.values(chunk.iter().map(|(ws, conv, msg, event_id)| {
+            vec![
+                (*ws).into(),
+                (*conv).into(),
+                msg.direction.as_str().into(),
+                msg.wamid.clone().into(),
+                msg.message_type.clone().into(),
+                msg.content.clone().into(),
+                msg.status.as_str().into(),
+                msg.status.rank().into(),
+                None::<String>.into(),
+                msg.timestamp.into(),
+                msg.metadata.clone().into(),
+                (*event_id).into(),
+                now.into(),
+                now.into(),
+            ]
+        }));
+        sql.push(
+            " ON CONFLICT (workspace_id, wamid) DO UPDATE SET \
+             conversation_id = excluded.conversation_id, direction = excluded.direction, \
+             message_type = excluded.message_type, content = excluded.content, \
+             timestamp = excluded.timestamp, metadata = excluded.metadata, \
+             event_id = excluded.event_id, updated_at = excluded.updated_at \
+             WHERE messages.message_type = 'pending' \
+             RETURNING conversation_id, timestamp",
+        );
+        // Only rows inserted (or placeholders completed) come back, never a duplicate: they
+        // are the messages this transaction adds, counted in the same transaction.
+        for r in query(tx, sql).await? {
+            let conversation_id: i64 = r.try_get("", "conversation_id")?;
+            let timestamp: DateTime<Utc> = r.try_get("", "timestamp")?;
+            let (n, latest) = added.entry(conversation_id).or_insert((0, timestamp));
+            *n += 1;
+            *latest = (*latest).max(timestamp);
+        }
+    }
+    Ok(added)
+}
 
 /// The contact key (`contacts.phone`) of the conversation each stored `(workspace, wamid)`
 /// belongs to; wamids not stored are absent.

@@ -3,12 +3,16 @@
 
 pub mod accounts;
 pub mod batch;
+mod contacts;
+mod conversations;
 pub mod dlq;
 pub mod health;
 pub mod inbox;
 pub mod leads;
 pub mod messages;
 mod sql;
+mod statuses;
+mod transitions;
 
 use std::{path::Path, time::Duration};
 

@@ -1,7 +1,9 @@
 //! A small SQL text builder that numbers parameters for the backend (`?` or `$n`), for the
 //! multi-row upserts sea-query's builder cannot express (CASE-max merges, conditional updates).
 
-use sea_orm::{DatabaseBackend, Statement, Value};
+use sea_orm::{
+    ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, QueryResult, Statement, Value,
+};
 
 pub struct Sql {
     backend: DatabaseBackend,
@@ -62,4 +64,24 @@ impl Sql {
     pub fn build(self) -> Statement {
         Statement::from_sql_and_values(self.backend, self.text, self.values)
     }
+}
+
+/// Rows per multi-row statement: well under both backends' parameter limits.
+pub const CHUNK: usize = 1000;
+
+/// Counts one statement of the store's transactions (`wahook_db_statements_total`).
+pub fn count_statement() {
+    metrics::counter!(crate::metrics::DB_STATEMENTS, "component" => "store").increment(1);
+}
+
+/// Runs a statement inside the store's transaction, counted.
+pub async fn run(tx: &DatabaseTransaction, sql: Sql) -> Result<(), DbErr> {
+    count_statement();
+    tx.execute_raw(sql.build()).await.map(|_| ())
+}
+
+/// Runs a query inside the store's transaction, counted.
+pub async fn query(tx: &DatabaseTransaction, sql: Sql) -> Result<Vec<QueryResult>, DbErr> {
+    count_statement();
+    tx.query_all_raw(sql.build()).await
 }

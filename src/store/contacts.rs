@@ -1,0 +1,119 @@
+//! `contacts`, step 1 of a store transaction: one upsert row per (workspace, contact), merged
+//! over the batch in set order; names and user ids only ever filled in, activity timestamps
+//! only ever moved forward.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
+
+use super::{
+    batch::ChangeSet,
+    sql::{CHUNK, Sql, query},
+};
+use crate::ingest::event::Direction;
+
+/// The contact id of every (workspace, contact key) the batch touched.
+pub struct ContactIds(HashMap<(i64, String), i64>);
+
+impl ContactIds {
+    /// The contact of a change set; an error (never a panic, which would stop the writer) if
+    /// it was not upserted.
+    pub fn of(&self, set: &ChangeSet) -> Result<i64, DbErr> {
+        self.0
+            .get(&(set.workspace_id, set.contact.as_str().to_owned()))
+            .copied()
+            .ok_or_else(|| DbErr::Custom(format!("contact of event {} not upserted", set.event_id)))
+    }
+}
+
+struct ContactRow {
+    user_id: Option<String>,
+    name: Option<String>,
+    last_activity: Option<DateTime<Utc>>,
+    last_contact: Option<DateTime<Utc>>,
+}
+
+pub async fn upsert(
+    tx: &DatabaseTransaction,
+    sets: &[&ChangeSet],
+    now: DateTime<Utc>,
+) -> Result<ContactIds, DbErr> {
+    let backend = tx.get_database_backend();
+    let rows = merge(sets);
+    let later = |col: &str| {
+        format!(
+            "{col} = CASE WHEN contacts.{col} IS NULL OR excluded.{col} > contacts.{col} \
+             THEN excluded.{col} ELSE contacts.{col} END"
+        )
+    };
+    let mut ids = HashMap::new();
+    for chunk in rows.chunks(CHUNK) {
+        let mut sql = Sql::new(
+            backend,
+            "INSERT INTO contacts (workspace_id, phone, user_id, name, lead_status, lead_score, \
+             last_activity_at, last_contact_at, created_at, updated_at) VALUES ",
+        );
+        sql.values(chunk.iter().map(|((ws, phone), row)| {
+            vec![
+                (*ws).into(),
+                phone.to_string().into(),
+                row.user_id.clone().into(),
+                row.name.clone().into(),
+                "prospect".into(),
+                50i32.into(),
+                row.last_activity.into(),
+                row.last_contact.into(),
+                now.into(),
+                now.into(),
+            ]
+        }));
+        sql.push(&format!(
+            " ON CONFLICT (workspace_id, phone) DO UPDATE SET \
+             user_id = COALESCE(excluded.user_id, contacts.user_id), \
+             name = COALESCE(excluded.name, contacts.name), {}, {}, \
+             updated_at = excluded.updated_at RETURNING id, workspace_id, phone",
+            later("last_activity_at"),
+            later("last_contact_at")
+        ));
+        for r in query(tx, sql).await? {
+            ids.insert(
+                (r.try_get("", "workspace_id")?, r.try_get("", "phone")?),
+                r.try_get("", "id")?,
+            );
+        }
+    }
+    Ok(ContactIds(ids))
+}
+
+/// One row per (workspace, contact), later sets' names and user ids winning.
+fn merge<'a>(sets: &[&'a ChangeSet]) -> Vec<((i64, &'a str), ContactRow)> {
+    let mut contacts: BTreeMap<(i64, &str), ContactRow> = BTreeMap::new();
+    for set in sets {
+        let row = contacts
+            .entry((set.workspace_id, set.contact.as_str()))
+            .or_insert(ContactRow {
+                user_id: None,
+                name: None,
+                last_activity: None,
+                last_contact: None,
+            });
+        if set.user_id.is_some() {
+            row.user_id.clone_from(&set.user_id);
+        }
+        if set.contact_name.is_some() {
+            row.name.clone_from(&set.contact_name);
+        }
+        for msg in &set.messages {
+            row.last_activity = max_opt(row.last_activity, msg.timestamp);
+            if msg.direction == Direction::Outbound {
+                row.last_contact = max_opt(row.last_contact, msg.timestamp);
+            }
+        }
+    }
+    contacts.into_iter().collect()
+}
+
+fn max_opt(a: Option<DateTime<Utc>>, b: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    Some(a.map_or(b, |a| a.max(b)))
+}

@@ -1,0 +1,173 @@
+//! `conversations`: step 2 of a store transaction (create the missing ones, read the rest),
+//! step 5 (counters grow by the messages the transaction added) and the state column that
+//! step 6 (`transitions.rs`) decides.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
+
+use super::{
+    batch::ChangeSet,
+    contacts::ContactIds,
+    sql::{CHUNK, Sql, query, run},
+};
+use crate::ingest::event::ConversationState;
+
+/// The conversation of every contact the batch touched, with its stored state.
+pub struct Conversations {
+    of_contact: HashMap<i64, (i64, ConversationState)>,
+    /// Contacts whose conversation this transaction created.
+    pub created: HashSet<i64>,
+}
+
+impl Conversations {
+    /// A conversation the batch created or read; an error (never a panic: a panic would stop
+    /// the writer) if it vanished, e.g. deleted by an operator mid-batch.
+    pub fn of(&self, contact_id: i64) -> Result<(i64, ConversationState), DbErr> {
+        self.of_contact
+            .get(&contact_id)
+            .copied()
+            .ok_or_else(|| DbErr::Custom(format!("no conversation for contact {contact_id}")))
+    }
+
+    /// The conversation id of a change set.
+    pub fn id_of(&self, contacts: &ContactIds, set: &ChangeSet) -> Result<i64, DbErr> {
+        Ok(self.of(contacts.of(set)?)?.0)
+    }
+}
+
+/// Creates the missing conversations; reads those neither created nor known to the actors.
+pub async fn ensure(
+    tx: &DatabaseTransaction,
+    sets: &[&ChangeSet],
+    contacts: &ContactIds,
+    now: DateTime<Utc>,
+) -> Result<Conversations, DbErr> {
+    let backend = tx.get_database_backend();
+    let mut out = Conversations {
+        of_contact: HashMap::new(),
+        created: HashSet::new(),
+    };
+    let mut wanted: BTreeMap<i64, i64> = BTreeMap::new(); // contact -> workspace
+    let mut known: HashMap<i64, i64> = HashMap::new(); // contact -> conversation
+    for set in sets {
+        let contact_id = contacts.of(set)?;
+        wanted.insert(contact_id, set.workspace_id);
+        if let Some(k) = set.known.filter(|k| k.contact_id == contact_id) {
+            known.insert(contact_id, k.conversation_id);
+        }
+    }
+    let to_create: Vec<(i64, i64)> = wanted
+        .iter()
+        .filter(|(c, _)| !known.contains_key(c))
+        .map(|(c, w)| (*c, *w))
+        .collect();
+    for chunk in to_create.chunks(CHUNK) {
+        let mut sql = Sql::new(
+            backend,
+            "INSERT INTO conversations (workspace_id, contact_id, status, message_count, created_at, updated_at) VALUES ",
+        );
+        sql.values(chunk.iter().map(|(contact_id, ws)| {
+            vec![
+                (*ws).into(),
+                (*contact_id).into(),
+                "open".into(),
+                0i32.into(),
+                now.into(),
+                now.into(),
+            ]
+        }));
+        sql.push(" ON CONFLICT (contact_id) DO NOTHING RETURNING id, contact_id, status");
+        for r in query(tx, sql).await? {
+            let contact_id: i64 = r.try_get("", "contact_id")?;
+            out.of_contact
+                .insert(contact_id, (r.try_get("", "id")?, ConversationState::Open));
+            out.created.insert(contact_id);
+        }
+    }
+    let to_read: Vec<i64> = wanted
+        .keys()
+        .filter(|c| !out.of_contact.contains_key(c))
+        .copied()
+        .collect();
+    for chunk in to_read.chunks(CHUNK) {
+        let mut sql = Sql::new(
+            backend,
+            "SELECT id, contact_id, status FROM conversations WHERE contact_id IN ",
+        );
+        sql.tuple(chunk.iter().copied());
+        for r in query(tx, sql).await? {
+            let status: String = r.try_get("", "status")?;
+            out.of_contact.insert(
+                r.try_get("", "contact_id")?,
+                (
+                    r.try_get("", "id")?,
+                    ConversationState::parse(&status).unwrap_or(ConversationState::Open),
+                ),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Messages a transaction added per conversation: how many, and the latest timestamp.
+pub type Added = BTreeMap<i64, (i32, DateTime<Utc>)>;
+
+/// Each conversation gains exactly the messages this transaction added, so a redelivered,
+/// replayed or retried message never counts twice; O(1) per conversation.
+pub async fn add_counts(
+    tx: &DatabaseTransaction,
+    added: Added,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let added: Vec<(i64, (i32, DateTime<Utc>))> = added.into_iter().collect();
+    for chunk in added.chunks(CHUNK) {
+        let mut sql = Sql::new(
+            tx.get_database_backend(),
+            "UPDATE conversations SET message_count = message_count + CASE id",
+        );
+        for (id, (n, _)) in chunk {
+            sql.push(" WHEN ").param(*id).push(" THEN ").param(*n);
+        }
+        sql.push(" ELSE 0 END, last_message_at = CASE id");
+        for (id, (_, latest)) in chunk {
+            sql.push(" WHEN ")
+                .param(*id)
+                .push(" THEN (CASE WHEN last_message_at IS NULL OR last_message_at < ")
+                .param(*latest)
+                .push(" THEN ")
+                .param(*latest)
+                .push(" ELSE last_message_at END)");
+        }
+        sql.push(" ELSE last_message_at END, updated_at = ")
+            .param(now)
+            .push(" WHERE id IN ");
+        sql.tuple(chunk.iter().map(|(id, _)| *id));
+        run(tx, sql).await?;
+    }
+    Ok(())
+}
+
+/// Stores the states the state machine moved conversations to.
+pub async fn set_states(
+    tx: &DatabaseTransaction,
+    changed: &BTreeMap<i64, ConversationState>,
+) -> Result<(), DbErr> {
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let mut sql = Sql::new(
+        tx.get_database_backend(),
+        "UPDATE conversations SET status = CASE id",
+    );
+    for (id, to) in changed {
+        sql.push(" WHEN ")
+            .param(*id)
+            .push(" THEN ")
+            .param(to.as_str());
+    }
+    sql.push(" ELSE status END WHERE id IN ");
+    sql.tuple(changed.keys().copied());
+    run(tx, sql).await
+}

@@ -1,0 +1,98 @@
+//! `conversation_state_transitions`, step 6 of a store transaction: the state machine run
+//! from each conversation's stored state over the batch's intents, an audit row per change
+//! (and one for every conversation this transaction started).
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
+
+use super::{
+    batch::{Applied, ChangeSet},
+    contacts::ContactIds,
+    conversations::{self, Conversations},
+    sql::{CHUNK, Sql, run},
+};
+use crate::ingest::event::ConversationState;
+
+struct TransitionRow {
+    conversation_id: i64,
+    from: Option<ConversationState>,
+    to: ConversationState,
+    reason: &'static str,
+    correlation_id: String,
+}
+
+/// Moves the conversations' states and writes their audit rows; returns, per set, the ids it
+/// was applied to.
+pub async fn apply(
+    tx: &DatabaseTransaction,
+    sets: &[&ChangeSet],
+    contacts: &ContactIds,
+    mut conversations: Conversations,
+    now: DateTime<Utc>,
+) -> Result<Vec<Applied>, DbErr> {
+    let mut transitions: Vec<TransitionRow> = Vec::new();
+    let mut state: HashMap<i64, ConversationState> = HashMap::new();
+    let mut changed: BTreeMap<i64, ConversationState> = BTreeMap::new();
+    let mut applied = Vec::with_capacity(sets.len());
+    for set in sets {
+        let contact_id = contacts.of(set)?;
+        let (conversation_id, stored) = conversations.of(contact_id)?;
+        let current = state.entry(conversation_id).or_insert(stored);
+        if conversations.created.remove(&contact_id) {
+            transitions.push(TransitionRow {
+                conversation_id,
+                from: None,
+                to: ConversationState::Open,
+                reason: "conversation started",
+                correlation_id: set.correlation_id.clone(),
+            });
+        }
+        for intent in &set.intents {
+            if let Some((to, reason)) = current.after(*intent) {
+                transitions.push(TransitionRow {
+                    conversation_id,
+                    from: Some(*current),
+                    to,
+                    reason,
+                    correlation_id: set.correlation_id.clone(),
+                });
+                *current = to;
+                changed.insert(conversation_id, to);
+            }
+        }
+        applied.push(Applied {
+            contact_id,
+            conversation_id,
+        });
+    }
+    conversations::set_states(tx, &changed).await?;
+    insert(tx, &transitions, now).await?;
+    Ok(applied)
+}
+
+async fn insert(
+    tx: &DatabaseTransaction,
+    transitions: &[TransitionRow],
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    for chunk in transitions.chunks(CHUNK) {
+        let mut sql = Sql::new(
+            tx.get_database_backend(),
+            "INSERT INTO conversation_state_transitions (conversation_id, from_state, to_state, reason, correlation_id, at) VALUES ",
+        );
+        sql.values(chunk.iter().map(|t| {
+            vec![
+                t.conversation_id.into(),
+                t.from.map(|s| s.as_str().to_owned()).into(),
+                t.to.as_str().into(),
+                t.reason.into(),
+                t.correlation_id.clone().into(),
+                now.into(),
+            ]
+        }));
+        run(tx, sql).await?;
+    }
+    Ok(())
+}
