@@ -23,8 +23,132 @@ pub struct Config {
     pub processing: ProcessingConfig,
     pub health: HealthConfig,
     pub log: LogConfig,
+    pub graph: GraphConfig,
+    /// AI agent types by name.
+    #[serde(default)]
+    pub agents: std::collections::BTreeMap<String, AgentConfig>,
     #[serde(default)]
     pub accounts: Vec<AccountConfig>,
+}
+
+/// The WhatsApp Cloud API the agent sends through.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphConfig {
+    pub base_url: String,
+    pub version: String,
+    pub request_timeout_ms: u64,
+}
+
+/// One AI agent type: an OpenAI-compatible chat-completions provider and how turns use it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub base_url: String,
+    pub model: String,
+    /// Name of the variable holding the API key (optional for local servers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// The key itself (prefer `api_key_env`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub system_prompt: String,
+    #[serde(default = "d::max_context_tokens")]
+    pub max_context_tokens: usize,
+    #[serde(default = "d::max_reply_tokens")]
+    pub max_reply_tokens: usize,
+    #[serde(default = "d::temperature")]
+    pub temperature: f32,
+    #[serde(default = "d::request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    #[serde(default = "d::max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "d::backoff_base_ms")]
+    pub backoff_base_ms: u64,
+    #[serde(default = "d::backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    #[serde(default = "d::breaker_failures")]
+    pub breaker_failures: u32,
+    #[serde(default = "d::breaker_cooldown_ms")]
+    pub breaker_cooldown_ms: u64,
+    #[serde(default = "d::reply_debounce_ms")]
+    pub reply_debounce_ms: u64,
+    #[serde(default = "d::reply_max_wait_ms")]
+    pub reply_max_wait_ms: u64,
+}
+
+/// The agent defaults (an agent table is optional, so they live here, not in default.toml).
+mod d {
+    pub fn max_context_tokens() -> usize {
+        4000
+    }
+    pub fn max_reply_tokens() -> usize {
+        300
+    }
+    pub fn temperature() -> f32 {
+        0.7
+    }
+    pub fn request_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn max_attempts() -> u32 {
+        3
+    }
+    pub fn backoff_base_ms() -> u64 {
+        500
+    }
+    pub fn backoff_max_ms() -> u64 {
+        8000
+    }
+    pub fn breaker_failures() -> u32 {
+        5
+    }
+    pub fn breaker_cooldown_ms() -> u64 {
+        30_000
+    }
+    pub fn reply_debounce_ms() -> u64 {
+        1500
+    }
+    pub fn reply_max_wait_ms() -> u64 {
+        8000
+    }
+}
+
+impl AgentConfig {
+    /// A provider at `base_url` with every default (tests and tools change fields after).
+    pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            model: model.into(),
+            api_key_env: None,
+            api_key: None,
+            system_prompt: String::new(),
+            max_context_tokens: d::max_context_tokens(),
+            max_reply_tokens: d::max_reply_tokens(),
+            temperature: d::temperature(),
+            request_timeout_ms: d::request_timeout_ms(),
+            max_attempts: d::max_attempts(),
+            backoff_base_ms: d::backoff_base_ms(),
+            backoff_max_ms: d::backoff_max_ms(),
+            breaker_failures: d::breaker_failures(),
+            breaker_cooldown_ms: d::breaker_cooldown_ms(),
+            reply_debounce_ms: d::reply_debounce_ms(),
+            reply_max_wait_ms: d::reply_max_wait_ms(),
+        }
+    }
+
+    /// The API key: inline, or from the variable `api_key_env` names; `None` for none.
+    pub fn resolve_api_key(&self) -> Result<Option<String>, String> {
+        match (&self.api_key, &self.api_key_env) {
+            (Some(k), _) if !k.is_empty() => Ok(Some(k.clone())),
+            (_, Some(var)) => match std::env::var(var) {
+                Ok(k) if !k.is_empty() => Ok(Some(k)),
+                _ => Err(format!("environment variable {var} is not set or empty")),
+            },
+            _ => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -147,8 +271,15 @@ pub struct AccountConfig {
     pub verify_token: String,
     #[serde(default)]
     pub kapso_secret: Option<String>,
+    /// The AI agent type (`[agents.<name>]`) that answers this number; none: no replies.
     #[serde(default)]
     pub agent: Option<String>,
+    /// Name of the variable holding the Graph API access token the agent sends with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token_env: Option<String>,
+    /// The token itself (prefer `access_token_env`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +400,30 @@ impl Config {
             if account.verify_token.is_empty() {
                 return Err(invalid(&key("verify_token"), "must not be empty"));
             }
+            if let Some(agent) = &account.agent {
+                if !self.agents.contains_key(agent) {
+                    let known: Vec<&str> = self.agents.keys().map(String::as_str).collect();
+                    return Err(ConfigError::Invalid {
+                        key: key("agent"),
+                        origin: origin("accounts"),
+                        message: format!(
+                            "names the agent `{agent}`, which no [agents.{agent}] table defines (defined: {})",
+                            if known.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    });
+                }
+                if let Err(message) = account.resolve_access_token() {
+                    return Err(ConfigError::Invalid {
+                        key: key("access_token_env"),
+                        origin: origin("accounts"),
+                        message,
+                    });
+                }
+            }
             if let Err(message) = account.resolve_app_secret() {
                 return Err(ConfigError::Invalid {
                     key: key(if account.app_secret_env.is_some() {
@@ -279,6 +434,37 @@ impl Config {
                     origin: origin("accounts"),
                     message,
                 });
+            }
+        }
+        for (name, agent) in &self.agents {
+            let key = |field: &str| format!("agents.{name}.{field}");
+            if let Err(message) = agent.resolve_api_key() {
+                return Err(invalid(&key("api_key_env"), &message));
+            }
+            if !(agent.base_url.starts_with("http://") || agent.base_url.starts_with("https://")) {
+                return Err(invalid(
+                    &key("base_url"),
+                    "must start with http:// or https://",
+                ));
+            }
+            if agent.model.trim().is_empty() {
+                return Err(invalid(&key("model"), "must not be empty"));
+            }
+            if agent.max_reply_tokens == 0 || agent.max_reply_tokens >= agent.max_context_tokens {
+                return Err(invalid(
+                    &key("max_reply_tokens"),
+                    "must be at least 1 and below max_context_tokens",
+                ));
+            }
+            if agent.max_attempts == 0 || agent.breaker_failures == 0 {
+                return Err(invalid(
+                    &key(if agent.max_attempts == 0 {
+                        "max_attempts"
+                    } else {
+                        "breaker_failures"
+                    }),
+                    "must be at least 1",
+                ));
             }
         }
         Ok(())
@@ -295,6 +481,14 @@ impl Config {
                 }
             }
             a.verify_token = "<redacted>".into();
+            if a.access_token.is_some() {
+                a.access_token = Some("<redacted>".into());
+            }
+        }
+        for agent in copy.agents.values_mut() {
+            if agent.api_key.is_some() {
+                agent.api_key = Some("<redacted>".into());
+            }
         }
         toml_string(&copy)
     }
@@ -305,6 +499,18 @@ impl Config {
 }
 
 impl AccountConfig {
+    /// The Graph API access token: inline, or from the variable `access_token_env` names.
+    pub fn resolve_access_token(&self) -> Result<String, String> {
+        match (&self.access_token, &self.access_token_env) {
+            (Some(t), _) if !t.is_empty() => Ok(t.clone()),
+            (_, Some(var)) => match std::env::var(var) {
+                Ok(t) if !t.is_empty() => Ok(t),
+                _ => Err(format!("environment variable {var} is not set or empty")),
+            },
+            _ => Err("an account with an agent needs access_token_env (or access_token) to send its replies".into()),
+        }
+    }
+
     /// The app secret, from the file or from the environment variable it names.
     pub fn resolve_app_secret(&self) -> Result<String, String> {
         match (&self.app_secret, &self.app_secret_env) {

@@ -5,6 +5,7 @@
 //! call [`start`] with a listener on port 0.
 
 pub mod actors;
+pub mod agent;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -117,10 +118,18 @@ pub async fn run(config: Config, listener: Option<TcpListener>) -> anyhow::Resul
     start(config, listener).await?.until_signal().await
 }
 
+/// Makes `ring` the process's TLS crypto provider (the HTTP clients of the agent use rustls;
+/// ring builds with a C compiler alone). Idempotent.
+pub fn install_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Connects, migrates, upserts the configured accounts and starts serving on `listener`
 /// (or on `server.listen` when `None`).
 pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Result<Running> {
     let metrics = metrics::install();
+    install_tls();
+    let agents = Arc::new(agent::Agents::new(&config).context("setting up the AI agents")?);
     let db = store::connect(&config.database)
         .await
         .with_context(|| format!("connecting to {}", config::redact_url(&config.database.url)))?;
@@ -131,6 +140,16 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     let directory = store::accounts::load_directory(&db)
         .await
         .context("loading accounts")?;
+    // A reply recorded but never confirmed by a previous process may have left: never resend.
+    let interrupted = store::outbound::settle_interrupted(&db, chrono::Utc::now())
+        .await
+        .context("settling interrupted agent sends")?;
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "agent replies whose send outcome is unknown after a restart were marked `unknown`; they are not resent"
+        );
+    }
 
     let listener = match listener {
         Some(l) => l,
@@ -163,6 +182,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         recovered: watch::channel(false).0,
         serving: Default::default(),
         notes: Default::default(),
+        agents,
     });
     // Every pending inbox event is re-dispatched before new traffic is taken in.
     let mut recovered = ctx.recovered.subscribe();

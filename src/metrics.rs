@@ -27,6 +27,13 @@ pub const INBOX_OLDEST_PENDING_AGE: &str = "wahook_inbox_oldest_pending_age_seco
 pub const DLQ_ROWS: &str = "wahook_dlq_rows";
 pub const READY: &str = "wahook_ready";
 pub const PAYLOAD_NOTES: &str = "wahook_payload_notes_total";
+pub const AGENT_TURNS: &str = "wahook_agent_turns_total";
+pub const AGENT_TURN_DURATION: &str = "wahook_agent_turn_duration_seconds";
+pub const AGENT_PROVIDER_DURATION: &str = "wahook_agent_provider_request_duration_seconds";
+pub const AGENT_PROVIDER_REQUESTS: &str = "wahook_agent_provider_requests_total";
+pub const AGENT_TOKENS: &str = "wahook_agent_tokens_total";
+pub const AGENT_BREAKER_OPEN: &str = "wahook_agent_breaker_open";
+pub const AGENT_REPLIES: &str = "wahook_agent_replies_total";
 
 /// Every histogram, for the test that checks each is exposed with real buckets.
 pub const HISTOGRAMS: &[&str] = &[
@@ -181,6 +188,36 @@ fn describe() {
         "Lines normalisation reported, by kind: note (value-level error, part stored but not \
          processed) or unattributed (no conversation found; the event went to the DLQ)."
     );
+    describe_counter!(
+        AGENT_TURNS,
+        "AI agent turns (one per burst of inbound messages) by agent and outcome."
+    );
+    describe_histogram!(
+        AGENT_TURN_DURATION,
+        Unit::Seconds,
+        "An AI agent turn from its start to the reply's record, provider call included."
+    );
+    describe_histogram!(
+        AGENT_PROVIDER_DURATION,
+        Unit::Seconds,
+        "One chat-completions request, by outcome (ok, retryable, error)."
+    );
+    describe_counter!(
+        AGENT_PROVIDER_REQUESTS,
+        "Chat-completions requests by agent and outcome (ok, retryable, error, breaker_open)."
+    );
+    describe_counter!(
+        AGENT_TOKENS,
+        "Tokens the provider reported, by kind (prompt, completion)."
+    );
+    describe_gauge!(
+        AGENT_BREAKER_OPEN,
+        "The agent's circuit breaker: 0 closed, 0.5 half-open, 1 open."
+    );
+    describe_counter!(
+        AGENT_REPLIES,
+        "Agent replies by outcome (sent, failed, unknown, skipped) and reason."
+    );
     // Registered at zero, so dashboards and alerts see series before the first event.
     for source in ["meta", "kapso"] {
         for outcome in OUTCOMES {
@@ -198,6 +235,12 @@ fn describe() {
     metrics::counter!(DLQ_PARKED).increment(0);
     for component in ["inbox", "store"] {
         metrics::counter!(DB_STATEMENTS, "component" => component).increment(0);
+    }
+    for outcome in ["sent", "failed", "unknown", "skipped"] {
+        metrics::counter!(AGENT_REPLIES, "outcome" => outcome, "reason" => "none").increment(0);
+    }
+    for kind in ["prompt", "completion"] {
+        metrics::counter!(AGENT_TOKENS, "kind" => kind).increment(0);
     }
     for kind in ["note", "unattributed"] {
         metrics::counter!(PAYLOAD_NOTES, "kind" => kind).increment(0);

@@ -18,6 +18,8 @@ pub struct Model {
     pub started_at: DateTimeUtc,
     pub last_turn_at: Option<DateTimeUtc>,
     pub ended_at: Option<DateTimeUtc>,
+    pub skips: i32,
+    pub breaker_trips: i32,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -6,6 +6,7 @@ pub mod contacts;
 pub mod conversation_state_transitions;
 pub mod conversations;
 pub mod messages;
+pub mod outbound_messages;
 pub mod users;
 pub mod webhook_dlq;
 pub mod webhook_events;
@@ -19,6 +20,7 @@ pub mod prelude {
     pub use super::conversation_state_transitions::Entity as ConversationStateTransitions;
     pub use super::conversations::Entity as Conversations;
     pub use super::messages::Entity as Messages;
+    pub use super::outbound_messages::Entity as OutboundMessages;
     pub use super::users::Entity as Users;
     pub use super::webhook_dlq::Entity as WebhookDlq;
     pub use super::webhook_events::Entity as WebhookEvents;

@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_init;
 mod m20261122_000002_message_status_rank;
 mod m20261123_000003_event_notes;
+mod m20261123_000004_outbound_messages;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_init::Migration),
             Box::new(m20261122_000002_message_status_rank::Migration),
             Box::new(m20261123_000003_event_notes::Migration),
+            Box::new(m20261123_000004_outbound_messages::Migration),
         ]
     }
 }

@@ -4,9 +4,13 @@
 //! failing slice with exponential backoff and jitter, and parks it in the dead-letter queue
 //! after `processing.max_attempts` so that its later slices go on.
 //!
-//! Seam for the AI agent: after a committed inbound message, an agent turn starts here as a
-//! task of its own and reports back as a message to this actor, so a provider call that takes
-//! seconds never holds up other conversations, the store or the intake.
+//! The AI agent: inbound messages stored for the first time (never a redelivered copy) join
+//! the conversation's current burst; after `reply_debounce_ms` of quiet (at most
+//! `reply_max_wait_ms` after the burst's first message) one turn answers the whole burst. The
+//! turn runs as a task of its own and reports back as a message, so a provider call that
+//! takes seconds never holds up this actor's other work, other conversations, the store or
+//! the intake; one turn at a time per conversation. A conversation handed to a person
+//! (`human`) gets no replies.
 
 use std::{
     sync::Arc,
@@ -21,10 +25,15 @@ use super::{
     messages::{ConversationKey, ConversationMsg, DeadLetterMsg, RouterMsg, Slice},
 };
 use crate::{
+    agent::{
+        Answerer,
+        context::Turn,
+        turn::{self, Inbound, TurnInput},
+    },
     config::backoff,
-    ingest::event::{Direction, Intent, ItemKind},
+    ingest::event::{ConversationState, Direction, Intent, ItemKind, MessageItem},
     metrics as m,
-    store::batch::{ApplyError, ChangeSet, Known},
+    store::batch::{Applied, ApplyError, ChangeSet, Known},
 };
 
 pub struct Conversation;
@@ -37,6 +46,26 @@ pub struct Live {
     known: Option<Known>,
     last_active: Instant,
     idle: Duration,
+    /// The conversation's state as the store last reported it.
+    conv_state: ConversationState,
+    agent: AgentState,
+}
+
+/// The agent's side of a live conversation.
+#[derive(Default)]
+struct AgentState {
+    /// Inbound messages waiting for a turn, with when the burst began and last grew.
+    burst: Vec<Inbound>,
+    burst_started: Option<Instant>,
+    last_inbound: Option<Instant>,
+    /// Bumped by every new message: only the newest scheduled `TurnDue` starts a turn.
+    generation: u64,
+    turn_running: bool,
+    /// Who answers: the account (number) the newest message came to.
+    answerer: Option<Answerer>,
+    correlation_id: String,
+    /// Kept between turns once loaded.
+    context: Option<Vec<Turn>>,
 }
 
 impl Actor for Conversation {
@@ -58,6 +87,8 @@ impl Actor for Conversation {
             known: None,
             last_active: Instant::now(),
             idle,
+            conv_state: ConversationState::Open,
+            agent: AgentState::default(),
         })
     }
 
@@ -70,20 +101,48 @@ impl Actor for Conversation {
         match msg {
             ConversationMsg::Apply(slice) => {
                 state.last_active = Instant::now();
-                apply(state, &slice).await;
+                if let Some(applied) = apply(state, &slice).await {
+                    state.conv_state = applied.state;
+                    if !applied.new_inbound.is_empty() {
+                        new_inbound(&myself, state, &slice, applied.new_inbound);
+                    }
+                }
                 state.last_active = Instant::now();
                 state.router.cast(RouterMsg::SliceDone {
                     key: state.key.clone(),
                     event_id: slice.event_id,
                 })?;
             }
+            ConversationMsg::TurnDue(generation) => {
+                let agent = &state.agent;
+                if generation == agent.generation && !agent.turn_running && !agent.burst.is_empty()
+                {
+                    start_turn(&myself, state);
+                }
+            }
+            ConversationMsg::TurnDone(report) => {
+                state.last_active = Instant::now();
+                let agent = &mut state.agent;
+                agent.turn_running = false;
+                agent.context = report.context;
+                state.ctx.store.bump();
+                // Messages that came during the turn are the next burst.
+                if !agent.burst.is_empty() {
+                    schedule_turn(&myself, state);
+                }
+            }
             ConversationMsg::IdleCheck => {
                 let quiet = state.last_active.elapsed();
-                if quiet >= state.idle {
+                let busy = state.agent.turn_running || !state.agent.burst.is_empty();
+                if quiet >= state.idle && !busy {
                     // The router sees the stop; if work raced in, it starts a new actor with it.
                     myself.stop(Some("idle".into()));
                 } else {
-                    myself.send_after(state.idle - quiet, || ConversationMsg::IdleCheck);
+                    let wait = state
+                        .idle
+                        .saturating_sub(quiet)
+                        .max(Duration::from_millis(10));
+                    myself.send_after(wait, || ConversationMsg::IdleCheck);
                 }
             }
         }
@@ -91,11 +150,104 @@ impl Actor for Conversation {
     }
 }
 
+/// New inbound messages join the burst (when the account has an agent and no person has the
+/// conversation); the newest is marked read with a typing indicator.
+fn new_inbound(
+    myself: &ActorRef<ConversationMsg>,
+    state: &mut Live,
+    slice: &Slice,
+    messages: Vec<MessageItem>,
+) {
+    let directory = state.ctx.directory();
+    let Some(agent_type) = directory
+        .get(&slice.phone_number_id)
+        .and_then(|a| a.agent_type.clone())
+    else {
+        return;
+    };
+    let Some(answerer) = state
+        .ctx
+        .agents
+        .answerer(&agent_type, &slice.phone_number_id)
+    else {
+        return;
+    };
+    // The typing indicator only when a reply will follow.
+    let newest = messages.iter().max_by_key(|m| m.timestamp);
+    if let Some(newest) = newest.filter(|_| state.conv_state != ConversationState::Human) {
+        let (a, wamid) = (answerer.clone(), newest.wamid.clone());
+        tokio::spawn(async move {
+            if let Err(e) = a.graph.typing(&a.phone_number_id, &a.token, &wamid).await {
+                tracing::debug!(code = %e.code, error = %e.message, "typing indicator not shown");
+            }
+        });
+    }
+    let agent = &mut state.agent;
+    agent
+        .burst
+        .extend(messages.into_iter().map(|message| Inbound {
+            message,
+            event_id: slice.event_id,
+        }));
+    agent.answerer = Some(answerer);
+    agent.correlation_id.clone_from(&slice.correlation_id);
+    agent.burst_started.get_or_insert_with(Instant::now);
+    agent.last_inbound = Some(Instant::now());
+    agent.generation += 1;
+    if !agent.turn_running {
+        schedule_turn(myself, state);
+    }
+}
+
+/// A `TurnDue` after the burst's quiet time, never later than its longest wait.
+fn schedule_turn(myself: &ActorRef<ConversationMsg>, state: &Live) {
+    let agent = &state.agent;
+    let Some(cfg) = agent.answerer.as_ref().map(|a| &a.provider.cfg) else {
+        return;
+    };
+    let quiet = Duration::from_millis(cfg.reply_debounce_ms)
+        .saturating_sub(agent.last_inbound.map_or(Duration::ZERO, |t| t.elapsed()));
+    let longest = Duration::from_millis(cfg.reply_max_wait_ms)
+        .saturating_sub(agent.burst_started.map_or(Duration::ZERO, |t| t.elapsed()));
+    let generation = agent.generation;
+    myself.send_after(quiet.min(longest), move || {
+        ConversationMsg::TurnDue(generation)
+    });
+}
+
+fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut Live) {
+    let burst = std::mem::take(&mut state.agent.burst);
+    state.agent.burst_started = None;
+    let (Some(answerer), Some(known)) = (state.agent.answerer.clone(), state.known) else {
+        return;
+    };
+    state.agent.turn_running = true;
+    let input = TurnInput {
+        answerer,
+        db: state.ctx.db.clone(),
+        store: state.ctx.store.clone(),
+        workspace_id: state.key.0,
+        contact_id: known.contact_id,
+        conversation_id: known.conversation_id,
+        contact: state.key.1.clone(),
+        correlation_id: state.agent.correlation_id.clone(),
+        context: state.agent.context.take(),
+        burst,
+        handed_off: state.conv_state == ConversationState::Human,
+    };
+    let myself = myself.clone();
+    tokio::spawn(async move {
+        let report = turn::run(input).await;
+        // If the actor is gone (idle stop, restart), the next one reloads the saved context.
+        let _ = myself.cast(ConversationMsg::TurnDone(Box::new(report)));
+    });
+}
+
 /// Applies one slice: retried with backoff, then parked. Never returns an error: a poison
 /// slice hurts only itself. While the database is unreachable no attempt is spent: the slice
 /// (and the conversation behind it) waits, in order, until the database answers again, rather
 /// than filling the dead-letter queue with events that have nothing wrong with them.
-async fn apply(state: &mut Live, slice: &Slice) {
+async fn apply(state: &mut Live, slice: &Slice) -> Option<Applied> {
     let set = change_set(state, slice);
     let processing = &state.ctx.processing;
     let max = processing.max_attempts;
@@ -126,7 +278,7 @@ async fn apply(state: &mut Live, slice: &Slice) {
                     .num_microseconds()
                     .unwrap_or(0);
                 metrics::histogram!(m::PROCESSING_LAG).record(lag.max(0) as f64 / 1e6);
-                return;
+                return Some(applied);
             }
             Err(e) => e,
         };
@@ -185,11 +337,13 @@ async fn apply(state: &mut Live, slice: &Slice) {
             tracing::error!(correlation_id = %slice.correlation_id, event_id = slice.event_id, "no dead-letter actor; the event stays failed in the inbox until recovery")
         }
     }
+    None
 }
 
 fn change_set(state: &Live, slice: &Slice) -> ChangeSet {
     let mut set = ChangeSet {
         event_id: slice.event_id,
+        marks_event: true,
         correlation_id: slice.correlation_id.clone(),
         workspace_id: slice.key.0,
         contact: slice.key.1.clone(),

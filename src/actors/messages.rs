@@ -24,6 +24,8 @@ pub struct Slice {
     pub received_at: DateTime<Utc>,
     pub key: ConversationKey,
     pub user_id: Option<String>,
+    /// The business number the event concerns.
+    pub phone_number_id: String,
     pub items: Vec<ItemKind>,
     /// How often the router has handed this slice to an actor (more than once after the
     /// actor failed or stopped with it queued).
@@ -35,6 +37,7 @@ impl Slice {
         event: &CommittedEvent,
         key: ConversationKey,
         user_id: Option<String>,
+        phone_number_id: String,
         items: Vec<ItemKind>,
     ) -> Self {
         Self {
@@ -43,6 +46,7 @@ impl Slice {
             received_at: event.received_at,
             key,
             user_id,
+            phone_number_id,
             items,
             deliveries: AtomicU32::new(0),
         }
@@ -72,6 +76,10 @@ pub enum RouterMsg {
 
 pub enum ConversationMsg {
     Apply(Arc<Slice>),
+    /// The burst's quiet time may be over (the generation it was scheduled for).
+    TurnDue(u64),
+    /// An agent turn finished.
+    TurnDone(Box<crate::agent::turn::TurnReport>),
     /// Stop if nothing happened for `actors.idle_timeout_ms`.
     IdleCheck,
 }

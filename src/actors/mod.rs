@@ -57,6 +57,8 @@ pub struct Ctx {
     pub serving: std::sync::atomic::AtomicBool,
     /// What normalisation reported since start (shown by `/health`).
     pub notes: NoteCounts,
+    /// The AI agent types and the send side.
+    pub agents: Arc<crate::agent::Agents>,
 }
 
 /// Lines normalisation reported since start: notes (value-level errors, parts stored but not

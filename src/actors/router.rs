@@ -240,17 +240,17 @@ async fn dispatch(
     }
 
     // Group by conversation, keeping payload order within each and first-seen order across.
-    let mut slices: Vec<(ConversationKey, Option<String>, Vec<ItemKind>)> = Vec::new();
+    let mut slices: Vec<(ConversationKey, Option<String>, String, Vec<ItemKind>)> = Vec::new();
     for item in normalized.items {
         let key = (item.workspace_id, item.contact);
-        match slices.iter_mut().find(|(k, _, _)| *k == key) {
-            Some((_, user_id, items)) => {
+        match slices.iter_mut().find(|(k, ..)| *k == key) {
+            Some((_, user_id, _, items)) => {
                 if user_id.is_none() {
                     *user_id = item.user_id;
                 }
                 items.push(item.kind);
             }
-            None => slices.push((key, item.user_id, vec![item.kind])),
+            None => slices.push((key, item.user_id, item.phone_number_id, vec![item.kind])),
         }
     }
     if slices.is_empty() {
@@ -268,8 +268,14 @@ async fn dispatch(
     ctx.in_flight.fetch_add(1, Ordering::Relaxed);
     metrics::gauge!(m::IN_FLIGHT).set(ctx.in_flight() as f64);
     state.events.insert(event.id, slices.len());
-    for (key, user_id, items) in slices {
-        let slice = Arc::new(Slice::new(&event, key.clone(), user_id, items));
+    for (key, user_id, phone_number_id, items) in slices {
+        let slice = Arc::new(Slice::new(
+            &event,
+            key.clone(),
+            user_id,
+            phone_number_id,
+            items,
+        ));
         let actor = match state.conversations.get(&key) {
             Some(conv) => conv.actor.clone(),
             None => {
@@ -334,6 +340,7 @@ async fn attribute_orphan_statuses(ctx: &Ctx, normalized: &mut ingest::Normalize
         match found.get(&(o.workspace_id, o.status.wamid.clone())) {
             Some(phone) => normalized.items.push(Item {
                 workspace_id: o.workspace_id,
+                phone_number_id: o.phone_number_id,
                 contact: ContactKey::stored(phone.clone()),
                 user_id: None,
                 kind: ItemKind::Status(o.status),

@@ -78,6 +78,8 @@ pub enum ConversationState {
     Open,
     Inactive,
     Closed,
+    /// Handed to a person: the AI agent stays silent until it is given back.
+    Human,
 }
 
 impl ConversationState {
@@ -86,6 +88,7 @@ impl ConversationState {
             ConversationState::Open => "open",
             ConversationState::Inactive => "inactive",
             ConversationState::Closed => "closed",
+            ConversationState::Human => "human",
         }
     }
 
@@ -94,6 +97,7 @@ impl ConversationState {
             "open" => ConversationState::Open,
             "inactive" => ConversationState::Inactive,
             "closed" => ConversationState::Closed,
+            "human" => ConversationState::Human,
             _ => return None,
         })
     }
@@ -117,7 +121,7 @@ impl ConversationState {
             (Inactive | Closed, Intent::Lifecycle(Lifecycle::Opened)) => {
                 Some((Open, "conversation created"))
             }
-            (Open | Inactive, Intent::Lifecycle(Lifecycle::Ended)) => {
+            (Open | Inactive | Human, Intent::Lifecycle(Lifecycle::Ended)) => {
                 Some((Closed, "conversation ended"))
             }
             (Open, Intent::Lifecycle(Lifecycle::Inactive)) => {
@@ -230,6 +234,8 @@ pub enum ItemKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {
     pub workspace_id: i64,
+    /// The business number it concerns (where a reply goes out from).
+    pub phone_number_id: String,
     pub contact: ContactKey,
     pub user_id: Option<String>,
     pub kind: ItemKind,
@@ -240,6 +246,7 @@ pub struct Item {
 #[derive(Debug, Clone, PartialEq)]
 pub struct OrphanStatus {
     pub workspace_id: i64,
+    pub phone_number_id: String,
     pub status: StatusItem,
 }
 

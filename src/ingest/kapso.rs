@@ -92,6 +92,7 @@ fn normalize_one(
     let push = |out: &mut Normalized, kind| {
         out.items.push(Item {
             workspace_id,
+            phone_number_id: pnid.to_owned(),
             contact: contact.clone(),
             user_id: user_id.clone(),
             kind,

@@ -122,6 +122,7 @@ pub fn normalize(
         };
         let item = |contact: ContactKey, user_id: Option<String>, kind: ItemKind| Item {
             workspace_id,
+            phone_number_id: pnid.to_owned(),
             contact,
             user_id,
             kind,
@@ -203,6 +204,7 @@ pub fn normalize(
                 }
                 None => out.orphan_statuses.push(OrphanStatus {
                     workspace_id,
+                    phone_number_id: pnid.to_owned(),
                     status: status_item,
                 }),
             }

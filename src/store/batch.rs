@@ -22,7 +22,7 @@ use super::{
     contacts, conversations, dlq, inbox, messages, sql::count_statement, statuses, transitions,
 };
 use crate::{
-    ingest::event::{ContactKey, Intent, MessageItem, StatusItem},
+    ingest::event::{ContactKey, ConversationState, Direction, Intent, MessageItem, StatusItem},
     metrics as m,
 };
 
@@ -30,6 +30,9 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct ChangeSet {
     pub event_id: i64,
+    /// The set finishes (a share of) its inbox event; false for the agent's own sends, which
+    /// only name the event they answer.
+    pub marks_event: bool,
     pub correlation_id: String,
     pub workspace_id: i64,
     pub contact: ContactKey,
@@ -93,15 +96,19 @@ pub fn is_unreachable(e: &DbErr) -> bool {
 }
 
 /// The store's answer to a committed change set.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Applied {
     pub contact_id: i64,
     pub conversation_id: i64,
+    /// The conversation's state after the set.
+    pub state: ConversationState,
+    /// The set's inbound messages this transaction stored for the first time.
+    pub new_inbound: Vec<MessageItem>,
 }
 
 enum StoreMsg {
     Apply {
-        set: ChangeSet,
+        set: Box<ChangeSet>,
         reply: oneshot::Sender<Result<Applied, ApplyError>>,
     },
     /// The event was split into this many change sets; mark it processed after the last.
@@ -153,7 +160,10 @@ impl Store {
         };
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(StoreMsg::Apply { set, reply })
+            .send(StoreMsg::Apply {
+                set: Box::new(set),
+                reply,
+            })
             .await
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
@@ -229,7 +239,7 @@ impl Writer {
 
     fn take(&mut self, msg: StoreMsg, batch: &mut Vec<Pending>) {
         match msg {
-            StoreMsg::Apply { set, reply } => batch.push((set, reply)),
+            StoreMsg::Apply { set, reply } => batch.push((*set, reply)),
             StoreMsg::Expect {
                 event_id,
                 slices,
@@ -260,7 +270,7 @@ impl Writer {
         let mut remaining: HashMap<i64, usize> = HashMap::new();
         let mut done = Vec::new();
         for set in sets {
-            if self.abandoned.contains(&set.event_id) {
+            if !set.marks_event || self.abandoned.contains(&set.event_id) {
                 continue;
             }
             let left = remaining
@@ -396,13 +406,24 @@ async fn apply_sets(
     // 2. Conversations: create the missing ones; read those neither created nor known.
     let conversations = conversations::ensure(tx, sets, &contacts, now).await?;
     // 3. Messages: the first copy of a wamid wins; returns what each conversation gained.
-    let added = messages::insert(tx, sets, &contacts, &conversations, now).await?;
+    let inserted = messages::insert(tx, sets, &contacts, &conversations, now).await?;
     // 4. Statuses: the highest rank per wamid; placeholders for wamids not stored yet.
     statuses::apply(tx, sets, &contacts, &conversations, now).await?;
     // 5. Counters: each conversation gains exactly the messages step 3 added.
-    conversations::add_counts(tx, added, now).await?;
+    conversations::add_counts(tx, inserted.added, now).await?;
     // 6. The state machine, from the stored state, with an audit row per change.
-    transitions::apply(tx, sets, &contacts, conversations, now).await
+    let mut applied = transitions::apply(tx, sets, &contacts, conversations, now).await?;
+    // What is new to the conversation (for the agent): never a redelivered copy.
+    for (a, set) in applied.iter_mut().zip(sets) {
+        a.new_inbound = set
+            .messages
+            .iter()
+            .filter(|m| m.direction == Direction::Inbound)
+            .filter(|m| inserted.rows.contains(&(m.wamid.clone(), set.event_id)))
+            .cloned()
+            .collect();
+    }
+    Ok(applied)
 }
 
 #[cfg(test)]

@@ -21,15 +21,22 @@ pub const INSERT: &str = "INSERT INTO messages (workspace_id, conversation_id, d
      message_type, content, status, status_rank, status_error, timestamp, metadata, event_id, \
      created_at, updated_at) VALUES ";
 
-/// Inserts the batch's messages; returns, per conversation, how many rows were added (only
-/// rows inserted or placeholders completed, never a duplicate) and the latest timestamp.
+/// What step 3 added: per conversation, how many rows and the latest timestamp; and which
+/// `(wamid, event_id)` were inserted (a redelivered copy is not among them).
+pub struct Inserted {
+    pub added: Added,
+    pub rows: HashSet<(String, i64)>,
+}
+
+/// Inserts the batch's messages (only rows inserted or placeholders completed come back,
+/// never a duplicate).
 pub async fn insert(
     tx: &DatabaseTransaction,
     sets: &[&ChangeSet],
     contacts: &ContactIds,
     conversations: &Conversations,
     now: DateTime<Utc>,
-) -> Result<Added, DbErr> {
+) -> Result<Inserted, DbErr> {
     let mut seen: HashSet<(i64, &str)> = HashSet::new();
     let mut messages: Vec<(i64, i64, &MessageItem, i64)> = Vec::new();
     for set in sets {
@@ -41,6 +48,7 @@ pub async fn insert(
         }
     }
     let mut added = Added::new();
+    let mut rows = HashSet::new();
     for chunk in messages.chunks(CHUNK) {
         let mut sql = Sql::new(tx.get_database_backend(), INSERT);
         sql.values(chunk.iter().map(|(ws, conv, msg, event_id)| {
@@ -68,19 +76,20 @@ pub async fn insert(
              timestamp = excluded.timestamp, metadata = excluded.metadata, \
              event_id = excluded.event_id, updated_at = excluded.updated_at \
              WHERE messages.message_type = 'pending' \
-             RETURNING conversation_id, timestamp",
+             RETURNING conversation_id, timestamp, wamid, event_id",
         );
         // Only rows inserted (or placeholders completed) come back, never a duplicate: they
         // are the messages this transaction adds, counted in the same transaction.
         for r in query(tx, sql).await? {
             let conversation_id: i64 = r.try_get("", "conversation_id")?;
             let timestamp: DateTime<Utc> = r.try_get("", "timestamp")?;
+            rows.insert((r.try_get("", "wamid")?, r.try_get("", "event_id")?));
             let (n, latest) = added.entry(conversation_id).or_insert((0, timestamp));
             *n += 1;
             *latest = (*latest).max(timestamp);
         }
     }
-    Ok(added)
+    Ok(Inserted { added, rows })
 }
 
 /// The contact key (`contacts.phone`) of the conversation each stored `(workspace, wamid)`

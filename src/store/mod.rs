@@ -2,6 +2,7 @@
 //! `&impl ConnectionTrait` so they run inside or outside a transaction.
 
 pub mod accounts;
+pub mod agent;
 pub mod batch;
 mod contacts;
 mod conversations;
@@ -10,6 +11,7 @@ pub mod health;
 pub mod inbox;
 pub mod leads;
 pub mod messages;
+pub mod outbound;
 mod sql;
 mod statuses;
 mod transitions;

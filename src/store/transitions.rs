@@ -65,6 +65,8 @@ pub async fn apply(
         applied.push(Applied {
             contact_id,
             conversation_id,
+            state: *current,
+            new_inbound: Vec::new(),
         });
     }
     conversations::set_states(tx, &changed).await?;

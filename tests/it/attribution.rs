@@ -304,6 +304,8 @@ async fn every_message_in_the_reference_payloads_is_stored_once(backend: Backend
                 verify_token: "reference-verify".into(),
                 kapso_secret: None,
                 agent: None,
+                access_token_env: None,
+                access_token: None,
             });
         }
     })

@@ -59,6 +59,8 @@ pub fn test_accounts() -> Vec<AccountConfig> {
             verify_token: verify.into(),
             kapso_secret: kapso.map(Into::into),
             agent: None,
+            access_token_env: None,
+            access_token: None,
         };
     vec![
         account(
@@ -193,7 +195,7 @@ impl TestApp {
         Self {
             running: Some(running),
             base,
-            client: reqwest::Client::new(),
+            client: client(),
             db,
             config,
             test_db,
@@ -362,6 +364,12 @@ impl TestApp {
         }
         (self.test_db, self.config)
     }
+}
+
+/// An HTTP client for the tests (TLS set up the way wahook sets it up).
+pub fn client() -> reqwest::Client {
+    wahook::install_tls();
+    reqwest::Client::new()
 }
 
 pub fn fixture(path: &str) -> Vec<u8> {

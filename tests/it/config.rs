@@ -182,7 +182,9 @@ async fn an_account_without_display_phone_number_starts() {
     .await
     .unwrap();
     let listen = listen.expect("a start-up line with the listen address");
-    let res = reqwest::get(format!("http://{listen}/health"))
+    let res = crate::common::client()
+        .get(format!("http://{listen}/health"))
+        .send()
         .await
         .unwrap();
     let body: serde_json::Value = res.json().await.unwrap();

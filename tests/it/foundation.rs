@@ -299,7 +299,9 @@ async fn serve_on_a_fresh_folder_creates_the_sqlite_file_and_answers_health() {
     .await
     .unwrap();
     let listen = listen.expect("a start-up line with the listen address");
-    let res = reqwest::get(format!("http://{listen}/health"))
+    let res = crate::common::client()
+        .get(format!("http://{listen}/health"))
+        .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 200);

@@ -1,9 +1,11 @@
 //! The one integration test binary. Storage tests run on SQLite and on PostgreSQL
 //! (`sqlite::…` and `postgres::…` in the output).
 
+mod agent;
 mod attribution;
 mod common;
 mod config;
+mod fakes;
 mod foundation;
 mod intake;
 mod observability;

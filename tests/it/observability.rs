@@ -172,7 +172,7 @@ async fn logs_never_show_a_phone_number_unmasked() {
             phones[2]
         ),
     ];
-    let client = reqwest::Client::new();
+    let client = crate::common::client();
     for body in bodies {
         let sig = wahook::ingest::signature::meta_header(ACME_SECRET.as_bytes(), body.as_bytes());
         let res = client

@@ -1,0 +1,93 @@
+//! The agent's memory of a conversation: its turns, counted with the model's real tokenizer
+//! (tiktoken), cut to a sliding window that keeps the system prompt and the newest turns.
+
+use serde::{Deserialize, Serialize};
+use tiktoken_rs::{CoreBPE, tokenizer::Tokenizer};
+
+use crate::ingest::event::MessageItem;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Turn {
+    pub role: String,
+    pub content: String,
+}
+
+impl Turn {
+    pub fn user(content: impl Into<String>) -> Self {
+        Self {
+            role: "user".into(),
+            content: content.into(),
+        }
+    }
+
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self {
+            role: "assistant".into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// The tokenizer of a model: `o200k_base` unless tiktoken knows the model to use another.
+pub fn tokenizer_for(model: &str) -> &'static CoreBPE {
+    match tiktoken_rs::tokenizer::get_tokenizer(model) {
+        Some(Tokenizer::Cl100kBase) => tiktoken_rs::cl100k_base_singleton(),
+        Some(Tokenizer::P50kBase) => tiktoken_rs::p50k_base_singleton(),
+        Some(Tokenizer::R50kBase) | Some(Tokenizer::Gpt2) => tiktoken_rs::r50k_base_singleton(),
+        _ => tiktoken_rs::o200k_base_singleton(),
+    }
+}
+
+/// Tokens a chat message costs: its content plus the framing of a message.
+pub fn message_tokens(bpe: &CoreBPE, content: &str) -> usize {
+    bpe.encode_with_special_tokens(content).len() + 4
+}
+
+/// Tokens of a whole request: the system prompt, the turns and the reply priming.
+pub fn request_tokens(bpe: &CoreBPE, system: &str, turns: &[Turn]) -> usize {
+    let system = if system.is_empty() {
+        0
+    } else {
+        message_tokens(bpe, system)
+    };
+    system
+        + turns
+            .iter()
+            .map(|t| message_tokens(bpe, &t.content))
+            .sum::<usize>()
+        + 3
+}
+
+/// Drops the oldest turns until the request fits `budget` tokens; the newest turn always
+/// stays. Returns the tokens of what is kept.
+pub fn truncate(bpe: &CoreBPE, system: &str, turns: &mut Vec<Turn>, budget: usize) -> usize {
+    let costs: Vec<usize> = turns
+        .iter()
+        .map(|t| message_tokens(bpe, &t.content))
+        .collect();
+    let fixed = if system.is_empty() {
+        3
+    } else {
+        message_tokens(bpe, system) + 3
+    };
+    let mut total: usize = fixed + costs.iter().sum::<usize>();
+    let mut drop = 0;
+    while total > budget && drop + 1 < turns.len() {
+        total -= costs[drop];
+        drop += 1;
+    }
+    turns.drain(..drop);
+    total
+}
+
+/// What the agent reads of an inbound message: text, button and interactive replies give their
+/// text; other types a short marker (`[image]`, `[location: …]`), with a caption if any.
+pub fn user_text(msg: &MessageItem) -> String {
+    let content = msg.content.clone().unwrap_or_default();
+    match msg.message_type.as_str() {
+        "text" | "button" | "interactive" | "edit" => content,
+        "location" => format!("[location: {content}]"),
+        other if content.is_empty() => format!("[{other}]"),
+        other => format!("[{other}] {content}"),
+    }
+}

@@ -1,0 +1,140 @@
+//! The WhatsApp Cloud API (Graph API) send side: a text reply, and "mark read + typing
+//! indicator" for the inbound message being answered.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::config::GraphConfig;
+
+pub struct Graph {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// Where a reply goes: a phone number (`to`) or a business-scoped user id (`recipient`).
+#[derive(Debug, Clone)]
+pub enum Recipient {
+    Phone(String),
+    User(String),
+}
+
+/// Why a send did not give a wamid.
+#[derive(Debug, Clone)]
+pub struct SendError {
+    /// The Graph error code (`131047`, `130429`, …), or `timeout` / `connect` / `http_<status>`.
+    pub code: String,
+    pub message: String,
+    /// The message may have been sent (the request left and no answer came): never resend.
+    pub unknown: bool,
+}
+
+impl Graph {
+    pub fn new(cfg: &GraphConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            base: format!("{}/{}", cfg.base_url.trim_end_matches('/'), cfg.version),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_millis(cfg.request_timeout_ms))
+                .build()?,
+        })
+    }
+
+    /// Sends a text; the wamid Meta gave it.
+    pub async fn send_text(
+        &self,
+        phone_number_id: &str,
+        token: &str,
+        to: &Recipient,
+        body: &str,
+    ) -> Result<String, SendError> {
+        let mut payload = json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "type": "text",
+            "text": {"body": truncate_chars(body, 4096), "preview_url": false},
+        });
+        match to {
+            Recipient::Phone(p) => payload["to"] = json!(p),
+            Recipient::User(u) => payload["recipient"] = json!(u),
+        }
+        let v = self.post(phone_number_id, token, &payload).await?;
+        v["messages"][0]["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| SendError {
+                code: "no_wamid".into(),
+                message: format!("the send API answered without messages[0].id: {v}"),
+                // A 200 means Meta took it; without its id we cannot know what it became.
+                unknown: true,
+            })
+    }
+
+    /// Marks the inbound message read and shows the typing indicator (best effort).
+    pub async fn typing(
+        &self,
+        phone_number_id: &str,
+        token: &str,
+        wamid: &str,
+    ) -> Result<(), SendError> {
+        let payload = json!({
+            "messaging_product": "whatsapp",
+            "status": "read",
+            "message_id": wamid,
+            "typing_indicator": {"type": "text"},
+        });
+        self.post(phone_number_id, token, &payload)
+            .await
+            .map(|_| ())
+    }
+
+    async fn post(
+        &self,
+        phone_number_id: &str,
+        token: &str,
+        payload: &Value,
+    ) -> Result<Value, SendError> {
+        let url = format!("{}/{phone_number_id}/messages", self.base);
+        let res = self
+            .http
+            .post(&url)
+            .bearer_auth(token)
+            .json(payload)
+            .send()
+            .await
+            .map_err(|e| SendError {
+                code: if e.is_connect() {
+                    "connect"
+                } else if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "transport"
+                }
+                .into(),
+                message: e.to_string(),
+                // Only a refused connection proves the request never left.
+                unknown: !e.is_connect(),
+            })?;
+        let status = res.status();
+        let text = res.text().await.unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(v);
+        }
+        let error = &v["error"];
+        Err(SendError {
+            code: error["code"]
+                .as_i64()
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| format!("http_{}", status.as_u16())),
+            message: error["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| text.chars().take(300).collect()),
+            unknown: false,
+        })
+    }
+}
+
+fn truncate_chars(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}

@@ -1,0 +1,483 @@
+//! The AI agent, against local servers speaking the chat-completions and Graph protocols:
+//! one reply per burst, sent and logged exactly once, the 24-hour window, hand-off, retries,
+//! the circuit breaker, truncation with the real tokenizer, and a stop mid-send.
+
+use serde_json::Value;
+use wahook::{
+    agent::context::{self, Turn},
+    config::AgentConfig,
+};
+
+use crate::{
+    both_backends,
+    common::{ACME_PNID, ACME_SECRET, Backend, TestApp},
+    fakes::{self, Fake, Reply, is_send, is_typing},
+};
+
+both_backends!(
+    a_reply_is_generated_sent_and_logged,
+    a_burst_of_three_messages_gets_one_turn_and_one_send,
+    a_long_context_is_cut_to_the_token_budget,
+    rate_limits_and_server_errors_are_retried_to_one_reply,
+    a_dead_provider_opens_the_breaker,
+    redelivered_messages_are_answered_once,
+    a_message_older_than_24_hours_gets_no_free_form_reply,
+    a_conversation_with_a_person_gets_no_agent_reply,
+    a_stop_between_send_and_record_never_sends_twice,
+);
+
+const CUSTOMER: &str = "4915112345678";
+const SYSTEM: &str = "You are the assistant of Acme. Answer briefly.";
+
+fn now_ts() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A Meta text message sent `ts` (Unix seconds); `tag` makes the body bytes distinct (a
+/// redelivery in another envelope).
+fn text(wamid: &str, body: &str, ts: i64, tag: &str) -> String {
+    format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"{tag}","changes":[{{"value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15551111111","phone_number_id":"{ACME_PNID}"}},"contacts":[{{"profile":{{"name":"Ana"}},"wa_id":"{CUSTOMER}"}}],"messages":[{{"from":"{CUSTOMER}","id":"{wamid}","timestamp":"{ts}","type":"text","text":{{"body":"{body}"}}}}]}},"field":"messages"}}]}}]}}"#
+    )
+}
+
+async fn agent_app(
+    backend: Backend,
+    provider: &Fake,
+    graph: &Fake,
+    tune: impl FnOnce(&mut AgentConfig),
+) -> TestApp {
+    let (provider, graph) = (provider.base.clone(), graph.base.clone());
+    TestApp::start_with(backend, move |c| {
+        let mut a = AgentConfig::new(format!("{provider}/v1"), "gpt-4o-mini");
+        a.system_prompt = SYSTEM.into();
+        a.reply_debounce_ms = 150;
+        a.reply_max_wait_ms = 5000;
+        a.backoff_base_ms = 10;
+        a.backoff_max_ms = 40;
+        a.request_timeout_ms = 5000;
+        tune(&mut a);
+        c.agents.insert("sales".into(), a);
+        c.graph.base_url = graph;
+        c.accounts[0].agent = Some("sales".into());
+        c.accounts[0].access_token = Some("graph-token".into());
+    })
+    .await
+}
+
+async fn post(app: &TestApp, body: String) {
+    let res = app.post_meta(body, ACME_SECRET).await;
+    assert_eq!(res.status(), 200);
+}
+
+async fn wait_outbound(app: &TestApp, state: &str, n: i64) {
+    app.wait_for(
+        &format!("SELECT COUNT(*) FROM outbound_messages WHERE state = '{state}'"),
+        n,
+    )
+    .await;
+}
+
+fn user_contents(request: &Value) -> Vec<String> {
+    request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn a_reply_is_generated_sent_and_logged(backend: Backend) {
+    let (provider, graph) = (fakes::provider().await, fakes::graph().await);
+    let app = agent_app(backend, &provider, &graph, |_| {}).await;
+    post(&app, text("wamid.in.hello", "Hola, precio?", now_ts(), "1")).await;
+    wait_outbound(&app, "sent", 1).await;
+
+    let calls = provider.requests();
+    assert_eq!(calls.len(), 1);
+    let request = &calls[0].1;
+    assert_eq!(request["model"], "gpt-4o-mini");
+    assert_eq!(request["messages"][0]["role"], "system");
+    assert_eq!(request["messages"][0]["content"], SYSTEM);
+    assert_eq!(user_contents(request), vec!["Hola, precio?"]);
+
+    // Marked read with the typing indicator for the inbound wamid, then one send.
+    graph.wait_for(1, is_typing).await;
+    let graph_calls = graph.requests();
+    let typing: Vec<_> = graph_calls
+        .iter()
+        .filter(|(p, b)| is_typing(p, b))
+        .collect();
+    assert_eq!(typing[0].1["message_id"], "wamid.in.hello");
+    assert_eq!(typing[0].1["status"], "read");
+    let sends: Vec<_> = graph_calls.iter().filter(|(p, b)| is_send(p, b)).collect();
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].0, format!("/v23.0/{ACME_PNID}/messages"));
+    assert_eq!(sends[0].1["to"], CUSTOMER);
+    assert_eq!(sends[0].1["text"]["body"], "Reply 1");
+
+    // Logged: the outbound row with its wamid, the message in the conversation, the lead
+    // timestamp, the session's figures.
+    assert_eq!(
+        app.strings("SELECT wamid FROM outbound_messages WHERE state = 'sent'")
+            .await,
+        vec!["wamid.out.1".to_owned()]
+    );
+    app.wait_for(
+        "SELECT COUNT(*) FROM messages WHERE direction = 'outbound' AND wamid = 'wamid.out.1' AND content = 'Reply 1'",
+        1,
+    )
+    .await;
+    assert!(
+        app.db_time("SELECT last_contact_at FROM contacts")
+            .await
+            .is_some(),
+        "last_contact_at moved"
+    );
+    assert_eq!(
+        app.scalar("SELECT message_count FROM conversations").await,
+        2
+    );
+    app.wait_for("SELECT COUNT(*) FROM agent_sessions WHERE turns = 1", 1)
+        .await;
+    assert_eq!(
+        app.column("SELECT completion_tokens FROM agent_sessions")
+            .await,
+        vec![7]
+    );
+    // The later status webhooks find the reply.
+    let status = format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15551111111","phone_number_id":"{ACME_PNID}"}},"statuses":[{{"id":"wamid.out.1","status":"delivered","timestamp":"{}","recipient_id":"{CUSTOMER}"}}]}}}}]}}]}}"#,
+        now_ts()
+    );
+    post(&app, status).await;
+    app.wait_for(
+        "SELECT COUNT(*) FROM messages WHERE wamid = 'wamid.out.1' AND status = 'delivered'",
+        1,
+    )
+    .await;
+    app.stop().await;
+}
+
+async fn a_burst_of_three_messages_gets_one_turn_and_one_send(backend: Backend) {
+    let (provider, graph) = (fakes::provider().await, fakes::graph().await);
+    let app = agent_app(backend, &provider, &graph, |a| {
+        a.reply_debounce_ms = 1500;
+        a.reply_max_wait_ms = 10_000;
+    })
+    .await;
+    let ts = now_ts();
+    for (i, body) in ["hi", "I want", "two pizzas"].iter().enumerate() {
+        post(
+            &app,
+            text(&format!("wamid.burst.{i}"), body, ts + i as i64, "b"),
+        )
+        .await;
+    }
+    wait_outbound(&app, "sent", 1).await;
+    let calls = provider.requests();
+    assert_eq!(calls.len(), 1, "one provider call for the burst");
+    assert_eq!(
+        user_contents(&calls[0].1),
+        vec!["hi", "I want", "two pizzas"]
+    );
+    let sends = graph
+        .requests()
+        .into_iter()
+        .filter(|(p, b)| is_send(p, b))
+        .count();
+    assert_eq!(sends, 1);
+    app.stop().await;
+}
+
+async fn a_long_context_is_cut_to_the_token_budget(backend: Backend) {
+    let (provider, graph) = (fakes::provider().await, fakes::graph().await);
+    let (max_context, max_reply) = (1200, 200);
+    let app = agent_app(backend, &provider, &graph, |a| {
+        a.max_context_tokens = max_context;
+        a.max_reply_tokens = max_reply;
+    })
+    .await;
+    // The first turn creates the conversation; then its stored context gets 50 long turns.
+    post(&app, text("wamid.ctx.0", "first", now_ts(), "c0")).await;
+    wait_outbound(&app, "sent", 1).await;
+    // The turn's figures come after its context is saved.
+    app.wait_for("SELECT COUNT(*) FROM agent_sessions WHERE turns = 1", 1)
+        .await;
+    let long: Vec<Turn> = (0..50)
+        .map(|i| {
+            let words =
+                format!("turn {i}: ") + &"the quick brown fox jumps over the lazy dog ".repeat(12);
+            if i % 2 == 0 {
+                Turn::user(words)
+            } else {
+                Turn::assistant(words)
+            }
+        })
+        .collect();
+    let json = serde_json::to_string(&long).unwrap().replace('\'', "''");
+    app.exec(&format!("UPDATE agent_contexts SET messages = '{json}'"))
+        .await;
+    // A new actor life loads it (the idle stop is what a restart would do).
+    let (test_db, config) = app.stop().await;
+    let app = TestApp::start_on(test_db, config).await;
+    post(
+        &app,
+        text("wamid.ctx.1", "and the newest question", now_ts(), "c1"),
+    )
+    .await;
+    wait_outbound(&app, "sent", 2).await;
+
+    let request = provider.requests()[1].1.clone();
+    let messages = request["messages"].as_array().unwrap();
+    assert_eq!(messages[0]["content"], SYSTEM, "the system prompt is kept");
+    assert_eq!(
+        messages.last().unwrap()["content"],
+        "and the newest question",
+        "the newest turn is kept"
+    );
+    let turns: Vec<Turn> = messages[1..]
+        .iter()
+        .map(|m| Turn {
+            role: m["role"].as_str().unwrap().into(),
+            content: m["content"].as_str().unwrap().into(),
+        })
+        .collect();
+    let bpe = context::tokenizer_for("gpt-4o-mini");
+    let tokens = context::request_tokens(bpe, SYSTEM, &turns);
+    assert!(tokens <= max_context - max_reply, "{tokens} tokens sent");
+    assert!(
+        turns.len() < 50,
+        "old turns were dropped: {} kept",
+        turns.len()
+    );
+    assert!(
+        turns.len() > 5,
+        "as many newest turns as fit: {} kept",
+        turns.len()
+    );
+    // The kept turns are the newest, in order: the last long turn comes right before.
+    assert!(turns[turns.len() - 2].content.starts_with("turn 49:"));
+    app.stop().await;
+}
+
+async fn rate_limits_and_server_errors_are_retried_to_one_reply(backend: Backend) {
+    let (provider, graph) = (fakes::provider().await, fakes::graph().await);
+    provider.script([
+        Reply::status(
+            429,
+            serde_json::json!({"error": {"message": "Rate limit reached", "type": "requests"}}),
+        )
+        .header("retry-after", "1"),
+        Reply::status(500, serde_json::json!({"error": {"message": "boom"}})),
+    ]);
+    let app = agent_app(backend, &provider, &graph, |a| a.max_attempts = 4).await;
+    post(&app, text("wamid.retry.1", "hello?", now_ts(), "r")).await;
+    wait_outbound(&app, "sent", 1).await;
+    assert_eq!(provider.requests().len(), 3, "429, 500, then success");
+    let sends = graph
+        .requests()
+        .into_iter()
+        .filter(|(p, b)| is_send(p, b))
+        .count();
+    assert_eq!(sends, 1);
+    assert_eq!(app.count("outbound_messages").await, 1);
+    app.stop().await;
+}
+
+async fn a_dead_provider_opens_the_breaker(backend: Backend) {
+    let (provider, graph) = (fakes::provider().await, fakes::graph().await);
+    provider.always(Reply::status(
+        503,
+        serde_json::json!({"error": {"message": "down"}}),
+    ));
+    let app = agent_app(backend, &provider, &graph, |a| {
+        a.max_attempts = 1;
+        a.breaker_failures = 2;
+        a.breaker_cooldown_ms = 3_600_000;
+    })
+    .await;
+    for i in 0..3 {
+        post(
+            &app,
+            text(
+                &format!("wamid.dead.{i}"),
+                "anyone?",
+                now_ts(),
+                &format!("d{i}"),
+            ),
+        )
+        .await;
+        wait_outbound(&app, "failed", i + 1).await;
+    }
+    assert_eq!(
+        provider.requests().len(),
+        2,
+        "the third turn did not call it"
+    );
+    let errors = app
+        .strings("SELECT error FROM outbound_messages ORDER BY id")
+        .await;
+    assert!(errors[0].starts_with("provider_failed"), "{errors:?}");
+    assert!(errors[2].starts_with("breaker_open"), "{errors:?}");
+    app.wait_for("SELECT COUNT(*) FROM agent_sessions WHERE failures = 3", 1)
+        .await;
+    assert_eq!(
+        app.column("SELECT breaker_trips FROM agent_sessions").await,
+        vec![1]
+    );
+    let sends = graph
+        .requests()
+        .into_iter()
+        .filter(|(p, b)| is_send(p, b))
+        .count();
+    assert_eq!(sends, 0);
+    app.stop().await;
+}
+
+async fn redelivered_messages_are_answered_once(backend: Backend) {
+    let (provider, graph) = (fakes::provider().await, fakes::graph().await);
+    let app = agent_app(backend, &provider, &graph, |_| {}).await;
+    let ts = now_ts();
+    // The same payload three times (Meta redelivering), and the same message in two other
+    // envelopes (a redelivery batched differently).
+    for _ in 0..3 {
+        post(&app, text("wamid.again", "same question", ts, "x")).await;
+    }
+    wait_outbound(&app, "sent", 1).await;
+    for tag in ["y", "z"] {
+        post(&app, text("wamid.again", "same question", ts, tag)).await;
+    }
+    app.wait_processed(3).await;
+    // Replayed from the inbox as after a crash: reset to pending and restart.
+    app.exec("UPDATE webhook_events SET status = 'pending'")
+        .await;
+    let (test_db, config) = app.stop().await;
+    let app = TestApp::start_on(test_db, config).await;
+    app.wait_processed(3).await;
+    // A later message is answered: the conversation still works, and proves the turn queue
+    // drained (everything before it was decided).
+    post(&app, text("wamid.later", "another one", now_ts(), "w")).await;
+    wait_outbound(&app, "sent", 2).await;
+    assert_eq!(provider.requests().len(), 2);
+    let sends = graph
+        .requests()
+        .into_iter()
+        .filter(|(p, b)| is_send(p, b))
+        .count();
+    assert_eq!(sends, 2);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM messages WHERE wamid = 'wamid.again'")
+            .await,
+        1
+    );
+    app.stop().await;
+}
+
+async fn a_message_older_than_24_hours_gets_no_free_form_reply(backend: Backend) {
+    let (provider, graph) = (fakes::provider().await, fakes::graph().await);
+    let app = agent_app(backend, &provider, &graph, |_| {}).await;
+    post(
+        &app,
+        text(
+            "wamid.old",
+            "yesterday's question",
+            now_ts() - 25 * 3600,
+            "o",
+        ),
+    )
+    .await;
+    wait_outbound(&app, "skipped", 1).await;
+    assert_eq!(
+        app.strings("SELECT error FROM outbound_messages").await,
+        vec!["service_window_closed".to_owned()]
+    );
+    assert!(provider.requests().is_empty());
+    let sends = graph
+        .requests()
+        .into_iter()
+        .filter(|(p, b)| is_send(p, b))
+        .count();
+    assert_eq!(sends, 0);
+    app.wait_for("SELECT COUNT(*) FROM agent_sessions WHERE skips = 1", 1)
+        .await;
+    app.stop().await;
+}
+
+async fn a_conversation_with_a_person_gets_no_agent_reply(backend: Backend) {
+    let (provider, graph) = (fakes::provider().await, fakes::graph().await);
+    let app = agent_app(backend, &provider, &graph, |_| {}).await;
+    post(&app, text("wamid.h.1", "hello", now_ts(), "h1")).await;
+    wait_outbound(&app, "sent", 1).await;
+    app.exec("UPDATE conversations SET status = 'human'").await;
+    post(&app, text("wamid.h.2", "I want a person", now_ts(), "h2")).await;
+    wait_outbound(&app, "skipped", 1).await;
+    assert_eq!(
+        app.strings("SELECT error FROM outbound_messages WHERE state = 'skipped'")
+            .await,
+        vec!["handed_to_person".to_owned()]
+    );
+    assert_eq!(provider.requests().len(), 1);
+    assert_eq!(
+        app.strings("SELECT status FROM conversations").await,
+        vec!["human".to_owned()],
+        "an inbound message does not take it back from the person"
+    );
+    // Given back to the agent: it answers again.
+    app.exec("UPDATE conversations SET status = 'open'").await;
+    post(&app, text("wamid.h.3", "thanks, bot", now_ts(), "h3")).await;
+    wait_outbound(&app, "sent", 2).await;
+    assert_eq!(provider.requests().len(), 2);
+    app.stop().await;
+}
+
+async fn a_stop_between_send_and_record_never_sends_twice(backend: Backend) {
+    // The same marker for both backends' runs: the failpoint is global to the process.
+    const MARKER: &str = "wamid.crash.mid.send";
+    fail::cfg("agent::after_send", &format!("return({MARKER})")).unwrap();
+    let (provider, graph) = (fakes::provider().await, fakes::graph().await);
+    let app = agent_app(backend, &provider, &graph, |_| {}).await;
+    let ts = now_ts();
+    post(&app, text(MARKER, "will you answer?", ts, "k1")).await;
+    graph.wait_for(1, is_send).await;
+    app.wait_processed(1).await;
+    assert_eq!(
+        app.strings("SELECT state FROM outbound_messages").await,
+        vec!["pending_send".to_owned()],
+        "sent, but the outcome was never recorded"
+    );
+    // The process stops and starts again; Meta redelivers the message, and the inbox is
+    // replayed as after a crash.
+    let (test_db, config) = app.stop().await;
+    let app = TestApp::start_on(test_db, config).await;
+    assert_eq!(
+        app.strings("SELECT state FROM outbound_messages").await,
+        vec!["unknown".to_owned()]
+    );
+    post(&app, text(MARKER, "will you answer?", ts, "k2")).await;
+    app.exec("UPDATE webhook_events SET status = 'pending'")
+        .await;
+    let (test_db, config) = app.stop().await;
+    let app = TestApp::start_on(test_db, config).await;
+    app.wait_processed(2).await;
+    // A later message is answered normally, after everything before it was decided.
+    post(
+        &app,
+        text("wamid.after.crash", "hello again", now_ts(), "k3"),
+    )
+    .await;
+    wait_outbound(&app, "sent", 1).await;
+    let sends: Vec<_> = graph
+        .requests()
+        .into_iter()
+        .filter(|(p, b)| is_send(p, b))
+        .collect();
+    assert_eq!(
+        sends.len(),
+        2,
+        "the interrupted burst was sent once, never again"
+    );
+    assert_eq!(provider.requests().len(), 2);
+    app.stop().await;
+}

@@ -1,0 +1,192 @@
+//! Small local HTTP servers that speak the protocols wahook calls out to: an OpenAI-compatible
+//! chat-completions provider and the WhatsApp Cloud API's send endpoint. They record every
+//! request and answer from a script (status, headers, body), so tests can make them slow,
+//! rate-limited or broken.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, sync::watch};
+
+/// One scripted answer.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Value,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16, body: Value) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body,
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Request bodies, in arrival order (with the path for Graph).
+    requests: Vec<(String, Value)>,
+    script: VecDeque<Reply>,
+    /// Answer once the script is used up; `None`: the default success.
+    fallback: Option<Reply>,
+}
+
+/// A fake server: its base URL and what it was asked.
+#[derive(Clone)]
+pub struct Fake {
+    pub base: String,
+    inner: Arc<Mutex<Inner>>,
+    seen: Arc<watch::Sender<usize>>,
+}
+
+impl Fake {
+    pub fn requests(&self) -> Vec<(String, Value)> {
+        self.inner.lock().unwrap().requests.clone()
+    }
+
+    /// Answers to give, in order, before the fallback.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.inner.lock().unwrap().script.extend(replies);
+    }
+
+    pub fn always(&self, reply: Reply) {
+        self.inner.lock().unwrap().fallback = Some(reply);
+    }
+
+    /// Waits (on arrivals, never a fixed sleep) until `n` requests matching `pred` came.
+    pub async fn wait_for(&self, n: usize, pred: impl Fn(&str, &Value) -> bool) {
+        let mut seen = self.seen.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            seen.borrow_and_update();
+            let count = self.requests().iter().filter(|(p, v)| pred(p, v)).count();
+            if count >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, seen.changed())
+                .await
+                .is_err()
+            {
+                panic!(
+                    "timed out waiting for {n} requests at {}; saw {count}",
+                    self.base
+                );
+            }
+        }
+    }
+
+    fn take(&self, path: String, body: Value) -> Option<Reply> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.requests.push((path, body));
+        let reply = inner.script.pop_front().or_else(|| inner.fallback.clone());
+        drop(inner);
+        self.seen.send_modify(|n| *n += 1);
+        reply
+    }
+}
+
+async fn start(router: Router<Fake>) -> Fake {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake = Fake {
+        base: format!("http://{}", listener.local_addr().unwrap()),
+        inner: Default::default(),
+        seen: Arc::new(watch::channel(0).0),
+    };
+    let app = router.with_state(fake.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    fake
+}
+
+async fn answer(reply: Reply) -> Response {
+    tokio::time::sleep(reply.delay).await;
+    let mut headers = HeaderMap::new();
+    for (k, v) in reply.headers {
+        headers.insert(k, v.parse().unwrap());
+    }
+    (
+        StatusCode::from_u16(reply.status).unwrap(),
+        headers,
+        Json(reply.body),
+    )
+        .into_response()
+}
+
+/// An OpenAI-compatible provider at `{base}/v1`: by default it answers "Reply N" with usage.
+pub async fn provider() -> Fake {
+    async fn completions(State(fake): State<Fake>, body: Bytes) -> Response {
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let n = fake.requests().len() + 1;
+        match fake.take("/v1/chat/completions".into(), body) {
+            Some(reply) => answer(reply).await,
+            None => Json(json!({
+                "id": format!("chatcmpl-{n}"),
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("Reply {n}")}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 40 + n, "completion_tokens": 7, "total_tokens": 47 + n}
+            }))
+            .into_response(),
+        }
+    }
+    start(Router::new().route("/v1/chat/completions", post(completions))).await
+}
+
+/// The Graph API's `/{version}/{phone_number_id}/messages`: sends get `wamid.out.N`, the
+/// typing indicator `{"success": true}`.
+pub async fn graph() -> Fake {
+    async fn messages(
+        State(fake): State<Fake>,
+        Path((version, pnid)): Path<(String, String)>,
+        body: Bytes,
+    ) -> Response {
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let typing = body.get("status").is_some();
+        let n = fake
+            .requests()
+            .iter()
+            .filter(|(_, b)| b.get("status").is_none())
+            .count()
+            + 1;
+        match fake.take(format!("/{version}/{pnid}/messages"), body.clone()) {
+            Some(reply) => answer(reply).await,
+            None if typing => Json(json!({"success": true})).into_response(),
+            None => Json(json!({
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": body["to"], "wa_id": body["to"]}],
+                "messages": [{"id": format!("wamid.out.{n}")}]
+            }))
+            .into_response(),
+        }
+    }
+    start(Router::new().route("/{version}/{pnid}/messages", post(messages))).await
+}
+
+pub fn is_send(_: &str, body: &Value) -> bool {
+    body.get("type").and_then(Value::as_str) == Some("text")
+}
+
+pub fn is_typing(_: &str, body: &Value) -> bool {
+    body.get("typing_indicator").is_some()
+}
