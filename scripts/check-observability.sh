@@ -27,11 +27,68 @@ PROM_PORT=${PROM_CHECK_PORT:-19190}
 cleanup() {
   [ -n "${PROM_PID:-}" ] && kill "$PROM_PID" 2>/dev/null || true
   [ -n "${WAHOOK_PID:-}" ] && kill "$WAHOOK_PID" 2>/dev/null || true
+  [ -n "${FAKE_PID:-}" ] && kill "$FAKE_PID" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
+# A local OpenAI-compatible provider and Graph API, so the agent's series have data: the
+# demo number takes the load, a second number of the workspace has the agent.
+FAKE_PORT=${FAKE_CHECK_PORT:-18290}
+python3 - "$FAKE_PORT" <<'PY' 2>"$WORK/fake.log" &
+import json, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class Fake(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        if self.path.endswith("/chat/completions"):
+            out = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the check"},
+                                "finish_reason": "stop"}], "usage": {"prompt_tokens": 20, "completion_tokens": 5}}
+        elif "typing_indicator" in body:
+            out = {"success": True}
+        else:
+            out = {"messaging_product": "whatsapp", "messages": [{"id": "wamid.check.reply"}]}
+        data = json.dumps(out).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *args):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Fake).serve_forever()
+PY
+FAKE_PID=$!
+cat > "$WORK/wahook.toml" <<TOML
+[graph]
+base_url = "http://127.0.0.1:$FAKE_PORT"
+version = "v23.0"
+request_timeout_ms = 5000
+
+[agents.demo]
+base_url = "http://127.0.0.1:$FAKE_PORT/v1"
+model = "gpt-4o-mini"
+system_prompt = "You are the demo assistant."
+reply_debounce_ms = 100
+
+[[accounts]]
+workspace = "demo"
+phone_number_id = "100000000000001"
+app_secret = "demo-app-secret-change-me"
+verify_token = "demo-verify-token-change-me"
+kapso_secret = "demo-kapso-secret-change-me"
+
+[[accounts]]
+workspace = "demo"
+phone_number_id = "100000000000002"
+app_secret = "demo-app-secret-change-me"
+verify_token = "demo-verify-token-2"
+agent = "demo"
+access_token = "check-token"
+TOML
+
+WAHOOK_CONFIG="$WORK/wahook.toml" \
 WAHOOK_SERVER__LISTEN="127.0.0.1:$WAHOOK_PORT" \
 WAHOOK_DATABASE__URL="sqlite://$WORK/wahook.db" \
 WAHOOK_HEALTH__GAUGE_INTERVAL_MS=500 \
@@ -95,6 +152,16 @@ req.add_header("X-Webhook-Event", "whatsapp.message.received")
 req.add_header("X-Idempotency-Key", "check-observability-1")
 urllib.request.urlopen(req, timeout=5)
 
+# One message to the number with the agent: a turn, a provider call, a reply sent.
+now = str(int(time.time()))
+agent_msg = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+    "messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550000002", "phone_number_id": "100000000000002"},
+    "contacts": [{"profile": {"name": "Check"}, "wa_id": "15550001234"}],
+    "messages": [{"from": "15550001234", "id": "wamid.check.agent", "timestamp": now, "type": "text", "text": {"body": "hello agent"}}]}}]}]}).encode()
+req = urllib.request.Request(base + "/webhooks/whatsapp", data=agent_msg, method="POST")
+req.add_header("X-Hub-Signature-256", "sha256=" + hmac.new(b"demo-app-secret-change-me", agent_msg, hashlib.sha256).hexdigest())
+urllib.request.urlopen(req, timeout=5)
+
 def query(expr):
     url = prom + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
     try:
@@ -108,6 +175,10 @@ def accepted():
     return r and float(r[0]["value"][1]) >= 3000
 wait("Prometheus to scrape the traffic", accepted)
 wait("processing to finish", lambda: json.loads(get(base + "/health"))["inbox"]["pending_events"] == 0)
+def replied():
+    r = query('sum(wahook_agent_replies_total{outcome="sent"})')["data"]["result"]
+    return r and float(r[0]["value"][1]) >= 1
+wait("the agent's reply", replied)
 time.sleep(3)  # a few more scrapes after the last event, so rates and gauges are current
 
 dashboard = json.load(open("config/grafana/wahook.json"))

@@ -171,3 +171,33 @@ pub async fn set_states(
     sql.tuple(changed.keys().copied());
     run(tx, sql).await
 }
+
+/// The customer-service window: free-form messages may be sent only within 24 hours of the
+/// customer's last inbound message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceWindow {
+    pub service_window_open: bool,
+    /// 24 hours after the last inbound message; `None` before any.
+    pub service_window_closes_at: Option<DateTime<Utc>>,
+}
+
+pub async fn service_window(
+    db: &impl ConnectionTrait,
+    conversation_id: i64,
+    now: DateTime<Utc>,
+) -> Result<ServiceWindow, DbErr> {
+    let mut sql = Sql::new(
+        db.get_database_backend(),
+        "SELECT MAX(timestamp) AS last FROM messages WHERE direction = 'inbound' AND conversation_id = ",
+    );
+    sql.param(conversation_id);
+    let last: Option<DateTime<Utc>> = match db.query_one_raw(sql.build()).await? {
+        Some(row) => row.try_get("", "last").ok().flatten(),
+        None => None,
+    };
+    let closes_at = last.map(|t| t + chrono::Duration::hours(24));
+    Ok(ServiceWindow {
+        service_window_open: closes_at.is_some_and(|c| c > now),
+        service_window_closes_at: closes_at,
+    })
+}

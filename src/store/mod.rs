@@ -5,7 +5,7 @@ pub mod accounts;
 pub mod agent;
 pub mod batch;
 mod contacts;
-mod conversations;
+pub mod conversations;
 pub mod dlq;
 pub mod health;
 pub mod inbox;

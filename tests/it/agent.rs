@@ -78,6 +78,13 @@ async fn wait_outbound(app: &TestApp, state: &str, n: i64) {
     .await;
 }
 
+async fn window_of(app: &TestApp) -> wahook::store::conversations::ServiceWindow {
+    let conversation_id = app.scalar("SELECT id FROM conversations").await;
+    wahook::store::conversations::service_window(&app.db, conversation_id, chrono::Utc::now())
+        .await
+        .unwrap()
+}
+
 fn user_contents(request: &Value) -> Vec<String> {
     request["messages"]
         .as_array()
@@ -134,6 +141,11 @@ async fn a_reply_is_generated_sent_and_logged(backend: Backend) {
             .await
             .is_some(),
         "last_contact_at moved"
+    );
+    let window = window_of(&app).await;
+    assert!(window.service_window_open);
+    assert!(
+        window.service_window_closes_at.unwrap() > chrono::Utc::now() + chrono::Duration::hours(23)
     );
     assert_eq!(
         app.scalar("SELECT message_count FROM conversations").await,
@@ -389,6 +401,12 @@ async fn a_message_older_than_24_hours_gets_no_free_form_reply(backend: Backend)
     )
     .await;
     wait_outbound(&app, "skipped", 1).await;
+    let window = window_of(&app).await;
+    assert!(!window.service_window_open);
+    let closes = window
+        .service_window_closes_at
+        .expect("a last inbound message");
+    assert!(closes < chrono::Utc::now() - chrono::Duration::minutes(59));
     assert_eq!(
         app.strings("SELECT error FROM outbound_messages").await,
         vec!["service_window_closed".to_owned()]

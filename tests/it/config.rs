@@ -192,3 +192,55 @@ async fn an_account_without_display_phone_number_starts() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn a_bad_agent_config_fails_start_up_naming_the_key() {
+    // An account naming an agent no [agents.x] table defines.
+    let out = serve_with_file(&format!(
+        "{ACCOUNT}agent = \"sales\"\naccess_token = \"t\"\n"
+    ));
+    assert_refused(
+        &out,
+        &[
+            "accounts[0].agent",
+            "names the agent `sales`",
+            "defined: none",
+        ],
+    );
+    let agent = "[agents.sales]\nbase_url = \"http://127.0.0.1:1/v1\"\nmodel = \"gpt-4o-mini\"\n";
+    // The key variable the agent names is not set.
+    let out = serve_with_file(&format!(
+        "{agent}api_key_env = \"WAHOOK_TEST_UNSET_OPENAI_KEY\"\n{ACCOUNT}"
+    ));
+    assert_refused(
+        &out,
+        &["agents.sales.api_key_env", "WAHOOK_TEST_UNSET_OPENAI_KEY"],
+    );
+    // An account with an agent but no Graph token to send with.
+    let out = serve_with_file(&format!("{agent}{ACCOUNT}agent = \"sales\"\n"));
+    assert_refused(&out, &["accounts[0].access_token_env"]);
+    // A misspelled agent key.
+    let out = serve_with_file(&format!("{agent}reply_debounce = 100\n{ACCOUNT}"));
+    assert_refused(
+        &out,
+        &[
+            "unknown key `agents.sales.reply_debounce`",
+            "did you mean `agents.sales.reply_debounce_ms`?",
+        ],
+    );
+    // And a good one passes the check.
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(
+        &dir,
+        &format!(
+            "{agent}{ACCOUNT}agent = \"sales\"\naccess_token_env = \"WAHOOK_TEST_GRAPH_TOKEN\"\n"
+        ),
+    );
+    let out = wahook()
+        .args(["config", "--check"])
+        .arg(&good)
+        .env("WAHOOK_TEST_GRAPH_TOKEN", "token")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
