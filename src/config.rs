@@ -29,6 +29,35 @@ pub struct Config {
     pub agents: std::collections::BTreeMap<String, AgentConfig>,
     #[serde(default)]
     pub accounts: Vec<AccountConfig>,
+    /// Kapso projects whose project webhooks (`workflow.execution.*`) wahook takes.
+    #[serde(default)]
+    pub kapso_projects: Vec<KapsoProjectConfig>,
+}
+
+/// A Kapso project: its webhooks name no phone number, so they are routed to a workspace by
+/// `project_id` and verified with the project webhook's secret.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KapsoProjectConfig {
+    pub workspace: String,
+    pub project_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
+}
+
+impl KapsoProjectConfig {
+    pub fn resolve_secret(&self) -> Result<String, String> {
+        match (&self.secret, &self.secret_env) {
+            (Some(s), _) if !s.is_empty() => Ok(s.clone()),
+            (_, Some(var)) => match std::env::var(var) {
+                Ok(s) if !s.is_empty() => Ok(s),
+                _ => Err(format!("environment variable {var} is not set or empty")),
+            },
+            _ => Err("a Kapso project needs secret or secret_env".into()),
+        }
+    }
 }
 
 /// The WhatsApp Cloud API the agent sends through.
@@ -436,6 +465,14 @@ impl Config {
                 });
             }
         }
+        for (i, project) in self.kapso_projects.iter().enumerate() {
+            if let Err(message) = project.resolve_secret() {
+                return Err(invalid(
+                    &format!("kapso_projects[{i}].secret_env"),
+                    &message,
+                ));
+            }
+        }
         for (name, agent) in &self.agents {
             let key = |field: &str| format!("agents.{name}.{field}");
             if let Err(message) = agent.resolve_api_key() {
@@ -483,6 +520,11 @@ impl Config {
             a.verify_token = "<redacted>".into();
             if a.access_token.is_some() {
                 a.access_token = Some("<redacted>".into());
+            }
+        }
+        for p in &mut copy.kapso_projects {
+            if p.secret.is_some() {
+                p.secret = Some("<redacted>".into());
             }
         }
         for agent in copy.agents.values_mut() {

@@ -140,6 +140,14 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     let directory = store::accounts::load_directory(&db)
         .await
         .context("loading accounts")?;
+    let mut kapso_projects = std::collections::HashMap::new();
+    for p in &config.kapso_projects {
+        let workspace_id = store::accounts::ensure_workspace(&db, &p.workspace)
+            .await
+            .context("creating the workspaces of [[kapso_projects]]")?;
+        let secret = p.resolve_secret().map_err(anyhow::Error::msg)?;
+        kapso_projects.insert(p.project_id.clone(), (workspace_id, secret));
+    }
     // A reply recorded but never confirmed by a previous process may have left: never resend.
     let interrupted = store::outbound::settle_interrupted(&db, chrono::Utc::now())
         .await
@@ -213,6 +221,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         inbox,
         metrics,
         processing: ctx.clone(),
+        kapso_projects: Arc::new(kapso_projects),
     });
     let gauges = tokio::spawn(refresh_gauges(
         state.db.clone(),

@@ -16,6 +16,8 @@ pub struct Model {
     pub last_message_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// The platform's own id of the conversation (Kapso's `conversation.id`).
+    pub external_id: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -6,6 +6,7 @@ mod m20261122_000001_init;
 mod m20261122_000002_message_status_rank;
 mod m20261123_000003_event_notes;
 mod m20261123_000004_outbound_messages;
+mod m20261123_000005_conversation_external_id;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_message_status_rank::Migration),
             Box::new(m20261123_000003_event_notes::Migration),
             Box::new(m20261123_000004_outbound_messages::Migration),
+            Box::new(m20261123_000005_conversation_external_id::Migration),
         ]
     }
 }

@@ -352,6 +352,7 @@ fn change_set(state: &Live, slice: &Slice) -> ChangeSet {
         messages: Vec::new(),
         statuses: Vec::new(),
         intents: Vec::new(),
+        external_id: None,
         known: state.known,
     };
     for item in &slice.items {
@@ -365,6 +366,7 @@ fn change_set(state: &Live, slice: &Slice) -> ChangeSet {
             }
             ItemKind::Status(status) => set.statuses.push(status.clone()),
             ItemKind::Lifecycle(l) => set.intents.push(Intent::Lifecycle(*l)),
+            ItemKind::ExternalId(id) => set.external_id = Some(id.clone()),
         }
     }
     set

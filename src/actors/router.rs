@@ -23,10 +23,10 @@ use super::{
 use crate::{
     ingest::{
         self,
-        event::{ContactKey, Item, ItemKind},
+        event::{ContactKey, Item, ItemKind, Lifecycle},
     },
     metrics as m,
-    store::{dlq, inbox, messages},
+    store::{conversations, dlq, inbox, messages},
 };
 
 pub struct Router;
@@ -226,6 +226,7 @@ async fn dispatch(
         }
     };
     attribute_orphan_statuses(&ctx, &mut normalized).await;
+    attribute_handoffs(&ctx, &event, &mut normalized).await;
     report_notes(&ctx, &event, &normalized);
     // Something in the event belongs to no conversation: what can be applied is, but the
     // event is never `processed`; the DLQ keeps it with the reason (and the raw payload).
@@ -349,6 +350,38 @@ async fn attribute_orphan_statuses(ctx: &Ctx, normalized: &mut ingest::Normalize
                 "{} status for {} names no recipient and matches no stored message",
                 o.status.status.as_str(),
                 o.status.wamid
+            )),
+        }
+    }
+}
+
+/// A hand-off names Kapso's conversation id: it goes to the conversation that id was stored
+/// with, in the event's workspace; one not known yet waits in the DLQ (re-driven later).
+async fn attribute_handoffs(
+    ctx: &Ctx,
+    event: &inbox::CommittedEvent,
+    normalized: &mut ingest::Normalized,
+) {
+    for external in std::mem::take(&mut normalized.handoffs) {
+        let Some(workspace_id) = event.workspace_id else {
+            normalized.unattributed.push(format!(
+                "handoff for Kapso conversation {external} names no project"
+            ));
+            continue;
+        };
+        match conversations::contact_of_external(&ctx.db, workspace_id, &external).await {
+            Ok(Some(phone)) => normalized.items.push(Item {
+                workspace_id,
+                phone_number_id: String::new(),
+                contact: ContactKey::stored(phone),
+                user_id: None,
+                kind: ItemKind::Lifecycle(Lifecycle::Handoff),
+            }),
+            Ok(None) => normalized.unattributed.push(format!(
+                "handoff for Kapso conversation {external}, not known yet"
+            )),
+            Err(e) => normalized.unattributed.push(format!(
+                "handoff for Kapso conversation {external} could not be looked up: {e}"
             )),
         }
     }

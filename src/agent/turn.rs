@@ -263,6 +263,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
                 messages: vec![message],
                 statuses: Vec::new(),
                 intents: Vec::new(),
+                external_id: None,
                 known: Some(crate::store::batch::Known {
                     contact_id: input.contact_id,
                     conversation_id: input.conversation_id,

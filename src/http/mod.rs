@@ -41,6 +41,8 @@ pub struct AppInner {
     pub inbox: Inbox,
     pub metrics: PrometheusHandle,
     pub processing: Arc<crate::actors::Ctx>,
+    /// Kapso projects by `project_id`: their workspace and webhook secret.
+    pub kapso_projects: Arc<std::collections::HashMap<String, (i64, String)>>,
 }
 
 impl AppInner {

@@ -138,13 +138,25 @@ async fn accept_kapso(
         .map_err(signature_error)?;
     let directory = state.directory();
     let (routing, batch_type) = ingest::kapso_routing(body);
-    if matches!(&routing, Routing::Json { phone_number_ids } if phone_number_ids.is_empty()) {
-        // Kapso always names the phone number; without it there is no secret to check.
-        return Err(ApiError::Forbidden("unknown_phone_number"));
-    }
-    let verified = verify(&directory, &routing, body, &expected, |a: &Account| {
-        a.kapso_secret.clone()
-    })?;
+    let verified = if matches!(&routing, Routing::Json { phone_number_ids } if phone_number_ids.is_empty())
+    {
+        // Phone-number webhooks always name the number; project webhooks name the project,
+        // whose own secret signs them.
+        let project = ingest::kapso_project(body)
+            .and_then(|id| state.kapso_projects.get(&id))
+            .ok_or(ApiError::Forbidden("unknown_phone_number"))?;
+        if !signature::verify(project.1.as_bytes(), body, &expected) {
+            return Err(ApiError::Forbidden("bad_signature"));
+        }
+        Verified {
+            workspace_id: Some(project.0),
+            account_id: None,
+        }
+    } else {
+        verify(&directory, &routing, body, &expected, |a: &Account| {
+            a.kapso_secret.clone()
+        })?
+    };
     let event_type = header_str(headers, "x-webhook-event")
         .map(str::to_owned)
         .or(batch_type);

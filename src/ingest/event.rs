@@ -127,6 +127,9 @@ impl ConversationState {
             (Open, Intent::Lifecycle(Lifecycle::Inactive)) => {
                 Some((Inactive, "conversation inactive"))
             }
+            (Open | Inactive | Closed, Intent::Lifecycle(Lifecycle::Handoff)) => {
+                Some((Human, "handed to a person"))
+            }
             _ => None,
         }
     }
@@ -217,6 +220,8 @@ pub enum Lifecycle {
     Opened,
     Ended,
     Inactive,
+    /// A workflow handed the conversation to a person.
+    Handoff,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -228,6 +233,8 @@ pub enum ItemKind {
         name: String,
     },
     Lifecycle(Lifecycle),
+    /// The platform's own id of the conversation (Kapso's `conversation.id`).
+    ExternalId(String),
 }
 
 /// One thing that happened in one conversation.
@@ -256,6 +263,9 @@ pub struct Normalized {
     pub items: Vec<Item>,
     /// Statuses to attribute by their message's wamid (processing looks them up).
     pub orphan_statuses: Vec<OrphanStatus>,
+    /// Hand-offs to a person, by the platform's conversation id (processing looks it up in
+    /// the event's workspace).
+    pub handoffs: Vec<String>,
     /// What could not be attributed to any conversation, with the reason: the event is parked
     /// in the dead-letter queue with these, never marked processed.
     pub unattributed: Vec<String>,

@@ -21,8 +21,19 @@ pub fn normalize(
         serde_json::from_str(body).map_err(|e| format!("not a Kapso webhook payload: {e}"))?;
     let event_type = event_type
         .or_else(|| root.get("type").and_then(Value::as_str))
+        .or_else(|| root.get("event").and_then(Value::as_str))
         .unwrap_or("");
     let mut out = Normalized::default();
+    // Project webhooks name no phone number, only Kapso's conversation id.
+    if event_type == "workflow.execution.handoff" {
+        match root.get("whatsapp_conversation_id").and_then(Value::as_str) {
+            Some(id) if !id.is_empty() => out.handoffs.push(id.to_owned()),
+            _ => out
+                .unattributed
+                .push("workflow.execution.handoff without whatsapp_conversation_id".into()),
+        }
+        return Ok(out);
+    }
     let items: Vec<&Value> = match root.get("data").and_then(Value::as_array) {
         Some(batch) if root.get("batch").and_then(Value::as_bool) == Some(true) => {
             batch.iter().collect()
@@ -99,6 +110,12 @@ fn normalize_one(
         })
     };
 
+    if let Some(id) = conversation
+        .and_then(|c| c.get("id")?.as_str())
+        .filter(|id| !id.is_empty())
+    {
+        push(out, ItemKind::ExternalId(id.to_owned()));
+    }
     match event_type {
         "whatsapp.message.received"
         | "whatsapp.message.sent"

@@ -220,6 +220,19 @@ pub fn kapso_routing(body: &[u8]) -> (Routing, Option<String>) {
     }
 }
 
+/// The `project_id` of a Kapso project webhook (`workflow.execution.*`), which names no
+/// phone number.
+pub fn kapso_project(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Project {
+        project_id: Option<String>,
+    }
+    serde_json::from_slice::<Project>(body)
+        .ok()?
+        .project_id
+        .filter(|p| !p.is_empty())
+}
+
 fn distinct(ids: impl IntoIterator<Item = String>) -> Vec<String> {
     let mut v: Vec<String> = ids.into_iter().filter(|s| !s.is_empty()).collect();
     v.sort_unstable();

@@ -41,6 +41,8 @@ pub struct ChangeSet {
     pub messages: Vec<MessageItem>,
     pub statuses: Vec<StatusItem>,
     pub intents: Vec<Intent>,
+    /// The platform's own id of the conversation (Kapso's), when the event names it.
+    pub external_id: Option<String>,
     /// The ids the actor already knows (saves a read).
     pub known: Option<Known>,
 }
@@ -405,6 +407,7 @@ async fn apply_sets(
     let contacts = contacts::upsert(tx, sets, now).await?;
     // 2. Conversations: create the missing ones; read those neither created nor known.
     let conversations = conversations::ensure(tx, sets, &contacts, now).await?;
+    conversations::set_external_ids(tx, sets, &contacts, &conversations).await?;
     // 3. Messages: the first copy of a wamid wins; returns what each conversation gained.
     let inserted = messages::insert(tx, sets, &contacts, &conversations, now).await?;
     // 4. Statuses: the highest rank per wamid; placeholders for wamids not stored yet.

@@ -111,6 +111,58 @@ pub async fn ensure(
     Ok(out)
 }
 
+/// Remembers the platform's conversation ids the sets name (Kapso events only: no statement
+/// for a batch without one).
+pub async fn set_external_ids(
+    tx: &DatabaseTransaction,
+    sets: &[&ChangeSet],
+    contacts: &ContactIds,
+    conversations: &Conversations,
+) -> Result<(), DbErr> {
+    let mut ids: BTreeMap<i64, &str> = BTreeMap::new();
+    for set in sets {
+        if let Some(external) = &set.external_id {
+            ids.insert(conversations.id_of(contacts, set)?, external);
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut sql = Sql::new(
+        tx.get_database_backend(),
+        "UPDATE conversations SET external_id = CASE id",
+    );
+    for (id, external) in &ids {
+        sql.push(" WHEN ")
+            .param(*id)
+            .push(" THEN ")
+            .param(external.to_string());
+    }
+    sql.push(" ELSE external_id END WHERE id IN ");
+    sql.tuple(ids.keys().copied());
+    run(tx, sql).await
+}
+
+/// The contact key of the conversation a platform id names in a workspace.
+pub async fn contact_of_external(
+    db: &impl ConnectionTrait,
+    workspace_id: i64,
+    external_id: &str,
+) -> Result<Option<String>, DbErr> {
+    let mut sql = Sql::new(
+        db.get_database_backend(),
+        "SELECT c.phone AS phone FROM conversations v JOIN contacts c ON c.id = v.contact_id \
+         WHERE v.workspace_id = ",
+    );
+    sql.param(workspace_id)
+        .push(" AND v.external_id = ")
+        .param(external_id.to_owned());
+    match db.query_one_raw(sql.build()).await? {
+        Some(row) => Ok(Some(row.try_get("", "phone")?)),
+        None => Ok(None),
+    }
+}
+
 /// Messages a transaction added per conversation: how many, and the latest timestamp.
 pub type Added = BTreeMap<i64, (i32, DateTime<Utc>)>;
 

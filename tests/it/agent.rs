@@ -10,7 +10,7 @@ use wahook::{
 
 use crate::{
     both_backends,
-    common::{ACME_PNID, ACME_SECRET, Backend, TestApp},
+    common::{ACME_KAPSO, ACME_PNID, ACME_SECRET, Backend, TestApp, fixture},
     fakes::{self, Fake, Reply, is_send, is_typing},
 };
 
@@ -23,6 +23,7 @@ both_backends!(
     redelivered_messages_are_answered_once,
     a_message_older_than_24_hours_gets_no_free_form_reply,
     a_conversation_with_a_person_gets_no_agent_reply,
+    a_kapso_handoff_hands_the_conversation_to_a_person,
     a_stop_between_send_and_record_never_sends_twice,
 );
 
@@ -497,5 +498,83 @@ async fn a_stop_between_send_and_record_never_sends_twice(backend: Backend) {
         "the interrupted burst was sent once, never again"
     );
     assert_eq!(provider.requests().len(), 2);
+    app.stop().await;
+}
+
+async fn a_kapso_handoff_hands_the_conversation_to_a_person(backend: Backend) {
+    let test_db = crate::common::TestDb::new(backend).await;
+    let mut config = crate::common::test_config(&test_db);
+    config
+        .kapso_projects
+        .push(wahook::config::KapsoProjectConfig {
+            workspace: "acme".into(),
+            project_id: "proj-acme".into(),
+            secret: Some("acme-project-secret".into()),
+            secret_env: None,
+        });
+    let app = TestApp::start_on(test_db, config).await;
+    let handoff = fixture("kapso/workflow_handoff.json");
+    // Before Kapso's conversation is known: 200, kept, and waiting in the DLQ.
+    let res = app
+        .post_kapso(
+            handoff.clone(),
+            "acme-project-secret",
+            "workflow.execution.handoff",
+            "h-early",
+            false,
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    app.wait_for("SELECT COUNT(*) FROM webhook_dlq", 1).await;
+    let errors = app.strings("SELECT error FROM webhook_dlq").await;
+    assert!(errors[0].contains("not known yet"), "{errors:?}");
+    // Another project's secret is refused.
+    let res = app
+        .post_kapso(
+            handoff.clone(),
+            ACME_KAPSO,
+            "workflow.execution.handoff",
+            "h-bad",
+            false,
+        )
+        .await;
+    assert_eq!(res.status(), 403);
+
+    // A message event stores Kapso's conversation id; then the hand-off finds it.
+    let res = app
+        .post_kapso(
+            fixture("kapso/message_received.json"),
+            ACME_KAPSO,
+            "whatsapp.message.received",
+            "m-1",
+            false,
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    app.wait_for(
+        "SELECT COUNT(*) FROM conversations WHERE external_id = '7b0e4c7a-3f6e-4b8e-9d5a-2f1c0e9a8b71'",
+        1,
+    )
+    .await;
+    let res = app
+        .post_kapso(
+            handoff,
+            "acme-project-secret",
+            "workflow.execution.handoff",
+            "h-1",
+            false,
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    app.wait_for(
+        "SELECT COUNT(*) FROM conversations WHERE status = 'human'",
+        1,
+    )
+    .await;
+    assert_eq!(
+        app.strings("SELECT reason FROM conversation_state_transitions WHERE to_state = 'human'")
+            .await,
+        vec!["handed to a person".to_owned()]
+    );
     app.stop().await;
 }
