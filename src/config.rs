@@ -49,14 +49,8 @@ pub struct KapsoProjectConfig {
 
 impl KapsoProjectConfig {
     pub fn resolve_secret(&self) -> Result<String, String> {
-        match (&self.secret, &self.secret_env) {
-            (Some(s), _) if !s.is_empty() => Ok(s.clone()),
-            (_, Some(var)) => match std::env::var(var) {
-                Ok(s) if !s.is_empty() => Ok(s),
-                _ => Err(format!("environment variable {var} is not set or empty")),
-            },
-            _ => Err("a Kapso project needs secret or secret_env".into()),
-        }
+        secret(&self.secret, &self.secret_env)?
+            .ok_or_else(|| "a Kapso project needs secret or secret_env".into())
     }
 }
 
@@ -169,14 +163,7 @@ impl AgentConfig {
 
     /// The API key: inline, or from the variable `api_key_env` names; `None` for none.
     pub fn resolve_api_key(&self) -> Result<Option<String>, String> {
-        match (&self.api_key, &self.api_key_env) {
-            (Some(k), _) if !k.is_empty() => Ok(Some(k.clone())),
-            (_, Some(var)) => match std::env::var(var) {
-                Ok(k) if !k.is_empty() => Ok(Some(k)),
-                _ => Err(format!("environment variable {var} is not set or empty")),
-            },
-            _ => Ok(None),
-        }
+        secret(&self.api_key, &self.api_key_env)
     }
 }
 
@@ -543,26 +530,29 @@ impl Config {
 impl AccountConfig {
     /// The Graph API access token: inline, or from the variable `access_token_env` names.
     pub fn resolve_access_token(&self) -> Result<String, String> {
-        match (&self.access_token, &self.access_token_env) {
-            (Some(t), _) if !t.is_empty() => Ok(t.clone()),
-            (_, Some(var)) => match std::env::var(var) {
-                Ok(t) if !t.is_empty() => Ok(t),
-                _ => Err(format!("environment variable {var} is not set or empty")),
-            },
-            _ => Err("an account with an agent needs access_token_env (or access_token) to send its replies".into()),
-        }
+        secret(&self.access_token, &self.access_token_env)?.ok_or_else(|| {
+            "an account with an agent needs access_token_env (or access_token) to send its replies"
+                .into()
+        })
     }
 
     /// The app secret, from the file or from the environment variable it names.
     pub fn resolve_app_secret(&self) -> Result<String, String> {
-        match (&self.app_secret, &self.app_secret_env) {
-            (Some(s), _) if !s.is_empty() => Ok(s.clone()),
-            (_, Some(var)) => match std::env::var(var) {
-                Ok(s) if !s.is_empty() => Ok(s),
-                _ => Err(format!("environment variable {var} is not set or empty")),
-            },
-            _ => Err("an account needs app_secret or app_secret_env".into()),
-        }
+        secret(&self.app_secret, &self.app_secret_env)?
+            .ok_or_else(|| "an account needs app_secret or app_secret_env".into())
+    }
+}
+
+/// A secret given inline, or by the name of the variable holding it; `None` for neither. A
+/// named variable that is unset or empty is an error (naming it).
+fn secret(inline: &Option<String>, var: &Option<String>) -> Result<Option<String>, String> {
+    match (inline, var) {
+        (Some(s), _) if !s.is_empty() => Ok(Some(s.clone())),
+        (_, Some(var)) => match std::env::var(var) {
+            Ok(s) if !s.is_empty() => Ok(Some(s)),
+            _ => Err(format!("environment variable {var} is not set or empty")),
+        },
+        _ => Ok(None),
     }
 }
 

@@ -79,6 +79,15 @@ async fn wait_outbound(app: &TestApp, state: &str, n: i64) {
     .await;
 }
 
+/// Texts sent through the Graph API.
+fn sends(graph: &Fake) -> usize {
+    graph
+        .requests()
+        .iter()
+        .filter(|(p, b)| is_send(p, b))
+        .count()
+}
+
 async fn window_of(app: &TestApp) -> wahook::store::conversations::ServiceWindow {
     let conversation_id = app.scalar("SELECT id FROM conversations").await;
     wahook::store::conversations::service_window(&app.db, conversation_id, chrono::Utc::now())
@@ -195,12 +204,7 @@ async fn a_burst_of_three_messages_gets_one_turn_and_one_send(backend: Backend) 
         user_contents(&calls[0].1),
         vec!["hi", "I want", "two pizzas"]
     );
-    let sends = graph
-        .requests()
-        .into_iter()
-        .filter(|(p, b)| is_send(p, b))
-        .count();
-    assert_eq!(sends, 1);
+    assert_eq!(sends(&graph), 1);
     app.stop().await;
 }
 
@@ -289,12 +293,7 @@ async fn rate_limits_and_server_errors_are_retried_to_one_reply(backend: Backend
     post(&app, text("wamid.retry.1", "hello?", now_ts(), "r")).await;
     wait_outbound(&app, "sent", 1).await;
     assert_eq!(provider.requests().len(), 3, "429, 500, then success");
-    let sends = graph
-        .requests()
-        .into_iter()
-        .filter(|(p, b)| is_send(p, b))
-        .count();
-    assert_eq!(sends, 1);
+    assert_eq!(sends(&graph), 1);
     assert_eq!(app.count("outbound_messages").await, 1);
     app.stop().await;
 }
@@ -340,12 +339,7 @@ async fn a_dead_provider_opens_the_breaker(backend: Backend) {
         app.column("SELECT breaker_trips FROM agent_sessions").await,
         vec![1]
     );
-    let sends = graph
-        .requests()
-        .into_iter()
-        .filter(|(p, b)| is_send(p, b))
-        .count();
-    assert_eq!(sends, 0);
+    assert_eq!(sends(&graph), 0);
     app.stop().await;
 }
 
@@ -374,12 +368,7 @@ async fn redelivered_messages_are_answered_once(backend: Backend) {
     post(&app, text("wamid.later", "another one", now_ts(), "w")).await;
     wait_outbound(&app, "sent", 2).await;
     assert_eq!(provider.requests().len(), 2);
-    let sends = graph
-        .requests()
-        .into_iter()
-        .filter(|(p, b)| is_send(p, b))
-        .count();
-    assert_eq!(sends, 2);
+    assert_eq!(sends(&graph), 2);
     assert_eq!(
         app.scalar("SELECT COUNT(*) FROM messages WHERE wamid = 'wamid.again'")
             .await,
@@ -413,12 +402,7 @@ async fn a_message_older_than_24_hours_gets_no_free_form_reply(backend: Backend)
         vec!["service_window_closed".to_owned()]
     );
     assert!(provider.requests().is_empty());
-    let sends = graph
-        .requests()
-        .into_iter()
-        .filter(|(p, b)| is_send(p, b))
-        .count();
-    assert_eq!(sends, 0);
+    assert_eq!(sends(&graph), 0);
     app.wait_for("SELECT COUNT(*) FROM agent_sessions WHERE skips = 1", 1)
         .await;
     app.stop().await;

@@ -152,15 +152,7 @@ async fn a_message_with_no_sender_anywhere_is_parked_with_its_reason(backend: Ba
         1,
     )
     .await;
-    let health: Value = app
-        .client
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = app.health().await;
     assert_eq!(health["processing"]["unattributed"], 2, "{health}");
     // The recorder is shared by every test in this process: at least this test's two.
     let metrics = app.metrics_text().await;
@@ -208,15 +200,7 @@ async fn notes_are_kept_with_the_event(backend: Backend) {
         1,
     )
     .await;
-    let health: Value = app
-        .client
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = app.health().await;
     assert_eq!(health["processing"]["payload_notes"], 1, "{health}");
     assert_eq!(health["processing"]["unattributed"], 0, "{health}");
     app.stop().await;

@@ -340,6 +340,18 @@ impl TestApp {
             .expect("a timestamp")
     }
 
+    /// `GET /health` as JSON.
+    pub async fn health(&self) -> serde_json::Value {
+        self.client
+            .get(self.url("/health"))
+            .send()
+            .await
+            .expect("health")
+            .json()
+            .await
+            .expect("JSON")
+    }
+
     pub async fn metrics_text(&self) -> String {
         self.client
             .get(self.url("/metrics"))

@@ -2,10 +2,7 @@
 //! where it came from and the nearest valid key; `wahook config --check` validates without a
 //! database.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Output, Stdio},
-};
+use std::process::Output;
 
 use crate::foundation::wahook;
 
@@ -160,34 +157,9 @@ fn config_check_validates_a_file_without_a_database() {
 async fn an_account_without_display_phone_number_starts() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(&dir, ACCOUNT);
-    let mut child = wahook()
-        .arg("serve")
-        .current_dir(dir.path())
-        .env("WAHOOK_CONFIG", &file)
-        .env("WAHOOK_SERVER__LISTEN", "127.0.0.1:0")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let listen = tokio::task::spawn_blocking(move || {
-        for line in BufReader::new(stderr).lines() {
-            let line = line.ok()?;
-            if line.contains("wahook started") {
-                let v: serde_json::Value = serde_json::from_str(&line).ok()?;
-                return v["listen"].as_str().map(str::to_owned);
-            }
-        }
-        None
-    })
-    .await
-    .unwrap();
-    let listen = listen.expect("a start-up line with the listen address");
-    let res = crate::common::client()
-        .get(format!("http://{listen}/health"))
-        .send()
-        .await
-        .unwrap();
-    let body: serde_json::Value = res.json().await.unwrap();
+    let mut cmd = wahook();
+    cmd.current_dir(dir.path()).env("WAHOOK_CONFIG", &file);
+    let (mut child, body) = crate::foundation::serve_and_health(cmd).await;
     assert_eq!(body["accounts"], 1, "{body}");
     child.kill().unwrap();
     child.wait().unwrap();

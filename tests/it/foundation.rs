@@ -155,6 +155,38 @@ async fn migrate_command_applies_the_schema(backend: Backend) {
     app.stop().await;
 }
 
+/// Starts `wahook serve` on a free port, reads the address from its start-up line and
+/// returns the child with its `/health` body.
+pub(crate) async fn serve_and_health(mut cmd: Command) -> (std::process::Child, serde_json::Value) {
+    let mut child = cmd
+        .arg("serve")
+        .env("WAHOOK_SERVER__LISTEN", "127.0.0.1:0")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let listen = tokio::task::spawn_blocking(move || {
+        for line in BufReader::new(stderr).lines() {
+            let line = line.ok()?;
+            if line.contains("wahook started") {
+                let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+                return v["listen"].as_str().map(str::to_owned);
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    let listen = listen.expect("a start-up line with the listen address");
+    let res = crate::common::client()
+        .get(format!("http://{listen}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    (child, res.json().await.unwrap())
+}
+
 pub(crate) fn wahook() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wahook"));
     cmd.env_remove("DATABASE_URL").env_remove("WAHOOK_CONFIG");
@@ -277,35 +309,10 @@ fn sign_command_prints_the_header_a_sender_would_send() {
 #[tokio::test]
 async fn serve_on_a_fresh_folder_creates_the_sqlite_file_and_answers_health() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = wahook()
-        .arg("serve")
-        .current_dir(dir.path())
-        .env("WAHOOK_SERVER__LISTEN", "127.0.0.1:0")
-        .env_remove("WAHOOK_DATABASE__URL")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let listen = tokio::task::spawn_blocking(move || {
-        for line in BufReader::new(stderr).lines() {
-            let line = line.ok()?;
-            if line.contains("wahook started") {
-                let v: serde_json::Value = serde_json::from_str(&line).ok()?;
-                return v["listen"].as_str().map(str::to_owned);
-            }
-        }
-        None
-    })
-    .await
-    .unwrap();
-    let listen = listen.expect("a start-up line with the listen address");
-    let res = crate::common::client()
-        .get(format!("http://{listen}/health"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let body: serde_json::Value = res.json().await.unwrap();
+    let mut cmd = wahook();
+    cmd.current_dir(dir.path())
+        .env_remove("WAHOOK_DATABASE__URL");
+    let (mut child, body) = serve_and_health(cmd).await;
     assert_eq!(body["database"]["backend"], "sqlite");
     assert!(dir.path().join("data/wahook.db").is_file());
     child.kill().unwrap();

@@ -83,15 +83,7 @@ async fn health_reports_the_backlog_and_the_dlq(backend: Backend) {
     )
     .await;
     app.wait_processed(1).await;
-    let body: serde_json::Value = app
-        .client
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = app.health().await;
     assert_eq!(body["inbox"]["pending_events"], 0);
     assert_eq!(body["inbox"]["oldest_pending_age_seconds"], 0.0);
     assert_eq!(body["dlq"]["pending"], 0);
