@@ -13,7 +13,7 @@ memory:     100,000 payloads from 100,000 distinct senders with actors.idle_time
 import os, re, signal, subprocess, sys, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "wahook")
+BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "wahook")
 PORT = 18082
 WORK = "/tmp/wahook-bench-processing"
 PG = "postgres://postgres@127.0.0.1:5432/test"
