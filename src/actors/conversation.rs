@@ -31,7 +31,7 @@ use crate::{
         turn::{self, Inbound, TurnInput},
     },
     config::backoff,
-    ingest::event::{ConversationState, Direction, Intent, ItemKind, MessageItem},
+    ingest::event::{ConversationState, Direction, Intent, ItemKind},
     metrics as m,
     store::batch::{Applied, ApplyError, ChangeSet, Known},
 };
@@ -104,7 +104,16 @@ impl Actor for Conversation {
                 if let Some(applied) = apply(state, &slice).await {
                     state.conv_state = applied.state;
                     if !applied.new_inbound.is_empty() {
-                        new_inbound(&myself, state, &slice, applied.new_inbound);
+                        let burst = applied
+                            .new_inbound
+                            .into_iter()
+                            .map(|message| Inbound {
+                                message,
+                                event_id: slice.event_id,
+                            })
+                            .collect();
+                        let (pnid, cid) = (&slice.phone_number_id, &slice.correlation_id);
+                        new_inbound(&myself, state, pnid, cid, burst);
                     }
                 }
                 state.last_active = Instant::now();
@@ -112,6 +121,14 @@ impl Actor for Conversation {
                     key: state.key.clone(),
                     event_id: slice.event_id,
                 })?;
+            }
+            ConversationMsg::Resume(resume) => {
+                // Messages a stopped process never answered (recovery after a restart).
+                state.known.get_or_insert(resume.known);
+                state.conv_state = resume.state;
+                state.last_active = Instant::now();
+                let cid = format!("resume-{}", resume.known.conversation_id);
+                new_inbound(&myself, state, &resume.phone_number_id, &cid, resume.burst);
             }
             ConversationMsg::TurnDue(generation) => {
                 let agent = &state.agent;
@@ -155,27 +172,24 @@ impl Actor for Conversation {
 fn new_inbound(
     myself: &ActorRef<ConversationMsg>,
     state: &mut Live,
-    slice: &Slice,
-    messages: Vec<MessageItem>,
+    phone_number_id: &str,
+    correlation_id: &str,
+    burst: Vec<Inbound>,
 ) {
     let directory = state.ctx.directory();
     let Some(agent_type) = directory
-        .get(&slice.phone_number_id)
+        .get(phone_number_id)
         .and_then(|a| a.agent_type.clone())
     else {
         return;
     };
-    let Some(answerer) = state
-        .ctx
-        .agents
-        .answerer(&agent_type, &slice.phone_number_id)
-    else {
+    let Some(answerer) = state.ctx.agents.answerer(&agent_type, phone_number_id) else {
         return;
     };
     // The typing indicator only when a reply will follow.
-    let newest = messages.iter().max_by_key(|m| m.timestamp);
+    let newest = burst.iter().max_by_key(|i| i.message.timestamp);
     if let Some(newest) = newest.filter(|_| state.conv_state != ConversationState::Human) {
-        let (a, wamid) = (answerer.clone(), newest.wamid.clone());
+        let (a, wamid) = (answerer.clone(), newest.message.wamid.clone());
         tokio::spawn(async move {
             if let Err(e) = a.graph.typing(&a.phone_number_id, &a.token, &wamid).await {
                 tracing::debug!(code = %e.code, error = %e.message, "typing indicator not shown");
@@ -183,14 +197,9 @@ fn new_inbound(
         });
     }
     let agent = &mut state.agent;
-    agent
-        .burst
-        .extend(messages.into_iter().map(|message| Inbound {
-            message,
-            event_id: slice.event_id,
-        }));
+    agent.burst.extend(burst);
     agent.answerer = Some(answerer);
-    agent.correlation_id.clone_from(&slice.correlation_id);
+    agent.correlation_id = correlation_id.to_owned();
     agent.burst_started.get_or_insert_with(Instant::now);
     agent.last_inbound = Some(Instant::now());
     agent.generation += 1;

@@ -61,11 +61,22 @@ impl Slice {
     }
 }
 
+/// Inbound messages of one conversation that no agent turn has answered.
+#[derive(Debug)]
+pub struct Resume {
+    pub phone_number_id: String,
+    pub known: crate::store::batch::Known,
+    pub state: crate::ingest::event::ConversationState,
+    pub burst: Vec<crate::agent::turn::Inbound>,
+}
+
 pub enum RootMsg {}
 
 pub enum RouterMsg {
     /// A committed inbox event to process.
     Dispatch(CommittedEvent),
+    /// Unanswered inbound messages of a conversation with an agent, found at start.
+    Resume(ConversationKey, Box<Resume>),
     /// A conversation actor finished (applied or parked) a slice.
     SliceDone { key: ConversationKey, event_id: i64 },
     /// How many conversation actors are alive.
@@ -76,6 +87,8 @@ pub enum RouterMsg {
 
 pub enum ConversationMsg {
     Apply(Arc<Slice>),
+    /// Inbound messages left unanswered by a stopped process: a burst for the agent.
+    Resume(Box<Resume>),
     /// The burst's quiet time may be over (the generation it was scheduled for).
     TurnDue(u64),
     /// An agent turn finished.

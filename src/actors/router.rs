@@ -17,16 +17,17 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use super::{
     Ctx,
     conversation::Conversation,
-    messages::{ConversationKey, ConversationMsg, DeadLetterMsg, RouterMsg, Slice},
+    messages::{ConversationKey, ConversationMsg, DeadLetterMsg, Resume, RouterMsg, Slice},
     write,
 };
 use crate::{
+    agent::turn::Inbound,
     ingest::{
         self,
-        event::{ContactKey, Item, ItemKind, Lifecycle},
+        event::{ContactKey, ConversationState, Item, ItemKind, Lifecycle},
     },
     metrics as m,
-    store::{conversations, dlq, inbox, messages},
+    store::{batch::Known, conversations, dlq, inbox, messages, outbound},
 };
 
 pub struct Router;
@@ -96,6 +97,9 @@ impl Actor for Router {
             }
         }
         let _ = state.ctx.recovered.send(true);
+        // Bursts a stopped process gathered and never answered get their turn now (aside:
+        // serving does not wait for it).
+        tokio::spawn(resume_unanswered(state.ctx.clone(), myself.clone()));
         if recovered > 0 || reset > 0 {
             tracing::info!(
                 recovered,
@@ -128,6 +132,25 @@ impl Actor for Router {
                 if !already {
                     dispatch(&myself, state, event).await?;
                 }
+            }
+            RouterMsg::Resume(key, resume) => {
+                let actor = match state.conversations.get(&key) {
+                    Some(conv) => conv.actor.clone(),
+                    None => {
+                        let actor = spawn_conversation(&myself, state, key.clone()).await?;
+                        state.conversations.insert(
+                            key,
+                            Conv {
+                                actor: actor.clone(),
+                                in_flight: VecDeque::new(),
+                            },
+                        );
+                        metrics::gauge!(m::LIVE_CONVERSATIONS)
+                            .set(state.conversations.len() as f64);
+                        actor
+                    }
+                };
+                let _ = actor.cast(ConversationMsg::Resume(resume));
             }
             RouterMsg::SliceDone { key, event_id } => {
                 if let Some(conv) = state.conversations.get_mut(&key)
@@ -301,6 +324,54 @@ async fn dispatch(
         let _ = actor.cast(ConversationMsg::Apply(slice));
     }
     Ok(())
+}
+
+/// Finds inbound messages (of the last 24 hours, to numbers with an agent) that no turn has
+/// answered and hands them to their conversations as bursts.
+async fn resume_unanswered(ctx: Arc<Ctx>, router: ActorRef<RouterMsg>) {
+    if ctx.agents.names().next().is_none() {
+        return;
+    }
+    let since = chrono::Utc::now() - chrono::Duration::hours(24);
+    let rows = match outbound::unanswered(&ctx.db, since).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look for unanswered messages; they wait for the next message");
+            return;
+        }
+    };
+    let mut conversations = 0;
+    let mut rows = rows.into_iter().peekable();
+    while let Some(first) = rows.next() {
+        let mut burst = vec![Inbound {
+            message: first.message,
+            event_id: first.event_id,
+        }];
+        while let Some(next) = rows.next_if(|r| r.conversation_id == first.conversation_id) {
+            burst.push(Inbound {
+                message: next.message,
+                event_id: next.event_id,
+            });
+        }
+        conversations += 1;
+        let key = (first.workspace_id, ContactKey::stored(first.contact));
+        let resume = Resume {
+            state: ConversationState::parse(&first.state).unwrap_or(ConversationState::Open),
+            phone_number_id: first.phone_number_id,
+            known: Known {
+                contact_id: first.contact_id,
+                conversation_id: first.conversation_id,
+            },
+            burst,
+        };
+        let _ = router.cast(RouterMsg::Resume(key, Box::new(resume)));
+    }
+    if conversations > 0 {
+        tracing::info!(
+            conversations,
+            "unanswered messages handed to the agent after a restart"
+        );
+    }
 }
 
 /// Parks the whole event in the dead-letter queue; change sets of it still to commit apply

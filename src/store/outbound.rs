@@ -114,3 +114,67 @@ pub async fn settle_interrupted(
         .await?;
     Ok(r.rows_affected)
 }
+
+/// An inbound message no agent turn has answered.
+#[derive(Debug, Clone)]
+pub struct Unanswered {
+    pub workspace_id: i64,
+    pub conversation_id: i64,
+    pub contact_id: i64,
+    pub contact: String,
+    /// The conversation's state (`human`: the turn is recorded as skipped).
+    pub state: String,
+    pub phone_number_id: String,
+    pub event_id: i64,
+    pub message: crate::ingest::event::MessageItem,
+}
+
+/// Inbound messages since `since` to numbers with an agent, in conversations with no turn
+/// recorded after them: what a stopped process had gathered into a burst and never answered.
+/// Oldest first per conversation.
+pub async fn unanswered(
+    db: &impl ConnectionTrait,
+    since: DateTime<Utc>,
+) -> Result<Vec<Unanswered>, DbErr> {
+    use crate::ingest::event::{Direction, MessageItem, MessageStatus};
+    let mut sql = super::sql::Sql::new(
+        db.get_database_backend(),
+        "SELECT m.workspace_id AS ws, m.conversation_id AS conv, v.contact_id AS contact_id, \
+         c.phone AS phone, v.status AS state, a.phone_number_id AS pnid, m.event_id AS event_id, m.wamid AS wamid, \
+         m.message_type AS message_type, m.content AS content, m.timestamp AS ts, \
+         m.metadata AS metadata \
+         FROM messages m \
+         JOIN conversations v ON v.id = m.conversation_id \
+         JOIN contacts c ON c.id = v.contact_id \
+         JOIN webhook_events e ON e.id = m.event_id \
+         JOIN whatsapp_accounts a ON a.id = e.account_id \
+         WHERE m.direction = 'inbound' AND a.agent_type IS NOT NULL AND m.timestamp > ",
+    );
+    sql.param(since).push(
+        " AND NOT EXISTS (SELECT 1 FROM outbound_messages o \
+         WHERE o.conversation_id = m.conversation_id AND o.created_at >= m.created_at) \
+         ORDER BY m.conversation_id, m.timestamp",
+    );
+    let mut out = Vec::new();
+    for r in db.query_all_raw(sql.build()).await? {
+        out.push(Unanswered {
+            workspace_id: r.try_get("", "ws")?,
+            conversation_id: r.try_get("", "conv")?,
+            contact_id: r.try_get("", "contact_id")?,
+            contact: r.try_get("", "phone")?,
+            state: r.try_get("", "state")?,
+            phone_number_id: r.try_get("", "pnid")?,
+            event_id: r.try_get("", "event_id")?,
+            message: MessageItem {
+                direction: Direction::Inbound,
+                wamid: r.try_get("", "wamid")?,
+                timestamp: r.try_get("", "ts")?,
+                message_type: r.try_get("", "message_type")?,
+                content: r.try_get("", "content")?,
+                metadata: r.try_get("", "metadata")?,
+                status: MessageStatus::Received,
+            },
+        });
+    }
+    Ok(out)
+}

@@ -25,6 +25,7 @@ both_backends!(
     a_conversation_with_a_person_gets_no_agent_reply,
     a_kapso_handoff_hands_the_conversation_to_a_person,
     a_stop_between_send_and_record_never_sends_twice,
+    a_burst_cut_short_by_a_stop_is_answered_after_the_restart,
 );
 
 const CUSTOMER: &str = "4915112345678";
@@ -559,6 +560,45 @@ async fn a_kapso_handoff_hands_the_conversation_to_a_person(backend: Backend) {
         app.strings("SELECT reason FROM conversation_state_transitions WHERE to_state = 'human'")
             .await,
         vec!["handed to a person".to_owned()]
+    );
+    app.stop().await;
+}
+
+async fn a_burst_cut_short_by_a_stop_is_answered_after_the_restart(backend: Backend) {
+    let (provider, graph) = (fakes::provider().await, fakes::graph().await);
+    // A long quiet time: the process stops while the burst waits for its turn.
+    let app = agent_app(backend, &provider, &graph, |a| {
+        a.reply_debounce_ms = 600_000;
+        a.reply_max_wait_ms = 600_000;
+    })
+    .await;
+    let ts = now_ts();
+    post(&app, text("wamid.cut.1", "are you open", ts, "c1")).await;
+    post(&app, text("wamid.cut.2", "on sunday?", ts + 1, "c2")).await;
+    app.wait_processed(2).await;
+    let (test_db, mut config) = app.stop().await;
+    assert!(provider.requests().is_empty(), "no turn before the stop");
+    config.agents.get_mut("sales").unwrap().reply_debounce_ms = 100;
+    let app = TestApp::start_on(test_db, config).await;
+    wait_outbound(&app, "sent", 1).await;
+    let calls = provider.requests();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        user_contents(&calls[0].1),
+        vec!["are you open", "on sunday?"]
+    );
+    assert_eq!(sends(&graph), 1);
+    // Answered messages are not answered again at the next start.
+    app.wait_for("SELECT COUNT(*) FROM agent_sessions WHERE turns = 1", 1)
+        .await;
+    let (test_db, config) = app.stop().await;
+    let app = TestApp::start_on(test_db, config).await;
+    post(&app, text("wamid.cut.3", "thanks", now_ts(), "c3")).await;
+    wait_outbound(&app, "sent", 2).await;
+    assert_eq!(provider.requests().len(), 2);
+    assert_eq!(
+        user_contents(&provider.requests()[1].1).last().unwrap(),
+        "thanks"
     );
     app.stop().await;
 }
