@@ -155,10 +155,12 @@ impl Actor for Conversation {
                     // The router sees the stop; if work raced in, it starts a new actor with it.
                     myself.stop(Some("idle".into()));
                 } else {
-                    let wait = state
-                        .idle
-                        .saturating_sub(quiet)
-                        .max(Duration::from_millis(10));
+                    // Busy with a turn: look again a whole idle period later.
+                    let wait = if busy {
+                        state.idle
+                    } else {
+                        state.idle.saturating_sub(quiet)
+                    };
                     myself.send_after(wait, || ConversationMsg::IdleCheck);
                 }
             }
