@@ -222,6 +222,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         metrics,
         processing: ctx.clone(),
         kapso_projects: Arc::new(kapso_projects),
+        auth: Default::default(),
     });
     let gauges = tokio::spawn(refresh_gauges(
         state.db.clone(),
@@ -232,11 +233,14 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     let app = http::router(state);
     let (shutdown, mut rx) = watch::channel(false);
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            })
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        })
+        .await
     });
     Ok(Running {
         addr,

@@ -2,6 +2,8 @@
 
 pub mod agent_contexts;
 pub mod agent_sessions;
+pub mod api_tokens;
+pub mod audit_log;
 pub mod contacts;
 pub mod conversation_state_transitions;
 pub mod conversations;
@@ -16,6 +18,8 @@ pub mod workspaces;
 pub mod prelude {
     pub use super::agent_contexts::Entity as AgentContexts;
     pub use super::agent_sessions::Entity as AgentSessions;
+    pub use super::api_tokens::Entity as ApiTokens;
+    pub use super::audit_log::Entity as AuditLog;
     pub use super::contacts::Entity as Contacts;
     pub use super::conversation_state_transitions::Entity as ConversationStateTransitions;
     pub use super::conversations::Entity as Conversations;

@@ -7,6 +7,7 @@ mod m20261122_000002_message_status_rank;
 mod m20261123_000003_event_notes;
 mod m20261123_000004_outbound_messages;
 mod m20261123_000005_conversation_external_id;
+mod m20261123_000006_api_tokens_audit_log;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_event_notes::Migration),
             Box::new(m20261123_000004_outbound_messages::Migration),
             Box::new(m20261123_000005_conversation_external_id::Migration),
+            Box::new(m20261123_000006_api_tokens_audit_log::Migration),
         ]
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP front: one router per resource file, merged here with the layers (body limit,
 //! request metrics by route template).
 
+pub mod api;
 mod health;
 mod webhooks;
 
@@ -41,6 +42,8 @@ pub struct AppInner {
     pub inbox: Inbox,
     pub metrics: PrometheusHandle,
     pub processing: Arc<crate::actors::Ctx>,
+    /// The operator API's token cache and bad-token counters.
+    pub auth: api::Auth,
     /// Kapso projects by `project_id`: their workspace and webhook secret.
     pub kapso_projects: Arc<std::collections::HashMap<String, (i64, String)>>,
 }
@@ -57,6 +60,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(webhooks::router())
+        .merge(api::router(state.clone()))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(track_request))
         .with_state(state)

@@ -14,7 +14,9 @@ pub mod messages;
 pub mod outbound;
 mod sql;
 mod statuses;
+pub mod tokens;
 mod transitions;
+pub mod users;
 
 use std::{path::Path, time::Duration};
 

@@ -2,6 +2,7 @@
 //! (`sqlite::…` and `postgres::…` in the output).
 
 mod agent;
+mod api;
 mod attribution;
 mod common;
 mod config;

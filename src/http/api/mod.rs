@@ -1,0 +1,314 @@
+//! The operator API under `/api/v1`: bearer tokens, roles, one file per resource. Every query
+//! is scoped to the token's workspace; another workspace's id answers 404.
+//!
+//! Token checks cost no database round trip: principals are cached by token hash for
+//! `CACHE_TTL` and the cache is dropped on every change to users or tokens made here (a change
+//! made by the CLI in another process is seen within the TTL). Unknown tokens are looked up
+//! once each, and a client that keeps sending bad ones is refused with 429 for a while.
+
+pub mod tokens;
+pub mod users;
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    extract::{ConnectInfo, FromRequest, Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use super::AppState;
+use crate::store::{
+    tokens::{self as token_store, Principal},
+    users::{Role, UserError},
+};
+
+const CACHE_TTL: Duration = Duration::from_secs(30);
+/// Bad tokens allowed per client address per window before 429.
+const BAD_TOKENS_PER_WINDOW: u32 = 20;
+const BAD_TOKEN_WINDOW: Duration = Duration::from_secs(60);
+
+pub fn router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .merge(users::router())
+        .merge(tokens::router())
+        .route_layer(middleware::from_fn_with_state(state, authenticate))
+}
+
+/// Cached principals and the bad-token counters.
+#[derive(Default)]
+pub struct Auth {
+    cache: RwLock<HashMap<String, (Principal, Instant)>>,
+    bad: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    touched: Mutex<HashMap<i64, Instant>>,
+}
+
+impl Auth {
+    /// Forgets every cached principal (after a change to users or tokens).
+    pub fn invalidate(&self) {
+        match self.cache.write() {
+            Ok(mut c) => c.clear(),
+            Err(p) => p.into_inner().clear(),
+        }
+    }
+
+    fn cached(&self, hash: &str) -> Option<Principal> {
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            .map(|(p, _)| p.clone())
+    }
+
+    fn remember(&self, hash: String, principal: Principal) {
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        cache.insert(hash, (principal, Instant::now()));
+    }
+
+    fn refused(&self, ip: Option<IpAddr>) -> bool {
+        let Some(ip) = ip else { return false };
+        let bad = self.bad.lock().unwrap_or_else(|p| p.into_inner());
+        bad.get(&ip).is_some_and(|(n, since)| {
+            *n >= BAD_TOKENS_PER_WINDOW && since.elapsed() < BAD_TOKEN_WINDOW
+        })
+    }
+
+    fn count_bad(&self, ip: Option<IpAddr>) {
+        let Some(ip) = ip else { return };
+        let mut bad = self.bad.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = bad.entry(ip).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= BAD_TOKEN_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+
+    /// True at most once a minute per token: when its last-used time is worth writing.
+    fn due_touch(&self, token_id: i64) -> bool {
+        let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        match touched.get(&token_id) {
+            Some(at) if at.elapsed() < Duration::from_secs(60) => false,
+            _ => {
+                touched.insert(token_id, Instant::now());
+                true
+            }
+        }
+    }
+}
+
+/// An API error: a status, a machine-readable code and a message.
+#[derive(Debug)]
+pub struct Failure {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such {what}"),
+        )
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        let mut res = (self.status, body).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, BAD_TOKEN_WINDOW.as_secs().into());
+        }
+        res
+    }
+}
+
+impl From<sea_orm::DbErr> for Failure {
+    fn from(e: sea_orm::DbErr) -> Self {
+        tracing::warn!(error = %e, "operator API: store error");
+        Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the database did not answer; try again",
+        )
+    }
+}
+
+impl From<UserError> for Failure {
+    fn from(e: UserError) -> Self {
+        match e {
+            UserError::Invalid(m) => Failure::bad_request(m),
+            UserError::Conflict(_) => Failure::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            UserError::NotFound => Failure::not_found("user"),
+            UserError::Db(e) => e.into(),
+        }
+    }
+}
+
+/// A JSON body whose problems (not JSON, wrong types, unknown fields) answer 400 with the
+/// reason.
+pub struct Body<T>(pub T);
+
+impl<T, S> FromRequest<S> for Body<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = Failure;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => Err(Failure::bad_request(e.body_text())),
+        }
+    }
+}
+
+/// The caller, as the auth layer found it.
+#[derive(Clone, Debug)]
+pub struct Caller(pub Principal);
+
+impl Caller {
+    /// 403 unless the caller's role reaches `role`.
+    pub fn require(&self, role: Role) -> Result<(), Failure> {
+        if self.0.role >= role {
+            Ok(())
+        } else {
+            Err(Failure::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "this needs the {} role; the token's user is {}",
+                    role.as_str(),
+                    self.0.role.as_str()
+                ),
+            ))
+        }
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = Failure;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            Failure::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a bearer token is needed",
+            )
+        })
+    }
+}
+
+/// Bearer token → principal (cached) → the request's `Caller`; 401 without a valid one.
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let auth = &state.auth;
+    if auth.refused(ip) {
+        return Failure::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_bad_tokens",
+            "too many requests with a bad token from this address; wait a minute",
+        )
+        .into_response();
+    }
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send Authorization: Bearer <token>",
+        )
+        .into_response();
+    };
+    let hash = token_store::hash(token);
+    let principal = match auth.cached(&hash) {
+        Some(p) => Some(p),
+        None => match token_store::principal(&state.db, &hash).await {
+            Ok(Some(p)) => {
+                auth.remember(hash, p.clone());
+                Some(p)
+            }
+            Ok(None) => None,
+            Err(e) => return Failure::from(e).into_response(),
+        },
+    };
+    let Some(principal) = principal else {
+        auth.count_bad(ip);
+        return Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the token is unknown, revoked, or its user is inactive",
+        )
+        .into_response();
+    };
+    if auth.due_touch(principal.token_id) {
+        let (db, id) = (state.db.clone(), principal.token_id);
+        tokio::spawn(async move {
+            let _ = token_store::touch(&db, id).await;
+        });
+    }
+    req.extensions_mut().insert(Caller(principal));
+    next.run(req).await
+}
+
+/// A page: items and the cursor of the next page.
+pub fn page<T: serde::Serialize>(items: Vec<T>, next: Option<i64>) -> Json<serde_json::Value> {
+    Json(json!({"items": items, "next": next.map(|n| n.to_string())}))
+}
+
+/// `limit` between 1 and 200 (default 50), or 400.
+pub fn limit(limit: Option<u64>) -> Result<u64, Failure> {
+    match limit.unwrap_or(50) {
+        n @ 1..=200 => Ok(n),
+        n => Err(Failure::bad_request(format!(
+            "limit must be 1 to 200, not {n}"
+        ))),
+    }
+}
+
+/// A cursor from a previous page, or 400.
+pub fn cursor(after: Option<&str>) -> Result<Option<i64>, Failure> {
+    after
+        .map(|a| {
+            a.parse::<i64>()
+                .map_err(|_| Failure::bad_request(format!("`{a}` is not a cursor")))
+        })
+        .transpose()
+}

@@ -1,0 +1,408 @@
+//! The operator API's people and auth: tokens, roles, workspace scoping, deactivation, bad
+//! input, the bad-token limit, the audit log, and the CLI bootstrap.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use wahook::store::{
+    accounts, tokens,
+    users::{self, NewUser, Role},
+};
+
+use crate::{
+    both_backends,
+    common::{Backend, TestApp, TestDb, test_config},
+    foundation::wahook,
+};
+
+both_backends!(
+    each_role_is_allowed_and_refused_where_it_should_be,
+    another_workspace_is_invisible_and_untouched,
+    a_deactivated_users_token_stops_at_once,
+    bad_requests_get_400_with_a_message,
+    the_cli_bootstraps_the_first_admin,
+);
+
+/// A user of `workspace` with `role`, and a token for it (through the store, as the CLI does).
+async fn user_with_token(app: &TestApp, workspace: &str, email: &str, role: Role) -> (i64, String) {
+    let ws = accounts::ensure_workspace(&app.db, workspace)
+        .await
+        .unwrap();
+    let user = users::create(
+        &app.db,
+        NewUser {
+            workspace_id: ws,
+            name: email.split('@').next().unwrap(),
+            email,
+            role,
+            is_active: true,
+        },
+        "test",
+    )
+    .await
+    .unwrap();
+    let (_, token) = tokens::create(&app.db, ws, user.id, "test", "test")
+        .await
+        .unwrap();
+    (user.id, token)
+}
+
+async fn call(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = app.client.request(method, app.url(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status();
+    let text = res.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn each_role_is_allowed_and_refused_where_it_should_be(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let (admin_id, admin) = user_with_token(&app, "acme", "ada@acme.test", Role::Admin).await;
+    let (_, operator) = user_with_token(&app, "acme", "otto@acme.test", Role::Operator).await;
+    let (_, viewer) = user_with_token(&app, "acme", "vera@acme.test", Role::Viewer).await;
+    let new_user = || json!({"name": "New Person", "email": "new@acme.test"});
+    let token_body = || json!({"user_id": admin_id, "name": "ci"});
+    // (method, path, body, lowest role allowed)
+    let routes: Vec<(Method, String, Option<Value>, Role)> = vec![
+        (Method::GET, "/api/v1/users".into(), None, Role::Viewer),
+        (
+            Method::GET,
+            format!("/api/v1/users/{admin_id}"),
+            None,
+            Role::Viewer,
+        ),
+        (
+            Method::POST,
+            "/api/v1/users".into(),
+            Some(new_user()),
+            Role::Admin,
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/users/{admin_id}"),
+            Some(json!({"name": "Ada L."})),
+            Role::Admin,
+        ),
+        (
+            Method::POST,
+            "/api/v1/tokens".into(),
+            Some(token_body()),
+            Role::Admin,
+        ),
+    ];
+    for (method, path, body, lowest) in &routes {
+        // No token, and a made-up one: 401.
+        let (status, _) = call(&app, method.clone(), path, None, body.clone()).await;
+        assert_eq!(status, 401, "{method} {path} without a token");
+        let (status, _) = call(
+            &app,
+            method.clone(),
+            path,
+            Some("whk_nonsense"),
+            body.clone(),
+        )
+        .await;
+        assert_eq!(status, 401, "{method} {path} with a bad token");
+        for (role, token) in [
+            (Role::Viewer, &viewer),
+            (Role::Operator, &operator),
+            (Role::Admin, &admin),
+        ] {
+            let (status, reply) = call(&app, method.clone(), path, Some(token), body.clone()).await;
+            if role >= *lowest {
+                assert!(
+                    status.is_success(),
+                    "{role:?} may {method} {path}: {status} {reply}"
+                );
+            } else {
+                assert_eq!(status, 403, "{role:?} may not {method} {path}: {reply}");
+                assert_eq!(reply["error"]["code"], "forbidden");
+            }
+        }
+    }
+    // The admin's POST made one user; the viewer's and operator's made none.
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM users WHERE email = 'new@acme.test'")
+            .await,
+        1
+    );
+    // DELETE (deactivate) and token revocation: admin only.
+    let (status, _) = call(
+        &app,
+        Method::DELETE,
+        "/api/v1/tokens/999999",
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = call(
+        &app,
+        Method::DELETE,
+        "/api/v1/tokens/999999",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    // Every change is in the audit log with who made it.
+    let actors = app
+        .strings("SELECT actor FROM audit_log WHERE action = 'user.create' AND target <> 'user:1' ORDER BY id DESC LIMIT 1")
+        .await;
+    assert_eq!(actors, vec!["ada <ada@acme.test>".to_owned()]);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'user.update'")
+            .await,
+        1
+    );
+    // A token is shown once and stored only as its hash.
+    let (status, created) = call(
+        &app,
+        Method::POST,
+        "/api/v1/tokens",
+        Some(&admin),
+        Some(token_body()),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let plain = created["token"].as_str().unwrap();
+    assert!(plain.starts_with("whk_") && plain.len() >= 4 + 64);
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM api_tokens WHERE token_hash = '{plain}'"
+        ))
+        .await,
+        0
+    );
+    let (status, listed) = call(&app, Method::GET, "/api/v1/users", Some(&viewer), None).await;
+    assert_eq!(status, 200);
+    assert!(!listed.to_string().contains("token_hash"));
+    app.stop().await;
+}
+
+async fn another_workspace_is_invisible_and_untouched(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let (acme_user, _) = user_with_token(&app, "acme", "ada@acme.test", Role::Admin).await;
+    let (_, globex) = user_with_token(&app, "globex", "gus@globex.test", Role::Admin).await;
+    let path = format!("/api/v1/users/{acme_user}");
+    let (status, reply) = call(&app, Method::GET, &path, Some(&globex), None).await;
+    assert_eq!(status, 404, "{reply}");
+    let (status, _) = call(
+        &app,
+        Method::PATCH,
+        &path,
+        Some(&globex),
+        Some(json!({"role": "viewer"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = call(&app, Method::DELETE, &path, Some(&globex), None).await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        app.strings(&format!("SELECT role FROM users WHERE id = {acme_user}"))
+            .await,
+        vec!["admin".to_owned()],
+        "nothing changed"
+    );
+    let (_, listed) = call(&app, Method::GET, "/api/v1/users", Some(&globex), None).await;
+    let emails: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(emails, vec!["gus@globex.test"]);
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        "/api/v1/tokens",
+        Some(&globex),
+        Some(json!({"user_id": acme_user, "name": "x"})),
+    )
+    .await;
+    assert_eq!(status, 404, "no token for another workspace's user");
+    app.stop().await;
+}
+
+async fn a_deactivated_users_token_stops_at_once(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let (_, admin) = user_with_token(&app, "acme", "ada@acme.test", Role::Admin).await;
+    let (vera, viewer) = user_with_token(&app, "acme", "vera@acme.test", Role::Viewer).await;
+    let (status, _) = call(&app, Method::GET, "/api/v1/users", Some(&viewer), None).await;
+    assert_eq!(status, 200, "cached now");
+    let (status, user) = call(
+        &app,
+        Method::DELETE,
+        &format!("/api/v1/users/{vera}"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(user["is_active"], false);
+    let (status, _) = call(&app, Method::GET, "/api/v1/users", Some(&viewer), None).await;
+    assert_eq!(status, 401, "the next request is refused");
+    // A revoked token too.
+    let ada = app
+        .scalar("SELECT id FROM users WHERE email = 'ada@acme.test'")
+        .await;
+    let (_, second) = call(
+        &app,
+        Method::POST,
+        "/api/v1/tokens",
+        Some(&admin),
+        Some(json!({"user_id": ada, "name": "two"})),
+    )
+    .await;
+    let second_token = second["token"].as_str().unwrap().to_owned();
+    let (status, _) = call(
+        &app,
+        Method::GET,
+        "/api/v1/users",
+        Some(&second_token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = call(
+        &app,
+        Method::DELETE,
+        &format!("/api/v1/tokens/{}", second["id"]),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _) = call(
+        &app,
+        Method::GET,
+        "/api/v1/users",
+        Some(&second_token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    app.stop().await;
+}
+
+async fn bad_requests_get_400_with_a_message(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let (_, admin) = user_with_token(&app, "acme", "ada@acme.test", Role::Admin).await;
+    let raw = app
+        .client
+        .post(app.url("/api/v1/users"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 400);
+    let cases = [
+        json!({"name": "X", "email": "x@acme.test", "colour": "red"}),
+        json!({"name": "X", "email": "not-an-email"}),
+        json!({"name": "", "email": "x@acme.test"}),
+        json!({"name": "X", "email": "x@acme.test", "role": "superuser"}),
+        json!({"name": 7, "email": "x@acme.test"}),
+    ];
+    for body in cases {
+        let (status, reply) = call(
+            &app,
+            Method::POST,
+            "/api/v1/users",
+            Some(&admin),
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(status, 400, "{body} → {reply}");
+        assert!(
+            !reply["error"]["message"].as_str().unwrap_or("").is_empty(),
+            "{reply}"
+        );
+    }
+    let (status, _) = call(
+        &app,
+        Method::GET,
+        "/api/v1/users?limit=0",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    // Email is unique per workspace, whatever its case.
+    let (status, reply) = call(
+        &app,
+        Method::POST,
+        "/api/v1/users",
+        Some(&admin),
+        Some(json!({"name": "A", "email": "ADA@acme.test"})),
+    )
+    .await;
+    assert_eq!(status, 409, "{reply}");
+    assert_eq!(app.count("users").await, 1);
+    // A burst of bad tokens from one address is cut off with 429.
+    let mut last = StatusCode::OK;
+    for i in 0..25 {
+        let (status, _) = call(
+            &app,
+            Method::GET,
+            "/api/v1/users",
+            Some(&format!("whk_bad{i}")),
+            None,
+        )
+        .await;
+        last = status;
+    }
+    assert_eq!(last, 429);
+    app.stop().await;
+}
+
+async fn the_cli_bootstraps_the_first_admin(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let config = test_config(&test_db);
+    let out = wahook()
+        .args([
+            "user",
+            "create",
+            "--workspace",
+            "acme",
+            "--name",
+            "Ada",
+            "--email",
+            "Ada@Acme.test",
+            "--role",
+            "admin",
+        ])
+        .env("WAHOOK_DATABASE__URL", &test_db.url)
+        .env("WAHOOK_DATABASE__SCHEMA", &test_db.schema)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let token = stdout.lines().last().unwrap().trim().to_owned();
+    assert!(token.starts_with("whk_"), "{stdout}");
+    let app = TestApp::start_on(test_db, config).await;
+    let (status, listed) = call(&app, Method::GET, "/api/v1/users", Some(&token), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["items"][0]["email"], "ada@acme.test");
+    assert_eq!(listed["items"][0]["role"], "admin");
+    app.stop().await;
+}
