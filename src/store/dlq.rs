@@ -183,3 +183,78 @@ pub async fn reset_retrying(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
         .await?;
     Ok(res.rows_affected)
 }
+
+/// A DLQ row with what an operator needs of its event.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DlqEntry {
+    pub id: i64,
+    pub event_id: i64,
+    pub error: String,
+    pub attempts: i32,
+    pub next_retry_at: Option<DateTime<Utc>>,
+    pub resolution_status: String,
+    pub resolved_by: Option<String>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub source: String,
+    pub event_type: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub correlation_id: String,
+}
+
+/// A workspace's DLQ rows (through their events), by id after the cursor, optionally by status.
+pub async fn list(
+    db: &impl ConnectionTrait,
+    workspace_id: i64,
+    status: Option<&str>,
+    after: Option<i64>,
+    limit: u64,
+) -> Result<Vec<DlqEntry>, DbErr> {
+    let mut sql = super::sql::Sql::new(
+        db.get_database_backend(),
+        "SELECT d.id, d.event_id, d.error, d.attempts, d.next_retry_at, d.resolution_status, \
+         d.resolved_by, d.resolved_at, d.created_at, d.updated_at, e.source, e.event_type, \
+         e.received_at, e.correlation_id FROM webhook_dlq d JOIN webhook_events e ON e.id = d.event_id \
+         WHERE e.workspace_id = ",
+    );
+    sql.param(workspace_id);
+    if let Some(status) = status {
+        sql.push(" AND d.resolution_status = ")
+            .param(status.to_owned());
+    }
+    if let Some(after) = after {
+        sql.push(" AND d.id > ").param(after);
+    }
+    sql.push(" ORDER BY d.id LIMIT ").param(limit as i64);
+    let mut out = Vec::new();
+    for r in db.query_all_raw(sql.build()).await? {
+        out.push(DlqEntry {
+            id: r.try_get("", "id")?,
+            event_id: r.try_get("", "event_id")?,
+            error: r.try_get("", "error")?,
+            attempts: r.try_get("", "attempts")?,
+            next_retry_at: r.try_get("", "next_retry_at")?,
+            resolution_status: r.try_get("", "resolution_status")?,
+            resolved_by: r.try_get("", "resolved_by")?,
+            resolved_at: r.try_get("", "resolved_at")?,
+            created_at: r.try_get("", "created_at")?,
+            updated_at: r.try_get("", "updated_at")?,
+            source: r.try_get("", "source")?,
+            event_type: r.try_get("", "event_type")?,
+            received_at: r.try_get("", "received_at")?,
+            correlation_id: r.try_get("", "correlation_id")?,
+        });
+    }
+    Ok(out)
+}
+
+/// One DLQ row of the workspace.
+pub async fn get(
+    db: &impl ConnectionTrait,
+    workspace_id: i64,
+    id: i64,
+) -> Result<Option<DlqEntry>, DbErr> {
+    let mut rows = list(db, workspace_id, None, Some(id - 1), 1).await?;
+    Ok(rows.pop().filter(|r| r.id == id))
+}

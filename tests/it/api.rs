@@ -10,7 +10,7 @@ use wahook::store::{
 
 use crate::{
     both_backends,
-    common::{Backend, TestApp, TestDb, test_config},
+    common::{ACME_SECRET, Backend, TestApp, TestDb, fixture, test_config},
     foundation::wahook,
 };
 
@@ -20,6 +20,7 @@ both_backends!(
     a_deactivated_users_token_stops_at_once,
     bad_requests_get_400_with_a_message,
     the_cli_bootstraps_the_first_admin,
+    dlq_rows_are_listed_retried_resolved_and_discarded,
 );
 
 /// A user of `workspace` with `role`, and a token for it (through the store, as the CLI does).
@@ -404,5 +405,132 @@ async fn the_cli_bootstraps_the_first_admin(backend: Backend) {
     assert_eq!(status, 200);
     assert_eq!(listed["items"][0]["email"], "ada@acme.test");
     assert_eq!(listed["items"][0]["role"], "admin");
+    app.stop().await;
+}
+
+async fn dlq_rows_are_listed_retried_resolved_and_discarded(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.processing.dlq_backoff_base_ms = 3_600_000;
+        c.processing.dlq_poll_ms = 20;
+    })
+    .await;
+    // Two events no conversation can be found for: parked with their reason.
+    for name in [
+        "meta/sender_nowhere.json",
+        "meta/echo_without_recipient.json",
+    ] {
+        let res = app.post_meta(fixture(name), ACME_SECRET).await;
+        assert_eq!(res.status(), 200);
+    }
+    app.wait_for("SELECT COUNT(*) FROM webhook_dlq", 2).await;
+    let (_, operator) = user_with_token(&app, "acme", "otto@acme.test", Role::Operator).await;
+    let (_, viewer) = user_with_token(&app, "acme", "vera@acme.test", Role::Viewer).await;
+    let (_, globex) = user_with_token(&app, "globex", "gus@globex.test", Role::Admin).await;
+
+    let (status, listed) = call(
+        &app,
+        Method::GET,
+        "/api/v1/dlq?status=pending",
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(
+        items[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("names no sender"),
+        "{listed}"
+    );
+    assert_eq!(items[0]["source"], "meta");
+    let (first, second) = (
+        items[0]["id"].as_i64().unwrap(),
+        items[1]["id"].as_i64().unwrap(),
+    );
+    let (_, globex_list) = call(&app, Method::GET, "/api/v1/dlq", Some(&globex), None).await;
+    assert_eq!(
+        globex_list["items"].as_array().unwrap().len(),
+        0,
+        "another workspace sees none"
+    );
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/dlq/{first}/retry"),
+        Some(&globex),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/dlq/{first}/retry"),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = call(
+        &app,
+        Method::GET,
+        "/api/v1/dlq?status=lost",
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // Retry now: re-driven through the same actors; the fault is still there, so it is parked
+    // again with one more attempt.
+    let (status, row) = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/dlq/{first}/retry"),
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{row}");
+    app.wait_for(&format!("SELECT COUNT(*) FROM webhook_dlq WHERE id = {first} AND attempts = 2 AND resolution_status = 'pending'"), 1)
+        .await;
+    let (status, row) = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/dlq/{first}/resolve"),
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(row["resolution_status"], "resolved");
+    assert_eq!(row["resolved_by"], "otto <otto@acme.test>");
+    let (status, row) = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/dlq/{second}/discard"),
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(row["resolution_status"], "discarded");
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/dlq/{first}/retry"),
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "a resolved row is not retried");
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM audit_log WHERE action LIKE 'dlq.%'")
+            .await,
+        3
+    );
     app.stop().await;
 }

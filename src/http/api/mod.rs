@@ -6,6 +6,7 @@
 //! made by the CLI in another process is seen within the TTL). Unknown tokens are looked up
 //! once each, and a client that keeps sending bad ones is refused with 429 for a while.
 
+pub mod dlq;
 pub mod tokens;
 pub mod users;
 
@@ -39,6 +40,7 @@ const BAD_TOKEN_WINDOW: Duration = Duration::from_secs(60);
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .merge(users::router())
+        .merge(dlq::router())
         .merge(tokens::router())
         .route_layer(middleware::from_fn_with_state(state, authenticate))
 }

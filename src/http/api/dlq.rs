@@ -1,0 +1,120 @@
+//! `/api/v1/dlq`: parked events. Viewers read; operators retry now, resolve or discard
+//! (each written to the audit log).
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    response::IntoResponse,
+    routing::{get, post},
+};
+use serde::Deserialize;
+
+use super::{Caller, Failure, cursor, limit, page};
+use crate::{
+    http::AppState,
+    store::{
+        dlq,
+        users::{Role, audit},
+    },
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/dlq", get(list))
+        .route("/api/v1/dlq/{id}", get(one))
+        .route("/api/v1/dlq/{id}/{action}", post(act))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    after: Option<String>,
+    limit: Option<u64>,
+}
+
+const STATUSES: &[&str] = &["pending", "retrying", "resolved", "discarded"];
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<impl IntoResponse, Failure> {
+    caller.require(Role::Viewer)?;
+    if let Some(s) = q.status.as_deref().filter(|s| !STATUSES.contains(s)) {
+        return Err(Failure::bad_request(format!(
+            "status `{s}` is not one of {}",
+            STATUSES.join(", ")
+        )));
+    }
+    let limit = limit(q.limit)?;
+    let rows = dlq::list(
+        &state.db,
+        caller.0.workspace_id,
+        q.status.as_deref(),
+        cursor(q.after.as_deref())?,
+        limit,
+    )
+    .await?;
+    let next = (rows.len() as u64 == limit)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    Ok(page(rows, next))
+}
+
+async fn one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, Failure> {
+    caller.require(Role::Viewer)?;
+    dlq::get(&state.db, caller.0.workspace_id, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Failure::not_found("DLQ row"))
+}
+
+async fn act(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, action)): Path<(i64, String)>,
+) -> Result<impl IntoResponse, Failure> {
+    caller.require(Role::Operator)?;
+    let ws = caller.0.workspace_id;
+    let before = dlq::get(&state.db, ws, id)
+        .await?
+        .ok_or_else(|| Failure::not_found("DLQ row"))?;
+    let done = match action.as_str() {
+        // Due now: the dead-letter actor re-drives it through the same actors.
+        "retry" => dlq::replay(&state.db, id).await?,
+        "resolve" => dlq::close(&state.db, id, "resolved", &caller.0.actor).await?,
+        "discard" => dlq::close(&state.db, id, "discarded", &caller.0.actor).await?,
+        other => {
+            return Err(Failure::not_found(&format!(
+                "action `{other}` (retry, resolve, discard)"
+            )));
+        }
+    };
+    if !done {
+        return Err(Failure::new(
+            axum::http::StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "the row is {}; it cannot be {action}d",
+                before.resolution_status
+            ),
+        ));
+    }
+    audit(
+        &state.db,
+        ws,
+        &caller.0.actor,
+        &format!("dlq.{action}"),
+        &format!("dlq:{id}"),
+        Some(&before.resolution_status),
+        None,
+    )
+    .await?;
+    let after = dlq::get(&state.db, ws, id).await?;
+    Ok(Json(after))
+}
