@@ -21,11 +21,12 @@ use super::{
     provider::ProviderError,
 };
 use crate::{
-    ingest::event::{ContactKey, Direction, MessageItem, MessageStatus},
+    ingest::event::{ContactKey, ConversationState, Direction, MessageItem, MessageStatus},
     metrics as m,
     store::{
         agent::{self as agent_store, TurnFigures},
         batch::{ChangeSet, Store},
+        conversations,
         outbound::{self, NewOutbound},
     },
 };
@@ -103,7 +104,13 @@ async fn turn(mut input: TurnInput) -> TurnReport {
             };
         }
     }
-    if input.handed_off {
+    // The actor's state, or the stored one if an operator changed it since.
+    let handed_off = input.handed_off
+        || matches!(
+            conversations::state_of(&input.db, input.conversation_id).await,
+            Ok(Some(ConversationState::Human))
+        );
+    if handed_off {
         return skip(&input, &key, "handed_to_person").await;
     }
     // The customer-service window: free-form replies only within 24 h of the last inbound.

@@ -108,6 +108,8 @@ impl ConversationState {
 pub enum Intent {
     InboundMessage,
     Lifecycle(Lifecycle),
+    /// An operator sets the state (close, hand to a person, give back to the agent).
+    Set(ConversationState),
 }
 
 impl ConversationState {
@@ -115,6 +117,7 @@ impl ConversationState {
     pub fn after(self, intent: Intent) -> Option<(ConversationState, &'static str)> {
         use ConversationState::*;
         match (self, intent) {
+            (from, Intent::Set(to)) if from != to => Some((to, "set by an operator")),
             (Inactive | Closed, Intent::InboundMessage) => {
                 Some((Open, "reopened by an inbound message"))
             }

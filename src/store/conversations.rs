@@ -253,3 +253,83 @@ pub async fn service_window(
         service_window_closes_at: closes_at,
     })
 }
+
+/// A conversation as the operator API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConversationView {
+    pub id: i64,
+    pub contact_id: i64,
+    pub contact: String,
+    pub contact_name: Option<String>,
+    pub state: String,
+    pub message_count: i32,
+    pub last_message_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A workspace's conversations by id after the cursor, by state and activity since.
+pub async fn list(
+    db: &impl ConnectionTrait,
+    workspace_id: i64,
+    state: Option<&str>,
+    active_since: Option<DateTime<Utc>>,
+    after: Option<i64>,
+    limit: u64,
+) -> Result<Vec<ConversationView>, DbErr> {
+    let mut sql = Sql::new(
+        db.get_database_backend(),
+        "SELECT v.id, v.contact_id, c.phone, c.name, v.status, v.message_count, v.last_message_at, \
+         v.created_at FROM conversations v JOIN contacts c ON c.id = v.contact_id WHERE v.workspace_id = ",
+    );
+    sql.param(workspace_id);
+    if let Some(state) = state {
+        sql.push(" AND v.status = ").param(state.to_owned());
+    }
+    if let Some(since) = active_since {
+        sql.push(" AND v.last_message_at >= ").param(since);
+    }
+    if let Some(after) = after {
+        sql.push(" AND v.id > ").param(after);
+    }
+    sql.push(" ORDER BY v.id LIMIT ").param(limit as i64);
+    let mut out = Vec::new();
+    for r in db.query_all_raw(sql.build()).await? {
+        out.push(ConversationView {
+            id: r.try_get("", "id")?,
+            contact_id: r.try_get("", "contact_id")?,
+            contact: r.try_get("", "phone")?,
+            contact_name: r.try_get("", "name")?,
+            state: r.try_get("", "status")?,
+            message_count: r.try_get("", "message_count")?,
+            last_message_at: r.try_get("", "last_message_at")?,
+            created_at: r.try_get("", "created_at")?,
+        });
+    }
+    Ok(out)
+}
+
+/// One conversation of the workspace.
+pub async fn get(
+    db: &impl ConnectionTrait,
+    workspace_id: i64,
+    id: i64,
+) -> Result<Option<ConversationView>, DbErr> {
+    let mut rows = list(db, workspace_id, None, None, Some(id - 1), 1).await?;
+    Ok(rows.pop().filter(|c| c.id == id))
+}
+
+/// The stored state of a conversation.
+pub async fn state_of(
+    db: &impl ConnectionTrait,
+    id: i64,
+) -> Result<Option<ConversationState>, DbErr> {
+    let mut sql = Sql::new(
+        db.get_database_backend(),
+        "SELECT status FROM conversations WHERE id = ",
+    );
+    sql.param(id);
+    Ok(match db.query_one_raw(sql.build()).await? {
+        Some(r) => ConversationState::parse(&r.try_get::<String>("", "status")?),
+        None => None,
+    })
+}

@@ -121,3 +121,46 @@ pub async fn contacts_of(
     }
     Ok(out)
 }
+
+/// A message as the operator API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MessageView {
+    pub id: i64,
+    pub direction: String,
+    pub wamid: String,
+    pub message_type: String,
+    pub content: Option<String>,
+    pub status: Option<String>,
+    pub status_error: Option<String>,
+    pub timestamp: DateTime<Utc>,
+}
+
+/// A conversation's messages in order (timestamp, then id), up to `limit`.
+pub async fn of_conversation(
+    db: &impl ConnectionTrait,
+    conversation_id: i64,
+    limit: u64,
+) -> Result<Vec<MessageView>, DbErr> {
+    let mut sql = Sql::new(
+        db.get_database_backend(),
+        "SELECT id, direction, wamid, message_type, content, status, status_error, timestamp \
+         FROM messages WHERE message_type <> 'pending' AND conversation_id = ",
+    );
+    sql.param(conversation_id)
+        .push(" ORDER BY timestamp, id LIMIT ")
+        .param(limit as i64);
+    let mut out = Vec::new();
+    for r in db.query_all_raw(sql.build()).await? {
+        out.push(MessageView {
+            id: r.try_get("", "id")?,
+            direction: r.try_get("", "direction")?,
+            wamid: r.try_get("", "wamid")?,
+            message_type: r.try_get("", "message_type")?,
+            content: r.try_get("", "content")?,
+            status: r.try_get("", "status")?,
+            status_error: r.try_get("", "status_error")?,
+            timestamp: r.try_get("", "timestamp")?,
+        });
+    }
+    Ok(out)
+}

@@ -10,7 +10,10 @@ use wahook::store::{
 
 use crate::{
     both_backends,
-    common::{ACME_SECRET, Backend, TestApp, TestDb, fixture, test_config},
+    common::{
+        ACME_PNID, ACME_SECRET, Backend, GLOBEX_PNID, GLOBEX_SECRET, TestApp, TestDb, fixture,
+        meta_text, test_config,
+    },
     foundation::wahook,
 };
 
@@ -21,6 +24,7 @@ both_backends!(
     bad_requests_get_400_with_a_message,
     the_cli_bootstraps_the_first_admin,
     dlq_rows_are_listed_retried_resolved_and_discarded,
+    conversations_are_listed_read_and_handed_to_a_person,
 );
 
 /// A user of `workspace` with `role`, and a token for it (through the store, as the CLI does).
@@ -532,5 +536,180 @@ async fn dlq_rows_are_listed_retried_resolved_and_discarded(backend: Backend) {
             .await,
         3
     );
+    app.stop().await;
+}
+
+async fn conversations_are_listed_read_and_handed_to_a_person(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    for (pnid, secret, from, wamid, body) in [
+        (
+            ACME_PNID,
+            ACME_SECRET,
+            "15550001001",
+            "wamid.api.c1a",
+            "first",
+        ),
+        (
+            ACME_PNID,
+            ACME_SECRET,
+            "15550001001",
+            "wamid.api.c1b",
+            "second",
+        ),
+        (
+            ACME_PNID,
+            ACME_SECRET,
+            "15550001002",
+            "wamid.api.c2",
+            "other",
+        ),
+        (
+            GLOBEX_PNID,
+            GLOBEX_SECRET,
+            "15550001003",
+            "wamid.api.g1",
+            "globex",
+        ),
+    ] {
+        let res = app
+            .post_meta(meta_text(pnid, from, wamid, body), secret)
+            .await;
+        assert_eq!(res.status(), 200);
+    }
+    app.wait_processed(4).await;
+    let (_, operator) = user_with_token(&app, "acme", "otto@acme.test", Role::Operator).await;
+    let (_, viewer) = user_with_token(&app, "acme", "vera@acme.test", Role::Viewer).await;
+    let (_, globex) = user_with_token(&app, "globex", "gus@globex.test", Role::Admin).await;
+
+    let (status, listed) = call(
+        &app,
+        Method::GET,
+        "/api/v1/conversations?state=open",
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "only acme's: {listed}");
+    let id = items
+        .iter()
+        .find(|c| c["contact"] == "15550001001")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let (status, one) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/conversations/{id}"),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let texts: Vec<&str> = one["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, vec!["first", "second"], "in order");
+    assert_eq!(one["messages"][0]["status"], "received");
+    assert_eq!(
+        one["service_window_open"], false,
+        "the fixture's messages are old"
+    );
+    assert_eq!(one["conversation"]["message_count"], 2);
+
+    let path = format!("/api/v1/conversations/{id}/state");
+    let human = json!({"state": "human", "reason": "customer asked for a person"});
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        &path,
+        Some(&viewer),
+        Some(human.clone()),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        &path,
+        Some(&globex),
+        Some(human.clone()),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/conversations/{id}"),
+        Some(&globex),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        &path,
+        Some(&operator),
+        Some(json!({"state": "asleep"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, changed) = call(&app, Method::POST, &path, Some(&operator), Some(human)).await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["state"], "human");
+    assert_eq!(changed["previous"], "open");
+    assert_eq!(
+        app.strings(&format!("SELECT status FROM conversations WHERE id = {id}"))
+            .await,
+        vec!["human".to_owned()]
+    );
+    let transitions = app
+        .strings(&format!(
+            "SELECT reason || ' ' || correlation_id FROM conversation_state_transitions WHERE conversation_id = {id} AND to_state = 'human'"
+        ))
+        .await;
+    assert_eq!(transitions.len(), 1);
+    assert!(
+        transitions[0].starts_with("set by an operator api:user:"),
+        "{transitions:?}"
+    );
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'conversation.state'")
+            .await,
+        1
+    );
+    // An inbound message does not take it back from the person; the operator gives it back.
+    let res = app
+        .post_meta(
+            meta_text(ACME_PNID, "15550001001", "wamid.api.c1c", "third"),
+            ACME_SECRET,
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    app.wait_processed(5).await;
+    let (_, listed) = call(
+        &app,
+        Method::GET,
+        "/api/v1/conversations?state=human",
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    let (status, back) = call(
+        &app,
+        Method::POST,
+        &path,
+        Some(&operator),
+        Some(json!({"state": "open"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(back["state"], "open");
     app.stop().await;
 }
