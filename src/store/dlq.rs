@@ -258,3 +258,14 @@ pub async fn get(
     let mut rows = list(db, workspace_id, None, Some(id - 1), 1).await?;
     Ok(rows.pop().filter(|r| r.id == id))
 }
+
+/// The DLQ row of an event, if it was ever parked.
+pub async fn of_event(
+    db: &impl ConnectionTrait,
+    event_id: i64,
+) -> Result<Option<webhook_dlq::Model>, DbErr> {
+    webhook_dlq::Entity::find()
+        .filter(webhook_dlq::Column::EventId.eq(event_id))
+        .one(db)
+        .await
+}

@@ -438,3 +438,77 @@ mod tests {
         ));
     }
 }
+
+/// Filters of the operator's event list.
+#[derive(Debug, Default)]
+pub struct EventFilter<'a> {
+    pub status: Option<&'a str>,
+    pub source: Option<&'a str>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub ids: Option<&'a [i64]>,
+}
+
+/// A workspace's events by id after the cursor.
+pub async fn list(
+    db: &impl ConnectionTrait,
+    workspace_id: i64,
+    filter: &EventFilter<'_>,
+    after: Option<i64>,
+    limit: u64,
+) -> Result<Vec<webhook_events::Model>, DbErr> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+    use webhook_events::Column as C;
+    let mut q = webhook_events::Entity::find().filter(C::WorkspaceId.eq(workspace_id));
+    if let Some(s) = filter.status {
+        q = q.filter(C::Status.eq(s));
+    }
+    if let Some(s) = filter.source {
+        q = q.filter(C::Source.eq(s));
+    }
+    if let Some(from) = filter.from {
+        q = q.filter(C::ReceivedAt.gte(from));
+    }
+    if let Some(to) = filter.to {
+        q = q.filter(C::ReceivedAt.lt(to));
+    }
+    if let Some(ids) = filter.ids {
+        q = q.filter(C::Id.is_in(ids.iter().copied()));
+    }
+    if let Some(after) = after {
+        q = q.filter(C::Id.gt(after));
+    }
+    q.order_by_asc(C::Id).limit(limit).all(db).await
+}
+
+/// Sets events back to `pending` (a replay: processing them again changes nothing twice) and
+/// returns them for dispatch; a body that never was JSON stays `dead`.
+pub async fn reset_for_replay(
+    db: &impl ConnectionTrait,
+    events: &[webhook_events::Model],
+) -> Result<Vec<CommittedEvent>, DbErr> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let replayable: Vec<&webhook_events::Model> = events
+        .iter()
+        .filter(|e| {
+            e.status != EventStatus::Dead.as_str()
+                || e.last_error
+                    .as_deref()
+                    .is_none_or(|m| !m.starts_with("payload is not JSON"))
+        })
+        .collect();
+    for chunk in replayable.chunks(super::sql::CHUNK) {
+        webhook_events::Entity::update_many()
+            .col_expr(
+                webhook_events::Column::Status,
+                EventStatus::Pending.as_str().into(),
+            )
+            .filter(webhook_events::Column::Id.is_in(chunk.iter().map(|e| e.id)))
+            .exec(db)
+            .await?;
+    }
+    Ok(replayable
+        .into_iter()
+        .map(|e| CommittedEvent::from_row(e.clone(), false))
+        .collect())
+}

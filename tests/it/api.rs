@@ -25,6 +25,7 @@ both_backends!(
     the_cli_bootstraps_the_first_admin,
     dlq_rows_are_listed_retried_resolved_and_discarded,
     conversations_are_listed_read_and_handed_to_a_person,
+    events_are_read_and_replayed_without_doubling_anything,
 );
 
 /// A user of `workspace` with `role`, and a token for it (through the store, as the CLI does).
@@ -711,5 +712,139 @@ async fn conversations_are_listed_read_and_handed_to_a_person(backend: Backend) 
     .await;
     assert_eq!(status, 200);
     assert_eq!(back["state"], "open");
+    app.stop().await;
+}
+
+async fn events_are_read_and_replayed_without_doubling_anything(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+    for i in 0..5 {
+        let body = meta_text(
+            ACME_PNID,
+            &format!("1555000200{i}"),
+            &format!("wamid.api.ev{i}"),
+            "hello",
+        );
+        assert_eq!(app.post_meta(body, ACME_SECRET).await.status(), 200);
+    }
+    let globex_body = meta_text(GLOBEX_PNID, "15550003000", "wamid.api.gev", "hi");
+    assert_eq!(
+        app.post_meta(globex_body, GLOBEX_SECRET).await.status(),
+        200
+    );
+    app.wait_processed(6).await;
+    let after = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let (_, operator) = user_with_token(&app, "acme", "otto@acme.test", Role::Operator).await;
+    let (_, viewer) = user_with_token(&app, "acme", "vera@acme.test", Role::Viewer).await;
+    let (_, globex) = user_with_token(&app, "globex", "gus@globex.test", Role::Admin).await;
+
+    let (status, listed) = call(
+        &app,
+        Method::GET,
+        "/api/v1/events?status=processed&source=meta&limit=3",
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["items"].as_array().unwrap().len(), 3);
+    assert!(
+        listed["items"][0].get("payload").is_none(),
+        "no payloads in the list"
+    );
+    let next = listed["next"].as_str().unwrap().to_owned();
+    let (_, rest) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/events?after={next}"),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(
+        rest["items"].as_array().unwrap().len(),
+        2,
+        "the second page has acme's last two"
+    );
+    let id = listed["items"][0]["id"].as_i64().unwrap();
+    let (status, one) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/events/{id}"),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(one["payload"]["object"], "whatsapp_business_account");
+    assert_eq!(one["status"], "processed");
+    let (status, _) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/events/{id}"),
+        Some(&globex),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // Replay the time range twice: everything is processed again, nothing new appears.
+    let counts = || async {
+        (
+            app.count("messages").await,
+            app.count("contacts").await,
+            app.scalar("SELECT SUM(message_count) FROM conversations")
+                .await,
+            app.count("conversation_state_transitions").await,
+        )
+    };
+    let snapshot = counts().await;
+    let range = json!({"from": before, "to": after});
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        "/api/v1/events/replay",
+        Some(&viewer),
+        Some(range.clone()),
+    )
+    .await;
+    assert_eq!(status, 403);
+    for _ in 0..2 {
+        let (status, replayed) = call(
+            &app,
+            Method::POST,
+            "/api/v1/events/replay",
+            Some(&operator),
+            Some(range.clone()),
+        )
+        .await;
+        assert_eq!(status, 200, "{replayed}");
+        assert_eq!(replayed["replayed"], 5, "acme's five, not globex's");
+        app.wait_processed(6).await;
+    }
+    assert_eq!(counts().await, snapshot);
+    assert_eq!(
+        app.scalar("SELECT MIN(attempts) FROM webhook_events WHERE workspace_id = (SELECT id FROM workspaces WHERE name = 'acme')").await,
+        3,
+        "each acme event was processed three times"
+    );
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        "/api/v1/events/replay",
+        Some(&operator),
+        Some(json!({"from": after, "to": before})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        "/api/v1/events/replay",
+        Some(&operator),
+        Some(json!({"ids": []})),
+    )
+    .await;
+    assert_eq!(status, 400);
     app.stop().await;
 }

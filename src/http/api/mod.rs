@@ -8,6 +8,7 @@
 
 pub mod conversations;
 pub mod dlq;
+pub mod events;
 pub mod tokens;
 pub mod users;
 
@@ -42,6 +43,7 @@ pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .merge(users::router())
         .merge(dlq::router())
+        .merge(events::router())
         .merge(conversations::router())
         .merge(tokens::router())
         .route_layer(middleware::from_fn_with_state(state, authenticate))
