@@ -62,3 +62,75 @@ pub async fn recently_active(
         .all(db)
         .await
 }
+
+/// A workspace's contacts by id after the cursor, optionally searched by name or phone.
+pub async fn list_contacts(
+    db: &impl ConnectionTrait,
+    workspace_id: i64,
+    search: Option<&str>,
+    after: Option<i64>,
+    limit: u64,
+) -> Result<Vec<contacts::Model>, DbErr> {
+    use sea_orm::QuerySelect;
+    let mut q = contacts::Entity::find().filter(contacts::Column::WorkspaceId.eq(workspace_id));
+    if let Some(s) = search.map(str::trim).filter(|s| !s.is_empty()) {
+        let like = format!("%{}%", s.to_lowercase());
+        q = q.filter(
+            Condition::any()
+                .add(
+                    Expr::expr(sea_orm::sea_query::Func::lower(Expr::col(
+                        contacts::Column::Name,
+                    )))
+                    .like(like.clone()),
+                )
+                .add(contacts::Column::Phone.like(like)),
+        );
+    }
+    if let Some(after) = after {
+        q = q.filter(contacts::Column::Id.gt(after));
+    }
+    q.order_by_asc(contacts::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await
+}
+
+/// What an operator may change of a contact.
+#[derive(Debug, Default)]
+pub struct ContactPatch {
+    pub name: Option<String>,
+    pub lead_status: Option<String>,
+    pub lead_score: Option<i32>,
+}
+
+/// Changes a contact of the workspace; `None` when there is none. The lead columns are
+/// written only here (the store's batches leave them alone); a name set here is replaced by
+/// the next WhatsApp profile name the contact's messages carry.
+pub async fn update_contact(
+    db: &impl ConnectionTrait,
+    workspace_id: i64,
+    id: i64,
+    patch: ContactPatch,
+) -> Result<Option<(contacts::Model, contacts::Model)>, DbErr> {
+    use sea_orm::ActiveValue::Set;
+    let Some(before) = contacts::Entity::find_by_id(id)
+        .filter(contacts::Column::WorkspaceId.eq(workspace_id))
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut row: contacts::ActiveModel = before.clone().into();
+    if let Some(name) = patch.name {
+        row.name = Set(Some(name));
+    }
+    if let Some(status) = patch.lead_status {
+        row.lead_status = Set(status);
+    }
+    if let Some(score) = patch.lead_score {
+        row.lead_score = Set(score);
+    }
+    row.updated_at = Set(Utc::now());
+    let after = contacts::Entity::update(row).exec(db).await?;
+    Ok(Some((before, after)))
+}

@@ -26,6 +26,7 @@ both_backends!(
     dlq_rows_are_listed_retried_resolved_and_discarded,
     conversations_are_listed_read_and_handed_to_a_person,
     events_are_read_and_replayed_without_doubling_anything,
+    lead_filters_and_contact_edits_work_on_real_webhooks,
 );
 
 /// A user of `workspace` with `role`, and a token for it (through the store, as the CLI does).
@@ -846,5 +847,146 @@ async fn events_are_read_and_replayed_without_doubling_anything(backend: Backend
     )
     .await;
     assert_eq!(status, 400);
+    app.stop().await;
+}
+
+fn text_at(from: &str, wamid: &str, ts: i64) -> String {
+    meta_text(ACME_PNID, from, wamid, "hi").replace("1767225600", &ts.to_string())
+}
+
+fn echo_at(to: &str, wamid: &str, ts: i64) -> String {
+    format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"smb_message_echoes","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15551111111","phone_number_id":"{ACME_PNID}"}},"message_echoes":[{{"from":"15551111111","to":"{to}","id":"{wamid}","timestamp":"{ts}","type":"text","text":{{"body":"we answered"}}}}]}}}}]}}]}}"#
+    )
+}
+
+async fn lead_filters_and_contact_edits_work_on_real_webhooks(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let now = chrono::Utc::now().timestamp();
+    // A wrote long ago and nobody answered; B wrote a minute ago and we answered just now.
+    for body in [
+        text_at("15550004001", "wamid.lead.a", now - 40 * 86_400),
+        text_at("15550004002", "wamid.lead.b", now - 60),
+        echo_at("15550004002", "wamid.lead.b.reply", now - 5),
+    ] {
+        assert_eq!(app.post_meta(body, ACME_SECRET).await.status(), 200);
+    }
+    app.wait_processed(3).await;
+    let (_, operator) = user_with_token(&app, "acme", "otto@acme.test", Role::Operator).await;
+    let (_, viewer) = user_with_token(&app, "acme", "vera@acme.test", Role::Viewer).await;
+    let (_, globex) = user_with_token(&app, "globex", "gus@globex.test", Role::Admin).await;
+    let phones = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["phone"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, v) = call(
+        &app,
+        Method::GET,
+        "/api/v1/leads?filter=not_contacted&days=7",
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(phones(&v), vec!["15550004001"]);
+    let (_, v) = call(
+        &app,
+        Method::GET,
+        "/api/v1/leads?filter=needs_follow_up",
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(phones(&v), vec!["15550004001"]);
+    let since = (chrono::Utc::now() - chrono::Duration::hours(1))
+        .to_rfc3339()
+        .replace('+', "%2B");
+    let (_, v) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/leads?filter=recently_active&since={since}"),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(phones(&v), vec!["15550004002"]);
+    let (_, v) = call(
+        &app,
+        Method::GET,
+        "/api/v1/leads?filter=needs_follow_up",
+        Some(&globex),
+        None,
+    )
+    .await;
+    assert!(
+        phones(&v).is_empty(),
+        "another workspace's leads are not listed"
+    );
+    for bad in [
+        "/api/v1/leads?filter=hot",
+        "/api/v1/leads?filter=not_contacted",
+        "/api/v1/leads?filter=not_contacted&days=-1",
+    ] {
+        let (status, _) = call(&app, Method::GET, bad, Some(&viewer), None).await;
+        assert_eq!(status, 400, "{bad}");
+    }
+
+    // Edit a contact's lead status and score.
+    let (_, contacts) = call(
+        &app,
+        Method::GET,
+        "/api/v1/contacts?search=4001",
+        Some(&viewer),
+        None,
+    )
+    .await;
+    let id = contacts["items"][0]["id"].as_i64().unwrap();
+    let path = format!("/api/v1/contacts/{id}");
+    let edit = json!({"lead_status": "qualified", "lead_score": 80});
+    let (status, _) = call(
+        &app,
+        Method::PATCH,
+        &path,
+        Some(&viewer),
+        Some(edit.clone()),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = call(
+        &app,
+        Method::PATCH,
+        &path,
+        Some(&globex),
+        Some(edit.clone()),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = call(
+        &app,
+        Method::PATCH,
+        &path,
+        Some(&operator),
+        Some(json!({"lead_score": 101})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, c) = call(&app, Method::PATCH, &path, Some(&operator), Some(edit)).await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["lead_status"], "qualified");
+    assert_eq!(c["lead_score"], 80);
+    assert_eq!(
+        app.scalar(&format!("SELECT lead_score FROM contacts WHERE id = {id}"))
+            .await,
+        80
+    );
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'contact.update'")
+            .await,
+        1
+    );
     app.stop().await;
 }

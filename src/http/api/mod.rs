@@ -6,6 +6,7 @@
 //! made by the CLI in another process is seen within the TTL). Unknown tokens are looked up
 //! once each, and a client that keeps sending bad ones is refused with 429 for a while.
 
+pub mod contacts;
 pub mod conversations;
 pub mod dlq;
 pub mod events;
@@ -43,6 +44,7 @@ pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .merge(users::router())
         .merge(dlq::router())
+        .merge(contacts::router())
         .merge(events::router())
         .merge(conversations::router())
         .merge(tokens::router())
