@@ -133,3 +133,99 @@ pub async fn load_directory(db: &impl ConnectionTrait) -> Result<Directory, DbEr
     let rows = whatsapp_accounts::Entity::find().all(db).await?;
     Ok(Directory::new(rows.into_iter().map(Account::from)))
 }
+
+/// A workspace's accounts (secrets are never serialized).
+pub async fn list(
+    db: &impl ConnectionTrait,
+    workspace_id: i64,
+) -> Result<Vec<whatsapp_accounts::Model>, DbErr> {
+    use sea_orm::QueryOrder;
+    whatsapp_accounts::Entity::find()
+        .filter(whatsapp_accounts::Column::WorkspaceId.eq(workspace_id))
+        .order_by_asc(whatsapp_accounts::Column::Id)
+        .all(db)
+        .await
+}
+
+/// An account's fields as an operator gives them (all optional on an update).
+#[derive(Debug, Default)]
+pub struct AccountFields {
+    pub phone_number_id: Option<String>,
+    pub display_phone_number: Option<String>,
+    pub app_secret: Option<String>,
+    pub verify_token: Option<String>,
+    pub kapso_secret: Option<String>,
+    pub agent: Option<Option<String>>,
+}
+
+/// Creates an account in the workspace; `Ok(None)` when its `phone_number_id` is taken.
+pub async fn create_one(
+    db: &impl ConnectionTrait,
+    workspace_id: i64,
+    f: AccountFields,
+) -> Result<Option<whatsapp_accounts::Model>, DbErr> {
+    let now = Utc::now();
+    let result = whatsapp_accounts::Entity::insert(whatsapp_accounts::ActiveModel {
+        workspace_id: Set(workspace_id),
+        phone_number_id: Set(f.phone_number_id.unwrap_or_default()),
+        display_phone_number: Set(f.display_phone_number.unwrap_or_default()),
+        app_secret: Set(f.app_secret.unwrap_or_default()),
+        verify_token: Set(f.verify_token.unwrap_or_default()),
+        kapso_secret: Set(f.kapso_secret),
+        agent_type: Set(f.agent.flatten()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    })
+    .exec_with_returning(db)
+    .await;
+    match result {
+        Ok(m) => Ok(Some(m)),
+        Err(e)
+            if matches!(
+                e.sql_err(),
+                Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Changes an account of the workspace; `None` when there is none there.
+pub async fn update_one(
+    db: &impl ConnectionTrait,
+    workspace_id: i64,
+    id: i64,
+    f: AccountFields,
+) -> Result<Option<whatsapp_accounts::Model>, DbErr> {
+    let Some(current) = whatsapp_accounts::Entity::find_by_id(id)
+        .filter(whatsapp_accounts::Column::WorkspaceId.eq(workspace_id))
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut row: whatsapp_accounts::ActiveModel = current.into();
+    if let Some(v) = f.display_phone_number {
+        row.display_phone_number = Set(v);
+    }
+    if let Some(v) = f.app_secret {
+        row.app_secret = Set(v);
+    }
+    if let Some(v) = f.verify_token {
+        row.verify_token = Set(v);
+    }
+    if let Some(v) = f.kapso_secret {
+        row.kapso_secret = Set(Some(v));
+    }
+    if let Some(v) = f.agent {
+        row.agent_type = Set(v);
+    }
+    row.updated_at = Set(Utc::now());
+    whatsapp_accounts::Entity::update(row)
+        .exec(db)
+        .await
+        .map(Some)
+}

@@ -27,6 +27,7 @@ both_backends!(
     conversations_are_listed_read_and_handed_to_a_person,
     events_are_read_and_replayed_without_doubling_anything,
     lead_filters_and_contact_edits_work_on_real_webhooks,
+    accounts_are_managed_with_write_only_secrets,
 );
 
 /// A user of `workspace` with `role`, and a token for it (through the store, as the CLI does).
@@ -987,6 +988,127 @@ async fn lead_filters_and_contact_edits_work_on_real_webhooks(backend: Backend) 
         app.scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'contact.update'")
             .await,
         1
+    );
+    app.stop().await;
+}
+
+async fn accounts_are_managed_with_write_only_secrets(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let (_, admin) = user_with_token(&app, "acme", "ada@acme.test", Role::Admin).await;
+    let (_, viewer) = user_with_token(&app, "acme", "vera@acme.test", Role::Viewer).await;
+    let (_, globex) = user_with_token(&app, "globex", "gus@globex.test", Role::Admin).await;
+    let new = json!({"phone_number_id": "444444444444444", "app_secret": "new-account-secret",
+                     "verify_token": "new-verify-token"});
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        "/api/v1/accounts",
+        Some(&viewer),
+        Some(new.clone()),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, created) = call(
+        &app,
+        Method::POST,
+        "/api/v1/accounts",
+        Some(&admin),
+        Some(new.clone()),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert!(!created.to_string().contains("new-account-secret"));
+    assert!(!created.to_string().contains("new-verify-token"));
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        "/api/v1/accounts",
+        Some(&admin),
+        Some(new),
+    )
+    .await;
+    assert_eq!(status, 409);
+    // The intake knows it at once.
+    let body = meta_text(
+        "444444444444444",
+        "15550005001",
+        "wamid.api.acc1",
+        "hello new number",
+    );
+    assert_eq!(
+        app.post_meta(body, "new-account-secret").await.status(),
+        200
+    );
+    // Secrets are never returned, and rotate.
+    let (_, listed) = call(&app, Method::GET, "/api/v1/accounts", Some(&viewer), None).await;
+    assert_eq!(
+        listed["items"].as_array().unwrap().len(),
+        3,
+        "acme's two configured and the new one"
+    );
+    for secret in [
+        ACME_SECRET,
+        "new-account-secret",
+        "acme-verify-token",
+        "acme-kapso-secret",
+    ] {
+        assert!(!listed.to_string().contains(secret), "{secret} leaked");
+    }
+    let id = created["id"].as_i64().unwrap();
+    let path = format!("/api/v1/accounts/{id}");
+    let (status, _) = call(
+        &app,
+        Method::PATCH,
+        &path,
+        Some(&globex),
+        Some(json!({"app_secret": "stolen-secret-1"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = call(
+        &app,
+        Method::PATCH,
+        &path,
+        Some(&admin),
+        Some(json!({"app_secret": "short"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = call(
+        &app,
+        Method::PATCH,
+        &path,
+        Some(&admin),
+        Some(json!({"agent": "nobody"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = call(
+        &app,
+        Method::PATCH,
+        &path,
+        Some(&admin),
+        Some(json!({"app_secret": "rotated-secret-2"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let body = meta_text(
+        "444444444444444",
+        "15550005001",
+        "wamid.api.acc2",
+        "after rotation",
+    );
+    assert_eq!(
+        app.post_meta(body.clone(), "new-account-secret")
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(app.post_meta(body, "rotated-secret-2").await.status(), 200);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM audit_log WHERE action LIKE 'account.%'")
+            .await,
+        2
     );
     app.stop().await;
 }

@@ -6,6 +6,7 @@
 //! made by the CLI in another process is seen within the TTL). Unknown tokens are looked up
 //! once each, and a client that keeps sending bad ones is refused with 429 for a while.
 
+pub mod accounts;
 pub mod contacts;
 pub mod conversations;
 pub mod dlq;
@@ -43,6 +44,7 @@ const BAD_TOKEN_WINDOW: Duration = Duration::from_secs(60);
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .merge(users::router())
+        .merge(accounts::router())
         .merge(dlq::router())
         .merge(contacts::router())
         .merge(events::router())
