@@ -6,6 +6,7 @@
 pub mod breaker;
 pub mod context;
 pub mod graph;
+pub mod outbox;
 pub mod provider;
 pub mod turn;
 

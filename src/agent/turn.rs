@@ -17,15 +17,15 @@ use sea_orm::DatabaseConnection;
 use super::{
     Answerer,
     context::{self, Turn},
-    graph::Recipient,
+    outbox::{self, Outcome, Outgoing},
     provider::ProviderError,
 };
 use crate::{
-    ingest::event::{ContactKey, ConversationState, Direction, MessageItem, MessageStatus},
+    ingest::event::{ContactKey, ConversationState, MessageItem},
     metrics as m,
     store::{
         agent::{self as agent_store, TurnFigures},
-        batch::{ChangeSet, Store},
+        batch::Store,
         conversations,
         outbound::{self, NewOutbound},
     },
@@ -117,7 +117,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
     if Utc::now() - newest.message.timestamp > chrono::Duration::hours(24) {
         return skip(&input, &key, "service_window_closed").await;
     }
-    let Some(to) = recipient(&input.contact) else {
+    let Some(to) = outbox::recipient(&input.contact) else {
         return skip(&input, &key, "no_sendable_address").await;
     };
 
@@ -199,45 +199,27 @@ async fn turn(mut input: TurnInput) -> TurnReport {
         .increment(completion.completion_tokens.max(0) as u64);
 
     // Recorded durably before it leaves; the unique turn key forbids a second send.
-    let row = NewOutbound {
+    let a = &input.answerer;
+    let sent = outbox::send_once(Outgoing {
+        db: &input.db,
+        store: &input.store,
+        graph: &a.graph,
+        token: &a.token,
+        phone_number_id: &a.phone_number_id,
         workspace_id: input.workspace_id,
         conversation_id: input.conversation_id,
-        agent_type: agent,
-        turn_key: &key,
-        state: "pending_send",
-        body: Some(&completion.content),
-        error: None,
+        contact_id: input.contact_id,
+        contact: &input.contact,
+        to: &to,
+        key: &key,
+        body: &completion.content,
+        event_id: newest.event_id,
+        sender: agent,
+        correlation_id: &input.correlation_id,
         prompt_tokens: completion.prompt_tokens,
         completion_tokens: completion.completion_tokens,
-    };
-    let id = match outbound::reserve(&input.db, row).await {
-        Ok(Some(id)) => id,
-        Ok(None) => {
-            return TurnReport {
-                context: Some(turns),
-                outcome: "already_answered",
-            };
-        }
-        Err(e) => {
-            log("cannot record the reply before sending it; not sending", &e);
-            return TurnReport {
-                context: Some(turns),
-                outcome: "error",
-            };
-        }
-    };
-    let a = &input.answerer;
-    let sent = a
-        .graph
-        .send_text(&a.phone_number_id, &a.token, &to, &completion.content)
-        .await;
-    if injected_stop(&key) {
-        // The process "stops" between the send and the record of its outcome.
-        return TurnReport {
-            context: None,
-            outcome: "error",
-        };
-    }
+    })
+    .await;
     let mut f = TurnFigures {
         prompt_tokens: completion.prompt_tokens,
         completion_tokens: completion.completion_tokens,
@@ -245,55 +227,35 @@ async fn turn(mut input: TurnInput) -> TurnReport {
         ..Default::default()
     };
     let outcome = match sent {
-        Ok(wamid) => {
-            if let Err(e) = outbound::finish(&input.db, id, "sent", Some(&wamid), None, None).await
-            {
-                log("cannot record the sent reply", &e);
-            }
-            let message = MessageItem {
-                direction: Direction::Outbound,
-                wamid: wamid.clone(),
-                timestamp: Utc::now(),
-                message_type: "text".into(),
-                content: Some(completion.content.clone()),
-                metadata: serde_json::json!({"agent": agent, "turn": key}).to_string(),
-                status: MessageStatus::Accepted,
-            };
-            let set = ChangeSet {
-                event_id: newest.event_id,
-                marks_event: false,
-                correlation_id: input.correlation_id.clone(),
-                workspace_id: input.workspace_id,
-                contact: input.contact.clone(),
-                user_id: None,
-                contact_name: None,
-                messages: vec![message],
-                statuses: Vec::new(),
-                intents: Vec::new(),
-                external_id: None,
-                known: Some(crate::store::batch::Known {
-                    contact_id: input.contact_id,
-                    conversation_id: input.conversation_id,
-                }),
-            };
-            if let Err(e) = input.store.apply(set).await {
-                log("cannot store the sent reply as a message", &e);
-            }
+        Outcome::Sent(_) => {
             turns.push(Turn::assistant(completion.content.clone()));
             tokens += context::message_tokens(bpe, &completion.content);
             f.replied = true;
             "sent"
         }
-        Err(e) => {
-            let state = if e.unknown { "unknown" } else { "failed" };
-            tracing::warn!(correlation_id = %input.correlation_id, agent, turn = %key, code = %e.code, error = %e.message, state, "the reply was not sent");
-            if let Err(e) =
-                outbound::finish(&input.db, id, state, None, Some(&e.code), Some(&e.message)).await
-            {
-                log("cannot record the send's failure", &e);
-            }
+        Outcome::Failed { .. } | Outcome::Unknown { .. } => {
             f.failed = true;
-            state
+            sent.label()
+        }
+        Outcome::AlreadyRecorded => {
+            return TurnReport {
+                context: Some(turns),
+                outcome: "already_answered",
+            };
+        }
+        Outcome::NotRecorded(e) => {
+            log("cannot record the reply before sending it; not sending", &e);
+            return TurnReport {
+                context: Some(turns),
+                outcome: "error",
+            };
+        }
+        // The process "stopped" between the send and the record of its outcome.
+        Outcome::Stopped => {
+            return TurnReport {
+                context: None,
+                outcome: "error",
+            };
         }
     };
     metrics::counter!(m::AGENT_REPLIES, "outcome" => outcome, "reason" => if outcome == "sent" { "ok" } else { "send" }).increment(1);
@@ -303,15 +265,6 @@ async fn turn(mut input: TurnInput) -> TurnReport {
         context: Some(turns),
         outcome,
     }
-}
-
-/// Where a reply to this contact goes: its phone, or its business-scoped user id.
-fn recipient(contact: &ContactKey) -> Option<Recipient> {
-    let key = contact.as_str();
-    if let Some(user) = key.strip_prefix("bsuid:") {
-        return Some(Recipient::User(user.to_owned()));
-    }
-    (!key.starts_with("raw:")).then(|| Recipient::Phone(key.to_owned()))
 }
 
 async fn skip(input: &TurnInput, key: &str, reason: &'static str) -> TurnReport {
@@ -361,14 +314,4 @@ async fn figures(input: &TurnInput, f: TurnFigures) {
     if let Err(e) = agent_store::record_turn(&input.db, input.conversation_id, agent, &f).await {
         tracing::error!(error = %e, conversation_id = input.conversation_id, "cannot record the agent session figures");
     }
-}
-
-/// Fault injection for the test suite: true (the turn stops as if the process died) when the
-/// point's argument is in the turn's key.
-#[allow(unused_variables)]
-fn injected_stop(key: &str) -> bool {
-    fail::fail_point!("agent::after_send", |arg: Option<String>| {
-        arg.is_some_and(|marker| key.contains(&marker))
-    });
-    false
 }

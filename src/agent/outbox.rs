@@ -1,0 +1,176 @@
+//! Sending a text at most once: the reply is recorded `pending_send` under its key (unique in
+//! `outbound_messages`) before it leaves; after the Graph API answers it becomes `sent` with its
+//! wamid (and an outbound `messages` row through the store, which moves `last_contact_at` and
+//! lets the status webhooks find it), `failed` with the Graph code, or `unknown`. Used by the
+//! agent's turns and by operators' sends.
+
+use chrono::Utc;
+use sea_orm::DatabaseConnection;
+
+use super::graph::{Graph, Recipient};
+use crate::{
+    ingest::event::{ContactKey, Direction, MessageItem, MessageStatus},
+    store::{
+        batch::{ChangeSet, Known, Store},
+        outbound::{self, NewOutbound},
+    },
+};
+
+pub struct Outgoing<'a> {
+    pub db: &'a DatabaseConnection,
+    pub store: &'a Store,
+    pub graph: &'a Graph,
+    pub token: &'a str,
+    pub phone_number_id: &'a str,
+    pub workspace_id: i64,
+    pub conversation_id: i64,
+    pub contact_id: i64,
+    pub contact: &'a ContactKey,
+    pub to: &'a Recipient,
+    /// Unique per send: a second send with the same key never leaves.
+    pub key: &'a str,
+    pub body: &'a str,
+    /// The inbox event it answers (for the message row), if any.
+    pub event_id: i64,
+    /// `agent_type` of the row: the agent's name, or `operator`.
+    pub sender: &'a str,
+    pub correlation_id: &'a str,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Sent(String),
+    Failed {
+        code: String,
+        message: String,
+    },
+    Unknown {
+        code: String,
+        message: String,
+    },
+    /// The key was recorded before: nothing was sent.
+    AlreadyRecorded,
+    /// It could not be recorded first, so it was not sent.
+    NotRecorded(String),
+    /// Fault injection: the process "stopped" after the send, before its record.
+    Stopped,
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Sent(_) => "sent",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Unknown { .. } => "unknown",
+            Outcome::AlreadyRecorded => "already_answered",
+            Outcome::NotRecorded(_) | Outcome::Stopped => "error",
+        }
+    }
+}
+
+pub async fn send_once(o: Outgoing<'_>) -> Outcome {
+    let row = NewOutbound {
+        workspace_id: o.workspace_id,
+        conversation_id: o.conversation_id,
+        agent_type: o.sender,
+        turn_key: o.key,
+        state: "pending_send",
+        body: Some(o.body),
+        error: None,
+        prompt_tokens: o.prompt_tokens,
+        completion_tokens: o.completion_tokens,
+    };
+    let id = match outbound::reserve(o.db, row).await {
+        Ok(Some(id)) => id,
+        Ok(None) => return Outcome::AlreadyRecorded,
+        Err(e) => return Outcome::NotRecorded(e.to_string()),
+    };
+    let sent = o
+        .graph
+        .send_text(o.phone_number_id, o.token, o.to, o.body)
+        .await;
+    if injected_stop(o.key) {
+        return Outcome::Stopped;
+    }
+    let log = |what: &str, e: &dyn std::fmt::Display| {
+        tracing::error!(correlation_id = %o.correlation_id, key = %o.key, error = %e, "send: {what}");
+    };
+    match sent {
+        Ok(wamid) => {
+            if let Err(e) = outbound::finish(o.db, id, "sent", Some(&wamid), None, None).await {
+                log("cannot record the sent message", &e);
+            }
+            let message = MessageItem {
+                direction: Direction::Outbound,
+                wamid: wamid.clone(),
+                timestamp: Utc::now(),
+                message_type: "text".into(),
+                content: Some(o.body.to_owned()),
+                metadata: serde_json::json!({"sender": o.sender, "key": o.key}).to_string(),
+                status: MessageStatus::Accepted,
+            };
+            let set = ChangeSet {
+                event_id: o.event_id,
+                marks_event: false,
+                correlation_id: o.correlation_id.to_owned(),
+                workspace_id: o.workspace_id,
+                contact: o.contact.clone(),
+                user_id: None,
+                contact_name: None,
+                messages: vec![message],
+                statuses: Vec::new(),
+                intents: Vec::new(),
+                external_id: None,
+                known: Some(Known {
+                    contact_id: o.contact_id,
+                    conversation_id: o.conversation_id,
+                }),
+            };
+            if let Err(e) = o.store.apply(set).await {
+                log("cannot store the sent message", &e);
+            }
+            Outcome::Sent(wamid)
+        }
+        Err(e) => {
+            let state = if e.unknown { "unknown" } else { "failed" };
+            tracing::warn!(correlation_id = %o.correlation_id, key = %o.key, code = %e.code, error = %e.message, state, "the message was not sent");
+            if let Err(err) =
+                outbound::finish(o.db, id, state, None, Some(&e.code), Some(&e.message)).await
+            {
+                log("cannot record the send's failure", &err);
+            }
+            if e.unknown {
+                Outcome::Unknown {
+                    code: e.code,
+                    message: e.message,
+                }
+            } else {
+                Outcome::Failed {
+                    code: e.code,
+                    message: e.message,
+                }
+            }
+        }
+    }
+}
+
+/// Where a message to this contact goes: its phone, or its business-scoped user id.
+pub fn recipient(contact: &ContactKey) -> Option<Recipient> {
+    let key = contact.as_str();
+    if let Some(user) = key.strip_prefix("bsuid:") {
+        return Some(Recipient::User(user.to_owned()));
+    }
+    (!key.starts_with("raw:")).then(|| Recipient::Phone(key.to_owned()))
+}
+
+/// Fault injection for the test suite: true (the send stops as if the process died) when the
+/// point's argument is in the send's key.
+#[allow(unused_variables)]
+fn injected_stop(key: &str) -> bool {
+    fail::fail_point!("agent::after_send", |arg: Option<String>| {
+        arg.is_some_and(|marker| key.contains(&marker))
+    });
+    false
+}
