@@ -42,7 +42,8 @@ impl Agents {
             providers.insert(name.clone(), Arc::new(provider));
         }
         let mut tokens = HashMap::new();
-        for account in config.accounts.iter().filter(|a| a.agent.is_some()) {
+        // Every account with a Graph token can send (operators' sends); an agent account must.
+        for account in &config.accounts {
             if let Ok(token) = account.resolve_access_token() {
                 tokens.insert(account.phone_number_id.clone(), token);
             }
@@ -72,6 +73,11 @@ impl Agents {
             phone_number_id: phone_number_id.to_owned(),
             token: token.clone(),
         })
+    }
+
+    /// The Graph API token of an account, if one is configured.
+    pub fn token(&self, phone_number_id: &str) -> Option<&str> {
+        self.tokens.get(phone_number_id).map(String::as_str)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &String> {

@@ -28,6 +28,7 @@ both_backends!(
     events_are_read_and_replayed_without_doubling_anything,
     lead_filters_and_contact_edits_work_on_real_webhooks,
     accounts_are_managed_with_write_only_secrets,
+    operators_send_once_and_record_outside_sends,
 );
 
 /// A user of `workspace` with `role`, and a token for it (through the store, as the CLI does).
@@ -1108,6 +1109,145 @@ async fn accounts_are_managed_with_write_only_secrets(backend: Backend) {
     assert_eq!(
         app.scalar("SELECT COUNT(*) FROM audit_log WHERE action LIKE 'account.%'")
             .await,
+        2
+    );
+    app.stop().await;
+}
+
+async fn operators_send_once_and_record_outside_sends(backend: Backend) {
+    let graph = crate::fakes::graph().await;
+    let graph_base = graph.base.clone();
+    let app = TestApp::start_with(backend, move |c| {
+        c.graph.base_url = graph_base;
+        c.accounts[0].access_token = Some("acme-graph-token".into());
+    })
+    .await;
+    let now = chrono::Utc::now().timestamp();
+    // A customer who wrote a minute ago, and one who wrote two days ago.
+    assert_eq!(
+        app.post_meta(
+            text_at("15550006001", "wamid.msg.fresh", now - 60),
+            ACME_SECRET
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_eq!(
+        app.post_meta(
+            text_at("15550006002", "wamid.msg.old", now - 2 * 86_400),
+            ACME_SECRET
+        )
+        .await
+        .status(),
+        200
+    );
+    app.wait_processed(2).await;
+    let (_, operator) = user_with_token(&app, "acme", "otto@acme.test", Role::Operator).await;
+    let (_, viewer) = user_with_token(&app, "acme", "vera@acme.test", Role::Viewer).await;
+    let (_, globex) = user_with_token(&app, "globex", "gus@globex.test", Role::Admin).await;
+    let conv = |phone: &str| {
+        format!(
+            "SELECT v.id FROM conversations v JOIN contacts c ON c.id = v.contact_id WHERE c.phone = '{phone}'"
+        )
+    };
+    let fresh = app.scalar(&conv("15550006001")).await;
+    let old = app.scalar(&conv("15550006002")).await;
+    let send = |conversation_id: i64, key: &str| json!({"conversation_id": conversation_id, "phone_number_id": ACME_PNID, "text": "Hello from a person", "idempotency_key": key});
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        "/api/v1/messages",
+        Some(&viewer),
+        Some(send(fresh, "k1")),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        "/api/v1/messages",
+        Some(&globex),
+        Some(send(fresh, "k1")),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, sent) = call(
+        &app,
+        Method::POST,
+        "/api/v1/messages",
+        Some(&operator),
+        Some(send(fresh, "k1")),
+    )
+    .await;
+    assert_eq!(status, 201, "{sent}");
+    assert_eq!(sent["state"], "sent");
+    let (status, again) = call(
+        &app,
+        Method::POST,
+        "/api/v1/messages",
+        Some(&operator),
+        Some(send(fresh, "k1")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(again["state"], "already_recorded");
+    let sends: Vec<_> = graph
+        .requests()
+        .into_iter()
+        .filter(|(p, b)| crate::fakes::is_send(p, b))
+        .collect();
+    assert_eq!(sends.len(), 1, "one key, one send");
+    assert_eq!(sends[0].1["to"], "15550006001");
+    let wamid = sent["wamid"].as_str().unwrap();
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM messages WHERE wamid = '{wamid}' AND direction = 'outbound'"
+        ))
+        .await,
+        1
+    );
+    // Outside the window: refused before anything is recorded or sent.
+    let (status, refused) = call(
+        &app,
+        Method::POST,
+        "/api/v1/messages",
+        Some(&operator),
+        Some(send(old, "k2")),
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert_eq!(refused["error"]["code"], "service_window_closed");
+    assert_eq!(app.count("outbound_messages").await, 1);
+    // A message another system sent, recorded: it moves last_contact_at, once.
+    let record =
+        json!({"conversation_id": old, "wamid": "wamid.crm.1", "text": "Sent from the CRM"});
+    for _ in 0..2 {
+        let (status, _) = call(
+            &app,
+            Method::POST,
+            "/api/v1/messages/outbound",
+            Some(&operator),
+            Some(record.clone()),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM messages WHERE wamid = 'wamid.crm.1'")
+            .await,
+        1
+    );
+    assert!(
+        app.db_time("SELECT last_contact_at FROM contacts WHERE phone = '15550006002'")
+            .await
+            .is_some()
+    );
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT message_count FROM conversations WHERE id = {old}"
+        ))
+        .await,
         2
     );
     app.stop().await;

@@ -11,6 +11,7 @@ pub mod contacts;
 pub mod conversations;
 pub mod dlq;
 pub mod events;
+pub mod messages;
 pub mod tokens;
 pub mod users;
 
@@ -48,6 +49,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(dlq::router())
         .merge(contacts::router())
         .merge(events::router())
+        .merge(messages::router())
         .merge(conversations::router())
         .merge(tokens::router())
         .route_layer(middleware::from_fn_with_state(state, authenticate))

@@ -1,0 +1,241 @@
+//! `/api/v1/messages`: operators send a text to a conversation through the Graph API under the
+//! agent's rules (recorded before it leaves, never sent twice for one idempotency key, not
+//! outside the 24-hour window), and record messages another system sent (which moves
+//! `last_contact_at` like any outbound message).
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Body, Caller, Failure};
+use crate::{
+    agent::outbox::{self, Outcome, Outgoing},
+    http::AppState,
+    ingest::event::{ContactKey, Direction, MessageItem, MessageStatus},
+    store::{
+        batch::{ChangeSet, Known},
+        conversations::{self, ConversationView},
+        users::{Role, audit},
+    },
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/messages", post(send))
+        .route("/api/v1/messages/outbound", post(record))
+}
+
+async fn conversation(
+    state: &AppState,
+    caller: &Caller,
+    id: i64,
+) -> Result<ConversationView, Failure> {
+    conversations::get(&state.db, caller.0.workspace_id, id)
+        .await?
+        .ok_or_else(|| Failure::not_found("conversation"))
+}
+
+fn check_text(text: &str) -> Result<(), Failure> {
+    let n = text.chars().count();
+    if text.trim().is_empty() || n > 4096 {
+        return Err(Failure::bad_request(format!(
+            "text must have 1 to 4096 characters, not {n}"
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody {
+    conversation_id: i64,
+    /// The business number to send from (one of the workspace's accounts).
+    phone_number_id: String,
+    text: String,
+    /// The same key twice sends once.
+    idempotency_key: Option<String>,
+}
+
+async fn send(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<SendBody>,
+) -> Result<Response, Failure> {
+    caller.require(Role::Operator)?;
+    check_text(&body.text)?;
+    let ws = caller.0.workspace_id;
+    let conv = conversation(&state, &caller, body.conversation_id).await?;
+    let directory = state.directory();
+    if directory
+        .get(&body.phone_number_id)
+        .is_none_or(|a| a.workspace_id != ws)
+    {
+        return Err(Failure::not_found("account"));
+    }
+    let Some(token) = state.processing.agents.token(&body.phone_number_id) else {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            "no_graph_token",
+            "the account has no Graph API token configured (access_token_env)",
+        ));
+    };
+    let window = conversations::service_window(&state.db, conv.id, Utc::now()).await?;
+    if !window.service_window_open {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            "service_window_closed",
+            "the customer has not written in the last 24 hours: only a template may be sent",
+        ));
+    }
+    let contact = ContactKey::stored(conv.contact.clone());
+    let Some(to) = outbox::recipient(&contact) else {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            "no_address",
+            "the contact has no address to send to",
+        ));
+    };
+    let key = match body.idempotency_key.as_deref().map(str::trim) {
+        Some(k) if !k.is_empty() && k.len() <= 200 => format!("api:{ws}:{k}"),
+        Some(_) => {
+            return Err(Failure::bad_request(
+                "idempotency_key must have 1 to 200 characters",
+            ));
+        }
+        None => format!("api:{ws}:{}", uuid::Uuid::now_v7()),
+    };
+    let correlation_id = format!("api:user:{}", caller.0.user_id);
+    let outcome = outbox::send_once(Outgoing {
+        db: &state.db,
+        store: &state.processing.store,
+        graph: &state.processing.agents.graph,
+        token,
+        phone_number_id: &body.phone_number_id,
+        workspace_id: ws,
+        conversation_id: conv.id,
+        contact_id: conv.contact_id,
+        contact: &contact,
+        to: &to,
+        key: &key,
+        body: &body.text,
+        event_id: 0,
+        sender: "operator",
+        correlation_id: &correlation_id,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+    })
+    .await;
+    audit(
+        &state.db,
+        ws,
+        &caller.0.actor,
+        "message.send",
+        &format!("conversation:{}", conv.id),
+        None,
+        Some(outcome.label()),
+    )
+    .await?;
+    Ok(match outcome {
+        Outcome::Sent(wamid) => (
+            StatusCode::CREATED,
+            Json(json!({"state": "sent", "wamid": wamid})),
+        )
+            .into_response(),
+        Outcome::AlreadyRecorded => Json(json!({"state": "already_recorded"})).into_response(),
+        Outcome::Unknown { code, message } => (
+            StatusCode::ACCEPTED,
+            Json(json!({"state": "unknown", "error_code": code, "message": message})),
+        )
+            .into_response(),
+        Outcome::Failed { code, message } => Failure::new(
+            StatusCode::BAD_GATEWAY,
+            "graph_error",
+            format!("the Graph API refused it ({code}): {message}"),
+        )
+        .into_response(),
+        Outcome::NotRecorded(e) => Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("not sent: it could not be recorded first ({e})"),
+        )
+        .into_response(),
+        Outcome::Stopped => Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopped",
+            "the outcome is unknown",
+        )
+        .into_response(),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordBody {
+    conversation_id: i64,
+    wamid: String,
+    text: String,
+    timestamp: Option<DateTime<Utc>>,
+}
+
+async fn record(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<RecordBody>,
+) -> Result<impl IntoResponse, Failure> {
+    caller.require(Role::Operator)?;
+    check_text(&body.text)?;
+    if body.wamid.trim().is_empty() || body.wamid.len() > 256 {
+        return Err(Failure::bad_request("wamid must have 1 to 256 characters"));
+    }
+    let conv = conversation(&state, &caller, body.conversation_id).await?;
+    let set = ChangeSet {
+        event_id: 0,
+        marks_event: false,
+        correlation_id: format!("api:user:{}", caller.0.user_id),
+        workspace_id: caller.0.workspace_id,
+        contact: ContactKey::stored(conv.contact.clone()),
+        user_id: None,
+        contact_name: None,
+        messages: vec![MessageItem {
+            direction: Direction::Outbound,
+            wamid: body.wamid.trim().to_owned(),
+            timestamp: body.timestamp.unwrap_or_else(Utc::now),
+            message_type: "text".into(),
+            content: Some(body.text.clone()),
+            metadata: json!({"recorded_by": caller.0.actor}).to_string(),
+            status: MessageStatus::Sent,
+        }],
+        statuses: Vec::new(),
+        intents: Vec::new(),
+        external_id: None,
+        known: Some(Known {
+            contact_id: conv.contact_id,
+            conversation_id: conv.id,
+        }),
+    };
+    state.processing.store.apply(set).await.map_err(|e| {
+        Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("not recorded: {e}"),
+        )
+    })?;
+    audit(
+        &state.db,
+        caller.0.workspace_id,
+        &caller.0.actor,
+        "message.record",
+        &format!("conversation:{}", conv.id),
+        None,
+        Some(&body.wamid),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(json!({"recorded": body.wamid}))))
+}
