@@ -13,6 +13,7 @@ pub mod leads;
 pub mod messages;
 pub mod outbound;
 mod sql;
+pub mod stats;
 mod statuses;
 pub mod tokens;
 mod transitions;

@@ -340,6 +340,14 @@ async fn a_dead_provider_opens_the_breaker(backend: Backend) {
         app.column("SELECT breaker_trips FROM agent_sessions").await,
         vec![1]
     );
+    // The operator's agent view sums the same figures (on both backends' SUM types).
+    let ws = app
+        .scalar("SELECT id FROM workspaces WHERE name = 'acme'")
+        .await;
+    let stats = wahook::store::stats::agents(&app.db, ws).await.unwrap();
+    assert_eq!(stats["agents"]["sales"]["failures"], 3, "{stats}");
+    assert_eq!(stats["agents"]["sales"]["breaker_trips"], 1, "{stats}");
+    assert_eq!(stats["agents"]["sales"]["turns"]["failed"], 3, "{stats}");
     assert_eq!(sends(&graph), 0);
     app.stop().await;
 }

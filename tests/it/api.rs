@@ -29,6 +29,7 @@ both_backends!(
     lead_filters_and_contact_edits_work_on_real_webhooks,
     accounts_are_managed_with_write_only_secrets,
     operators_send_once_and_record_outside_sends,
+    the_monitoring_views_answer_per_workspace,
 );
 
 /// A user of `workspace` with `role`, and a token for it (through the store, as the CLI does).
@@ -1250,5 +1251,63 @@ async fn operators_send_once_and_record_outside_sends(backend: Backend) {
         .await,
         2
     );
+    app.stop().await;
+}
+
+async fn the_monitoring_views_answer_per_workspace(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.processing.dlq_backoff_base_ms = 3_600_000;
+    })
+    .await;
+    let now = chrono::Utc::now().timestamp();
+    for (from, wamid) in [("15550007001", "wamid.st.1"), ("15550007002", "wamid.st.2")] {
+        assert_eq!(
+            app.post_meta(text_at(from, wamid, now - 30), ACME_SECRET)
+                .await
+                .status(),
+            200
+        );
+    }
+    assert_eq!(
+        app.post_meta(fixture("meta/sender_nowhere.json"), ACME_SECRET)
+            .await
+            .status(),
+        200
+    );
+    app.wait_processed(2).await;
+    app.wait_for("SELECT COUNT(*) FROM webhook_dlq", 1).await;
+    let (_, viewer) = user_with_token(&app, "acme", "vera@acme.test", Role::Viewer).await;
+    let (_, globex) = user_with_token(&app, "globex", "gus@globex.test", Role::Viewer).await;
+    let get = |path: &'static str, token: String| {
+        let app = &app;
+        async move { call(app, Method::GET, path, Some(&token), None).await }
+    };
+    let (status, health) = get("/api/v1/stats/health", viewer.clone()).await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["conversations_by_state"]["open"], 2);
+    assert_eq!(health["messages_last_24h"]["inbound"], 2);
+    assert_eq!(health["contacts"], 2);
+    let (_, other) = get("/api/v1/stats/health", globex.clone()).await;
+    assert_eq!(
+        other["contacts"], 0,
+        "another workspace's figures are its own"
+    );
+    let (_, processing) = get("/api/v1/stats/processing", viewer.clone()).await;
+    assert_eq!(processing["hours"][0]["events"], 2, "{processing}");
+    let (_, dlq) = get("/api/v1/stats/dlq", viewer.clone()).await;
+    assert_eq!(dlq["by_status"]["pending"], 1, "{dlq}");
+    assert_eq!(dlq["open_by_error"].as_object().unwrap().len(), 1);
+    let (status, stuck) = get("/api/v1/stats/stuck", viewer.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        stuck["events"].as_array().unwrap().len(),
+        0,
+        "nothing older than the bound"
+    );
+    let (status, agents) = get("/api/v1/stats/agents", viewer.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(agents["agents"].as_object().unwrap().len(), 0);
+    let (status, _) = get("/api/v1/stats/weather", viewer).await;
+    assert_eq!(status, 404);
     app.stop().await;
 }

@@ -12,6 +12,7 @@ pub mod conversations;
 pub mod dlq;
 pub mod events;
 pub mod messages;
+pub mod stats;
 pub mod tokens;
 pub mod users;
 
@@ -50,6 +51,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(contacts::router())
         .merge(events::router())
         .merge(messages::router())
+        .merge(stats::router())
         .merge(conversations::router())
         .merge(tokens::router())
         .route_layer(middleware::from_fn_with_state(state, authenticate))
