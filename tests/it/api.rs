@@ -483,6 +483,18 @@ async fn dlq_rows_are_listed_retried_resolved_and_discarded(backend: Backend) {
     )
     .await;
     assert_eq!(status, 403);
+    let (status, bulk) = call(
+        &app,
+        Method::POST,
+        "/api/v1/dlq/retry",
+        Some(&operator),
+        Some(json!({"error_contains": "names no recipient"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{bulk}");
+    assert_eq!(bulk["retried"], 1, "only the echo's row matches");
+    app.wait_for(&format!("SELECT COUNT(*) FROM webhook_dlq WHERE id = {second} AND attempts = 2 AND resolution_status = 'pending'"), 1)
+        .await;
     let (status, _) = call(
         &app,
         Method::GET,
@@ -539,7 +551,7 @@ async fn dlq_rows_are_listed_retried_resolved_and_discarded(backend: Backend) {
     assert_eq!(
         app.scalar("SELECT COUNT(*) FROM audit_log WHERE action LIKE 'dlq.%'")
             .await,
-        3
+        4
     );
     app.stop().await;
 }

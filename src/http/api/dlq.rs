@@ -21,6 +21,7 @@ use crate::{
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/dlq", get(list))
+        .route("/api/v1/dlq/retry", post(bulk_retry))
         .route("/api/v1/dlq/{id}", get(one))
         .route("/api/v1/dlq/{id}/{action}", post(act))
 }
@@ -117,4 +118,51 @@ async fn act(
     .await?;
     let after = dlq::get(&state.db, ws, id).await?;
     Ok(Json(after))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkBody {
+    /// Retry only rows whose error contains this text.
+    error_contains: Option<String>,
+}
+
+/// Retries every open (`pending`) row of the workspace, or those whose error matches.
+async fn bulk_retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    super::Body(body): super::Body<BulkBody>,
+) -> Result<impl IntoResponse, Failure> {
+    caller.require(Role::Operator)?;
+    let ws = caller.0.workspace_id;
+    let mut after = None;
+    let mut retried = 0u64;
+    loop {
+        let rows = dlq::list(&state.db, ws, Some("pending"), after, 500).await?;
+        let Some(last) = rows.last() else { break };
+        after = Some(last.id);
+        for row in &rows {
+            let matches = body
+                .error_contains
+                .as_deref()
+                .is_none_or(|needle| row.error.contains(needle));
+            if matches && dlq::replay(&state.db, row.id).await? {
+                retried += 1;
+            }
+        }
+        if retried >= 10_000 {
+            break;
+        }
+    }
+    audit(
+        &state.db,
+        ws,
+        &caller.0.actor,
+        "dlq.retry_bulk",
+        &format!("dlq:{retried}"),
+        None,
+        body.error_contains.as_deref(),
+    )
+    .await?;
+    Ok(Json(serde_json::json!({"retried": retried})))
 }
