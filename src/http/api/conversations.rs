@@ -64,10 +64,7 @@ async fn list(
         limit,
     )
     .await?;
-    let next = (rows.len() as u64 == limit)
-        .then(|| rows.last().map(|r| r.id))
-        .flatten();
-    Ok(page(rows, next))
+    Ok(page(rows, limit, |r| r.id))
 }
 
 #[derive(Deserialize)]

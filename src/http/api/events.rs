@@ -92,10 +92,11 @@ async fn list(
         limit,
     )
     .await?;
-    let next = (rows.len() as u64 == limit)
-        .then(|| rows.last().map(|r| r.id))
-        .flatten();
-    Ok(page(rows.iter().map(summary).collect(), next))
+    Ok(page(
+        rows.iter().map(summary).collect(),
+        limit,
+        |v: &serde_json::Value| v["id"].as_i64().unwrap_or(0),
+    ))
 }
 
 async fn one(

@@ -302,8 +302,15 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     next.run(req).await
 }
 
-/// A page: items and the cursor of the next page.
-pub fn page<T: serde::Serialize>(items: Vec<T>, next: Option<i64>) -> Json<serde_json::Value> {
+/// A page of `limit` rows: the items, and the cursor of the next page when it is full.
+pub fn page<T: serde::Serialize>(
+    items: Vec<T>,
+    limit: u64,
+    id: impl Fn(&T) -> i64,
+) -> Json<serde_json::Value> {
+    let next = (items.len() as u64 == limit)
+        .then(|| items.last().map(&id))
+        .flatten();
     Json(json!({"items": items, "next": next.map(|n| n.to_string())}))
 }
 
