@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Body, Caller, Failure, cursor, limit, page};
+use super::{Body, Caller, Failure, cursor, limit, one_of, page};
 use crate::{
     http::AppState,
     ingest::event::{ContactKey, ConversationState, Intent},
@@ -48,12 +48,7 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Viewer)?;
-    if let Some(s) = q.state.as_deref().filter(|s| !STATES.contains(s)) {
-        return Err(Failure::bad_request(format!(
-            "state `{s}` is not one of {}",
-            STATES.join(", ")
-        )));
-    }
+    one_of("state", q.state.as_deref(), STATES)?;
     let limit = limit(q.limit)?;
     let rows = conversations::list(
         &state.db,

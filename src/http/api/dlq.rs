@@ -9,7 +9,7 @@ use axum::{
 };
 use serde::Deserialize;
 
-use super::{Caller, Failure, cursor, limit, page};
+use super::{Caller, Failure, cursor, limit, one_of, page};
 use crate::{
     http::AppState,
     store::{
@@ -42,12 +42,7 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Viewer)?;
-    if let Some(s) = q.status.as_deref().filter(|s| !STATUSES.contains(s)) {
-        return Err(Failure::bad_request(format!(
-            "status `{s}` is not one of {}",
-            STATUSES.join(", ")
-        )));
-    }
+    one_of("status", q.status.as_deref(), STATUSES)?;
     let limit = limit(q.limit)?;
     let rows = dlq::list(
         &state.db,

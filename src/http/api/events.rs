@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Body, Caller, Failure, cursor, limit, page};
+use super::{Body, Caller, Failure, cursor, limit, one_of, page};
 use crate::{
     actors::messages::RouterMsg,
     http::AppState,
@@ -58,24 +58,12 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Viewer)?;
-    if let Some(s) = q
-        .status
-        .as_deref()
-        .filter(|s| !["pending", "processed", "failed", "dead"].contains(s))
-    {
-        return Err(Failure::bad_request(format!(
-            "status `{s}` is not one of pending, processed, failed, dead"
-        )));
-    }
-    if let Some(s) = q
-        .source
-        .as_deref()
-        .filter(|s| !["meta", "kapso"].contains(s))
-    {
-        return Err(Failure::bad_request(format!(
-            "source `{s}` is not one of meta, kapso"
-        )));
-    }
+    one_of(
+        "status",
+        q.status.as_deref(),
+        &["pending", "processed", "failed", "dead"],
+    )?;
+    one_of("source", q.source.as_deref(), &["meta", "kapso"])?;
     let limit = limit(q.limit)?;
     let filter = EventFilter {
         status: q.status.as_deref(),

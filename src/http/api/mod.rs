@@ -324,6 +324,21 @@ pub fn limit(limit: Option<u64>) -> Result<u64, Failure> {
     }
 }
 
+/// An optional filter value that must be one of `allowed`, or 400 naming them.
+pub fn one_of<'a>(
+    key: &str,
+    value: Option<&'a str>,
+    allowed: &[&str],
+) -> Result<Option<&'a str>, Failure> {
+    match value {
+        Some(v) if !allowed.contains(&v) => Err(Failure::bad_request(format!(
+            "{key} `{v}` is not one of {}",
+            allowed.join(", ")
+        ))),
+        v => Ok(v),
+    }
+}
+
 /// A cursor from a previous page, or 400.
 pub fn cursor(after: Option<&str>) -> Result<Option<i64>, Failure> {
     after
