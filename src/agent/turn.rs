@@ -160,20 +160,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
                 ProviderError::Failed { opened, .. } => ("provider_failed", *opened),
             };
             tracing::warn!(correlation_id = %input.correlation_id, agent, turn = %key, error = %e, "the agent got no reply; the conversation waits for its next message or a person");
-            let row = NewOutbound {
-                workspace_id: input.workspace_id,
-                conversation_id: input.conversation_id,
-                agent_type: agent,
-                turn_key: &key,
-                state: "failed",
-                body: None,
-                error: Some(&format!("{state}: {e}")),
-                prompt_tokens: 0,
-                completion_tokens: 0,
-            };
-            if let Err(e) = outbound::reserve(&input.db, row).await {
-                log("cannot record the failed turn", &e);
-            }
+            record_end(&input, &key, "failed", &format!("{state}: {e}")).await;
             save_context(&input, &turns, tokens).await;
             figures(
                 &input,
@@ -270,20 +257,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
 async fn skip(input: &TurnInput, key: &str, reason: &'static str) -> TurnReport {
     let agent = input.answerer.provider.name.as_str();
     tracing::info!(correlation_id = %input.correlation_id, agent, turn = %key, reason, "agent turn skipped");
-    let row = NewOutbound {
-        workspace_id: input.workspace_id,
-        conversation_id: input.conversation_id,
-        agent_type: agent,
-        turn_key: key,
-        state: "skipped",
-        body: None,
-        error: Some(reason),
-        prompt_tokens: 0,
-        completion_tokens: 0,
-    };
-    if let Err(e) = outbound::reserve(&input.db, row).await {
-        tracing::error!(error = %e, "cannot record the skipped turn");
-    }
+    record_end(input, key, "skipped", reason).await;
     figures(
         input,
         TurnFigures {
@@ -296,6 +270,24 @@ async fn skip(input: &TurnInput, key: &str, reason: &'static str) -> TurnReport 
     TurnReport {
         context: input.context.clone(),
         outcome: "skipped",
+    }
+}
+
+/// Records a turn that ends without a send (`failed` or `skipped`, with why).
+async fn record_end(input: &TurnInput, key: &str, state: &str, why: &str) {
+    let row = NewOutbound {
+        workspace_id: input.workspace_id,
+        conversation_id: input.conversation_id,
+        agent_type: &input.answerer.provider.name,
+        turn_key: key,
+        state,
+        body: None,
+        error: Some(why),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+    };
+    if let Err(e) = outbound::reserve(&input.db, row).await {
+        tracing::error!(error = %e, turn = %key, state, "cannot record the turn's end");
     }
 }
 
