@@ -364,6 +364,12 @@ fn change_set(state: &Live, slice: &Slice) -> ChangeSet {
         statuses: Vec::new(),
         intents: Vec::new(),
         external_id: None,
+        // Only an account with an agent needs to hear which messages are new.
+        report_new_inbound: state
+            .ctx
+            .directory()
+            .get(&slice.phone_number_id)
+            .is_some_and(|a| a.agent_type.is_some()),
         known: state.known,
     };
     for item in &slice.items {

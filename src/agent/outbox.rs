@@ -123,6 +123,7 @@ pub async fn send_once(o: Outgoing<'_>) -> Outcome {
                 statuses: Vec::new(),
                 intents: Vec::new(),
                 external_id: None,
+                report_new_inbound: false,
                 known: Some(Known {
                     contact_id: o.contact_id,
                     conversation_id: o.conversation_id,

@@ -43,6 +43,9 @@ pub struct ChangeSet {
     pub intents: Vec<Intent>,
     /// The platform's own id of the conversation (Kapso's), when the event names it.
     pub external_id: Option<String>,
+    /// Answer with the set's inbound messages stored for the first time (`Applied::new_inbound`,
+    /// for the agent); off, the store does none of that bookkeeping.
+    pub report_new_inbound: bool,
     /// The ids the actor already knows (saves a read).
     pub known: Option<Known>,
 }
@@ -409,7 +412,8 @@ async fn apply_sets(
     let conversations = conversations::ensure(tx, sets, &contacts, now).await?;
     conversations::set_external_ids(tx, sets, &contacts, &conversations).await?;
     // 3. Messages: the first copy of a wamid wins; returns what each conversation gained.
-    let inserted = messages::insert(tx, sets, &contacts, &conversations, now).await?;
+    let report = sets.iter().any(|s| s.report_new_inbound);
+    let inserted = messages::insert(tx, sets, &contacts, &conversations, report, now).await?;
     // 4. Statuses: the highest rank per wamid; placeholders for wamids not stored yet.
     statuses::apply(tx, sets, &contacts, &conversations, now).await?;
     // 5. Counters: each conversation gains exactly the messages step 3 added.
@@ -417,7 +421,11 @@ async fn apply_sets(
     // 6. The state machine, from the stored state, with an audit row per change.
     let mut applied = transitions::apply(tx, sets, &contacts, conversations, now).await?;
     // What is new to the conversation (for the agent): never a redelivered copy.
-    for (a, set) in applied.iter_mut().zip(sets) {
+    for (a, set) in applied
+        .iter_mut()
+        .zip(sets)
+        .filter(|(_, s)| s.report_new_inbound)
+    {
         a.new_inbound = set
             .messages
             .iter()

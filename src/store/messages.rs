@@ -21,8 +21,8 @@ pub const INSERT: &str = "INSERT INTO messages (workspace_id, conversation_id, d
      message_type, content, status, status_rank, status_error, timestamp, metadata, event_id, \
      created_at, updated_at) VALUES ";
 
-/// What step 3 added: per conversation, how many rows and the latest timestamp; and which
-/// `(wamid, event_id)` were inserted (a redelivered copy is not among them).
+/// What step 3 added: per conversation, how many rows and the latest timestamp; and, when
+/// tracked, which `(wamid, event_id)` were inserted (a redelivered copy is not among them).
 pub struct Inserted {
     pub added: Added,
     pub rows: HashSet<(String, i64)>,
@@ -35,6 +35,7 @@ pub async fn insert(
     sets: &[&ChangeSet],
     contacts: &ContactIds,
     conversations: &Conversations,
+    track_rows: bool,
     now: DateTime<Utc>,
 ) -> Result<Inserted, DbErr> {
     let mut seen: HashSet<(i64, &str)> = HashSet::new();
@@ -83,7 +84,9 @@ pub async fn insert(
         for r in query(tx, sql).await? {
             let conversation_id: i64 = r.try_get("", "conversation_id")?;
             let timestamp: DateTime<Utc> = r.try_get("", "timestamp")?;
-            rows.insert((r.try_get("", "wamid")?, r.try_get("", "event_id")?));
+            if track_rows {
+                rows.insert((r.try_get("", "wamid")?, r.try_get("", "event_id")?));
+            }
             let (n, latest) = added.entry(conversation_id).or_insert((0, timestamp));
             *n += 1;
             *latest = (*latest).max(timestamp);

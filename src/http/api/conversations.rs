@@ -138,6 +138,7 @@ async fn set_state(
         statuses: Vec::new(),
         intents: vec![Intent::Set(to)],
         external_id: None,
+        report_new_inbound: false,
         known: Some(Known {
             contact_id: before.contact_id,
             conversation_id: id,

@@ -215,6 +215,7 @@ async fn record(
         statuses: Vec::new(),
         intents: Vec::new(),
         external_id: None,
+        report_new_inbound: false,
         known: Some(Known {
             contact_id: conv.contact_id,
             conversation_id: conv.id,
