@@ -99,6 +99,9 @@ def main():
         print(f"ack-to-processed lag ms: p50 {q(0.5):.1f}  p95 {q(0.95):.1f}  p99 {q(0.99):.1f}  max {lags[-1]:.1f}")
         rss = lambda: int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{server.pid}/status").read()).group(1)) // 1024
         print(f"RSS now: {rss()} MB")
+        stat = open(f"/proc/{server.pid}/stat").read().rsplit(")", 1)[1].split()
+        cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+        print(f"server CPU: {cpu:.2f} s = {1e6 * cpu / requests:.0f} µs per event")
         if mode == "memory":
             time.sleep(4)  # past actors.idle_timeout_ms
             live = metric(urllib.request.urlopen(f"http://127.0.0.1:{PORT}/metrics").read().decode(),
