@@ -16,6 +16,8 @@ overhead:  500 conversations, one message each, to the agent number with a provi
 import hashlib, hmac, json, os, re, signal, subprocess, sys, threading, time, urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from bench_processing import metric, sh  # the same helpers (this folder is on sys.path)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 BIN = os.environ.get("WAHOOK_BIN", os.path.join(TARGET, "release", "wahook"))
@@ -51,10 +53,6 @@ class Fake(BaseHTTPRequestHandler):
         pass
 
 
-def sh(*args, **kw):
-    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
-
-
 def sql(backend, query):
     if backend == "sqlite":
         import sqlite3
@@ -66,10 +64,6 @@ def sql(backend, query):
     out = sh("psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-At", "-F", "|",
              "-c", f"SET search_path TO benchagent; {query}")
     return [l.split("|") for l in out.splitlines() if l and l != "SET"]
-
-
-def metric(text, name):
-    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name))
 
 
 def message(pnid, sender, wamid):
