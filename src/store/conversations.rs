@@ -226,7 +226,7 @@ pub async fn set_states(
 
 /// The customer-service window: free-form messages may be sent only within 24 hours of the
 /// customer's last inbound message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct ServiceWindow {
     pub service_window_open: bool,
     /// 24 hours after the last inbound message; `None` before any.
@@ -255,7 +255,7 @@ pub async fn service_window(
 }
 
 /// A conversation as the operator API shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ConversationView {
     pub id: i64,
     pub contact_id: i64,
@@ -314,6 +314,10 @@ pub async fn get(
     workspace_id: i64,
     id: i64,
 ) -> Result<Option<ConversationView>, DbErr> {
+    // Ids start at 1 (and `id - 1` must not overflow for any id a client sends).
+    if id < 1 {
+        return Ok(None);
+    }
     let mut rows = list(db, workspace_id, None, None, Some(id - 1), 1).await?;
     Ok(rows.pop().filter(|c| c.id == id))
 }

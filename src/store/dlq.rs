@@ -185,7 +185,7 @@ pub async fn reset_retrying(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
 }
 
 /// A DLQ row with what an operator needs of its event.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct DlqEntry {
     pub id: i64,
     pub event_id: i64,
@@ -255,6 +255,10 @@ pub async fn get(
     workspace_id: i64,
     id: i64,
 ) -> Result<Option<DlqEntry>, DbErr> {
+    // Ids start at 1 (and `id - 1` must not overflow for any id a client sends).
+    if id < 1 {
+        return Ok(None);
+    }
     let mut rows = list(db, workspace_id, None, Some(id - 1), 1).await?;
     Ok(rows.pop().filter(|r| r.id == id))
 }
