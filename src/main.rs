@@ -45,6 +45,8 @@ enum Command {
     },
     /// Send signed, realistic Meta webhooks at a server and report throughput and latency.
     Loadgen(loadgen::Args),
+    /// Print the operator API's OpenAPI 3.1 document (what `/api/v1/openapi.json` serves).
+    Openapi,
     /// Operator API users (bootstrap the first admin here).
     #[command(subcommand)]
     User(UserCommand),
@@ -92,6 +94,13 @@ enum TokenCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
+        Command::Openapi => match wahook::http::api::openapi().to_pretty_json() {
+            Ok(doc) => {
+                println!("{doc}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format!("openapi: {e}")),
+        },
         Command::Sign {
             secret,
             kapso,

@@ -126,7 +126,7 @@ pub async fn contacts_of(
 }
 
 /// A message as the operator API shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct MessageView {
     pub id: i64,
     pub direction: String,

@@ -11,7 +11,16 @@ use sea_orm::{
 /// What a user may do: a viewer reads; an operator also acts on events, the DLQ and
 /// conversations; an admin also manages accounts, users and tokens.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Role {

@@ -4,17 +4,13 @@
 
 use std::sync::Arc;
 
-use axum::{
-    Json, Router,
-    extract::{Path, State},
-    http::StatusCode,
-    response::IntoResponse,
-    routing::{get, patch},
-};
+use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
+use entity::whatsapp_accounts::Model as Account;
 use serde::Deserialize;
-use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{Body, Caller, Failure};
+use super::{Body, Caller, Errors, Failure, Id, Items};
 use crate::{
     http::AppState,
     store::{
@@ -23,27 +19,43 @@ use crate::{
     },
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/accounts", get(list).post(create))
-        .route("/api/v1/accounts/{id}", patch(update))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(update))
 }
 
+/// The workspace's WhatsApp numbers (secrets are never returned).
+#[utoipa::path(get, path = "/api/v1/accounts", tag = "accounts", operation_id = "accounts_list",
+    responses((status = 200, body = Items<Account>), Errors))]
 async fn list(State(state): State<AppState>, caller: Caller) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Viewer)?;
-    let rows = accounts::list(&state.db, caller.0.workspace_id).await?;
-    Ok(Json(json!({"items": rows})))
+    let items = accounts::list(&state.db, caller.0.workspace_id).await?;
+    Ok(Json(Items { items }))
 }
 
-#[derive(Deserialize)]
+/// An account's fields; on a change, only those given change. Secrets are write-only.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AccountBody {
+    /// Digits; required to create, cannot change.
+    #[schema(pattern = "^[0-9]{1,64}$")]
     phone_number_id: Option<String>,
+    /// Informational.
+    #[schema(max_length = 64)]
     display_phone_number: Option<String>,
+    /// Meta's app secret (signs the webhooks); required to create. Write-only.
+    #[schema(min_length = 8, max_length = 512, write_only)]
     app_secret: Option<String>,
+    /// The GET handshake's token; required to create. Write-only.
+    #[schema(min_length = 8, max_length = 512, write_only)]
     verify_token: Option<String>,
+    /// Kapso's webhook secret. Write-only.
+    #[schema(min_length = 8, max_length = 512, write_only)]
     kapso_secret: Option<String>,
+    /// The `[agents.<name>]` that answers this number; `null` clears it.
     #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<String>)]
     agent: Option<Option<String>>,
 }
 
@@ -67,6 +79,15 @@ fn check(body: &AccountBody, state: &AppState) -> Result<(), Failure> {
             )));
         }
     }
+    if let Some(d) = body
+        .display_phone_number
+        .as_deref()
+        .filter(|d| d.chars().count() > 64)
+    {
+        return Err(Failure::bad_request(format!(
+            "display_phone_number `{d}` must have at most 64 characters"
+        )));
+    }
     if let Some(Some(agent)) = &body.agent
         && !state.config.agents.contains_key(agent)
     {
@@ -83,6 +104,10 @@ async fn reload(state: &AppState) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Adds a number (admin): `phone_number_id` (digits), `app_secret` and `verify_token` are
+/// required. The intake accepts its webhooks at once.
+#[utoipa::path(post, path = "/api/v1/accounts", tag = "accounts", operation_id = "accounts_create", request_body = AccountBody,
+    responses((status = 201, body = Account), Errors))]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -133,10 +158,13 @@ async fn create(
     Ok((StatusCode::CREATED, Json(account)))
 }
 
+/// Changes a number's display number, secrets or agent (admin); `phone_number_id` cannot change.
+#[utoipa::path(patch, path = "/api/v1/accounts/{id}", tag = "accounts", operation_id = "accounts_update", params(("id" = i64, Path)),
+    request_body = AccountBody, responses((status = 200, body = Account), Errors))]
 async fn update(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Id(id): Id,
     Body(body): Body<AccountBody>,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Admin)?;

@@ -1,17 +1,17 @@
 //! `/api/v1/contacts` and `/api/v1/leads`: the workspace's contacts (operators edit the name,
 //! lead status and score) and the three lead filters over the lead timestamps.
 
-use axum::{
-    Json, Router,
-    extract::{Path, Query, State},
-    response::IntoResponse,
-    routing::get,
-};
+use axum::{Json, extract::State, response::IntoResponse};
 use chrono::{DateTime, Utc};
+use entity::contacts::Model as Contact;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{Body, Caller, Failure, cursor, limit, page};
+use super::{
+    Body, Caller, Errors, Failure, Id, Items, Page, Params, cursor, limit, page, sane_time,
+};
 use crate::{
     http::AppState,
     store::{
@@ -20,25 +20,33 @@ use crate::{
     },
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/contacts", get(list))
-        .route("/api/v1/contacts/{id}", axum::routing::patch(update))
-        .route("/api/v1/leads", get(lead_filter))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(update))
+        .routes(routes!(lead_filter))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// Part of a name or phone number.
     search: Option<String>,
+    /// The `next` cursor of the previous page.
     after: Option<String>,
+    /// 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u64>,
 }
 
+/// The workspace's contacts by id, optionally searched.
+#[utoipa::path(get, path = "/api/v1/contacts", tag = "contacts", operation_id = "contacts_list", params(ListQuery),
+    responses((status = 200, body = Page<Contact>), Errors))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<ListQuery>,
+    Params(q): Params<ListQuery>,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Viewer)?;
     let limit = limit(q.limit)?;
@@ -53,18 +61,28 @@ async fn list(
     Ok(page(rows, limit, |r| r.id))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = ContactPatch)]
 #[serde(deny_unknown_fields)]
 struct PatchBody {
+    /// 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     name: Option<String>,
+    /// Lower-case letters and `_`, e.g. prospect, qualified, customer, lost.
+    #[schema(pattern = "^[a-z_]{1,50}$")]
     lead_status: Option<String>,
+    /// 0 to 100.
+    #[schema(minimum = 0, maximum = 100)]
     lead_score: Option<i32>,
 }
 
+/// Edits a contact's name, lead status and score (operator).
+#[utoipa::path(patch, path = "/api/v1/contacts/{id}", tag = "contacts", operation_id = "contacts_update", params(("id" = i64, Path)),
+    request_body = PatchBody, responses((status = 200, body = Contact), Errors))]
 async fn update(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Id(id): Id,
     Body(body): Body<PatchBody>,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Operator)?;
@@ -115,21 +133,33 @@ async fn update(
     Ok(Json(after))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct LeadQuery {
+    /// not_contacted (with `days`), needs_follow_up, or recently_active (with `since`).
+    #[param(pattern = "^(not_contacted|needs_follow_up|recently_active)$")]
     filter: String,
+    /// not_contacted: no outbound message in this many days (0 to 3650).
+    #[param(minimum = 0, maximum = 3650)]
     days: Option<i64>,
+    /// recently_active: an inbound message at or after this time (RFC 3339).
     since: Option<DateTime<Utc>>,
+    /// 1 to 1000 (default 200).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u64>,
 }
 
+/// Leads by one of three filters over the lead timestamps.
+#[utoipa::path(get, path = "/api/v1/leads", tag = "contacts", operation_id = "contacts_lead_filter", params(LeadQuery),
+    responses((status = 200, body = Items<Contact>), Errors))]
 async fn lead_filter(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<LeadQuery>,
+    Params(q): Params<LeadQuery>,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Viewer)?;
+    sane_time("since", q.since)?;
     let ws = caller.0.workspace_id;
     let max = match q.limit.unwrap_or(200) {
         n @ 1..=1000 => n as usize,
@@ -165,5 +195,5 @@ async fn lead_filter(
         }
     };
     rows.truncate(max);
-    Ok(Json(json!({"items": rows})))
+    Ok(Json(Items { items: rows }))
 }

@@ -3,51 +3,61 @@
 //! a person (`human`: the agent stays silent), give back (`open`) — through the store's
 //! writer, which writes the audit transition like any other change to the conversation.
 
-use axum::{
-    Json, Router,
-    extract::{Path, Query, State},
-    response::IntoResponse,
-    routing::{get, post},
-};
+use axum::{Json, extract::State, response::IntoResponse};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{Body, Caller, Failure, cursor, limit, one_of, page};
+use super::{
+    Body, Caller, Errors, Failure, Id, Page, Params, cursor, limit, one_of, page, sane_time,
+};
 use crate::{
     http::AppState,
     ingest::event::{ContactKey, ConversationState, Intent},
     store::{
         batch::{ChangeSet, Known},
-        conversations, messages,
+        conversations::{self, ConversationView},
+        messages::{self, MessageView},
         users::{Role, audit},
     },
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/conversations", get(list))
-        .route("/api/v1/conversations/{id}", get(one))
-        .route("/api/v1/conversations/{id}/state", post(set_state))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(one))
+        .routes(routes!(set_state))
 }
 
 const STATES: &[&str] = &["open", "inactive", "closed", "human"];
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// open, inactive, closed or human.
+    #[param(pattern = "^(open|inactive|closed|human)$")]
     state: Option<String>,
+    /// Last message at or after (RFC 3339).
     active_since: Option<DateTime<Utc>>,
+    /// The `next` cursor of the previous page.
     after: Option<String>,
+    /// 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u64>,
 }
 
+/// The workspace's conversations by id, by state and last activity.
+#[utoipa::path(get, path = "/api/v1/conversations", tag = "conversations", operation_id = "conversations_list", params(ListQuery),
+    responses((status = 200, body = Page<ConversationView>), Errors))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<ListQuery>,
+    Params(q): Params<ListQuery>,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Viewer)?;
+    sane_time("active_since", q.active_since)?;
     one_of("state", q.state.as_deref(), STATES)?;
     let limit = limit(q.limit)?;
     let rows = conversations::list(
@@ -62,17 +72,34 @@ async fn list(
     Ok(page(rows, limit, |r| r.id))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct OneQuery {
+    /// How many messages, 1 to 5000 (default 500).
+    #[param(minimum = 1, maximum = 5000)]
     messages: Option<u64>,
 }
 
+/// A conversation with its messages in order, their delivery status and the 24-hour window.
+#[derive(Serialize, ToSchema)]
+struct ConversationDetail {
+    conversation: ConversationView,
+    /// Whether a free-form message may be sent now (the customer wrote in the last 24 hours).
+    service_window_open: bool,
+    service_window_closes_at: Option<DateTime<Utc>>,
+    messages: Vec<MessageView>,
+}
+
+/// One conversation with its messages in order.
+#[utoipa::path(get, path = "/api/v1/conversations/{id}", tag = "conversations", operation_id = "conversations_one",
+    params(("id" = i64, Path), OneQuery),
+    responses((status = 200, body = ConversationDetail), Errors))]
 async fn one(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
-    Query(q): Query<OneQuery>,
+    Id(id): Id,
+    Params(q): Params<OneQuery>,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Viewer)?;
     let conversation = conversations::get(&state.db, caller.0.workspace_id, id)
@@ -88,25 +115,40 @@ async fn one(
     };
     let messages = messages::of_conversation(&state.db, id, max).await?;
     let window = conversations::service_window(&state.db, id, Utc::now()).await?;
-    Ok(Json(json!({
-        "conversation": conversation,
-        "service_window_open": window.service_window_open,
-        "service_window_closes_at": window.service_window_closes_at,
-        "messages": messages,
-    })))
+    Ok(Json(ConversationDetail {
+        conversation,
+        service_window_open: window.service_window_open,
+        service_window_closes_at: window.service_window_closes_at,
+        messages,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StateBody {
+    /// open (the agent answers again), closed, or human (a person answers; the agent is silent).
+    #[schema(pattern = "^(open|closed|human)$")]
     state: String,
+    /// Written to the audit log with the change.
     reason: Option<String>,
 }
 
+#[derive(Serialize, ToSchema)]
+struct StateChanged {
+    id: i64,
+    state: String,
+    previous: String,
+}
+
+/// Closes a conversation, hands it to a person, or gives it back to the agent (operator),
+/// with its audit transition.
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/state", tag = "conversations", operation_id = "conversations_set_state",
+    params(("id" = i64, Path)), request_body = StateBody,
+    responses((status = 200, body = StateChanged), Errors))]
 async fn set_state(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Id(id): Id,
     Body(body): Body<StateBody>,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Operator)?;
@@ -162,7 +204,9 @@ async fn set_state(
         Some(format!("{} {reason}", applied.state.as_str()).trim()),
     )
     .await?;
-    Ok(Json(
-        json!({"id": id, "state": applied.state.as_str(), "previous": before.state}),
-    ))
+    Ok(Json(StateChanged {
+        id,
+        state: applied.state.as_str().to_owned(),
+        previous: before.state,
+    }))
 }

@@ -1,45 +1,53 @@
 //! `/api/v1/dlq`: parked events. Viewers read; operators retry now, resolve or discard
 //! (each written to the audit log).
 
-use axum::{
-    Json, Router,
-    extract::{Path, Query, State},
-    response::IntoResponse,
-    routing::{get, post},
-};
-use serde::Deserialize;
+use axum::{Json, extract::State, response::IntoResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{Caller, Failure, cursor, limit, one_of, page};
+use super::{Caller, Errors, Failure, Id, Page, Params, cursor, limit, one_of, page};
 use crate::{
     http::AppState,
     store::{
-        dlq,
+        dlq::{self, DlqEntry},
         users::{Role, audit},
     },
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/dlq", get(list))
-        .route("/api/v1/dlq/retry", post(bulk_retry))
-        .route("/api/v1/dlq/{id}", get(one))
-        .route("/api/v1/dlq/{id}/{action}", post(act))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(bulk_retry))
+        .routes(routes!(one))
+        .routes(routes!(retry))
+        .routes(routes!(resolve))
+        .routes(routes!(discard))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// pending, retrying, resolved or discarded.
+    #[param(pattern = "^(pending|retrying|resolved|discarded)$")]
     status: Option<String>,
+    /// The `next` cursor of the previous page.
     after: Option<String>,
+    /// 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u64>,
 }
 
 const STATUSES: &[&str] = &["pending", "retrying", "resolved", "discarded"];
 
+/// The workspace's DLQ rows with their events' source and type, by id, optionally by status.
+#[utoipa::path(get, path = "/api/v1/dlq", tag = "dlq", operation_id = "dlq_list", params(ListQuery),
+    responses((status = 200, body = Page<DlqEntry>), Errors))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<ListQuery>,
+    Params(q): Params<ListQuery>,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Viewer)?;
     one_of("status", q.status.as_deref(), STATUSES)?;
@@ -55,10 +63,13 @@ async fn list(
     Ok(page(rows, limit, |r| r.id))
 }
 
+/// One DLQ row.
+#[utoipa::path(get, path = "/api/v1/dlq/{id}", tag = "dlq", operation_id = "dlq_one", params(("id" = i64, Path)),
+    responses((status = 200, body = DlqEntry), Errors))]
 async fn one(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Id(id): Id,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Viewer)?;
     dlq::get(&state.db, caller.0.workspace_id, id)
@@ -67,26 +78,56 @@ async fn one(
         .ok_or_else(|| Failure::not_found("DLQ row"))
 }
 
-async fn act(
+/// Retries a row now (operator): the dead-letter actor re-drives its event through the same
+/// actors; the row ends `resolved` when it is applied, or is parked again with one more attempt.
+#[utoipa::path(post, path = "/api/v1/dlq/{id}/retry", tag = "dlq", operation_id = "dlq_retry", params(("id" = i64, Path)),
+    responses((status = 200, body = DlqEntry), Errors))]
+async fn retry(
     State(state): State<AppState>,
     caller: Caller,
-    Path((id, action)): Path<(i64, String)>,
-) -> Result<impl IntoResponse, Failure> {
+    Id(id): Id,
+) -> Result<Json<DlqEntry>, Failure> {
+    act(&state, &caller, id, "retry").await
+}
+
+/// Marks a row resolved without processing its event again (operator).
+#[utoipa::path(post, path = "/api/v1/dlq/{id}/resolve", tag = "dlq", operation_id = "dlq_resolve", params(("id" = i64, Path)),
+    responses((status = 200, body = DlqEntry), Errors))]
+async fn resolve(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id,
+) -> Result<Json<DlqEntry>, Failure> {
+    act(&state, &caller, id, "resolve").await
+}
+
+/// Discards a row: its event is never processed (operator).
+#[utoipa::path(post, path = "/api/v1/dlq/{id}/discard", tag = "dlq", operation_id = "dlq_discard", params(("id" = i64, Path)),
+    responses((status = 200, body = DlqEntry), Errors))]
+async fn discard(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id,
+) -> Result<Json<DlqEntry>, Failure> {
+    act(&state, &caller, id, "discard").await
+}
+
+async fn act(
+    state: &AppState,
+    caller: &Caller,
+    id: i64,
+    action: &'static str,
+) -> Result<Json<DlqEntry>, Failure> {
     caller.require(Role::Operator)?;
     let ws = caller.0.workspace_id;
     let before = dlq::get(&state.db, ws, id)
         .await?
         .ok_or_else(|| Failure::not_found("DLQ row"))?;
-    let done = match action.as_str() {
+    let done = match action {
         // Due now: the dead-letter actor re-drives it through the same actors.
         "retry" => dlq::replay(&state.db, id).await?,
         "resolve" => dlq::close(&state.db, id, "resolved", &caller.0.actor).await?,
-        "discard" => dlq::close(&state.db, id, "discarded", &caller.0.actor).await?,
-        other => {
-            return Err(Failure::not_found(&format!(
-                "action `{other}` (retry, resolve, discard)"
-            )));
-        }
+        _ => dlq::close(&state.db, id, "discarded", &caller.0.actor).await?,
     };
     if !done {
         return Err(Failure::new(
@@ -108,18 +149,28 @@ async fn act(
         None,
     )
     .await?;
-    let after = dlq::get(&state.db, ws, id).await?;
+    let after = dlq::get(&state.db, ws, id)
+        .await?
+        .ok_or_else(|| Failure::not_found("DLQ row"))?;
     Ok(Json(after))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BulkBody {
     /// Retry only rows whose error contains this text.
     error_contains: Option<String>,
 }
 
-/// Retries every open (`pending`) row of the workspace, or those whose error matches.
+#[derive(Serialize, ToSchema)]
+struct Retried {
+    retried: u64,
+}
+
+/// Retries every open (`pending`) row of the workspace, or those whose error contains a text
+/// (operator; at most 10,000 a call).
+#[utoipa::path(post, path = "/api/v1/dlq/retry", tag = "dlq", operation_id = "dlq_bulk_retry", request_body = BulkBody,
+    responses((status = 200, body = Retried), Errors))]
 async fn bulk_retry(
     State(state): State<AppState>,
     caller: Caller,
@@ -156,5 +207,5 @@ async fn bulk_retry(
         body.error_contains.as_deref(),
     )
     .await?;
-    Ok(Json(serde_json::json!({"retried": retried})))
+    Ok(Json(Retried { retried }))
 }

@@ -2,17 +2,17 @@
 //! notes and the DLQ history); operators replay by ids or by time range — through the same
 //! actors, so a replay changes nothing that was already applied.
 
-use axum::{
-    Json, Router,
-    extract::{Path, Query, State},
-    response::IntoResponse,
-    routing::{get, post},
-};
+use axum::{Json, extract::State, response::IntoResponse};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use entity::webhook_dlq::Model as DlqRow;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{Body, Caller, Failure, cursor, limit, one_of, page};
+use super::{
+    Body, Caller, Errors, Failure, Id, Page, Params, cursor, limit, one_of, page, sane_time,
+};
 use crate::{
     actors::messages::RouterMsg,
     http::AppState,
@@ -26,38 +26,88 @@ use crate::{
 /// The most events one replay call takes.
 const MAX_REPLAY: u64 = 10_000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/events", get(list))
-        .route("/api/v1/events/{id}", get(one))
-        .route("/api/v1/events/replay", post(replay))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(one))
+        .routes(routes!(replay))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// pending, processed, failed or dead.
+    #[param(pattern = "^(pending|processed|failed|dead)$")]
     status: Option<String>,
+    /// meta or kapso.
+    #[param(pattern = "^(meta|kapso)$")]
     source: Option<String>,
+    /// Received at or after (RFC 3339).
     from: Option<DateTime<Utc>>,
+    /// Received before (RFC 3339).
     to: Option<DateTime<Utc>>,
+    /// The `next` cursor of the previous page.
     after: Option<String>,
+    /// 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u64>,
 }
 
-fn summary(e: &entity::webhook_events::Model) -> Value {
-    json!({
-        "id": e.id, "source": e.source, "event_type": e.event_type, "status": e.status,
-        "attempts": e.attempts, "received_at": e.received_at, "processed_at": e.processed_at,
-        "last_error": e.last_error, "correlation_id": e.correlation_id, "notes": e.notes,
-    })
+/// A stored webhook event, without its payload.
+#[derive(Serialize, ToSchema)]
+struct EventSummary {
+    id: i64,
+    source: String,
+    event_type: Option<String>,
+    status: String,
+    attempts: i32,
+    received_at: DateTime<Utc>,
+    processed_at: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+    correlation_id: String,
+    /// What normalisation noticed (value-level errors, parts not processed).
+    notes: Option<String>,
 }
 
+fn summary(e: &entity::webhook_events::Model) -> EventSummary {
+    EventSummary {
+        id: e.id,
+        source: e.source.clone(),
+        event_type: e.event_type.clone(),
+        status: e.status.clone(),
+        attempts: e.attempts,
+        received_at: e.received_at,
+        processed_at: e.processed_at,
+        last_error: e.last_error.clone(),
+        correlation_id: e.correlation_id.clone(),
+        notes: e.notes.clone(),
+    }
+}
+
+/// One event with its payload as received, its headers, and its DLQ history.
+#[derive(Serialize, ToSchema)]
+struct EventDetail {
+    #[serde(flatten)]
+    event: EventSummary,
+    /// The body as received (JSON, or the raw text when it is not JSON).
+    payload: Value,
+    headers: Value,
+    /// Its DLQ row, if it was ever parked.
+    dlq: Option<DlqRow>,
+}
+
+/// The workspace's events, newest id last, by status, source and time received.
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", operation_id = "events_list", params(ListQuery),
+    responses((status = 200, body = Page<EventSummary>), Errors))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<ListQuery>,
+    Params(q): Params<ListQuery>,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Viewer)?;
+    sane_time("from", q.from)?;
+    sane_time("to", q.to)?;
     one_of(
         "status",
         q.status.as_deref(),
@@ -80,17 +130,16 @@ async fn list(
         limit,
     )
     .await?;
-    Ok(page(
-        rows.iter().map(summary).collect(),
-        limit,
-        |v: &serde_json::Value| v["id"].as_i64().unwrap_or(0),
-    ))
+    Ok(page(rows.iter().map(summary).collect(), limit, |e| e.id))
 }
 
+/// One event with its payload, headers and DLQ history.
+#[utoipa::path(get, path = "/api/v1/events/{id}", tag = "events", operation_id = "events_one", params(("id" = i64, Path)),
+    responses((status = 200, body = EventDetail), Errors))]
 async fn one(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Id(id): Id,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Viewer)?;
     let ids = [id];
@@ -103,28 +152,43 @@ async fn one(
         .pop()
         .ok_or_else(|| Failure::not_found("event"))?;
     let history = dlq::of_event(&state.db, id).await?;
-    let mut body = summary(&event);
-    body["payload"] =
-        serde_json::from_str(&event.payload).unwrap_or(Value::String(event.payload.clone()));
-    body["headers"] = serde_json::from_str(&event.headers).unwrap_or(Value::Null);
-    body["dlq"] = serde_json::to_value(history).unwrap_or(Value::Null);
-    Ok(Json(body))
+    Ok(Json(EventDetail {
+        event: summary(&event),
+        payload: serde_json::from_str(&event.payload)
+            .unwrap_or_else(|_| Value::String(event.payload.clone())),
+        headers: serde_json::from_str(&event.headers).unwrap_or(Value::Null),
+        dlq: history,
+    }))
 }
 
-#[derive(Deserialize)]
+/// Either `ids` (1 to 10,000) or a range `from`..`to` of times received.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReplayBody {
+    #[schema(min_items = 1, max_items = 10000)]
     ids: Option<Vec<i64>>,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
 }
 
+#[derive(Serialize, ToSchema)]
+struct Replayed {
+    /// Events handed to the actors again.
+    replayed: usize,
+}
+
+/// Processes events again through the same actors (operator): what was applied stays applied
+/// once, so a replay is idempotent.
+#[utoipa::path(post, path = "/api/v1/events/replay", tag = "events", operation_id = "events_replay", request_body = ReplayBody,
+    responses((status = 200, body = Replayed), Errors))]
 async fn replay(
     State(state): State<AppState>,
     caller: Caller,
     Body(body): Body<ReplayBody>,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Operator)?;
+    sane_time("from", body.from)?;
+    sane_time("to", body.to)?;
     let filter = match (&body.ids, body.from, body.to) {
         (Some(ids), None, None) if !ids.is_empty() && ids.len() as u64 <= MAX_REPLAY => {
             EventFilter {
@@ -178,5 +242,5 @@ async fn replay(
         None,
     )
     .await?;
-    Ok(Json(json!({"replayed": count})))
+    Ok(Json(Replayed { replayed: count }))
 }

@@ -4,17 +4,18 @@
 //! `last_contact_at` like any outbound message).
 
 use axum::{
-    Json, Router,
+    Json,
     extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::post,
 };
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{Body, Caller, Failure};
+use super::{Body, Caller, ErrorBody, Errors, Failure, sane_time};
 use crate::{
     agent::outbox::{self, Outcome, Outgoing},
     http::AppState,
@@ -26,10 +27,10 @@ use crate::{
     },
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/messages", post(send))
-        .route("/api/v1/messages/outbound", post(record))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(send))
+        .routes(routes!(record))
 }
 
 async fn conversation(
@@ -52,17 +53,54 @@ fn check_text(text: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SendBody {
     conversation_id: i64,
     /// The business number to send from (one of the workspace's accounts).
+    #[schema(pattern = "^[0-9]{1,64}$")]
     phone_number_id: String,
+    #[schema(min_length = 1, max_length = 4096, pattern = "\\S")]
     text: String,
     /// The same key twice sends once.
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     idempotency_key: Option<String>,
 }
 
+/// What became of a send: `sent` (with its wamid), `already_recorded` (this idempotency key was
+/// sent before: nothing is sent again) or `unknown` (the Graph API did not answer clearly: it is
+/// not retried blindly).
+#[derive(Serialize, ToSchema)]
+struct Sent {
+    state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wamid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+impl Sent {
+    fn state(state: &str) -> Self {
+        Self {
+            state: state.into(),
+            wamid: None,
+            error_code: None,
+            message: None,
+        }
+    }
+}
+
+/// Sends a text to a conversation through the Graph API (operator): recorded before it leaves,
+/// sent once per idempotency key, refused outside the 24-hour window.
+#[utoipa::path(post, path = "/api/v1/messages", tag = "messages", operation_id = "messages_send", request_body = SendBody,
+    responses(
+        (status = 201, body = Sent, description = "sent"),
+        (status = 200, body = Sent, description = "already sent with this idempotency key"),
+        (status = 202, body = Sent, description = "the outcome is unknown; not retried"),
+        (status = 502, body = ErrorBody, description = "the Graph API refused it"),
+        Errors))]
 async fn send(
     State(state): State<AppState>,
     caller: Caller,
@@ -145,13 +183,20 @@ async fn send(
     Ok(match outcome {
         Outcome::Sent(wamid) => (
             StatusCode::CREATED,
-            Json(json!({"state": "sent", "wamid": wamid})),
+            Json(Sent {
+                wamid: Some(wamid),
+                ..Sent::state("sent")
+            }),
         )
             .into_response(),
-        Outcome::AlreadyRecorded => Json(json!({"state": "already_recorded"})).into_response(),
+        Outcome::AlreadyRecorded => Json(Sent::state("already_recorded")).into_response(),
         Outcome::Unknown { code, message } => (
             StatusCode::ACCEPTED,
-            Json(json!({"state": "unknown", "error_code": code, "message": message})),
+            Json(Sent {
+                error_code: Some(code),
+                message: Some(message),
+                ..Sent::state("unknown")
+            }),
         )
             .into_response(),
         Outcome::Failed { code, message } => Failure::new(
@@ -175,15 +220,28 @@ async fn send(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RecordBody {
     conversation_id: i64,
+    /// The id the other system's send got from the Graph API.
+    #[schema(min_length = 1, max_length = 256, pattern = "\\S")]
     wamid: String,
+    #[schema(min_length = 1, max_length = 4096, pattern = "\\S")]
     text: String,
+    /// When it was sent (default now).
     timestamp: Option<DateTime<Utc>>,
 }
 
+#[derive(Serialize, ToSchema)]
+struct Recorded {
+    recorded: String,
+}
+
+/// Records a message another system sent (operator); it moves the contact's `last_contact_at`.
+/// The same wamid twice is recorded once.
+#[utoipa::path(post, path = "/api/v1/messages/outbound", tag = "messages", operation_id = "messages_record", request_body = RecordBody,
+    responses((status = 201, body = Recorded), Errors))]
 async fn record(
     State(state): State<AppState>,
     caller: Caller,
@@ -191,6 +249,7 @@ async fn record(
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Operator)?;
     check_text(&body.text)?;
+    sane_time("timestamp", body.timestamp)?;
     if body.wamid.trim().is_empty() || body.wamid.len() > 256 {
         return Err(Failure::bad_request("wamid must have 1 to 256 characters"));
     }
@@ -238,5 +297,10 @@ async fn record(
         Some(&body.wamid),
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(json!({"recorded": body.wamid}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(Recorded {
+            recorded: body.wamid,
+        }),
+    ))
 }

@@ -25,12 +25,20 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::{ConnectInfo, FromRequest, Request, State},
-    http::{StatusCode, header},
+    body::Bytes,
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State},
+    http::{StatusCode, header, request::Parts},
     middleware::{self, Next},
     response::{IntoResponse, Response},
+    routing::get,
 };
-use serde_json::json;
+use chrono::{DateTime, Datelike, Utc};
+use serde::{Serialize, de::DeserializeOwned};
+use utoipa::{
+    IntoResponses, Modify, OpenApi, ToSchema,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+use utoipa_axum::router::OpenApiRouter;
 
 use super::AppState;
 use crate::store::{
@@ -43,8 +51,36 @@ const CACHE_TTL: Duration = Duration::from_secs(30);
 const BAD_TOKENS_PER_WINDOW: u32 = 20;
 const BAD_TOKEN_WINDOW: Duration = Duration::from_secs(60);
 
-pub fn router(state: AppState) -> Router<AppState> {
-    Router::new()
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "wahook operator API",
+        description = "Users, tokens, accounts, events and replay, the DLQ, conversations and \
+hand-off, contacts and leads, outbound messages and stats of one workspace. Every route needs \
+`Authorization: Bearer <token>`; viewers read, operators act, admins manage accounts, users and \
+tokens. Errors are `{\"error\": {\"code\", \"message\"}}`."
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(ErrorBody, ErrorDetail)),
+    security(("bearer" = [])),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every route with its document: registered together, so neither can drift from the other.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(users::router())
         .merge(accounts::router())
         .merge(dlq::router())
@@ -54,7 +90,23 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(stats::router())
         .merge(conversations::router())
         .merge(tokens::router())
-        .route_layer(middleware::from_fn_with_state(state, authenticate))
+}
+
+/// The OpenAPI 3.1 document of the operator API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+/// The API behind the bearer-token layer, and its document at `/api/v1/openapi.json` (open).
+pub fn router(state: AppState) -> Router<AppState> {
+    let (api, doc) = routes().split_for_parts();
+    let doc = doc.to_pretty_json().unwrap_or_default() + "\n";
+    api.route_layer(middleware::from_fn_with_state(state, authenticate))
+        .route(
+            "/api/v1/openapi.json",
+            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc) }),
+        )
+        .fallback(|| async { Failure::not_found("route") })
 }
 
 /// Cached principals and the bad-token counters.
@@ -148,9 +200,54 @@ impl Failure {
     }
 }
 
+/// Every error answer of the API.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable: `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`, …
+    pub code: String,
+    pub message: String,
+}
+
+/// The error answers every route may give (documented once, used by every path).
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum Errors {
+    /// Bad JSON, unknown fields, values out of range, a malformed id or cursor.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No token, or an unknown, revoked or inactive user's token.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The token's role is not enough.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// No such thing in the token's workspace.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The change conflicts with the current state.
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// Too many bad tokens from this address.
+    #[response(status = 429)]
+    TooMany(ErrorBody),
+    /// The database (or the processing actors) did not answer; try again.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        let body = Json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        });
         let mut res = (self.status, body).into_response();
         if self.status == StatusCode::TOO_MANY_REQUESTS {
             res.headers_mut()
@@ -186,18 +283,76 @@ impl From<UserError> for Failure {
 /// reason.
 pub struct Body<T>(pub T);
 
-impl<T, S> FromRequest<S> for Body<T>
-where
-    axum::Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
-    S: Send + Sync,
-{
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = Failure;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Body(v)),
-            Err(e) => Err(Failure::bad_request(e.body_text())),
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(str::trim)
+            .is_some_and(|v| {
+                v.eq_ignore_ascii_case("application/json")
+                    || (v.starts_with("application/") && v.ends_with("+json"))
+            });
+        if !json {
+            return Err(Failure::bad_request(
+                "send a JSON body with Content-Type: application/json",
+            ));
         }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| Failure::new(e.status(), "bad_request", e.body_text()))?;
+        // Text columns cannot hold NUL (PostgreSQL refuses it): refused here, not at the store.
+        if bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+            return Err(Failure::bad_request("text may not contain NUL (\\u0000)"));
+        }
+        Json::<T>::from_bytes(&bytes)
+            .map(|Json(v)| Body(v))
+            .map_err(|e| Failure::bad_request(e.body_text()))
+    }
+}
+
+/// Query parameters whose problems answer 400 with the reason, as JSON.
+pub struct Params<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if parts.uri.query().is_some_and(|q| q.contains("%00")) {
+            return Err(Failure::bad_request("parameters may not contain NUL (%00)"));
+        }
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Params(v))
+            .map_err(|e| Failure::bad_request(e.body_text()))
+    }
+}
+
+/// The `{id}` of a path, or 400 when it is not a number.
+pub struct Id(pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<i64>::from_request_parts(parts, state)
+            .await
+            .map(|Path(id)| Id(id))
+            .map_err(|e| Failure::bad_request(e.body_text()))
+    }
+}
+
+/// A time given by a client, between 1970 and 9999 (what both databases store), or 400.
+pub fn sane_time(key: &str, time: Option<DateTime<Utc>>) -> Result<(), Failure> {
+    match time {
+        Some(t) if !(1970..=9999).contains(&t.year()) => Err(Failure::bad_request(format!(
+            "{key} must be between 1970 and 9999, not {t}"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -302,16 +457,28 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     next.run(req).await
 }
 
+/// A page of a list: its items, and the cursor of the next page (`after=`) when there may be one.
+#[derive(Serialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+/// A list without pages.
+#[derive(Serialize, ToSchema)]
+pub struct Items<T> {
+    pub items: Vec<T>,
+}
+
 /// A page of `limit` rows: the items, and the cursor of the next page when it is full.
-pub fn page<T: serde::Serialize>(
-    items: Vec<T>,
-    limit: u64,
-    id: impl Fn(&T) -> i64,
-) -> Json<serde_json::Value> {
+pub fn page<T: Serialize>(items: Vec<T>, limit: u64, id: impl Fn(&T) -> i64) -> Json<Page<T>> {
     let next = (items.len() as u64 == limit)
         .then(|| items.last().map(&id))
         .flatten();
-    Json(json!({"items": items, "next": next.map(|n| n.to_string())}))
+    Json(Page {
+        items,
+        next: next.map(|n| n.to_string()),
+    })
 }
 
 /// `limit` between 1 and 200 (default 50), or 400.

@@ -1,23 +1,31 @@
 //! `/api/v1/stats/{health|stuck|processing|dlq|agents}`: the monitoring views, per workspace.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Path, State},
     response::IntoResponse,
-    routing::get,
 };
 use chrono::{Duration, Utc};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{Caller, Failure};
+use super::{Caller, Errors, Failure};
 use crate::{
     http::AppState,
     store::{stats, users::Role},
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/stats/{view}", get(view))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(view))
 }
 
+/// One monitoring view: `health` (conversations by state, messages of the last 24 hours by direction,
+/// contacts),
+/// `stuck` (conversations waiting on an event older than the stuck threshold), `processing`
+/// (processing-time percentiles per hour, last 24 hours), `dlq` (open rows by error), `agents`
+/// (agent performance by type).
+#[utoipa::path(get, path = "/api/v1/stats/{view}", tag = "stats", operation_id = "stats_view",
+    params(("view" = String, Path, pattern = "^(health|stuck|processing|dlq|agents)$")),
+    responses((status = 200, body = Object, description = "the view's figures"), Errors))]
 async fn view(
     State(state): State<AppState>,
     caller: Caller,

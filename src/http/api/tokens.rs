@@ -1,17 +1,13 @@
 //! `/api/v1/tokens`: admins create a token for a user of their workspace (shown once) and
 //! revoke tokens.
 
-use axum::{
-    Json, Router,
-    extract::{Path, State},
-    http::StatusCode,
-    response::IntoResponse,
-    routing::{delete, post},
-};
-use serde::Deserialize;
-use serde_json::json;
+use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{Body, Caller, Failure};
+use super::{Body, Caller, Errors, Failure, Id};
 use crate::{
     http::AppState,
     store::{
@@ -20,19 +16,35 @@ use crate::{
     },
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/tokens", post(create))
-        .route("/api/v1/tokens/{id}", delete(revoke))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create))
+        .routes(routes!(revoke))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
     user_id: i64,
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     name: String,
 }
 
+/// A new token, in full: shown this once.
+#[derive(Serialize, ToSchema)]
+struct TokenCreated {
+    id: i64,
+    user_id: i64,
+    name: String,
+    token: String,
+    created_at: DateTime<Utc>,
+    note: String,
+}
+
+/// Creates a token for an active user of the workspace (admin); the response is the only time
+/// it is shown.
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", operation_id = "tokens_create", request_body = NewToken,
+    responses((status = 201, body = TokenCreated), Errors))]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -51,17 +63,24 @@ async fn create(
     let (row, plain) = tokens::create(&state.db, ws, user.id, name, &caller.0.actor).await?;
     Ok((
         StatusCode::CREATED,
-        Json(
-            json!({"id": row.id, "user_id": row.user_id, "name": row.name, "token": plain,
-                    "created_at": row.created_at, "note": "shown once: store it now"}),
-        ),
+        Json(TokenCreated {
+            id: row.id,
+            user_id: row.user_id,
+            name: row.name,
+            token: plain,
+            created_at: row.created_at,
+            note: "shown once: store it now".into(),
+        }),
     ))
 }
 
+/// Revokes a token of the workspace (admin): it stops working at once.
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", operation_id = "tokens_revoke", params(("id" = i64, Path)),
+    responses((status = 204, description = "revoked"), Errors))]
 async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Id(id): Id,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Admin)?;
     if !tokens::revoke(&state.db, caller.0.workspace_id, id, &caller.0.actor).await? {

@@ -1,42 +1,44 @@
 //! `/api/v1/users`: the workspace's people. Viewers read; admins create, change and
 //! deactivate (DELETE deactivates: the user's tokens stop working at once).
 
-use axum::{
-    Json, Router,
-    extract::{Path, Query, State},
-    http::StatusCode,
-    response::IntoResponse,
-    routing::get,
-};
+use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
+use entity::users::Model as User;
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{Body, Caller, Failure, cursor, limit, page};
+use super::{Body, Caller, Errors, Failure, Id, Page, Params, cursor, limit, page};
 use crate::{
     http::AppState,
     store::users::{self, NewUser, Role, UserPatch},
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/users", get(list).post(create))
-        .route(
-            "/api/v1/users/{id}",
-            get(one).patch(update).delete(deactivate),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(one, update, deactivate))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// Part of a name or an email (case-insensitive).
     search: Option<String>,
+    /// The `next` cursor of the previous page.
     after: Option<String>,
+    /// 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u64>,
 }
 
+/// The workspace's users, by id, optionally searched by name or email.
+#[utoipa::path(get, path = "/api/v1/users", tag = "users", operation_id = "users_list", params(ListQuery),
+    responses((status = 200, body = Page<User>), Errors))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<ListQuery>,
+    Params(q): Params<ListQuery>,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Viewer)?;
     let limit = limit(q.limit)?;
@@ -51,14 +53,20 @@ async fn list(
     Ok(page(rows, limit, |r| r.id))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUserBody {
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     name: String,
+    /// Unique in the workspace, case-insensitively.
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    /// Default `viewer`, the least privilege.
     #[serde(default = "viewer")]
+    #[schema(default = "viewer")]
     role: Role,
     #[serde(default = "yes")]
+    #[schema(default = true)]
     is_active: bool,
 }
 
@@ -70,6 +78,9 @@ fn yes() -> bool {
     true
 }
 
+/// Adds a user (admin).
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", operation_id = "users_create", request_body = NewUserBody,
+    responses((status = 201, body = User), Errors))]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -91,10 +102,13 @@ async fn create(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
+/// One user.
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", operation_id = "users_one", params(("id" = i64, Path)),
+    responses((status = 200, body = User), Errors))]
 async fn one(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Id(id): Id,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Viewer)?;
     Ok(Json(
@@ -102,7 +116,8 @@ async fn one(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = UserPatch)]
 #[serde(deny_unknown_fields)]
 struct PatchBody {
     name: Option<String>,
@@ -111,10 +126,13 @@ struct PatchBody {
     is_active: Option<bool>,
 }
 
+/// Changes a user's name, email, role or activity (admin).
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", operation_id = "users_update", params(("id" = i64, Path)),
+    request_body = PatchBody, responses((status = 200, body = User), Errors))]
 async fn update(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Id(id): Id,
     Body(body): Body<PatchBody>,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Admin)?;
@@ -129,10 +147,13 @@ async fn update(
     Ok(Json(user))
 }
 
+/// Deactivates a user (admin): their tokens stop working at once.
+#[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", operation_id = "users_deactivate", params(("id" = i64, Path)),
+    responses((status = 200, body = User), Errors))]
 async fn deactivate(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Id(id): Id,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Admin)?;
     let patch = UserPatch {
