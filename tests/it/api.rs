@@ -11,13 +11,15 @@ use wahook::store::{
 use crate::{
     both_backends,
     common::{
-        ACME_PNID, ACME_SECRET, Backend, GLOBEX_PNID, GLOBEX_SECRET, TestApp, TestDb, fixture,
-        meta_text, test_config,
+        ACME_PNID, ACME_SECRET, Backend, FAILPOINTS, GLOBEX_PNID, GLOBEX_SECRET, TestApp, TestDb,
+        fixture, meta_text, test_config,
     },
     foundation::wahook,
 };
 
 both_backends!(
+    every_documented_route_checks_the_role,
+    a_dlq_row_retried_after_its_fault_is_removed_ends_resolved,
     each_role_is_allowed_and_refused_where_it_should_be,
     another_workspace_is_invisible_and_untouched,
     a_deactivated_users_token_stops_at_once,
@@ -77,6 +79,199 @@ async fn call(
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
+}
+
+/// Every operation of the served OpenAPI document, for no token and each role: 401, 403 below
+/// the operation's role, and neither (nor a 5xx) from it up. An operation missing from the
+/// table fails the test, so a new route cannot arrive without its role.
+async fn every_documented_route_checks_the_role(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let (admin_id, admin) = user_with_token(&app, "acme", "ada@acme.test", Role::Admin).await;
+    let (_, operator) = user_with_token(&app, "acme", "otto@acme.test", Role::Operator).await;
+    let (_, viewer) = user_with_token(&app, "acme", "vera@acme.test", Role::Viewer).await;
+    // operationId → (lowest role, query, body); ids in paths are ids nobody has.
+    let table = |op: &str, n: usize| -> Option<(Role, &str, Option<Value>)> {
+        use Role::{Admin as A, Operator as O, Viewer as V};
+        Some(match op {
+            "accounts_list" | "contacts_list" | "conversations_list" | "conversations_one"
+            | "dlq_list" | "dlq_one" | "events_list" | "events_one" | "stats_view"
+            | "users_list" | "users_one" => (V, "", None),
+            "contacts_lead_filter" => (V, "?filter=needs_follow_up", None),
+            "accounts_create" => (
+                A,
+                "",
+                Some(json!({"phone_number_id": format!("19990000{n}"),
+                            "app_secret": "app-secret-1", "verify_token": "verify-token-1"})),
+            ),
+            "accounts_update" => (A, "", Some(json!({"display_phone_number": "+1 555"}))),
+            "users_create" => (
+                A,
+                "",
+                Some(json!({"name": "New", "email": format!("new{n}@acme.test")})),
+            ),
+            "users_update" => (A, "", Some(json!({"name": "Renamed"}))),
+            "users_deactivate" | "tokens_revoke" => (A, "", None),
+            "tokens_create" => (A, "", Some(json!({"user_id": admin_id, "name": "t"}))),
+            "contacts_update" => (O, "", Some(json!({"lead_score": 5}))),
+            "conversations_set_state" => (O, "", Some(json!({"state": "human"}))),
+            "dlq_bulk_retry" => (O, "", Some(json!({}))),
+            "dlq_retry" | "dlq_resolve" | "dlq_discard" => (O, "", None),
+            "events_replay" => (O, "", Some(json!({"ids": [999999]}))),
+            "messages_send" => (
+                O,
+                "",
+                Some(
+                    json!({"conversation_id": 999999, "phone_number_id": ACME_PNID, "text": "hi"}),
+                ),
+            ),
+            "messages_record" => (
+                O,
+                "",
+                Some(json!({"conversation_id": 999999, "wamid": "wamid.x", "text": "hi"})),
+            ),
+            _ => return None,
+        })
+    };
+    // The document is served without a token.
+    let (status, doc) = call(&app, Method::GET, "/api/v1/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut checked = 0;
+    for (template, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap();
+            let (lowest, query, body) = table(id, checked)
+                .unwrap_or_else(|| panic!("{id} ({method} {template}) has no row in the table"));
+            let path = template
+                .replace("{id}", "999999")
+                .replace("{view}", "health")
+                + query;
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let (status, _) = call(&app, method.clone(), &path, None, body.clone()).await;
+            assert_eq!(status, 401, "{method} {path} without a token");
+            for (role, token) in [
+                (Role::Viewer, &viewer),
+                (Role::Operator, &operator),
+                (Role::Admin, &admin),
+            ] {
+                let (status, reply) =
+                    call(&app, method.clone(), &path, Some(token), body.clone()).await;
+                if role >= lowest {
+                    assert!(
+                        ![401, 403].contains(&status.as_u16()) && !status.is_server_error(),
+                        "{role:?} may {method} {path}: {status} {reply}"
+                    );
+                } else {
+                    assert_eq!(status, 403, "{role:?} may not {method} {path}: {reply}");
+                    assert_eq!(reply["error"]["code"], "forbidden");
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 28, "every documented operation was checked");
+    app.stop().await;
+}
+
+/// A real fault parks an event; once it is removed, an operator's retry through the API
+/// resolves the row and the message appears in its conversation.
+async fn a_dlq_row_retried_after_its_fault_is_removed_ends_resolved(backend: Backend) {
+    let _turn = FAILPOINTS.lock().await;
+    let wamid = format!("wamid.api.fault.{backend:?}");
+    fail::cfg("conversation::apply", &format!("return({wamid})")).unwrap();
+    let app = TestApp::start_with(backend, |c| {
+        c.processing.max_attempts = 2;
+        c.processing.backoff_base_ms = 1;
+        c.processing.backoff_max_ms = 2;
+        c.processing.dlq_backoff_base_ms = 3_600_000;
+        c.processing.dlq_poll_ms = 20;
+    })
+    .await;
+    let (_, operator) = user_with_token(&app, "acme", "otto@acme.test", Role::Operator).await;
+    let res = app
+        .post_meta(
+            meta_text(ACME_PNID, "4917655550001", &wamid, "parked"),
+            ACME_SECRET,
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    app.wait_for("SELECT COUNT(*) FROM webhook_dlq", 1).await;
+    let (_, listed) = call(&app, Method::GET, "/api/v1/dlq", Some(&operator), None).await;
+    let row = &listed["items"][0];
+    assert!(
+        row["error"].as_str().unwrap().contains("injected failure"),
+        "{listed}"
+    );
+    let (id, event_id) = (
+        row["id"].as_i64().unwrap(),
+        row["event_id"].as_i64().unwrap(),
+    );
+    // Nothing of the event was applied: no conversation, no message.
+    let (_, convs) = call(
+        &app,
+        Method::GET,
+        "/api/v1/conversations",
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(convs["items"].as_array().unwrap().len(), 0, "{convs}");
+
+    fail::remove("conversation::apply");
+    let (status, retried) = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/dlq/{id}/retry"),
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{retried}");
+    app.wait_for(
+        "SELECT COUNT(*) FROM webhook_dlq WHERE resolution_status = 'resolved'",
+        1,
+    )
+    .await;
+    let (_, row) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/dlq/{id}"),
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(row["resolution_status"], "resolved", "{row}");
+    let (_, event) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/events/{event_id}"),
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(event["status"], "processed", "{event}");
+    let (_, convs) = call(
+        &app,
+        Method::GET,
+        "/api/v1/conversations",
+        Some(&operator),
+        None,
+    )
+    .await;
+    let conv = convs["items"][0]["id"].as_i64().unwrap();
+    let (_, after) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/conversations/{conv}"),
+        Some(&operator),
+        None,
+    )
+    .await;
+    let messages = after["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1, "{after}");
+    assert_eq!(messages[0]["wamid"], wamid.as_str());
+    assert_eq!(messages[0]["content"], "parked");
+    app.stop().await;
 }
 
 async fn each_role_is_allowed_and_refused_where_it_should_be(backend: Backend) {

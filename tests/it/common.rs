@@ -397,3 +397,6 @@ pub fn meta_text(phone_number_id: &str, from: &str, wamid: &str, body: &str) -> 
         r#"{{"object":"whatsapp_business_account","entry":[{{"id":"4000","changes":[{{"value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15551234567","phone_number_id":"{phone_number_id}"}},"contacts":[{{"profile":{{"name":"Test User"}},"wa_id":"{from}"}}],"messages":[{{"from":"{from}","id":"{wamid}","timestamp":"1767225600","type":"text","text":{{"body":"{body}"}}}}]}},"field":"messages"}}]}}]}}"#
     )
 }
+
+/// Failpoints are process-wide: the tests that configure them take turns.
+pub static FAILPOINTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

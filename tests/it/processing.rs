@@ -227,9 +227,6 @@ async fn statuses_in_any_order_end_in_the_right_state(backend: Backend) {
     app.stop().await;
 }
 
-/// Failpoints are process-wide: the tests that configure them take turns.
-static FAILPOINTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 async fn a_poison_event_is_parked_while_its_conversation_and_others_go_on(backend: Backend) {
     let _turn = FAILPOINTS.lock().await;
     let poison = format!("wamid.poison.{backend:?}");
