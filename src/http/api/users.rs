@@ -17,6 +17,29 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
         .routes(routes!(one, update, deactivate))
+        .routes(routes!(me))
+}
+
+/// Who the token speaks for (what the console shows, and which buttons it offers).
+#[derive(serde::Serialize, ToSchema)]
+struct Me {
+    user_id: i64,
+    workspace_id: i64,
+    role: Role,
+    /// `name <email>`, as the audit log names the actor.
+    actor: String,
+}
+
+/// The token's user and role.
+#[utoipa::path(get, path = "/api/v1/me", tag = "users", operation_id = "users_me",
+    responses((status = 200, body = Me), Errors))]
+async fn me(caller: Caller) -> Json<Me> {
+    Json(Me {
+        user_id: caller.0.user_id,
+        workspace_id: caller.0.workspace_id,
+        role: caller.0.role,
+        actor: caller.0.actor,
+    })
 }
 
 #[derive(Deserialize, IntoParams)]
