@@ -2,6 +2,7 @@
 //! request metrics by route template).
 
 pub mod api;
+mod console;
 mod health;
 mod webhooks;
 
@@ -59,6 +60,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.body_limit_bytes;
     Router::new()
         .merge(health::router())
+        .merge(console::router())
         .merge(webhooks::router())
         .merge(api::router(state.clone()))
         .layer(DefaultBodyLimit::max(body_limit))

@@ -1,0 +1,604 @@
+// wahook console: plain JavaScript on the operator API (/api/v1). No build step, no
+// dependencies; every piece of data goes into the page as text (never as HTML).
+"use strict";
+
+const TOKEN_KEY = "wahook.token";
+const RANKS = { viewer: 0, operator: 1, admin: 2 };
+let me = null;
+let timers = [];
+
+// ---------- small helpers ----------
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === false || v === null || v === undefined) continue;
+    if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (k === "class") node.className = v;
+    else if (v === true) node.setAttribute(k, "");
+    else node.setAttribute(k, v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+const ICONS = {
+  edit: "M4 20h4L19 9l-4-4L4 16v4zm11-17 4 4",
+  trash: "M5 7h14M10 7V4h4v3m-7 0 1 13h8l1-13M10 11v6m4-6v6",
+};
+
+/// A small line icon (the page's own SVG: no icon font, no emoji font needed).
+function icon(name) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("aria-hidden", "true");
+  svg.setAttribute("class", "glyph");
+  const path = document.createElementNS(ns, "path");
+  path.setAttribute("d", ICONS[name]);
+  svg.append(path);
+  return svg;
+}
+
+function when(t) {
+  if (!t) return "—";
+  const d = new Date(t);
+  return isNaN(d) ? String(t) : d.toLocaleString();
+}
+
+function can(role) {
+  return me && RANKS[me.role] >= RANKS[role];
+}
+
+function toast(text, bad) {
+  const t = el("div", { class: bad ? "toast bad" : "toast" }, text);
+  document.getElementById("toasts").append(t);
+  setTimeout(() => t.remove(), 4000);
+}
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Authorization: "Bearer " + sessionStorage.getItem(TOKEN_KEY) };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let res;
+  try {
+    res = await fetch("/api/v1" + path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (e) {
+    throw new ApiError(0, "network", "wahook did not answer: " + e.message);
+  }
+  const text = await res.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
+  if (res.status === 401 && me) {
+    signOut("Your token is no longer valid: sign in again.");
+    throw new ApiError(401, "unauthorized", "signed out");
+  }
+  if (!res.ok) {
+    const err = (data && data.error) || {};
+    throw new ApiError(res.status, err.code || "error", err.message || res.statusText);
+  }
+  return data;
+}
+
+function qs(params) {
+  const p = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== "" && v !== null && v !== undefined) p.set(k, v);
+  const s = p.toString();
+  return s ? "?" + s : "";
+}
+
+function main() { return document.getElementById("main"); }
+
+function show(...nodes) {
+  const m = main();
+  m.replaceChildren(...nodes);
+}
+
+function errorBox(e) {
+  return el("p", { class: "error", role: "alert" }, e.message || String(e));
+}
+
+function loading() { return el("p", { class: "muted", "aria-busy": "true" }, "Loading…"); }
+
+/// A table of rows, or the empty message.
+function table(caption, headers, rows, empty) {
+  if (!rows.length) return el("p", { class: "muted", "data-empty": "" }, empty);
+  return el("table", {},
+    el("caption", { class: "muted" }, caption),
+    el("thead", {}, el("tr", {}, headers.map((h) => el("th", { scope: "col" }, h)))),
+    el("tbody", {}, rows));
+}
+
+/// A modal dialog (native <dialog>: focus stays inside, Escape closes). `build(form, close)`
+/// fills the form; `submit(form)` runs on submit and closes the dialog when it resolves.
+function dialog(title, build, submit, submitLabel) {
+  const id = "dlg-" + Math.random().toString(36).slice(2);
+  const problem = el("p", { class: "error", role: "alert", hidden: true });
+  const form = el("form", { method: "dialog", "aria-labelledby": id });
+  const d = el("dialog", { "aria-labelledby": id }, form);
+  const close = () => { d.close(); };
+  form.append(el("h2", { id }, title));
+  build(form, close);
+  form.append(problem,
+    el("div", { class: "buttons" },
+      el("button", { type: "button", class: "secondary", onclick: close }, "Cancel"),
+      el("button", { type: "submit" }, submitLabel || "Save")));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    if (!form.reportValidity()) return;
+    problem.hidden = true;
+    try {
+      await submit(form);
+      close();
+    } catch (e) {
+      problem.textContent = e.message;
+      problem.hidden = false;
+    }
+  });
+  d.addEventListener("close", () => d.remove());
+  document.body.append(d);
+  d.showModal();
+  const first = form.querySelector("input, select, textarea");
+  if (first) first.focus();
+  return d;
+}
+
+function confirmDialog(title, text, label, action) {
+  return dialog(title, (form) => form.append(el("p", {}, text)), action, label);
+}
+
+function field(label, input) {
+  return el("label", {}, label, input);
+}
+
+// ---------- sign in ----------
+
+function signOut(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  me = null;
+  renderSignIn(message);
+}
+
+function renderSignIn(message) {
+  stopTimers();
+  document.getElementById("nav").hidden = true;
+  document.getElementById("sign-out").hidden = true;
+  document.getElementById("who").textContent = "";
+  const input = el("input", { id: "token", name: "token", type: "password", required: true, autocomplete: "off" });
+  const problem = el("p", { class: "error", role: "alert", hidden: !message }, message || "");
+  const form = el("form", { class: "signin", "aria-labelledby": "signin-title" },
+    el("h1", { id: "signin-title" }, "Sign in"),
+    el("p", { class: "muted" }, "Paste an API token (wahook user create … prints one). It is kept in this tab's session storage only."),
+    field("API token", input),
+    problem,
+    el("button", { type: "submit" }, "Sign in"));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+    try {
+      me = await api("GET", "/me");
+      const target = location.hash && location.hash !== "#/" ? location.hash : "#/overview";
+      // A changed hash routes by itself (hashchange); the same one needs a nudge.
+      if (location.hash !== target) location.hash = target;
+      else route();
+    } catch (e) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      problem.textContent = e.status === 401 ? "That token is unknown, revoked, or its user is inactive." : e.message;
+      problem.hidden = false;
+    }
+  });
+  show(form);
+  input.focus();
+}
+
+// ---------- routing ----------
+
+function stopTimers() {
+  timers.forEach(clearInterval);
+  timers = [];
+}
+
+const VIEWS = {
+  overview: renderOverview,
+  users: renderUsers,
+  events: renderEvents,
+  dlq: renderDlq,
+  conversations: renderConversations,
+  leads: renderLeads,
+};
+
+async function route() {
+  stopTimers();
+  if (!sessionStorage.getItem(TOKEN_KEY)) return renderSignIn();
+  if (!me) {
+    try { me = await api("GET", "/me"); } catch (e) { return renderSignIn(e.status === 401 ? "" : e.message); }
+  }
+  document.getElementById("nav").hidden = false;
+  document.getElementById("sign-out").hidden = false;
+  document.getElementById("who").textContent = me.actor + " · " + me.role;
+  const [, name, arg] = (location.hash || "#/overview").split("/");
+  for (const a of document.querySelectorAll("#nav a")) {
+    if (a.getAttribute("href") === "#/" + name) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  const view = VIEWS[name] || renderOverview;
+  show(loading());
+  try {
+    await view(arg);
+  } catch (e) {
+    show(errorBox(e));
+  }
+  main().focus({ preventScroll: true });
+}
+
+// ---------- overview ----------
+
+const samples = [];
+
+function quantile(buckets, q) {
+  const total = buckets.length ? buckets[buckets.length - 1].count : 0;
+  if (total <= 0) return null;
+  const rank = q * total;
+  let prevLe = 0, prevCount = 0;
+  for (const b of buckets) {
+    if (b.count >= rank) {
+      const le = b.le === "+Inf" ? prevLe : Number(b.le);
+      const width = b.count - prevCount;
+      return width > 0 ? prevLe + (le - prevLe) * ((rank - prevCount) / width) : le;
+    }
+    prevLe = b.le === "+Inf" ? prevLe : Number(b.le);
+    prevCount = b.count;
+  }
+  return prevLe;
+}
+
+function deltaBuckets(a, b) {
+  return b.ack_buckets.map((x) => {
+    const before = a.ack_buckets.find((y) => y.le === x.le);
+    return { le: x.le, count: x.count - (before ? before.count : 0) };
+  });
+}
+
+function sparkline(values) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", "0 0 100 30");
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("aria-hidden", "true");
+  const pts = values.filter((v) => v !== null && isFinite(v));
+  if (pts.length > 1) {
+    const max = Math.max(...pts, 1e-9), min = Math.min(...pts, 0);
+    const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+    line.setAttribute("points", pts.map((v, i) =>
+      `${(i / (pts.length - 1)) * 100},${28 - ((v - min) / (max - min || 1)) * 26}`).join(" "));
+    svg.append(line);
+  }
+  return svg;
+}
+
+async function renderOverview() {
+  const cards = el("div", { class: "cards", id: "overview-cards" });
+  let status = el("p", { class: "muted" }, "Refreshed every 3 seconds from this node's own figures; rates and the p99 are over the last interval.");
+  show(el("h1", {}, "Overview"), status, cards);
+  const draw = () => {
+    const series = (f) => samples.map(f);
+    const pairs = samples.slice(1).map((s, i) => [samples[i], s]);
+    const rate = pairs.map(([a, b]) => (b.webhooks_received_total - a.webhooks_received_total) / Math.max((new Date(b.at) - new Date(a.at)) / 1000, 0.001));
+    const p99 = pairs.map(([a, b]) => { const q = quantile(deltaBuckets(a, b), 0.99); return q === null ? null : q * 1000; });
+    const last = samples[samples.length - 1] || {};
+    const lastOf = (xs) => (xs.length ? xs[xs.length - 1] : null);
+    const fmt = (v, unit, digits) => (v === null || v === undefined || !isFinite(v) ? "—" : v.toFixed(digits ?? 0) + (unit || ""));
+    const card = (title, value, values) => el("section", { class: "card", "aria-label": title },
+      el("h2", {}, title), el("div", { class: "value" }, value), sparkline(values));
+    cards.replaceChildren(
+      card("Ack p99", fmt(lastOf(p99), " ms", 1), p99),
+      card("Webhooks per second", fmt(lastOf(rate), "/s", 1), rate),
+      card("Backlog (pending events)", fmt(last.inbox_pending_events), series((s) => s.inbox_pending_events)),
+      card("Oldest pending", fmt(last.inbox_oldest_pending_age_seconds, " s", 1), series((s) => s.inbox_oldest_pending_age_seconds)),
+      card("DLQ depth", fmt(last.dlq_open), series((s) => s.dlq_open)),
+      card("Live conversation actors", fmt(last.live_conversation_actors), series((s) => s.live_conversation_actors)),
+      card("Agent replies sent", fmt(last.agent_replies_sent_total), series((s) => s.agent_replies_sent_total)),
+      card("Agent reply failures", fmt(last.agent_replies_failed_total), series((s) => s.agent_replies_failed_total)),
+    );
+  };
+  const tick = async () => {
+    try {
+      samples.push(await api("GET", "/stats/live"));
+      while (samples.length > 60) samples.shift();
+      draw();
+    } catch (e) {
+      status.replaceWith(status = errorBox(e));
+    }
+  };
+  await tick();
+  timers.push(setInterval(tick, 3000));
+}
+
+// ---------- users ----------
+
+function userDialog(user, done) {
+  const editing = !!user;
+  dialog(editing ? "Edit user" : "Add user", (form) => {
+    form.append(
+      field("Name", el("input", { name: "name", type: "text", required: true, maxlength: 200, value: user ? user.name : "" })),
+      field("Email", el("input", { name: "email", type: "email", required: true, maxlength: 254, value: user ? user.email : "" })),
+      field("Role", el("select", { name: "role" },
+        ["viewer", "operator", "admin"].map((r) => el("option", { value: r, selected: (user ? user.role : "viewer") === r }, r)))),
+      el("label", { class: "check" }, el("input", { name: "is_active", type: "checkbox", checked: user ? user.is_active : true }), "Active"));
+  }, async (form) => {
+    const body = {
+      name: form.elements.name.value.trim(),
+      email: form.elements.email.value.trim(),
+      role: form.elements.role.value,
+      is_active: form.elements.is_active.checked,
+    };
+    const saved = editing ? await api("PATCH", "/users/" + user.id, body) : await api("POST", "/users", body);
+    toast(editing ? `User ${saved.name} saved` : `User ${saved.name} added`);
+    done();
+  }, editing ? "Save" : "Add user");
+}
+
+async function renderUsers() {
+  const search = el("input", { type: "search", id: "user-search", placeholder: "Search by name" });
+  const list = el("div", {}, loading());
+  const load = async () => {
+    list.replaceChildren(loading());
+    try {
+      const page = await api("GET", "/users" + qs({ search: search.value.trim(), limit: 200 }));
+      const rows = page.items.map((u) => el("tr", { "data-user": u.email },
+        el("td", {}, u.name),
+        el("td", {}, u.email),
+        el("td", {}, u.role),
+        el("td", {}, el("span", { class: u.is_active ? "badge ok" : "badge" }, u.is_active ? "active" : "inactive")),
+        el("td", { class: "actions" }, can("admin") ? [
+          el("button", { type: "button", class: "icon", "aria-label": "Edit " + u.name, title: "Edit", onclick: () => userDialog(u, load) }, icon("edit")),
+          u.is_active ? el("button", {
+            type: "button", class: "icon", "aria-label": "Deactivate " + u.name, title: "Deactivate",
+            onclick: () => confirmDialog("Deactivate user", `Deactivate ${u.name} (${u.email})? Their tokens stop working at once.`, "Deactivate", async () => {
+              await api("DELETE", "/users/" + u.id);
+              toast(`User ${u.name} deactivated`);
+              load();
+            }),
+          }, icon("trash")) : null,
+        ] : [])));
+      list.replaceChildren(table("Users", ["Name", "Email", "Role", "Status", "Actions"], rows,
+        search.value ? "No user matches." : "No users yet."));
+    } catch (e) {
+      list.replaceChildren(errorBox(e));
+    }
+  };
+  let debounce;
+  search.addEventListener("input", () => { clearTimeout(debounce); debounce = setTimeout(load, 250); });
+  show(
+    el("div", { class: "bar" },
+      el("h1", { class: "grow" }, "Users"),
+      can("admin") ? el("button", { type: "button", id: "add-user", onclick: () => userDialog(null, load) }, "Add user") : null),
+    el("div", { class: "bar" }, field("Search", search)),
+    list);
+  await load();
+}
+
+// ---------- events ----------
+
+async function renderEvents() {
+  const status = el("select", { id: "event-status" }, ["", "pending", "processed", "failed", "dead"].map((s) => el("option", { value: s }, s || "any")));
+  const source = el("select", { id: "event-source" }, ["", "meta", "kapso"].map((s) => el("option", { value: s }, s || "any")));
+  const list = el("div", {});
+  const detail = el("div", {});
+  const load = async () => {
+    list.replaceChildren(loading());
+    try {
+      const page = await api("GET", "/events" + qs({ status: status.value, source: source.value, limit: 100 }));
+      const rows = page.items.slice().reverse().map((e) => el("tr", {},
+        el("td", {}, e.id), el("td", {}, e.source), el("td", {}, e.event_type || "—"),
+        el("td", {}, el("span", { class: e.status === "processed" ? "badge ok" : e.status === "pending" ? "badge warn" : "badge bad" }, e.status)),
+        el("td", {}, e.attempts), el("td", {}, when(e.received_at)), el("td", {}, e.last_error || e.notes || ""),
+        el("td", { class: "actions" },
+          el("button", { type: "button", class: "secondary", onclick: () => openEvent(e.id) }, "Open"),
+          can("operator") ? el("button", { type: "button", class: "secondary", onclick: () => replay([e.id]) }, "Replay") : null)));
+      list.replaceChildren(table("Events, newest first", ["Id", "Source", "Type", "Status", "Attempts", "Received", "Error or notes", ""], rows, "No events match."));
+    } catch (e) { list.replaceChildren(errorBox(e)); }
+  };
+  const replay = async (ids) => {
+    try {
+      const r = await api("POST", "/events/replay", { ids });
+      toast(`${r.replayed} event(s) replayed`);
+      load();
+    } catch (e) { toast(e.message, true); }
+  };
+  const openEvent = async (id) => {
+    detail.replaceChildren(loading());
+    try {
+      const e = await api("GET", "/events/" + id);
+      detail.replaceChildren(el("section", { "aria-label": "Event " + id },
+        el("h2", {}, `Event ${id} · ${e.status}`),
+        e.dlq ? el("p", {}, `DLQ: ${e.dlq.resolution_status}, ${e.dlq.attempts} attempt(s), next retry ${when(e.dlq.next_retry_at)} — ${e.dlq.error}`) : el("p", { class: "muted" }, "Never parked in the DLQ."),
+        e.notes ? el("p", {}, "Notes: " + e.notes) : null,
+        el("pre", { tabindex: "0", "aria-label": "Payload" }, JSON.stringify(e.payload, null, 2))));
+      detail.scrollIntoView();
+    } catch (err) { detail.replaceChildren(errorBox(err)); }
+  };
+  status.addEventListener("change", load);
+  source.addEventListener("change", load);
+  show(el("h1", {}, "Events"), el("div", { class: "bar" }, field("Status", status), field("Source", source)), list, detail);
+  await load();
+}
+
+// ---------- DLQ ----------
+
+async function renderDlq() {
+  const status = el("select", { id: "dlq-status" }, ["pending", "retrying", "resolved", "discarded", ""].map((s) => el("option", { value: s }, s || "any")));
+  const needle = el("input", { type: "text", id: "dlq-error-filter", placeholder: "error contains…" });
+  const list = el("div", {});
+  const act = async (row, action) => {
+    try {
+      const after = await api("POST", `/dlq/${row.id}/${action}`);
+      toast(`DLQ row ${row.id}: ${action} → ${after.resolution_status}`);
+      load();
+    } catch (e) { toast(e.message, true); }
+  };
+  const load = async () => {
+    list.replaceChildren(loading());
+    try {
+      const page = await api("GET", "/dlq" + qs({ status: status.value, limit: 200 }));
+      const rows = page.items.map((r) => el("tr", { "data-dlq": r.id },
+        el("td", {}, r.id), el("td", {}, `${r.source} · event ${r.event_id}`), el("td", {}, r.error),
+        el("td", {}, r.attempts), el("td", {}, when(r.next_retry_at)),
+        el("td", {}, el("span", { class: r.resolution_status === "resolved" ? "badge ok" : r.resolution_status === "discarded" ? "badge" : "badge bad", "data-status": "" }, r.resolution_status)),
+        el("td", { class: "actions" }, can("operator") && r.resolution_status === "pending" ? [
+          el("button", { type: "button", class: "secondary", onclick: () => act(r, "retry") }, "Retry"),
+          el("button", { type: "button", class: "secondary", onclick: () => act(r, "resolve") }, "Resolve"),
+          el("button", { type: "button", class: "secondary", onclick: () => confirmDialog("Discard DLQ row", `Discard row ${r.id}? Its event will never be processed.`, "Discard", () => act(r, "discard")) }, "Discard"),
+        ] : [])));
+      list.replaceChildren(table("Dead-letter rows", ["Id", "Event", "Error", "Attempts", "Next retry", "Status", ""], rows, "Nothing in the dead-letter queue."));
+    } catch (e) { list.replaceChildren(errorBox(e)); }
+  };
+  const bulk = async () => {
+    try {
+      const body = needle.value.trim() ? { error_contains: needle.value.trim() } : {};
+      const r = await api("POST", "/dlq/retry", body);
+      toast(`${r.retried} row(s) retried`);
+      load();
+    } catch (e) { toast(e.message, true); }
+  };
+  status.addEventListener("change", load);
+  show(el("h1", {}, "Dead-letter queue"),
+    el("div", { class: "bar" }, field("Status", status),
+      can("operator") ? [field("Bulk retry filter", needle), el("button", { type: "button", id: "bulk-retry", onclick: bulk }, "Retry all pending")] : []),
+    list);
+  // Rows being retried change on their own: follow them.
+  timers.push(setInterval(() => { if (!document.querySelector("dialog")) load(); }, 5000));
+  await load();
+}
+
+// ---------- conversations ----------
+
+const TICKS = { sent: ["✓", "sent"], delivered: ["✓✓", "delivered"], read: ["✓✓", "read"], failed: ["✗", "failed"] };
+
+async function renderConversations(id) {
+  if (id) return renderConversation(id);
+  const state = el("select", { id: "conversation-state" }, ["", "open", "human", "inactive", "closed"].map((s) => el("option", { value: s }, s || "any")));
+  const since = el("input", { type: "datetime-local", id: "conversation-since" });
+  const list = el("div", {});
+  const load = async () => {
+    list.replaceChildren(loading());
+    try {
+      const sinceIso = since.value ? new Date(since.value).toISOString() : "";
+      const page = await api("GET", "/conversations" + qs({ state: state.value, active_since: sinceIso, limit: 200 }));
+      const rows = page.items.map((c) => el("tr", { "data-conversation": c.id },
+        el("td", {}, el("a", { href: "#/conversations/" + c.id }, c.contact_name || c.contact)),
+        el("td", {}, c.contact), el("td", {}, el("span", { class: "badge" }, c.state)),
+        el("td", {}, c.message_count), el("td", {}, when(c.last_message_at))));
+      list.replaceChildren(table("Conversations", ["Contact", "Address", "State", "Messages", "Last activity"], rows, "No conversations match."));
+    } catch (e) { list.replaceChildren(errorBox(e)); }
+  };
+  state.addEventListener("change", load);
+  since.addEventListener("change", load);
+  show(el("h1", {}, "Conversations"), el("div", { class: "bar" }, field("State", state), field("Active since", since)), list);
+  await load();
+}
+
+async function renderConversation(id) {
+  const data = await api("GET", "/conversations/" + id);
+  const c = data.conversation;
+  const setState = async (to, label) => {
+    try {
+      await api("POST", `/conversations/${id}/state`, { state: to, reason: "from the console" });
+      toast(label);
+      renderConversation(id);
+    } catch (e) { toast(e.message, true); }
+  };
+  const actions = can("operator") ? [
+    c.state !== "human" ? el("button", { type: "button", onclick: () => setState("human", "Handed to a person: the agent is silent") }, "Hand to a person") : null,
+    c.state === "human" || c.state === "closed" ? el("button", { type: "button", class: "secondary", onclick: () => setState("open", "Given back to the agent") }, "Give back to the agent") : null,
+    c.state !== "closed" ? el("button", { type: "button", class: "secondary", onclick: () => setState("closed", "Conversation closed") }, "Close") : null,
+  ] : [];
+  const thread = data.messages.map((m) => {
+    const tick = TICKS[m.status] || null;
+    return el("article", { class: "msg " + m.direction, "data-wamid": m.wamid, "aria-label": `${m.direction} message` },
+      el("div", {}, m.content ?? `[${m.message_type}]`),
+      el("div", { class: "meta" },
+        el("span", {}, m.direction === "outbound" ? "sent by us" : c.contact_name || c.contact),
+        el("time", { datetime: m.timestamp }, when(m.timestamp)),
+        tick ? el("span", { class: "tick " + m.status, title: tick[1], "aria-label": tick[1], "data-status": m.status }, tick[0]) : null),
+      m.status_error ? el("div", { class: "error" }, m.status_error) : null);
+  });
+  show(
+    el("p", {}, el("a", { href: "#/conversations" }, "← Conversations")),
+    el("div", { class: "bar" },
+      el("h1", { class: "grow" }, `${c.contact_name || c.contact} · `, el("span", { class: "badge", id: "conversation-state-badge" }, c.state)),
+      actions),
+    data.service_window_open ? null : el("div", { class: "banner", role: "note", id: "window-closed" },
+      "The 24-hour window is closed: the customer has not written since " +
+      (data.service_window_closes_at ? when(new Date(new Date(data.service_window_closes_at) - 864e5)) : "— (never)") +
+      ". Only a template message may be sent."),
+    thread.length ? el("div", { class: "thread", id: "thread" }, thread) : el("p", { class: "muted" }, "No messages yet."));
+}
+
+// ---------- leads ----------
+
+async function renderLeads() {
+  const filter = el("select", { id: "lead-filter" },
+    el("option", { value: "not_contacted" }, "Not contacted in N days"),
+    el("option", { value: "needs_follow_up" }, "Needs follow-up"),
+    el("option", { value: "recently_active" }, "Recently active"));
+  const days = el("input", { type: "number", id: "lead-days", min: 0, max: 3650, value: 7 });
+  const since = el("input", { type: "datetime-local", id: "lead-since" });
+  const daysField = field("Days", days), sinceField = field("Active since", since);
+  const list = el("div", {});
+  const load = async () => {
+    daysField.hidden = filter.value !== "not_contacted";
+    sinceField.hidden = filter.value !== "recently_active";
+    list.replaceChildren(loading());
+    try {
+      const params = { filter: filter.value };
+      if (filter.value === "not_contacted") params.days = days.value || 0;
+      if (filter.value === "recently_active") params.since = new Date(since.value || Date.now() - 864e5).toISOString();
+      const page = await api("GET", "/leads" + qs(params));
+      const rows = page.items.map((c) => el("tr", { "data-contact": c.id },
+        el("td", {}, c.name || "—"), el("td", {}, c.phone),
+        el("td", {}, c.lead_status), el("td", {}, c.lead_score),
+        el("td", {}, when(c.last_activity_at)), el("td", {}, when(c.last_contact_at)),
+        el("td", { class: "actions" }, can("operator") ? el("button", {
+          type: "button", class: "icon", "aria-label": "Edit lead " + (c.name || c.phone), title: "Edit", onclick: () => leadDialog(c, load),
+        }, icon("edit")) : null)));
+      list.replaceChildren(table("Leads", ["Name", "Phone", "Status", "Score", "Last activity", "Last contact", ""], rows, "No leads match."));
+    } catch (e) { list.replaceChildren(errorBox(e)); }
+  };
+  for (const x of [filter, days, since]) x.addEventListener("change", load);
+  show(el("h1", {}, "Leads"), el("div", { class: "bar" }, field("Filter", filter), daysField, sinceField), list);
+  await load();
+}
+
+function leadDialog(c, done) {
+  dialog("Edit lead", (form) => form.append(
+    el("p", { class: "muted" }, `${c.name || "—"} · ${c.phone}`),
+    field("Lead status", el("input", { name: "lead_status", type: "text", required: true, pattern: "[a-z_]{1,50}", value: c.lead_status })),
+    field("Score (0–100)", el("input", { name: "lead_score", type: "number", min: 0, max: 100, required: true, value: c.lead_score }))),
+  async (form) => {
+    await api("PATCH", "/contacts/" + c.id, { lead_status: form.elements.lead_status.value, lead_score: Number(form.elements.lead_score.value) });
+    toast("Lead saved");
+    done();
+  });
+}
+
+// ---------- start ----------
+
+window.addEventListener("hashchange", route);
+document.addEventListener("DOMContentLoaded", () => {
+  document.getElementById("sign-out").addEventListener("click", () => signOut());
+  route();
+});
