@@ -6,6 +6,7 @@ mod api;
 mod attribution;
 mod common;
 mod config;
+mod console;
 mod fakes;
 mod foundation;
 mod intake;

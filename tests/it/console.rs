@@ -1,0 +1,401 @@
+//! The web console in a real headless Chromium (Debian's `chromium` and `chromium-driver`),
+//! driven through WebDriver: sign in, the users screen to the letter, a conversation built by
+//! real signed webhooks, a DLQ retry, and what a viewer does not see. The SQLite run saves a
+//! screenshot of each screen to `$WAHOOK_SCREENSHOTS` (default: a temporary directory).
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use fantoccini::{Client, ClientBuilder, Locator, elements::Element};
+use reqwest::Method;
+use serde_json::json;
+use wahook::store::users::Role;
+
+use crate::{
+    api::{call, echo_at, user_with_token},
+    both_backends,
+    common::{ACME_PNID, ACME_SECRET, Backend, FAILPOINTS, TestApp, meta_text},
+};
+
+both_backends!(the_console_works_in_a_real_browser);
+
+/// chromedriver on a free port, and a headless Chromium session through it.
+struct Browser {
+    driver: Child,
+    client: Client,
+    shots: Option<PathBuf>,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+impl Browser {
+    async fn start(shots: bool) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver is missing: apt-get install chromium chromium-driver");
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                            "--disable-dev-shm-usage", "--window-size=1280,900"]}),
+        );
+        // The driver takes a moment to listen: try until it answers (bounded).
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let client = loop {
+            let attempt =
+                ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                    .capabilities(caps.clone())
+                    .connect(&format!("http://127.0.0.1:{port}"))
+                    .await;
+            match attempt {
+                Ok(c) => break c,
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    panic!("no WebDriver session: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let shots = shots.then(|| {
+            let dir = std::env::var_os("WAHOOK_SCREENSHOTS")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| std::env::temp_dir().join("wahook-screenshots"));
+            std::fs::create_dir_all(&dir).unwrap();
+            dir
+        });
+        Self {
+            driver,
+            client,
+            shots,
+        }
+    }
+
+    async fn find(&self, css: &str) -> Element {
+        self.client
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
+    }
+
+    async fn xpath(&self, xpath: &str) -> Element {
+        self.client
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::XPath(xpath))
+            .await
+            .unwrap_or_else(|e| panic!("no `{xpath}` on the page: {e}"))
+    }
+
+    async fn count(&self, css: &str) -> usize {
+        self.client.find_all(Locator::Css(css)).await.unwrap().len()
+    }
+
+    async fn click(&self, css: &str) {
+        self.find(css).await.click().await.unwrap();
+    }
+
+    async fn fill(&self, css: &str, text: &str) {
+        let input = self.find(css).await;
+        input.clear().await.unwrap();
+        input.send_keys(text).await.unwrap();
+    }
+
+    async fn open(&self, url: &str) {
+        self.client.goto(url).await.unwrap();
+    }
+
+    async fn shot(&self, name: &str) {
+        if let Some(dir) = &self.shots {
+            let png = self.client.screenshot().await.unwrap();
+            std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+        }
+    }
+
+    async fn sign_in(&self, app: &TestApp, token: &str) {
+        self.open(&app.url("/console")).await;
+        self.fill("#token", token).await;
+        self.click("form.signin button[type=submit]").await;
+        self.find("#overview-cards .card").await;
+    }
+}
+
+fn status_at(recipient: &str, wamid: &str, status: &str, ts: i64) -> String {
+    format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15551111111","phone_number_id":"{ACME_PNID}"}},"statuses":[{{"id":"{wamid}","status":"{status}","timestamp":"{ts}","recipient_id":"{recipient}"}}]}}}}]}}]}}"#
+    )
+}
+
+async fn the_console_works_in_a_real_browser(backend: Backend) {
+    let _turn = FAILPOINTS.lock().await;
+    let poison = format!("wamid.console.fault.{backend:?}");
+    fail::cfg("conversation::apply", &format!("return({poison})")).unwrap();
+    let app = TestApp::start_with(backend, |c| {
+        c.processing.max_attempts = 2;
+        c.processing.backoff_base_ms = 1;
+        c.processing.backoff_max_ms = 2;
+        c.processing.dlq_backoff_base_ms = 3_600_000;
+        c.processing.dlq_poll_ms = 20;
+    })
+    .await;
+    let (_, admin) = user_with_token(&app, "acme", "ada@acme.test", Role::Admin).await;
+    let (_, viewer) = user_with_token(&app, "acme", "vera@acme.test", Role::Viewer).await;
+
+    // A conversation made by real signed webhooks: a question, our answer, its read receipt.
+    let customer = "4917612340001";
+    let t = 1_767_225_600;
+    for body in [
+        meta_text(
+            ACME_PNID,
+            customer,
+            "wamid.console.in",
+            "Do you ship to Berlin?",
+        ),
+        echo_at(customer, "wamid.console.out", t + 60),
+        status_at(customer, "wamid.console.out", "delivered", t + 61),
+        status_at(customer, "wamid.console.out", "read", t + 62),
+    ] {
+        assert_eq!(app.post_meta(body, ACME_SECRET).await.status(), 200);
+    }
+    // And an event a fault parks in the DLQ.
+    let parked = meta_text(ACME_PNID, "4917612340002", &poison, "parked");
+    assert_eq!(app.post_meta(parked, ACME_SECRET).await.status(), 200);
+    app.wait_for("SELECT COUNT(*) FROM webhook_dlq", 1).await;
+    app.wait_for(
+        "SELECT COUNT(*) FROM messages WHERE wamid = 'wamid.console.out' AND status = 'read'",
+        1,
+    )
+    .await;
+    let conversation = app
+        .scalar("SELECT c.id FROM conversations c JOIN contacts k ON k.id = c.contact_id WHERE k.phone = '4917612340001'")
+        .await;
+
+    let b = Browser::start(backend == Backend::Sqlite).await;
+
+    // Sign in: a bad token is refused with a message, a good one lands on the overview.
+    b.open(&app.url("/console")).await;
+    b.fill("#token", "whk_not_a_token").await;
+    b.click("form.signin button[type=submit]").await;
+    let problem = b.find("form.signin [role=alert]:not([hidden])").await;
+    assert!(problem.text().await.unwrap().contains("unknown"));
+    b.sign_in(&app, &admin).await;
+    assert_eq!(b.count("#overview-cards .card").await, 8);
+    let stored = b
+        .client
+        .execute("return sessionStorage.getItem('wahook.token')", vec![])
+        .await
+        .unwrap();
+    assert_eq!(stored, json!(admin), "the token lives in session storage");
+    assert!(
+        !b.client
+            .current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .contains(&admin)
+    );
+    b.shot("overview").await;
+
+    // Users: add (the dialog's defaults are viewer and active), toast, new row.
+    b.open(&app.url("/console#/users")).await;
+    b.find("tr[data-user='ada@acme.test']").await;
+    b.click("#add-user").await;
+    let role = b.find("dialog[open] select[name=role]").await;
+    assert_eq!(role.prop("value").await.unwrap().as_deref(), Some("viewer"));
+    let active = b.find("dialog[open] input[name=is_active]").await;
+    assert_eq!(
+        active.prop("checked").await.unwrap().as_deref(),
+        Some("true")
+    );
+    b.fill("dialog[open] input[name=name]", "Nora").await;
+    b.fill("dialog[open] input[name=email]", "not-an-email")
+        .await;
+    b.click("dialog[open] button[type=submit]").await;
+    // The browser checks the email first: nothing is sent, the dialog stays.
+    assert_eq!(b.count("dialog[open]").await, 1);
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM users").await, 2);
+    b.fill("dialog[open] input[name=email]", "nora@acme.test")
+        .await;
+    b.shot("users-add-dialog").await;
+    b.click("dialog[open] button[type=submit]").await;
+    let toast = b
+        .xpath("//div[@class='toast' and contains(., 'User Nora added')]")
+        .await;
+    assert!(toast.text().await.unwrap().contains("Nora"));
+    b.find("tr[data-user='nora@acme.test']").await;
+    assert_eq!(b.count("dialog[open]").await, 0, "the dialog closed");
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM users WHERE email = 'nora@acme.test' AND role = 'viewer' AND is_active")
+            .await,
+        1
+    );
+    b.shot("users").await;
+
+    // Edit: the same dialog, pre-filled.
+    b.click("button[aria-label='Edit Nora']").await;
+    let name = b.find("dialog[open] input[name=name]").await;
+    assert_eq!(name.prop("value").await.unwrap().as_deref(), Some("Nora"));
+    b.fill("dialog[open] input[name=name]", "Nora Lind").await;
+    b.click("dialog[open] button[type=submit]").await;
+    b.xpath("//tr[@data-user='nora@acme.test']/td[text()='Nora Lind']")
+        .await;
+
+    // Delete: a confirmation, then the user is deactivated (the row stays, inactive).
+    b.click("button[aria-label='Deactivate Nora Lind']").await;
+    b.find("dialog[open]").await;
+    b.shot("users-deactivate-confirm").await;
+    b.click("dialog[open] button[type=submit]").await;
+    b.xpath("//tr[@data-user='nora@acme.test']//span[text()='inactive']")
+        .await;
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM users WHERE email = 'nora@acme.test' AND NOT is_active")
+            .await,
+        1
+    );
+    // Escape closes a dialog.
+    b.click("#add-user").await;
+    b.find("dialog[open]").await;
+    b.client
+        .active_element()
+        .await
+        .unwrap()
+        .send_keys("\u{e00c}")
+        .await
+        .unwrap();
+    assert_eq!(b.count("dialog[open]").await, 0, "Escape closed the dialog");
+
+    // A conversation from real webhooks: its messages in order, with their ticks; the window
+    // (the question is from 2026-01-01) is closed.
+    b.open(&app.url("/console#/conversations")).await;
+    b.click(&format!("tr[data-conversation='{conversation}'] a"))
+        .await;
+    b.find("#thread").await;
+    let wamids = b
+        .client
+        .execute(
+            "return [...document.querySelectorAll('#thread .msg')].map(m => m.dataset.wamid)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(wamids, json!(["wamid.console.in", "wamid.console.out"]));
+    b.find("article[data-wamid='wamid.console.out'] .tick[data-status='read']")
+        .await;
+    b.find("#window-closed").await;
+    b.shot("conversation").await;
+    // Hand it to a person, then give it back.
+    b.xpath("//button[text()='Hand to a person']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.xpath("//span[@id='conversation-state-badge' and text()='human']")
+        .await;
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM conversations WHERE id = {conversation} AND status = 'human'"
+        ))
+        .await,
+        1
+    );
+    b.xpath("//button[text()='Give back to the agent']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.xpath("//span[@id='conversation-state-badge' and text()='open']")
+        .await;
+
+    // The DLQ: the fault is removed, the row is retried from the console and ends resolved.
+    fail::remove("conversation::apply");
+    let dlq_id = app.scalar("SELECT id FROM webhook_dlq").await;
+    b.open(&app.url("/console#/dlq")).await;
+    b.find(&format!("tr[data-dlq='{dlq_id}']")).await;
+    b.shot("dlq").await;
+    b.find("#dlq-status option[value='']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.xpath(&format!(
+        "//tr[@data-dlq='{dlq_id}']//button[text()='Retry']"
+    ))
+    .await
+    .click()
+    .await
+    .unwrap();
+    b.xpath(&format!(
+        "//tr[@data-dlq='{dlq_id}']//span[@data-status and text()='resolved']"
+    ))
+    .await;
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM messages WHERE wamid = '{poison}'"
+        ))
+        .await,
+        1
+    );
+
+    // The other screens render (and are pictured).
+    b.open(&app.url("/console#/events")).await;
+    b.find("#event-status").await;
+    b.find("table").await;
+    b.shot("events").await;
+    b.open(&app.url("/console#/leads")).await;
+    b.find("#lead-filter").await;
+    b.find("tr[data-contact]").await;
+    b.shot("leads").await;
+
+    // A viewer sees no button it cannot use.
+    b.click("#sign-out").await;
+    b.find("#token").await;
+    b.sign_in(&app, &viewer).await;
+    b.open(&app.url("/console#/users")).await;
+    b.find("tr[data-user='ada@acme.test']").await;
+    assert_eq!(b.count("#add-user").await, 0);
+    assert_eq!(b.count("button[aria-label^='Edit']").await, 0);
+    assert_eq!(b.count("button[aria-label^='Deactivate']").await, 0);
+    b.open(&app.url(&format!("/console#/conversations/{conversation}")))
+        .await;
+    b.find("#thread").await;
+    assert_eq!(b.count("main button").await, 0);
+    b.open(&app.url("/console#/leads")).await;
+    b.find("tr[data-contact]").await;
+    assert_eq!(b.count("button[aria-label^='Edit lead']").await, 0);
+    b.open(&app.url("/console#/dlq")).await;
+    b.find("#dlq-status").await;
+    assert_eq!(b.count("#bulk-retry").await, 0);
+    // The API agrees: the viewer's token cannot act either.
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        "/api/v1/dlq/retry",
+        Some(&viewer),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    b.client.clone().close().await.unwrap();
+    drop(b);
+    app.stop().await;
+}
