@@ -52,6 +52,10 @@ pub struct Args {
     /// Every Nth payload carries statuses instead of messages (0 = none).
     #[arg(long, default_value_t = 0)]
     pub status_every: u64,
+    /// Every Nth payload is poison: signed and valid JSON, but its message names no sender, so
+    /// processing parks it in the DLQ (0 = none).
+    #[arg(long, default_value_t = 0)]
+    pub poison_every: u64,
     /// Distinguishes wamids of separate runs against the same database.
     #[arg(long, default_value_t = default_run_id())]
     pub run_id: String,
@@ -59,6 +63,15 @@ pub struct Args {
     /// few seconds, both on stderr); the summary is printed either way.
     #[arg(long)]
     pub quiet: bool,
+    /// Append one line per acknowledged (200) request to this file — `messages` or `statuses`,
+    /// a tab, the payload's wamids comma-separated — so a drill can check afterwards that each
+    /// was processed exactly once.
+    #[arg(long)]
+    pub record: Option<std::path::PathBuf>,
+    /// Keep going when the server goes away (a drill restarts it): reconnect until the
+    /// deadline instead of stopping at the first refused connection.
+    #[arg(long)]
+    pub persist: bool,
 }
 
 fn default_run_id() -> String {
@@ -83,7 +96,10 @@ impl Args {
             messages_per_payload: 1,
             senders: 100,
             status_every: 0,
+            poison_every: 0,
             run_id: default_run_id(),
+            record: None,
+            persist: false,
             quiet: true,
         }
     }
@@ -95,6 +111,9 @@ pub struct Report {
     pub sent: u64,
     pub ok: u64,
     pub non_200: u64,
+    /// Of the non-200 answers: 503 (could not persist: the client retries) and any other 5xx.
+    pub status_503: u64,
+    pub status_5xx_other: u64,
     pub errors: u64,
     pub elapsed: Duration,
     /// Ack latencies in microseconds, sorted.
@@ -120,10 +139,12 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "requests: {} sent, {} ok (200), {} non-200, {} transport errors in {:.2} s",
+            "requests: {} sent, {} ok (200), {} non-200 ({} × 503, {} other 5xx), {} transport errors in {:.2} s",
             self.sent,
             self.ok,
             self.non_200,
+            self.status_503,
+            self.status_5xx_other,
             self.errors,
             self.elapsed.as_secs_f64()
         )?;
@@ -177,7 +198,12 @@ fn parse_url(url: &str) -> anyhow::Result<Target> {
 pub fn payload(args: &Args, n: u64) -> String {
     let sender = 491_700_000_000u64 + (n % args.senders.max(1));
     let ts = chrono::Utc::now().timestamp();
-    let value_body = if args.status_every > 0 && n % args.status_every == args.status_every - 1 {
+    let value_body = if is_poison(args, n) {
+        format!(
+            r#""messages":[{{"id":"wamid.poison.{run}.{n}","timestamp":"{ts}","type":"text","text":{{"body":"from nobody"}}}}]"#,
+            run = args.run_id
+        )
+    } else if args.status_every > 0 && n % args.status_every == args.status_every - 1 {
         let statuses: Vec<String> = (0..args.messages_per_payload)
             .map(|i| {
                 format!(
@@ -214,11 +240,22 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let live = Arc::new(Live::default());
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.max_seconds);
+    let record = match &args.record {
+        Some(path) => Some(Arc::new(std::sync::Mutex::new(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?,
+        )))),
+        None => None,
+    };
     let mut tasks = Vec::with_capacity(args.connections);
     for _ in 0..args.connections.max(1) {
         let (target, args, next, live) = (target.clone(), args.clone(), next.clone(), live.clone());
+        let record = record.clone();
         tasks.push(tokio::spawn(async move {
-            connection(target, args, next, live, started, deadline).await
+            connection(target, args, next, live, record, started, deadline).await
         }));
     }
     let progress = (!args.quiet).then(|| tokio::spawn(show_progress(live, args.requests)));
@@ -226,6 +263,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         sent: 0,
         ok: 0,
         non_200: 0,
+        status_503: 0,
+        status_5xx_other: 0,
         errors: 0,
         elapsed: Duration::ZERO,
         latencies_us: Vec::with_capacity(args.requests as usize),
@@ -235,11 +274,21 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         report.sent += part.sent;
         report.ok += part.ok;
         report.non_200 += part.non_200;
+        report.status_503 += part.status_503;
+        report.status_5xx_other += part.status_5xx_other;
         report.errors += part.errors;
         report.latencies_us.extend(part.latencies_us);
     }
     report.elapsed = started.elapsed();
     report.latencies_us.sort_unstable();
+    if let Some(record) = record {
+        use std::io::Write;
+        record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush()
+            .context("writing the record file")?;
+    }
     if let Some(progress) = progress {
         progress.abort();
         let _ = progress.await;
@@ -335,6 +384,49 @@ async fn show_progress(live: Arc<Live>, total: u64) {
     }
 }
 
+fn is_poison(args: &Args, n: u64) -> bool {
+    args.poison_every > 0 && n % args.poison_every == args.poison_every - 1
+}
+
+/// One line of the record file: what the payload `n` carried.
+fn record_line(args: &Args, n: u64) -> String {
+    if is_poison(args, n) {
+        return format!("poison\twamid.poison.{}.{n}\n", args.run_id);
+    }
+    let statuses = args.status_every > 0 && n % args.status_every == args.status_every - 1;
+    let (kind, prefix) = if statuses {
+        ("statuses", "wamid.out")
+    } else {
+        ("messages", "wamid.lg")
+    };
+    let wamids: Vec<String> = (0..args.messages_per_payload)
+        .map(|i| format!("{prefix}.{}.{n}.{i}", args.run_id))
+        .collect();
+    format!("{kind}\t{}\n", wamids.join(","))
+}
+
+type Recorder = Arc<std::sync::Mutex<std::io::BufWriter<std::fs::File>>>;
+
+/// A connection; with `--persist`, retried (every 50 ms) until the deadline.
+async fn reconnect(
+    target: &Target,
+    args: &Args,
+    part: &mut Report,
+    deadline: Instant,
+) -> anyhow::Result<Option<http1::SendRequest<Full<Bytes>>>> {
+    loop {
+        match connect(target).await {
+            Ok(sender) => return Ok(Some(sender)),
+            Err(e) if !args.persist => return Err(e),
+            Err(_) if Instant::now() >= deadline => return Ok(None),
+            Err(_) => {
+                part.errors += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 async fn connect(target: &Target) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
     let stream = TcpStream::connect(&target.host)
         .await
@@ -352,6 +444,7 @@ async fn connection(
     args: Arc<Args>,
     next: Arc<AtomicU64>,
     live: Arc<Live>,
+    record: Option<Recorder>,
     started: Instant,
     deadline: Instant,
 ) -> anyhow::Result<Report> {
@@ -359,11 +452,15 @@ async fn connection(
         sent: 0,
         ok: 0,
         non_200: 0,
+        status_503: 0,
+        status_5xx_other: 0,
         errors: 0,
         elapsed: Duration::ZERO,
         latencies_us: Vec::new(),
     };
-    let mut sender = connect(&target).await?;
+    let Some(mut sender) = reconnect(&target, &args, &mut part, deadline).await? else {
+        return Ok(part);
+    };
     loop {
         let n = next.fetch_add(1, Ordering::Relaxed);
         if n >= args.requests || Instant::now() >= deadline {
@@ -384,7 +481,10 @@ async fn connection(
         part.sent += 1;
         live.sent.fetch_add(1, Ordering::Relaxed);
         if sender.ready().await.is_err() {
-            sender = connect(&target).await?;
+            match reconnect(&target, &args, &mut part, deadline).await? {
+                Some(s) => sender = s,
+                None => break,
+            }
         }
         match sender.send_request(request).await {
             Ok(response) => {
@@ -396,7 +496,19 @@ async fn connection(
                 if status == hyper::StatusCode::OK {
                     part.ok += 1;
                     live.ok.fetch_add(1, Ordering::Relaxed);
+                    if let Some(record) = &record {
+                        use std::io::Write;
+                        let line = record_line(&args, n);
+                        let mut file = record.lock().unwrap_or_else(|p| p.into_inner());
+                        file.write_all(line.as_bytes())
+                            .context("writing the record file")?;
+                    }
                 } else {
+                    if status == hyper::StatusCode::SERVICE_UNAVAILABLE {
+                        part.status_503 += 1;
+                    } else if status.is_server_error() {
+                        part.status_5xx_other += 1;
+                    }
                     part.non_200 += 1;
                     live.failed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -404,7 +516,10 @@ async fn connection(
             Err(_) => {
                 part.errors += 1;
                 live.failed.fetch_add(1, Ordering::Relaxed);
-                sender = connect(&target).await?;
+                match reconnect(&target, &args, &mut part, deadline).await? {
+                    Some(s) => sender = s,
+                    None => break,
+                }
             }
         }
     }

@@ -17,6 +17,7 @@ both_backends!(
     redeliveries_sequential_and_concurrent_leave_one_row,
     kapso_single_and_batch_events_are_accepted_with_bare_hex_signatures,
     an_unreachable_store_answers_503_and_recovers_by_itself,
+    loadgen_records_what_was_acknowledged_and_its_poison_is_parked,
 );
 
 async fn handshake_echoes_the_challenge_only_for_a_known_token(backend: Backend) {
@@ -488,5 +489,44 @@ async fn a_postgres_network_outage_answers_503_and_recovers_by_itself() {
         200
     );
     assert_eq!(app.count("messages").await, 2);
+    app.stop().await;
+}
+
+/// The drills' instrument: loadgen writes one line per acknowledged payload (what the database
+/// must then hold exactly once), and its poison payloads end in the DLQ with their reason.
+async fn loadgen_records_what_was_acknowledged_and_its_poison_is_parked(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("acked.tsv");
+    let mut args =
+        wahook::loadgen::Args::new(app.url("/webhooks/whatsapp"), ACME_SECRET, ACME_PNID);
+    args.requests = 50;
+    args.poison_every = 10;
+    args.quiet = true;
+    args.record = Some(record.clone());
+    let report = wahook::loadgen::run(args).await.unwrap();
+    assert_eq!((report.ok, report.non_200, report.status_503), (50, 0, 0));
+    let text = std::fs::read_to_string(&record).unwrap();
+    let lines: Vec<(&str, &str)> = text.lines().map(|l| l.split_once('\t').unwrap()).collect();
+    assert_eq!(lines.len(), 50);
+    let poison = lines.iter().filter(|(kind, _)| *kind == "poison").count();
+    assert_eq!(poison, 5);
+    app.wait_for(
+        "SELECT COUNT(*) FROM webhook_dlq WHERE error LIKE '%cannot be attributed%'",
+        5,
+    )
+    .await;
+    app.wait_for("SELECT COUNT(*) FROM messages", 45).await;
+    for (kind, wamids) in lines.iter().filter(|(kind, _)| *kind == "messages") {
+        assert_eq!(*kind, "messages");
+        assert_eq!(
+            app.scalar(&format!(
+                "SELECT COUNT(*) FROM messages WHERE wamid = '{wamids}'"
+            ))
+            .await,
+            1,
+            "{wamids} stored once"
+        );
+    }
     app.stop().await;
 }
