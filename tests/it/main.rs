@@ -9,6 +9,7 @@ mod config;
 mod console;
 mod fakes;
 mod foundation;
+mod fuzz;
 mod intake;
 mod observability;
 mod processing;
