@@ -112,6 +112,14 @@ mod d {
     pub fn temperature() -> f32 {
         0.7
     }
+    pub fn header_read_timeout_ms() -> u64 {
+        10_000
+    }
+
+    pub fn server_request_timeout_ms() -> u64 {
+        30_000
+    }
+
     pub fn request_timeout_ms() -> u64 {
         30_000
     }
@@ -172,6 +180,13 @@ impl AgentConfig {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub body_limit_bytes: usize,
+    /// A connection must send a request's headers within this (slow-loris clients are cut).
+    #[serde(default = "d::header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// A request must be read and answered within this, or it gets 408 (bodies trickled in
+    /// slowly are cut).
+    #[serde(default = "d::server_request_timeout_ms")]
+    pub request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -383,6 +398,11 @@ impl Config {
                 "server.body_limit_bytes",
                 self.server.body_limit_bytes as u64,
             ),
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            ("server.request_timeout_ms", self.server.request_timeout_ms),
             (
                 "database.max_connections",
                 self.database.max_connections.into(),

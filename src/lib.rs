@@ -230,18 +230,11 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         state.config.health.max_pending_age_seconds,
         ctx.clone(),
     ));
+    let header_read_timeout =
+        std::time::Duration::from_millis(state.config.server.header_read_timeout_ms);
     let app = http::router(state);
-    let (shutdown, mut rx) = watch::channel(false);
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        })
-        .await
-    });
+    let (shutdown, rx) = watch::channel(false);
+    let server = tokio::spawn(http::serve::serve(listener, app, header_read_timeout, rx));
     Ok(Running {
         addr,
         db,

@@ -26,6 +26,7 @@ pub const INBOX_PENDING: &str = "wahook_inbox_pending_events";
 pub const INBOX_OLDEST_PENDING_AGE: &str = "wahook_inbox_oldest_pending_age_seconds";
 pub const DLQ_ROWS: &str = "wahook_dlq_rows";
 pub const READY: &str = "wahook_ready";
+pub const REQUEST_TIMEOUTS: &str = "wahook_http_request_timeouts_total";
 pub const PAYLOAD_NOTES: &str = "wahook_payload_notes_total";
 pub const AGENT_TURNS: &str = "wahook_agent_turns_total";
 pub const AGENT_TURN_DURATION: &str = "wahook_agent_turn_duration_seconds";
@@ -123,6 +124,10 @@ fn describe() {
         "Webhook requests received, by source and outcome (accepted, duplicate, or the rejection reason)."
     );
     describe_gauge!(INTAKE_QUEUE_DEPTH, "Requests waiting for the inbox writer.");
+    describe_counter!(
+        REQUEST_TIMEOUTS,
+        "Requests not read and answered within server.request_timeout_ms (answered 408)."
+    );
     describe_histogram!(
         INBOX_BATCH_SIZE,
         "Webhook requests committed together by one inbox group commit."

@@ -4,6 +4,7 @@
 pub mod api;
 mod console;
 mod health;
+pub mod serve;
 mod webhooks;
 
 use std::{sync::Arc, time::Instant};
@@ -13,7 +14,7 @@ use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request},
     http::{Method, StatusCode},
     middleware::{self, Next},
-    response::Response,
+    response::{IntoResponse, Response},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use sea_orm::DatabaseConnection;
@@ -58,14 +59,34 @@ impl AppInner {
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.body_limit_bytes;
+    let request_timeout = std::time::Duration::from_millis(state.config.server.request_timeout_ms);
     Router::new()
         .merge(health::router())
         .merge(console::router())
         .merge(webhooks::router())
         .merge(api::router(state.clone()))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            bounded(request_timeout, req, next)
+        }))
         .layer(middleware::from_fn(track_request))
         .with_state(state)
+}
+
+/// A request read and answered within `limit`, or 408 (a body trickled in slowly is cut).
+async fn bounded(limit: std::time::Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => {
+            metrics::counter!(m::REQUEST_TIMEOUTS).increment(1);
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                [(axum::http::header::CONNECTION, "close")],
+                "the request was not received in time\n",
+            )
+                .into_response()
+        }
+    }
 }
 
 /// OpenTelemetry's `http.server.request.duration`, labelled by route template (never a raw

@@ -18,6 +18,7 @@ both_backends!(
     kapso_single_and_batch_events_are_accepted_with_bare_hex_signatures,
     an_unreachable_store_answers_503_and_recovers_by_itself,
     loadgen_records_what_was_acknowledged_and_its_poison_is_parked,
+    slow_headers_are_cut_and_slow_bodies_get_408,
 );
 
 async fn handshake_echoes_the_challenge_only_for_a_known_token(backend: Backend) {
@@ -528,5 +529,56 @@ async fn loadgen_records_what_was_acknowledged_and_its_poison_is_parked(backend:
             "{wamids} stored once"
         );
     }
+    app.stop().await;
+}
+
+/// A client that trickles its headers is disconnected after `server.header_read_timeout_ms`;
+/// one that sends headers but not the whole body gets 408 after `server.request_timeout_ms`.
+/// The server keeps answering everyone else meanwhile.
+async fn slow_headers_are_cut_and_slow_bodies_get_408(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start_with(backend, |c| {
+        c.server.header_read_timeout_ms = 300;
+        c.server.request_timeout_ms = 300;
+    })
+    .await;
+    let addr = app.url("").trim_start_matches("http://").to_owned();
+    // Bounds for the test only: the server is expected to act within its 300 ms.
+    let limit = std::time::Duration::from_secs(10);
+    // Headers never finished: the server closes the connection (read returns 0 bytes).
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(limit, slow.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the server did not cut a connection that never sent its headers"
+    );
+    // Meanwhile a good request is answered.
+    let res = app
+        .post_meta(
+            meta_text(ACME_PNID, "4917611110001", "wamid.slow.ok", "hi"),
+            ACME_SECRET,
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    // Headers complete, body short of its Content-Length: 408.
+    let mut short = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    short
+        .write_all(b"POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Hub-Signature-256: sha256=00\r\nContent-Length: 100\r\n\r\n{\"object\":")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(limit, short.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "no answer to a body that never arrived");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(
+        app.count("webhook_events").await,
+        1,
+        "only the good request was stored"
+    );
     app.stop().await;
 }
