@@ -21,6 +21,7 @@ pub const ACTOR_RESTARTS: &str = "wahook_actor_restarts_total";
 pub const LIVE_CONVERSATIONS: &str = "wahook_conversation_actors";
 pub const IN_FLIGHT: &str = "wahook_events_in_flight";
 pub const DLQ_PARKED: &str = "wahook_dlq_parked_total";
+pub const INBOX_DOUBTFUL: &str = "wahook_inbox_doubtful_events_total";
 pub const MAILBOX_DEPTH: &str = "wahook_conversation_mailbox_depth";
 pub const INBOX_PENDING: &str = "wahook_inbox_pending_events";
 pub const INBOX_OLDEST_PENDING_AGE: &str = "wahook_inbox_oldest_pending_age_seconds";
@@ -173,6 +174,10 @@ fn describe() {
         "Events dispatched to processing and not yet finished."
     );
     describe_counter!(DLQ_PARKED, "Events parked in the dead-letter queue.");
+    describe_counter!(
+        INBOX_DOUBTFUL,
+        "Events of inbox commits whose connection broke (503 answered), by what the lookup found: committed (then processed) or not_committed."
+    );
     describe_gauge!(
         MAILBOX_DEPTH,
         "Slices handed to conversation actors and not yet finished, summed over actors."

@@ -128,7 +128,10 @@ impl Actor for Router {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RouterMsg::Dispatch(event) => {
-                let already = !event.redrive && state.recovered.remove(&event.id);
+                // A copy of an event already in flight (recovery, or the inbox settling a
+                // commit whose answer was lost) is not dispatched twice.
+                let already = !event.redrive
+                    && (state.recovered.remove(&event.id) || state.events.contains_key(&event.id));
                 if !already {
                     dispatch(&myself, state, event).await?;
                 }

@@ -7,9 +7,15 @@
 //! implicit transaction, one fsync for the whole group. A request learns its fate only after
 //! that commit, so a 200 always means "on disk", and "duplicate" always means "the first copy
 //! is on disk".
+//!
+//! When the connection breaks while that statement is on its way, its fate is unknown: the
+//! database may have committed it while the requests got 503. The writer keeps those dedup
+//! keys and, as soon as the database answers again, looks them up: rows it finds `pending`
+//! were committed and are handed to processing then (a redelivery of them is a duplicate and
+//! would otherwise leave them waiting until the next restart).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -209,6 +215,7 @@ impl Inbox {
             sink,
             batch_max: cfg.batch_max,
             batch_wait: Duration::from_micros(cfg.batch_wait_us),
+            in_doubt: HashSet::new(),
         };
         (Self { tx }, tokio::spawn(writer.run()))
     }
@@ -238,16 +245,68 @@ struct Writer {
     sink: Arc<dyn EventSink>,
     batch_max: usize,
     batch_wait: Duration,
+    /// Dedup keys of groups whose commit broke off with an unknown outcome.
+    in_doubt: HashSet<String>,
 }
+
+/// Most dedup keys kept in doubt; past it the rest wait for the next start's recovery.
+const MAX_IN_DOUBT: usize = 100_000;
+/// How often an idle writer tries to settle its doubts.
+const DOUBT_RETRY: Duration = Duration::from_secs(1);
 
 impl Writer {
     async fn run(mut self) {
         let mut batch = Vec::with_capacity(self.batch_max);
-        while let Some(first) = self.rx.recv().await {
+        loop {
+            let first = if self.in_doubt.is_empty() {
+                self.rx.recv().await
+            } else {
+                match tokio::time::timeout(DOUBT_RETRY, self.rx.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        self.settle_doubts().await;
+                        continue;
+                    }
+                }
+            };
+            let Some(first) = first else { return };
             batch.push(first);
             self.fill(&mut batch).await;
             metrics::gauge!(m::INTAKE_QUEUE_DEPTH).set(self.rx.len() as f64);
-            self.commit(&mut batch).await;
+            let committed = self.commit(&mut batch).await;
+            if committed && !self.in_doubt.is_empty() {
+                self.settle_doubts().await;
+            }
+        }
+    }
+
+    /// Looks up the keys in doubt: those found `pending` were committed after all and go to
+    /// processing now. Keys a later commit inserted were dispatched by it and are gone already.
+    async fn settle_doubts(&mut self) {
+        let keys: Vec<String> = self.in_doubt.iter().cloned().collect();
+        let mut found = Vec::new();
+        for chunk in keys.chunks(500) {
+            match pending_by_keys(&self.db, chunk).await {
+                Ok(rows) => found.extend(rows),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the inbox cannot settle its doubts yet");
+                    return;
+                }
+            }
+        }
+        found.sort_by_key(|e| e.id);
+        tracing::warn!(
+            in_doubt = keys.len(),
+            committed = found.len(),
+            "settled inbox commits whose outcome was unknown; dispatching the committed ones"
+        );
+        metrics::counter!(m::INBOX_DOUBTFUL, "outcome" => "committed")
+            .increment(found.len() as u64);
+        metrics::counter!(m::INBOX_DOUBTFUL, "outcome" => "not_committed")
+            .increment((keys.len() - found.len()) as u64);
+        self.in_doubt.clear();
+        for event in found {
+            self.sink.dispatch(event);
         }
     }
 
@@ -271,7 +330,8 @@ impl Writer {
         }
     }
 
-    async fn commit(&self, batch: &mut Vec<Request>) {
+    /// Commits one group and answers its requests; true when the database took it.
+    async fn commit(&mut self, batch: &mut Vec<Request>) -> bool {
         // The first request of a dedup key in the batch is the one inserted; later copies in
         // the same batch are duplicates of it (they share its commit).
         let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
@@ -283,10 +343,14 @@ impl Writer {
             }
         }
         let started = Instant::now();
-        let result = {
-            let _gate = self.gate.enter().await;
-            append_many(&self.db, &unique).await
+        let result = match injected_refusal(&unique) {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let _gate = self.gate.enter().await;
+                append_many(&self.db, &unique).await
+            }
         };
+        let result = result.and_then(|inserted| injected_lost_reply(&unique).map(|()| inserted));
         let elapsed = started.elapsed().as_secs_f64();
         metrics::histogram!(m::INBOX_COMMIT_DURATION).record(elapsed);
         metrics::histogram!(m::INBOX_BATCH_SIZE).record(batch.len() as f64);
@@ -305,6 +369,7 @@ impl Writer {
                 committed.sort_unstable();
                 for (id, i) in committed {
                     let e = &batch[i].event;
+                    self.in_doubt.remove(e.dedup_key.as_str());
                     if e.status == EventStatus::Pending {
                         self.sink.dispatch(CommittedEvent {
                             id,
@@ -322,16 +387,112 @@ impl Writer {
                 for (r, outcome) in batch.drain(..).zip(outcomes) {
                     let _ = r.reply.send(Ok(outcome));
                 }
+                true
+            }
+            Err(e) if unique.len() > 1 && !super::batch::is_unreachable(&e) => {
+                // The database refused the statement for something in it (a row it cannot
+                // hold): each request is committed alone, so a bad row fails only itself and
+                // the good events grouped with it are still acknowledged.
+                tracing::warn!(error = %e, batch = batch.len(), "the database refused an inbox group; committing its requests one by one");
+                let mut any = false;
+                for r in std::mem::take(batch) {
+                    any |= Box::pin(self.commit(&mut vec![r])).await;
+                }
+                any
             }
             Err(e) => {
-                tracing::error!(error = %e, batch = batch.len(), "inbox commit failed; answering 503");
+                let doubtful = outcome_unknown(&e);
+                tracing::error!(error = %e, batch = batch.len(), doubtful, "inbox commit failed; answering 503");
+                if doubtful {
+                    for e in unique
+                        .iter()
+                        .take(MAX_IN_DOUBT.saturating_sub(self.in_doubt.len()))
+                    {
+                        self.in_doubt.insert(e.dedup_key.clone());
+                    }
+                }
                 let message = e.to_string();
                 for r in batch.drain(..) {
                     let _ = r.reply.send(Err(AppendError::Store(message.clone())));
                 }
+                false
             }
         }
     }
+}
+
+/// A failed statement may still have committed when the connection broke after it was sent;
+/// it cannot have when no connection was had, or when the database refused it.
+fn outcome_unknown(e: &DbErr) -> bool {
+    use sea_orm::{RuntimeErr, sqlx::Error as Sqlx};
+    let never_sent = match e {
+        DbErr::ConnectionAcquire(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            matches!(&**e, Sqlx::PoolTimedOut | Sqlx::PoolClosed)
+        }
+        _ => false,
+    };
+    !never_sent && super::batch::is_unreachable(e)
+}
+
+/// Pending rows among these dedup keys.
+async fn pending_by_keys(
+    db: &impl ConnectionTrait,
+    keys: &[String],
+) -> Result<Vec<CommittedEvent>, DbErr> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    use webhook_events::Column as C;
+    let rows = webhook_events::Entity::find()
+        .filter(C::DedupKey.is_in(keys.iter().cloned()))
+        .filter(C::Status.eq(EventStatus::Pending.as_str()))
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|e| CommittedEvent::from_row(e, false))
+        .collect())
+}
+
+/// Test hook: the database refuses the statement of a group holding the point's text, as
+/// PostgreSQL refuses a row it cannot store.
+#[allow(unused_variables)] // without failpoints the macro expands to nothing
+fn injected_refusal(events: &[&NewEvent]) -> Result<(), DbErr> {
+    fail::fail_point!("inbox::refuse_row", |arg: Option<String>| {
+        let hit = arg.is_some_and(|needle| {
+            events
+                .iter()
+                .any(|e| e.payload.to_string().contains(&needle))
+        });
+        if hit {
+            Err(DbErr::Query(sea_orm::RuntimeErr::Internal(
+                "injected: the database refused a row".into(),
+            )))
+        } else {
+            Ok(())
+        }
+    });
+    Ok(())
+}
+
+/// Test hook: the group was committed, but its answer is lost on the way back, as when the
+/// connection breaks after the database committed (for groups holding the point's text).
+#[allow(unused_variables)] // without failpoints the macro expands to nothing
+fn injected_lost_reply(events: &[&NewEvent]) -> Result<(), DbErr> {
+    fail::fail_point!("inbox::lost_reply", |arg: Option<String>| {
+        let hit = arg.is_some_and(|needle| {
+            events
+                .iter()
+                .any(|e| e.payload.to_string().contains(&needle))
+        });
+        if hit {
+            Err(DbErr::Conn(sea_orm::RuntimeErr::Internal(
+                "injected: the connection broke after the commit".into(),
+            )))
+        } else {
+            Ok(())
+        }
+    });
+    Ok(())
 }
 
 /// One statement for the whole group; returns `(id, dedup_key)` of the rows it inserted.

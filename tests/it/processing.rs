@@ -25,6 +25,7 @@ both_backends!(
     a_full_processing_backlog_answers_503_and_loses_nothing,
     an_event_across_conversations_with_one_poison_slice_stays_with_the_dlq,
     an_unreachable_database_makes_events_wait_not_park,
+    an_inbox_commit_whose_answer_was_lost_is_processed_once,
 );
 
 fn value(phone_number_id: &str, inner: &str) -> String {
@@ -885,4 +886,62 @@ async fn an_unreachable_database_makes_events_wait_not_park(backend: Backend) {
     assert_eq!(app.count("messages").await, 2);
     assert_eq!(app.count("webhook_dlq").await, 0);
     app.stop().await;
+}
+
+/// The connection breaks after the database committed a group: the sender got 503, the row is
+/// `pending`, and a redelivery is a duplicate. The writer looks its doubtful keys up once the
+/// database answers, so the event is processed (once) without a restart, with or without more
+/// traffic.
+async fn an_inbox_commit_whose_answer_was_lost_is_processed_once(backend: Backend) {
+    let _turn = FAILPOINTS.lock().await;
+    let lost = format!("wamid.lost.reply.{backend:?}");
+    fail::cfg("inbox::lost_reply", &format!("1*return({lost})")).unwrap();
+    let app = TestApp::start(backend).await;
+    // The registry is the process's: count this test's share.
+    let committed_doubts = || async {
+        app.metrics_text()
+            .await
+            .lines()
+            .find(|l| l.starts_with("wahook_inbox_doubtful_events_total{outcome=\"committed\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = committed_doubts().await;
+    let sender = "4917655550000";
+    let body = text_at(sender, &lost, 1_767_225_600, "did it land?");
+    let res = app.post_meta(body.clone(), ACME_SECRET).await;
+    assert_eq!(res.status(), 503, "the group's answer was lost: 503");
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM webhook_events").await,
+        1,
+        "yet the database committed it"
+    );
+    // No other traffic: the idle writer settles the doubt by itself.
+    app.wait_processed(1).await;
+    // Meta's redelivery of the same bytes is a duplicate and changes nothing.
+    let res = app.post_meta(body, ACME_SECRET).await;
+    assert_eq!(res.status(), 200);
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["status"], "duplicate");
+    post_ok(
+        &app,
+        text_at(sender, "wamid.after.lost", 1_767_225_601, "next"),
+    )
+    .await;
+    app.wait_processed(2).await;
+    fail::remove("inbox::lost_reply");
+    assert_eq!(app.count("messages").await, 2);
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM messages WHERE wamid = '{lost}'"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        app.scalar("SELECT message_count FROM conversations").await,
+        2,
+        "applied once"
+    );
+    assert_eq!(committed_doubts().await - before, 1.0);
 }
