@@ -27,6 +27,43 @@ pub fn init(cfg: &LogConfig) {
 }
 
 /// `4915112345678` → `49*******5678`: the country-code prefix and the last 4 digits stay.
+/// Log lines a flood may not multiply: at most [`LogSampler::PER_SECOND`] lines per second and
+/// key (a rejection reason, say); the rest are counted and the next line let through says how
+/// many were left out. The metrics keep the exact counts; the log keeps its examples without
+/// letting 10,000 bad requests a second write 10,000 lines.
+#[derive(Default)]
+pub struct LogSampler {
+    windows: std::sync::Mutex<std::collections::HashMap<&'static str, (u64, u32, u64)>>,
+}
+
+impl LogSampler {
+    pub const PER_SECOND: u32 = 10;
+
+    /// `Some(lines left out before this one)` when a line for `key` may be written now.
+    pub fn admit(&self, key: &'static str) -> Option<u64> {
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.admit_at(key, second)
+    }
+
+    fn admit_at(&self, key: &'static str, second: u64) -> Option<u64> {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let (window, lines, skipped) = windows.entry(key).or_insert((second, 0, 0));
+        if *window != second {
+            *window = second;
+            *lines = 0;
+        }
+        if *lines < Self::PER_SECOND {
+            *lines += 1;
+            Some(std::mem::take(skipped))
+        } else {
+            *skipped += 1;
+            None
+        }
+    }
+}
+
 pub fn mask_phone(phone: &str) -> String {
     let digits = phone.chars().filter(char::is_ascii_digit).count();
     if digits <= 6 {
@@ -98,6 +135,21 @@ impl<W: Write> Write for MaskingWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_is_sampled_per_key_and_the_next_line_says_how_many_were_left_out() {
+        let sampler = LogSampler::default();
+        for _ in 0..LogSampler::PER_SECOND {
+            assert_eq!(sampler.admit_at("bad_signature", 100), Some(0));
+        }
+        for _ in 0..990 {
+            assert_eq!(sampler.admit_at("bad_signature", 100), None);
+        }
+        // Another reason has its own allowance.
+        assert_eq!(sampler.admit_at("payload_not_json", 100), Some(0));
+        assert_eq!(sampler.admit_at("bad_signature", 101), Some(990));
+        assert_eq!(sampler.admit_at("bad_signature", 101), Some(0));
+    }
 
     #[test]
     fn phones_keep_prefix_and_last_four() {

@@ -26,6 +26,7 @@ use crate::{
         accounts::{Account, Directory},
         inbox::{AppendError, AppendOutcome, EventStatus, NewEvent},
     },
+    telemetry::LogSampler,
 };
 
 pub fn router() -> Router<AppState> {
@@ -69,11 +70,14 @@ async fn handshake(
         .any(|a| signature::constant_time_eq(a.verify_token.as_bytes(), token.as_bytes()));
     if mode != "subscribe" || !known {
         count(Source::Meta, "handshake_refused");
-        tracing::warn!(
-            reason = "handshake_refused",
-            mode,
-            "verification handshake refused"
-        );
+        if let Some(left_out) = REJECTION_LOG.admit("handshake_refused") {
+            tracing::warn!(
+                reason = "handshake_refused",
+                mode,
+                left_out,
+                "verification handshake refused"
+            );
+        }
         return ApiError::Forbidden("handshake_refused").into_response();
     }
     count(Source::Meta, "handshake_ok");
@@ -236,6 +240,26 @@ fn verify(
     })
 }
 
+/// UTF-8 without NUL: what a text column holds on both backends (PostgreSQL refuses NUL).
+fn is_text(body: &[u8]) -> bool {
+    std::str::from_utf8(body).is_ok() && !body.contains(&0)
+}
+
+/// The body as stored: JSON is its own text; other text as it is; anything else (invalid
+/// UTF-8, NUL bytes) as `base64:` and its exact bytes, so nothing is lost or mangled.
+fn kept_text(body: &[u8], routing: &Routing) -> String {
+    match routing {
+        Routing::NotJson(_) if !is_text(body) => {
+            use base64::Engine;
+            format!(
+                "base64:{}",
+                base64::engine::general_purpose::STANDARD.encode(body)
+            )
+        }
+        _ => String::from_utf8_lossy(body).into_owned(),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn new_event(
     source: Source,
@@ -251,12 +275,18 @@ fn new_event(
     // and refused with 400; a JSON body is exactly its UTF-8 text.
     let (status, last_error) = match routing {
         Routing::Json { .. } => (EventStatus::Pending, None),
-        Routing::NotJson(err) => (
+        Routing::NotJson(err) if is_text(body) => (
             EventStatus::Dead,
             Some(format!("payload is not JSON: {err}")),
         ),
+        Routing::NotJson(err) => (
+            EventStatus::Dead,
+            Some(format!(
+                "payload is not JSON: {err} (not text either: kept as `base64:` and its bytes)"
+            )),
+        ),
     };
-    let payload: Arc<str> = String::from_utf8_lossy(body).into();
+    let payload: Arc<str> = kept_text(body, routing).into();
     let kept: serde_json::Map<String, serde_json::Value> = KEPT_HEADERS
         .iter()
         .filter_map(|name| header_str(headers, name).map(|v| ((*name).to_owned(), json!(v))))
@@ -333,13 +363,16 @@ fn respond(
         }
         Err(e) => {
             count(source, e.code());
-            tracing::warn!(
-                correlation_id,
-                source = source.as_str(),
-                reason = e.code(),
-                status = e.status().as_u16(),
-                "webhook rejected"
-            );
+            if let Some(left_out) = REJECTION_LOG.admit(e.code()) {
+                tracing::warn!(
+                    correlation_id,
+                    source = source.as_str(),
+                    reason = e.code(),
+                    status = e.status().as_u16(),
+                    left_out,
+                    "webhook rejected"
+                );
+            }
             e.into_response()
         }
     };
@@ -348,6 +381,11 @@ fn respond(
     }
     response
 }
+
+/// Rejections are logged as samples (per reason, a few a second): a flood of bad requests must
+/// not become a flood of log lines. `wahook_webhooks_received_total` counts every one.
+static REJECTION_LOG: std::sync::LazyLock<LogSampler> =
+    std::sync::LazyLock::new(LogSampler::default);
 
 fn count(source: Source, outcome: &'static str) {
     metrics::counter!(m::WEBHOOKS_RECEIVED, "source" => source.as_str(), "outcome" => outcome)

@@ -109,7 +109,6 @@ pub fn content_of(message_type: &str, m: &Value) -> Option<String> {
         _ => None,
     }
 }
-use serde::de::IgnoredAny;
 
 /// What the intake reads of a Meta body: the `phone_number_id`s it names, nothing else.
 #[derive(Debug, Deserialize)]
@@ -241,12 +240,17 @@ fn distinct(ids: impl IntoIterator<Item = String>) -> Vec<String> {
 }
 
 /// A body that does not fit the envelope may still be JSON (of another shape): that is kept
-/// and processed (and reported there); only a body that is not JSON at all is refused.
+/// and processed (and reported there); a body that is not JSON at all is refused, and so is
+/// JSON nested deeper than the parser's limit (128 levels), which nothing downstream could read.
 fn json_or_not(body: &[u8], shape_error: serde_json::Error) -> Routing {
-    match serde_json::from_slice::<IgnoredAny>(body) {
+    // `IgnoredAny` skips values without a depth limit; a `Value` counts the depth.
+    match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(_) => Routing::Json {
             phone_number_ids: Vec::new(),
         },
+        Err(e) if e.to_string().starts_with("recursion limit exceeded") => {
+            Routing::NotJson(e.to_string())
+        }
         Err(_) => Routing::NotJson(shape_error.to_string()),
     }
 }

@@ -19,6 +19,7 @@ both_backends!(
     an_unreachable_store_answers_503_and_recovers_by_itself,
     loadgen_records_what_was_acknowledged_and_its_poison_is_parked,
     slow_headers_are_cut_and_slow_bodies_get_408,
+    a_row_the_database_refuses_fails_only_its_own_request,
 );
 
 async fn handshake_echoes_the_challenge_only_for_a_known_token(backend: Backend) {
@@ -194,9 +195,32 @@ async fn a_signed_body_that_is_not_json_is_kept_and_refused(backend: Backend) {
             .await,
         1
     );
+    // JSON nested past the parser's depth limit cannot be read downstream: the same answer.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let res = app.post_meta(deep, ACME_SECRET).await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM webhook_events WHERE status = 'dead' AND last_error LIKE 'payload is not JSON: recursion limit exceeded%'")
+            .await,
+        1
+    );
+    // Bytes that are not text (NUL, invalid UTF-8: PostgreSQL cannot hold them in text) are
+    // kept exactly, as base64, and never fail the inbox's commit.
+    let binary: Vec<u8> = vec![0x00, 0xff, b'{', 0x00, 0xfe, b'x'];
+    let res = app.post_meta(binary.clone(), ACME_SECRET).await;
+    assert_eq!(res.status(), 400);
+    let kept = app
+        .strings("SELECT payload FROM webhook_events WHERE payload LIKE 'base64:%'")
+        .await;
+    assert_eq!(kept.len(), 1);
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(kept[0].trim_start_matches("base64:"))
+        .unwrap();
+    assert_eq!(decoded, binary);
     // Unsigned garbage is refused before anything is kept.
     assert_eq!(app.post_meta("garbage", "wrong").await.status(), 403);
-    assert_eq!(app.count("webhook_events").await, 1);
+    assert_eq!(app.count("webhook_events").await, 3);
     app.stop().await;
 }
 
@@ -580,5 +604,34 @@ async fn slow_headers_are_cut_and_slow_bodies_get_408(backend: Backend) {
         1,
         "only the good request was stored"
     );
+    app.stop().await;
+}
+
+/// A group commit is one statement: a row the database refuses would fail every request
+/// grouped with it. The writer then commits them one by one, so only that request gets 503.
+async fn a_row_the_database_refuses_fails_only_its_own_request(backend: Backend) {
+    let _turn = FAILPOINTS.lock().await;
+    let refused = format!("wamid.refused.{backend:?}");
+    fail::cfg("inbox::refuse_row", &format!("return({refused})")).unwrap();
+    // Requests arriving within 300 ms form one group.
+    let app = TestApp::start_with(backend, |c| c.intake.batch_wait_us = 300_000).await;
+    let mut bodies: Vec<String> = (0..5)
+        .map(|i| {
+            meta_text(
+                ACME_PNID,
+                "4915100000300",
+                &format!("wamid.grouped.{i}"),
+                "hi",
+            )
+        })
+        .collect();
+    bodies.push(meta_text(ACME_PNID, "4915100000300", &refused, "refused"));
+    let answers = join_all(bodies.into_iter().map(|b| app.post_meta(b, ACME_SECRET))).await;
+    fail::remove("inbox::refuse_row");
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 503]);
+    assert_eq!(app.count("webhook_events").await, 5);
+    app.wait_processed(5).await;
+    assert_eq!(app.count("messages").await, 5);
     app.stop().await;
 }
