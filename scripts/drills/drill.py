@@ -112,9 +112,9 @@ class Server:
                 env={**os.environ, "PGOPTIONS": "--client-min-messages=warning"}, check=False)
 
 
-def loadgen(server, record, requests, rate, connections=8, extra=()):
+def loadgen(server, record, requests, rate, connections=8, extra=(), nice=None):
     """Starts `wahook loadgen` against the server (persisting through restarts)."""
-    args = [BIN, "loadgen", "--quiet", "--persist", "--url", server.base + "/webhooks/whatsapp",
+    args = ([] if nice is None else ["nice", "-n", str(nice)]) + [BIN, "loadgen", "--quiet", "--persist", "--url", server.base + "/webhooks/whatsapp",
             "--requests", str(requests), "--rate", str(rate), "--connections", str(connections),
             "--record", record, "--max-seconds", "120", *extra]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

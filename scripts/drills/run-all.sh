@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 cargo build --release -q --bin wahook
 status=0
 for backend in ${DRILL_BACKENDS:-sqlite postgres}; do
-  for drill in crash poison; do
+  for drill in crash poison agent_crash hostile; do
     python3 "scripts/drills/$drill.py" "$backend" || status=1
   done
 done
