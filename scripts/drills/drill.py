@@ -1,6 +1,9 @@
 """What every drill needs: a release build, a server it can start and kill, the database it
 writes (SQLite file or a PostgreSQL schema of its own), loadgen, and one summary line."""
 
+import hashlib
+import hmac
+import json
 import os
 import re
 import signal
@@ -10,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -194,3 +198,29 @@ def metric_quantile(server, name, q):
             return prev_le + (le - prev_le) * ((rank - prev_n) / max(n - prev_n, 1e-9))
         prev_le, prev_n = le, n
     return prev_le
+
+
+def signed_post(server):
+    body = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{
+        "field": "messages", "value": {"messaging_product": "whatsapp", "metadata": {
+            "display_phone_number": "15550000001", "phone_number_id": "100000000000001"},
+            "contacts": [{"profile": {"name": "Probe"}, "wa_id": "491799999999"}],
+            "messages": [{"from": "491799999999", "id": f"wamid.probe.{time.time_ns()}",
+                          "timestamp": str(int(time.time())), "type": "text",
+                          "text": {"body": "probe"}}]}}]}]}).encode()
+    sig = "sha256=" + hmac.new(b"demo-app-secret-change-me", body, hashlib.sha256).hexdigest()
+    req = urllib.request.Request(server.base + "/webhooks/whatsapp", data=body, headers={
+        "Content-Type": "application/json", "X-Hub-Signature-256": sig})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as res:
+            return res.status, res.headers.get("Retry-After")
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Retry-After")
+
+
+def ready(server):
+    try:
+        with urllib.request.urlopen(server.base + "/ready", timeout=5) as res:
+            return res.status, json.loads(res.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")

@@ -8,15 +8,10 @@ every acknowledged message exists exactly once.
 Usage: scripts/drills/outage.py [postgres] [--build]"""
 
 import asyncio
-import hashlib
-import hmac
-import json
 import os
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 import drill  # noqa: E402
@@ -74,32 +69,6 @@ class Proxy:
         self.loop.call_soon_threadsafe(apply)
 
 
-def signed_post(server):
-    body = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{
-        "field": "messages", "value": {"messaging_product": "whatsapp", "metadata": {
-            "display_phone_number": "15550000001", "phone_number_id": "100000000000001"},
-            "contacts": [{"profile": {"name": "Probe"}, "wa_id": "491799999999"}],
-            "messages": [{"from": "491799999999", "id": f"wamid.probe.{time.time_ns()}",
-                          "timestamp": str(int(time.time())), "type": "text",
-                          "text": {"body": "probe"}}]}}]}]}).encode()
-    sig = "sha256=" + hmac.new(b"demo-app-secret-change-me", body, hashlib.sha256).hexdigest()
-    req = urllib.request.Request(server.base + "/webhooks/whatsapp", data=body, headers={
-        "Content-Type": "application/json", "X-Hub-Signature-256": sig})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as res:
-            return res.status, res.headers.get("Retry-After")
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers.get("Retry-After")
-
-
-def ready(server):
-    try:
-        with urllib.request.urlopen(server.base + "/ready", timeout=5) as res:
-            return res.status, json.loads(res.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
-
-
 proxy = Proxy()
 server = drill.Server("postgres", "outage", extra_env={
     "WAHOOK_DATABASE__URL": f"postgres://postgres@127.0.0.1:{proxy.port}/test",
@@ -116,15 +85,15 @@ try:
     not_ready = None
     while time.monotonic() - cut_at < CUT_SECONDS:
         if probe[0] != 503:
-            probe = signed_post(server)
+            probe = drill.signed_post(server)
         if not_ready is None:
-            status, body = ready(server)
+            status, body = drill.ready(server)
             if status == 503:
                 not_ready = body.get("reasons")
         time.sleep(0.2)
     proxy.set_cut(False)
     restored = time.monotonic()
-    while ready(server)[0] != 200:
+    while drill.ready(server)[0] != 200:
         if time.monotonic() - restored > 60:
             sys.exit("wahook did not become ready within 60 s of the database's return")
         time.sleep(0.1)

@@ -15,4 +15,6 @@ done
 if [[ " ${DRILL_BACKENDS:-sqlite postgres} " == *" postgres "* ]]; then
   python3 scripts/drills/outage.py || status=1
 fi
+# scripts/drills/disk_full.py (SQLite on a full tmpfs) is not run here yet: it fails — after the
+# space returns SQLite answers "database is locked" (RELIABILITY.md, "Not drilled yet").
 exit "$status"

@@ -83,6 +83,9 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         }
         Err(e) => reasons.push(format!("the store does not answer: {e}")),
     }
+    if let Some(why) = state.inbox.failing() {
+        reasons.push(format!("the inbox cannot commit: {why}"));
+    }
     if state.processing.router().is_none() || state.processing.dead_letter().is_none() {
         reasons.push("the actor tree is down".into());
     }

@@ -80,9 +80,9 @@ impl From<&DbErr> for ApplyError {
     }
 }
 
-/// An error that says "the database is not there" rather than "this data is wrong": no
+/// An error that says "the database cannot take this now" rather than "this data is wrong": no
 /// connection to be had, a broken connection, a server shutting down or refusing connections
-/// (SQLSTATE classes 08 and 57P).
+/// (SQLSTATE classes 08 and 57P), or no space left (class 53; SQLite's SQLITE_FULL).
 pub fn is_unreachable(e: &DbErr) -> bool {
     use sea_orm::{RuntimeErr, sqlx::Error as Sqlx};
     match e {
@@ -90,9 +90,11 @@ pub fn is_unreachable(e: &DbErr) -> bool {
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
             match &**e {
                 Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed => true,
-                Sqlx::Database(db) => db
-                    .code()
-                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+                // PostgreSQL: connection exceptions (08), shutdowns (57P), insufficient
+                // resources such as a full disk (53); SQLite: SQLITE_FULL (13).
+                Sqlx::Database(db) => db.code().is_some_and(|c| {
+                    c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") || c == "13"
+                }),
                 _ => false,
             }
         }

@@ -197,7 +197,11 @@ struct Request {
 #[derive(Clone)]
 pub struct Inbox {
     tx: mpsc::Sender<Request>,
+    failing: Failing,
 }
+
+/// Why the inbox's last write failed, until one succeeds (readiness reports it).
+type Failing = Arc<std::sync::Mutex<Option<String>>>;
 
 impl Inbox {
     /// Starts the writer task.
@@ -208,7 +212,9 @@ impl Inbox {
         sink: Arc<dyn EventSink>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(cfg.queue_capacity);
+        let failing = Failing::default();
         let writer = Writer {
+            failing: failing.clone(),
             db,
             gate,
             rx,
@@ -217,7 +223,7 @@ impl Inbox {
             batch_wait: Duration::from_micros(cfg.batch_wait_us),
             in_doubt: HashSet::new(),
         };
-        (Self { tx }, tokio::spawn(writer.run()))
+        (Self { tx, failing }, tokio::spawn(writer.run()))
     }
 
     /// Appends one event and waits for its group's commit.
@@ -230,6 +236,15 @@ impl Inbox {
                 mpsc::error::TrySendError::Closed(_) => AppendError::Closed,
             })?;
         rx.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Why the last write to the inbox failed, while no later one has succeeded (the
+    /// database is away or its disk is full: webhooks get 503 meanwhile).
+    pub fn failing(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Requests waiting for the writer.
@@ -247,6 +262,7 @@ struct Writer {
     batch_wait: Duration,
     /// Dedup keys of groups whose commit broke off with an unknown outcome.
     in_doubt: HashSet<String>,
+    failing: Failing,
 }
 
 /// Most dedup keys kept in doubt; past it the rest wait for the next start's recovery.
@@ -258,13 +274,21 @@ impl Writer {
     async fn run(mut self) {
         let mut batch = Vec::with_capacity(self.batch_max);
         loop {
-            let first = if self.in_doubt.is_empty() {
+            let idle_work = !self.in_doubt.is_empty() || self.is_failing();
+            let first = if !idle_work {
                 self.rx.recv().await
             } else {
                 match tokio::time::timeout(DOUBT_RETRY, self.rx.recv()).await {
                     Ok(next) => next,
                     Err(_) => {
-                        self.settle_doubts().await;
+                        // No traffic (a balancer may hold it back while we are not ready):
+                        // find out whether the inbox takes writes again.
+                        if self.is_failing() {
+                            self.probe().await;
+                        }
+                        if !self.in_doubt.is_empty() {
+                            self.settle_doubts().await;
+                        }
                         continue;
                     }
                 }
@@ -277,6 +301,37 @@ impl Writer {
             if committed && !self.in_doubt.is_empty() {
                 self.settle_doubts().await;
             }
+        }
+    }
+
+    fn is_failing(&self) -> bool {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    fn set_failing(&self, why: Option<String>) {
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    /// A write that changes nothing but needs the database and room in it.
+    async fn probe(&self) {
+        let backend = self.db.get_database_backend();
+        let sql = "UPDATE webhook_events SET attempts = attempts \
+                   WHERE id = (SELECT MAX(id) FROM webhook_events)";
+        let result = {
+            let _gate = self.gate.enter().await;
+            self.db
+                .execute_raw(sea_orm::Statement::from_string(backend, sql))
+                .await
+        };
+        match result {
+            Ok(_) => {
+                tracing::info!("the inbox takes writes again");
+                self.set_failing(None);
+            }
+            Err(e) => self.set_failing(Some(e.to_string())),
         }
     }
 
@@ -356,6 +411,10 @@ impl Writer {
         metrics::histogram!(m::INBOX_BATCH_SIZE).record(batch.len() as f64);
         metrics::counter!(m::DB_STATEMENTS, "component" => "inbox").increment(1);
 
+        match &result {
+            Ok(_) => self.set_failing(None),
+            Err(e) => self.set_failing(Some(e.to_string())),
+        }
         match result {
             Ok(inserted) => {
                 let mut outcomes: Vec<AppendOutcome> = vec![AppendOutcome::Duplicate; batch.len()];
@@ -422,17 +481,16 @@ impl Writer {
 }
 
 /// A failed statement may still have committed when the connection broke after it was sent;
-/// it cannot have when no connection was had, or when the database refused it.
+/// it cannot have when no connection was had, or when the database answered with an error.
 fn outcome_unknown(e: &DbErr) -> bool {
     use sea_orm::{RuntimeErr, sqlx::Error as Sqlx};
-    let never_sent = match e {
-        DbErr::ConnectionAcquire(_) => true,
+    match e {
+        DbErr::Conn(_) => true,
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
-            matches!(&**e, Sqlx::PoolTimedOut | Sqlx::PoolClosed)
+            matches!(&**e, Sqlx::Io(_) | Sqlx::WorkerCrashed | Sqlx::Protocol(_))
         }
         _ => false,
-    };
-    !never_sent && super::batch::is_unreachable(e)
+    }
 }
 
 /// Pending rows among these dedup keys.
@@ -577,7 +635,10 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_refuses_at_once() {
         let (tx, rx) = mpsc::channel(1);
-        let inbox = Inbox { tx };
+        let inbox = Inbox {
+            tx,
+            failing: Failing::default(),
+        };
         // Fill the only slot; nobody drains it.
         let (reply, _keep) = oneshot::channel();
         inbox

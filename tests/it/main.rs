@@ -13,3 +13,4 @@ mod fuzz;
 mod intake;
 mod observability;
 mod processing;
+mod properties;
