@@ -66,6 +66,24 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbErr> 
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
         });
+        // SQLite rolls a transaction back by itself on some errors (SQLITE_FULL, IOERR, BUSY,
+        // NOMEM); sqlx then still counts it open, its ROLLBACK fails, and the connection's
+        // next transaction is a SAVEPOINT whose rollback leaves a real transaction — and the
+        // write lock — open for good: "database is locked" for every other connection (the
+        // disk-full drill). A connection that comes back to the pool still counting a
+        // transaction is closed instead of handed out (closing rolls back whatever it holds).
+        opts.map_sqlx_sqlite_before_acquire(|conn, _| {
+            Box::pin(async move {
+                use sea_orm::sqlx::Connection;
+                if conn.is_in_transaction() {
+                    tracing::warn!(
+                        "a pooled SQLite connection came back inside a transaction; closing it"
+                    );
+                    return Ok(false);
+                }
+                Ok(true)
+            })
+        });
     } else if !cfg.schema.is_empty() {
         ensure_schema(cfg).await?;
         opts.set_schema_search_path(cfg.schema.clone());
