@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""The whole product under an independent client: wrk posts pre-signed, distinct Meta webhooks
+(scripts/wrk/signed-posts.lua) as fast as a fixed number of connections allows, against a
+release wahook that also processes them. Prints the ack rate and latency (wrk's), the
+end-to-end processed rate (accepted events / time until the last is processed), the processing
+lag p99 (the server's histogram) and the server's CPU.
+
+Usage: scripts/bench-wrk.py sqlite|postgres [--seconds 30] [--connections 64] [--build]
+Needs wrk (apt-get install wrk) and `cargo build --release`."""
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "drills"))
+import drill  # noqa: E402
+
+p = argparse.ArgumentParser()
+p.add_argument("backend", choices=["sqlite", "postgres"])
+p.add_argument("--seconds", type=int, default=30)
+p.add_argument("--connections", type=int, default=64)
+p.add_argument("--bodies", type=int, default=0, help="distinct bodies (default 15,000 per second)")
+p.add_argument("--build", action="store_true")
+args = p.parse_args()
+if args.build:
+    drill.build()
+
+SECRET = b"demo-app-secret-change-me"
+
+
+def bodies(path, n, run):
+    """n distinct signed text-message webhooks from 1,000 senders, like loadgen's."""
+    now = int(time.time())
+    with open(path, "w") as f:
+        for i in range(n):
+            sender = f"49170{(i % 1000):07d}"
+            body = json.dumps({"object": "whatsapp_business_account", "entry": [{
+                "id": "102290129340398", "changes": [{"field": "messages", "value": {
+                    "messaging_product": "whatsapp", "metadata": {
+                        "display_phone_number": "15550000001",
+                        "phone_number_id": "100000000000001"},
+                    "contacts": [{"profile": {"name": f"Lead {i % 1000}"}, "wa_id": sender}],
+                    "messages": [{"from": sender, "id": f"wamid.wrk.{run}.{i}",
+                                  "timestamp": str(now), "type": "text",
+                                  "text": {"body": f"Hola, ¿tienen el modelo {i} en stock?"}}]}}]}]},
+                separators=(",", ":"))
+            sig = hmac.new(SECRET, body.encode(), hashlib.sha256).hexdigest()
+            f.write(f"sha256={sig}\t{body}\n")
+
+
+def counter(server, name, label):
+    text = urllib.request.urlopen(server.base + "/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and label in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+server = drill.Server(args.backend, "wrk")
+try:
+    server.start()
+    path = os.path.join(server.work, "bodies.tsv")
+    n = args.bodies or 15_000 * args.seconds
+    bodies(path, n, os.getpid())
+    lua = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk", "signed-posts.lua")
+    cpu0 = cpu_seconds(server.proc.pid)
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{args.connections}", f"-d{args.seconds}s", "--latency", "-s", lua,
+         server.base, "--", path, "2"], capture_output=True, text=True, check=True).stdout
+    acked_at = time.monotonic()
+    accepted = counter(server, "wahook_webhooks_received_total", 'outcome="accepted"')
+    while counter(server, "wahook_events_processed_total", 'outcome="processed"') < accepted:
+        if time.monotonic() - acked_at > 300:
+            sys.exit("processing did not catch up within 300 s")
+        time.sleep(0.05)
+    processed_at = time.monotonic()
+    cpu = cpu_seconds(server.proc.pid) - cpu0
+    print(out.strip())
+    rate = re.search(r"rate (\d+)/s", out).group(1)
+    # wrk loads the bodies before its clock starts: the load began its duration before it ended.
+    load_started = acked_at - float(re.search(r"seconds ([0-9.]+)", out).group(1))
+    lat = re.search(r"p50 ([0-9.]+) p90 [0-9.]+ p99 ([0-9.]+)", out)
+    non2xx = re.search(r"non_2xx (\d+)", out).group(1)
+    lag = drill.metric_quantile(server, "wahook_processing_lag_seconds", 0.99)
+    print(f"bench wrk [{args.backend}]: connections {args.connections}, seconds {args.seconds}, "
+          f"ack_rate {rate}/s, ack_p50_ms {lat.group(1)}, ack_p99_ms {lat.group(2)}, "
+          f"non_2xx {non2xx}, accepted {int(accepted)}, "
+          f"processed_rate {accepted / (processed_at - load_started):.0f}/s, "
+          f"catch_up_s {processed_at - acked_at:.1f}, lag_p99_ms {lag * 1000:.0f}, "
+          f"server_cpu_s {cpu:.1f} ({cpu / (processed_at - load_started):.2f} cores)", flush=True)
+finally:
+    server.cleanup()
