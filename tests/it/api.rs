@@ -506,6 +506,36 @@ async fn a_deactivated_users_token_stops_at_once(backend: Backend) {
     )
     .await;
     assert_eq!(status, 401);
+    // An admin cannot lock themself out: no self-deactivation, no self-demotion (409, nothing
+    // changed); another admin's token could.
+    for (method, body) in [
+        (Method::DELETE, None),
+        (Method::PATCH, Some(json!({"is_active": false}))),
+        (Method::PATCH, Some(json!({"role": "viewer"}))),
+    ] {
+        let (status, answer) = call(
+            &app,
+            method,
+            &format!("/api/v1/users/{ada}"),
+            Some(&admin),
+            body,
+        )
+        .await;
+        assert_eq!(status, 409, "{answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("yourself")
+        );
+    }
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM users WHERE email = 'ada@acme.test' AND is_active AND role = 'admin'")
+            .await,
+        1
+    );
+    let (status, _) = call(&app, Method::GET, "/api/v1/users", Some(&admin), None).await;
+    assert_eq!(status, 200);
     app.stop().await;
 }
 

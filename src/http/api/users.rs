@@ -165,9 +165,24 @@ async fn update(
         role: body.role,
         is_active: body.is_active,
     };
+    not_locking_yourself_out(&caller, id, &patch)?;
     let user = users::update(&state.db, caller.0.workspace_id, id, patch, &caller.0.actor).await?;
     state.auth.invalidate();
     Ok(Json(user))
+}
+
+/// An admin may not deactivate themself or take away their own admin role: another admin
+/// does that, so a workspace is never locked out of its own management by one click.
+fn not_locking_yourself_out(caller: &Caller, id: i64, patch: &UserPatch) -> Result<(), Failure> {
+    let demoted = patch.role.is_some_and(|r| r != Role::Admin);
+    if id == caller.0.user_id && (patch.is_active == Some(false) || demoted) {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "you cannot deactivate yourself or give up your own admin role; another admin can",
+        ));
+    }
+    Ok(())
 }
 
 /// Deactivates a user (admin): their tokens stop working at once.
@@ -183,6 +198,7 @@ async fn deactivate(
         is_active: Some(false),
         ..Default::default()
     };
+    not_locking_yourself_out(&caller, id, &patch)?;
     let user = users::update(&state.db, caller.0.workspace_id, id, patch, &caller.0.actor).await?;
     state.auth.invalidate();
     Ok(Json(user))
