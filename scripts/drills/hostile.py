@@ -4,7 +4,7 @@ beside hostile clients: slow-loris connections trickling their headers, bodies o
 10,000 bad signatures per second, signed garbage, deeply nested JSON and truncated bodies.
 The server stays up, its memory stays bounded, the hostile requests get their 4xx (or their
 connection closed), every acknowledged good message is stored exactly once, and the good
-traffic's ack p99 stays within 2x of the quiet run (reported; the drill fails past 3x).
+traffic's ack p99 stays within 2x of the quiet run (reported; the drill fails past 3x and 5 ms more).
 
 Usage: scripts/drills/hostile.py sqlite|postgres [--build]"""
 
@@ -34,10 +34,12 @@ HEADER_TIMEOUT_MS = 2000
 BODY_LIMIT = 3 * 1024 * 1024
 SECRET = b"demo-app-secret-change-me"
 RSS_LIMIT_MB = 512
-# The issue's target is 2x; on this 2-core machine SQLite's median ratio ranged 1.15-2.30 over
-# four runs (RELIABILITY.md), so the drill reports the target and fails only past 3x — where
-# the log flood it found (a line per rejected request) put it.
+# The issue's target is 2x; on this 2-core machine the median ratio ranged 1.15-2.51 on SQLite
+# and 1.16-2.68 on PostgreSQL (RELIABILITY.md), so the drill reports the target and fails only
+# when the hostile p99 is both past 3x the quiet one and more than 5 ms above it — as the log
+# flood it found (a line per rejected request: 3.0 -> 9.3 ms) was.
 RATIO_GATE = 3.0
+EXCESS_GATE_MS = 5.0
 # Which hostile clients run (all by default; a subset shows what each one costs).
 PARTS = set(os.environ.get("HOSTILE_PARTS", "loris,bodies,badsig").split(","))
 
@@ -260,7 +262,8 @@ try:
     other_5xx = sum(r["other_5xx"] for r in good)
     s503 = sum(r["503"] for r in good)
     ok = (alive and lost == 0 and duplicated == 0 and other_5xx == 0 and s503 == 0
-          and bad_acked == 0 and cut == SLOW_LORIS * ROUNDS and ratio <= RATIO_GATE
+          and bad_acked == 0 and cut == SLOW_LORIS * ROUNDS
+          and (ratio <= RATIO_GATE or p99_hostile - p99_quiet <= EXCESS_GATE_MS)
           and rss_max < RSS_LIMIT_MB and oversize_ok and garbage_ok and nested_ok
           and truncated_ok)
     sys.exit(drill.summary(
