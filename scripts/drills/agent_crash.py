@@ -118,14 +118,8 @@ try:
     record = os.path.join(server.work, "acked.tsv")
     load = drill.loadgen(server, record, requests=REQUESTS, rate=RATE, connections=4,
                          extra=("--phone-number-id", AGENT_PNID, "--senders", str(SENDERS)))
-    recoveries = []
     time.sleep(2)
-    for _ in range(KILLS):
-        time.sleep(random.uniform(2.0, 5.0))
-        server.kill()
-        killed = time.monotonic()
-        server.start()
-        recoveries.append(time.monotonic() - killed)
+    recoveries = drill.kill_and_restart(server, KILLS, lambda: random.uniform(2.0, 5.0))
     report = drill.loadgen_report(load)
     server.wait_settled()
     # Turns still running (and bursts a kill interrupted, answered after the restart) end;

@@ -25,13 +25,7 @@ try:
     record = os.path.join(server.work, "acked.tsv")
     # About half of the measured throughput (BENCHMARKS.md: 3,000+ acknowledged/s).
     load = drill.loadgen(server, record, requests=9000, rate=1500, extra=("--status-every", "5"))
-    recoveries = []
-    for _ in range(KILLS):
-        time.sleep(random.uniform(0.4, 1.0))
-        server.kill()
-        killed = time.monotonic()
-        server.start()
-        recoveries.append(time.monotonic() - killed)
+    recoveries = drill.kill_and_restart(server, KILLS, lambda: random.uniform(0.4, 1.0))
     report = drill.loadgen_report(load)
     settle = server.wait_settled()
     wamids = drill.acked(record)

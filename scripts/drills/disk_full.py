@@ -46,21 +46,9 @@ try:
         time.sleep(0.1)
     if probe[0] != 503:
         sys.exit("the disk did not fill within 60 s")
-    full_at = time.monotonic()
-    not_ready = None
-    while time.monotonic() - full_at < FULL_SECONDS:
-        if not_ready is None:
-            status, body = drill.ready(server)
-            if status == 503:
-                not_ready = body.get("reasons")
-        time.sleep(0.2)
+    not_ready, _ = drill.reasons_while(server, FULL_SECONDS)
     os.remove(filler)
-    freed = time.monotonic()
-    while drill.ready(server)[0] != 200:
-        if time.monotonic() - freed > 60:
-            sys.exit("wahook did not become ready within 60 s of the space returning")
-        time.sleep(0.1)
-    recovery = time.monotonic() - freed
+    recovery = drill.seconds_until_ready(server, "the space returning")
     report = drill.loadgen_report(load)
     server.wait_settled()
     wamids = drill.acked(record)

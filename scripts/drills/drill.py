@@ -224,3 +224,41 @@ def ready(server):
             return res.status, json.loads(res.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
+
+
+def reasons_while(server, seconds, probe=None):
+    """Watches `/ready` for `seconds` (and, with `probe`, posts a signed webhook until one gets
+    503): returns (the first 503's reasons or None, the probe's last (status, Retry-After))."""
+    started, not_ready, answer = time.monotonic(), None, (None, None)
+    while time.monotonic() - started < seconds:
+        if probe and answer[0] != 503:
+            answer = signed_post(server)
+        if not_ready is None:
+            status, body = ready(server)
+            if status == 503:
+                not_ready = body.get("reasons")
+        time.sleep(0.2)
+    return not_ready, answer
+
+
+def seconds_until_ready(server, what, timeout=60):
+    """From now until `/ready` answers 200; exits the drill naming `what` past `timeout`."""
+    started = time.monotonic()
+    while ready(server)[0] != 200:
+        if time.monotonic() - started > timeout:
+            sys.exit(f"wahook did not become ready within {timeout} s of {what}")
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def kill_and_restart(server, kills, gap):
+    """SIGKILL the server `kills` times, `gap()` seconds apart, restarting it each time;
+    returns each restart's seconds until `/health` answered."""
+    recoveries = []
+    for _ in range(kills):
+        time.sleep(gap())
+        server.kill()
+        killed = time.monotonic()
+        server.start()
+        recoveries.append(time.monotonic() - killed)
+    return recoveries

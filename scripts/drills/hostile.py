@@ -162,6 +162,15 @@ def good_run(server, label):
     return proc, record
 
 
+def peak_rss_until_done(proc, pid):
+    """The server's largest RSS (MB) sampled every 0.2 s until `proc` (a loadgen) ends."""
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, rss_mb(pid))
+        time.sleep(0.2)
+    return peak
+
+
 def median(values):
     values = sorted(values)
     return values[len(values) // 2]
@@ -205,9 +214,7 @@ try:
     # fall on one side only; the medians of their ack p99s are compared.
     for rnd in range(ROUNDS):
         proc, record = good_run(server, f"quiet{rnd}")
-        while proc.poll() is None:
-            rss_max = max(rss_max, rss_mb(pid))
-            time.sleep(0.2)
+        rss_max = max(rss_max, peak_rss_until_done(proc, pid))
         quiet.append(drill.loadgen_report(proc))
         records.append(record)
 
@@ -225,9 +232,7 @@ try:
             extra=["--secret", "not-the-app-secret", "--run-id", f"bad{rnd}"])
         time.sleep(1)
         proc, record = good_run(server, f"hostile{rnd}")
-        while proc.poll() is None:
-            rss_max = max(rss_max, rss_mb(pid))
-            time.sleep(0.2)
+        rss_max = max(rss_max, peak_rss_until_done(proc, pid))
         hostile.append(drill.loadgen_report(proc))
         records.append(record)
         bad = drill.loadgen_report(bad_sigs)

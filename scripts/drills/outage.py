@@ -80,24 +80,9 @@ try:
     load = drill.loadgen(server, record, requests=25000, rate=1000)
     time.sleep(3)
     proxy.set_cut(True)
-    cut_at = time.monotonic()
-    probe = (None, None)
-    not_ready = None
-    while time.monotonic() - cut_at < CUT_SECONDS:
-        if probe[0] != 503:
-            probe = drill.signed_post(server)
-        if not_ready is None:
-            status, body = drill.ready(server)
-            if status == 503:
-                not_ready = body.get("reasons")
-        time.sleep(0.2)
+    not_ready, probe = drill.reasons_while(server, CUT_SECONDS, probe=True)
     proxy.set_cut(False)
-    restored = time.monotonic()
-    while drill.ready(server)[0] != 200:
-        if time.monotonic() - restored > 60:
-            sys.exit("wahook did not become ready within 60 s of the database's return")
-        time.sleep(0.1)
-    recovery = time.monotonic() - restored
+    recovery = drill.seconds_until_ready(server, "the database's return")
     report = drill.loadgen_report(load)
     server.wait_settled()
     wamids = drill.acked(record)

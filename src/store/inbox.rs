@@ -511,17 +511,18 @@ async fn pending_by_keys(
         .collect())
 }
 
+/// Whether a test hook's argument (a text, typically a wamid) is in one of the group's payloads.
+#[allow(dead_code)] // used only where the `fail` crate's points are compiled in
+fn holds(events: &[&NewEvent], arg: Option<String>) -> bool {
+    arg.is_some_and(|needle| events.iter().any(|e| e.payload.contains(needle.as_str())))
+}
+
 /// Test hook: the database refuses the statement of a group holding the point's text, as
 /// PostgreSQL refuses a row it cannot store.
 #[allow(unused_variables)] // without failpoints the macro expands to nothing
 fn injected_refusal(events: &[&NewEvent]) -> Result<(), DbErr> {
     fail::fail_point!("inbox::refuse_row", |arg: Option<String>| {
-        let hit = arg.is_some_and(|needle| {
-            events
-                .iter()
-                .any(|e| e.payload.to_string().contains(&needle))
-        });
-        if hit {
+        if holds(events, arg) {
             Err(DbErr::Query(sea_orm::RuntimeErr::Internal(
                 "injected: the database refused a row".into(),
             )))
@@ -537,12 +538,7 @@ fn injected_refusal(events: &[&NewEvent]) -> Result<(), DbErr> {
 #[allow(unused_variables)] // without failpoints the macro expands to nothing
 fn injected_lost_reply(events: &[&NewEvent]) -> Result<(), DbErr> {
     fail::fail_point!("inbox::lost_reply", |arg: Option<String>| {
-        let hit = arg.is_some_and(|needle| {
-            events
-                .iter()
-                .any(|e| e.payload.to_string().contains(&needle))
-        });
-        if hit {
+        if holds(events, arg) {
             Err(DbErr::Conn(sea_orm::RuntimeErr::Internal(
                 "injected: the connection broke after the commit".into(),
             )))

@@ -352,6 +352,17 @@ impl TestApp {
             .expect("JSON")
     }
 
+    /// The value of the first `/metrics` line starting with `series` (name and labels), or 0.
+    /// The registry is the process's: tests compare before and after.
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    }
+
     pub async fn metrics_text(&self) -> String {
         self.client
             .get(self.url("/metrics"))

@@ -300,14 +300,7 @@ async fn a_panicking_conversation_actor_is_restarted_and_loses_nothing(backend: 
     let panic_wamid = format!("wamid.panic.{backend:?}");
     fail::cfg("conversation::panic", &format!("return({panic_wamid})")).unwrap();
     let app = TestApp::start(backend).await;
-    let restarts = || async {
-        app.metrics_text()
-            .await
-            .lines()
-            .find(|l| l.starts_with("wahook_actor_restarts_total{actor=\"conversation\"}"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let restarts = || app.metric("wahook_actor_restarts_total{actor=\"conversation\"}");
     let before = restarts().await;
     let sender = "4917644440000";
     // The first slice panics the actor; the two behind it were in its mailbox.
@@ -843,14 +836,7 @@ async fn an_unreachable_database_makes_events_wait_not_park(backend: Backend) {
         c.processing.dlq_poll_ms = 20;
     })
     .await;
-    let retries = || async {
-        app.metrics_text()
-            .await
-            .lines()
-            .find(|l| l.starts_with("wahook_processing_retries_total "))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let retries = || app.metric("wahook_processing_retries_total ");
     let before = retries().await;
     post_ok(
         &app,
@@ -897,15 +883,8 @@ async fn an_inbox_commit_whose_answer_was_lost_is_processed_once(backend: Backen
     let lost = format!("wamid.lost.reply.{backend:?}");
     fail::cfg("inbox::lost_reply", &format!("1*return({lost})")).unwrap();
     let app = TestApp::start(backend).await;
-    // The registry is the process's: count this test's share.
-    let committed_doubts = || async {
-        app.metrics_text()
-            .await
-            .lines()
-            .find(|l| l.starts_with("wahook_inbox_doubtful_events_total{outcome=\"committed\"}"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let committed_doubts =
+        || app.metric("wahook_inbox_doubtful_events_total{outcome=\"committed\"}");
     let before = committed_doubts().await;
     let sender = "4917655550000";
     let body = text_at(sender, &lost, 1_767_225_600, "did it land?");
