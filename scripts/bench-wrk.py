@@ -28,6 +28,7 @@ p.add_argument("--seconds", type=int, default=30)
 p.add_argument("--connections", type=int, default=64)
 p.add_argument("--bodies", type=int, default=0, help="distinct bodies (default 15,000 per second)")
 p.add_argument("--build", action="store_true")
+p.add_argument("--perf", metavar="FILE", help="also record the server with `perf record` into FILE")
 args = p.parse_args()
 if args.build:
     drill.build()
@@ -64,6 +65,29 @@ def counter(server, name, label):
     return total
 
 
+def mean(server, name):
+    """Mean of a histogram (sum / count) over the run."""
+    text = urllib.request.urlopen(server.base + "/metrics", timeout=5).read().decode()
+    got = {}
+    for line in text.splitlines():
+        for part in ("_sum", "_count"):
+            if line.startswith(name + part):
+                got[part] = got.get(part, 0.0) + float(line.rsplit(" ", 1)[1])
+    return got.get("_sum", 0.0) / got["_count"] if got.get("_count") else 0.0, got.get("_count", 0)
+
+
+def steps(server):
+    """Per writer step (wahook_db_step_duration_seconds{step}): (count, total seconds)."""
+    text = urllib.request.urlopen(server.base + "/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r'wahook_(?:db_step_duration|write_gate_wait)_seconds_(sum|count)\{(?:step|writer)="([a-z_]+)"\} (\S+)', line)
+        if m:
+            key = m.group(2) if "step" in line else "gate wait (" + m.group(2) + ")"
+            out.setdefault(key, [0.0, 0.0])[0 if m.group(1) == "count" else 1] += float(m.group(3))
+    return out
+
+
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -78,10 +102,17 @@ try:
     bodies(path, n, os.getpid())
     lua = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk", "signed-posts.lua")
     cpu0 = cpu_seconds(server.proc.pid)
+    perf = None
+    if args.perf:
+        perf = subprocess.Popen(["perf", "record", "-q", "-F", "499", "-g", "-o", args.perf,
+                                 "-p", str(server.proc.pid), "--", "sleep", str(args.seconds)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = subprocess.run(
         ["wrk", "-t2", f"-c{args.connections}", f"-d{args.seconds}s", "--latency", "-s", lua,
          server.base, "--", path, "2"], capture_output=True, text=True, check=True).stdout
     acked_at = time.monotonic()
+    if perf:
+        perf.wait()
     accepted = counter(server, "wahook_webhooks_received_total", 'outcome="accepted"')
     while counter(server, "wahook_events_processed_total", 'outcome="processed"') < accepted:
         if time.monotonic() - acked_at > 300:
@@ -102,5 +133,16 @@ try:
           f"processed_rate {accepted / (processed_at - load_started):.0f}/s, "
           f"catch_up_s {processed_at - acked_at:.1f}, lag_p99_ms {lag * 1000:.0f}, "
           f"server_cpu_s {cpu:.1f} ({cpu / (processed_at - load_started):.2f} cores)", flush=True)
+    inbox_ms, inbox_n = mean(server, "wahook_inbox_commit_duration_seconds")
+    inbox_size, _ = mean(server, "wahook_inbox_batch_size")
+    store_ms, store_n = mean(server, "wahook_store_commit_duration_seconds")
+    store_size, _ = mean(server, "wahook_store_batch_size")
+    print(f"bench wrk [{args.backend}]: inbox commits {inbox_n:.0f} x {inbox_size:.1f} requests, "
+          f"{inbox_ms * 1000:.2f} ms each; store commits {store_n:.0f} x {store_size:.1f} sets, "
+          f"{store_ms * 1000:.2f} ms each; server CPU per accepted event "
+          f"{cpu / max(accepted, 1) * 1e6:.0f} us", flush=True)
+    parts = ", ".join(f"{k} {n:.0f} x {t / n * 1e3:.2f} ms = {t / max(accepted, 1) * 1e6:.1f} us/event"
+                      for k, (n, t) in steps(server).items() if n)
+    print(f"bench wrk [{args.backend}]: writer steps: {parts}", flush=True)
 finally:
     server.cleanup()

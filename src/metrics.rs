@@ -36,6 +36,16 @@ pub const AGENT_PROVIDER_REQUESTS: &str = "wahook_agent_provider_requests_total"
 pub const AGENT_TOKENS: &str = "wahook_agent_tokens_total";
 pub const AGENT_BREAKER_OPEN: &str = "wahook_agent_breaker_open";
 pub const AGENT_REPLIES: &str = "wahook_agent_replies_total";
+/// Wall time of each step of the two hot writers' commits (`step`: inbox_append, begin,
+/// contacts, conversations, messages, statuses, counts, transitions, mark_processed, commit).
+pub const DB_STEP_DURATION: &str = "wahook_db_step_duration_seconds";
+/// How long a writer waited for the SQLite write gate (`writer`: inbox, store).
+pub const WRITE_GATE_WAIT: &str = "wahook_write_gate_wait_seconds";
+
+/// Records one writer step's wall time since `started`.
+pub fn step(step: &'static str, started: std::time::Instant) {
+    metrics::histogram!(DB_STEP_DURATION, "step" => step).record(started.elapsed().as_secs_f64());
+}
 
 /// Every histogram, for the test that checks each is exposed with real buckets.
 pub const HISTOGRAMS: &[&str] = &[
@@ -45,6 +55,8 @@ pub const HISTOGRAMS: &[&str] = &[
     STORE_BATCH_SIZE,
     STORE_COMMIT_DURATION,
     PROCESSING_LAG,
+    DB_STEP_DURATION,
+    WRITE_GATE_WAIT,
 ];
 
 /// Webhook outcomes, registered at zero so dashboards and alerts see series before the first
@@ -145,6 +157,16 @@ fn describe() {
     describe_histogram!(
         STORE_BATCH_SIZE,
         "Change sets (one conversation's share of one event) committed per store transaction."
+    );
+    describe_histogram!(
+        DB_STEP_DURATION,
+        Unit::Seconds,
+        "Wall time of one step of an inbox or store commit, by step."
+    );
+    describe_histogram!(
+        WRITE_GATE_WAIT,
+        Unit::Seconds,
+        "Time a writer waited for SQLite's write gate (zero on PostgreSQL), by writer."
     );
     describe_histogram!(
         STORE_COMMIT_DURATION,
