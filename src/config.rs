@@ -197,7 +197,28 @@ pub struct DatabaseConfig {
     #[serde(default)]
     pub schema: String,
     pub sqlite_synchronous: SqliteSynchronous,
+    /// Whether the store's transactions (processing) wait for their own fsync. The inbox always
+    /// does (per `sqlite_synchronous`); without it a crash can lose the last store commits,
+    /// whose events are then still `pending` in the inbox and are processed again.
+    pub store_fsync: bool,
     pub acquire_timeout_ms: u64,
+}
+
+impl DatabaseConfig {
+    /// SQLite `synchronous` for the inbox's commits.
+    pub fn inbox_level(&self) -> &'static str {
+        self.sqlite_synchronous.pragma()
+    }
+
+    /// SQLite `synchronous` for the store's commits: in WAL mode `NORMAL` writes the commit to
+    /// the log without an fsync; the next inbox commit's fsync (or a checkpoint) covers it.
+    pub fn store_level(&self) -> &'static str {
+        match self.sqlite_synchronous {
+            SqliteSynchronous::Off => "OFF",
+            _ if !self.store_fsync => "NORMAL",
+            s => s.pragma(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]

@@ -176,7 +176,15 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
 
     let accounts = RwLock::new(Arc::new(directory));
     let gate = store::WriteGate::for_backend(&db);
-    let (store, store_writer) = Store::spawn(db.clone(), gate.clone(), config.processing.batch_max);
+    let writer_db = store::connect_writer(&config.database, &db)
+        .await
+        .context("opening the writer connection")?;
+    let (store, store_writer) = Store::spawn(
+        writer_db.clone(),
+        gate.clone(),
+        config.processing.batch_max,
+        &config.database,
+    );
     let ctx = Arc::new(Ctx {
         db: db.clone(),
         store,
@@ -210,9 +218,10 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     ctx.serving
         .store(true, std::sync::atomic::Ordering::Release);
     let (inbox, writer) = Inbox::spawn(
-        db.clone(),
+        writer_db,
         gate,
         &config.intake,
+        config.database.inbox_level(),
         Arc::new(RouterSink(ctx.clone())),
     );
     let state = AppState::new(AppInner {

@@ -15,13 +15,17 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
+    TransactionTrait,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     contacts, conversations, dlq, inbox, messages, sql::count_statement, statuses, transitions,
 };
 use crate::{
+    config::DatabaseConfig,
     ingest::event::{ContactKey, ConversationState, Direction, Intent, MessageItem, StatusItem},
     metrics as m,
 };
@@ -139,16 +143,22 @@ pub struct Store {
 }
 
 impl Store {
+    /// Starts the writer; `db` is [`super::connect_writer`]'s.
     pub fn spawn(
         db: DatabaseConnection,
         gate: super::WriteGate,
         batch_max: usize,
+        cfg: &DatabaseConfig,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(65_536);
         let progress = std::sync::Arc::new(watch::channel(0).0);
         let writer = Writer {
-            db,
-            gate,
+            committer: Committer {
+                db,
+                gate,
+                level: cfg.store_level(),
+                async_commit: !cfg.store_fsync,
+            },
             rx,
             batch_max,
             expected: HashMap::new(),
@@ -208,8 +218,7 @@ impl Store {
 }
 
 struct Writer {
-    db: DatabaseConnection,
-    gate: super::WriteGate,
+    committer: Committer,
     rx: mpsc::Receiver<StoreMsg>,
     batch_max: usize,
     /// Change sets still to come per multi-set event.
@@ -297,7 +306,7 @@ impl Writer {
         let (mut done, remaining) = self.finishing(&sets);
         let completed = std::mem::take(&mut self.completed);
         done.extend(completed.iter().copied());
-        let result = transact(&self.db, &self.gate, &sets, &done, &self.redriven).await;
+        let result = self.committer.transact(&sets, &done, &self.redriven).await;
         metrics::histogram!(m::STORE_COMMIT_DURATION).record(started.elapsed().as_secs_f64());
         metrics::histogram!(m::STORE_BATCH_SIZE).record(sets.len() as f64);
         match result {
@@ -329,7 +338,11 @@ impl Writer {
                 self.completed = completed;
                 for (set, reply) in batch {
                     let (done, remaining) = self.finishing(&[&set]);
-                    match transact(&self.db, &self.gate, &[&set], &done, &self.redriven).await {
+                    match self
+                        .committer
+                        .transact(&[&set], &done, &self.redriven)
+                        .await
+                    {
                         Ok(mut applied) => {
                             self.settle(remaining);
                             self.processed.send_modify(|n| *n += done.len() as u64);
@@ -344,7 +357,11 @@ impl Writer {
                 }
                 if !self.completed.is_empty() {
                     let completed = std::mem::take(&mut self.completed);
-                    match transact(&self.db, &self.gate, &[], &completed, &self.redriven).await {
+                    match self
+                        .committer
+                        .transact(&[], &completed, &self.redriven)
+                        .await
+                    {
                         Ok(_) => self.processed.send_modify(|n| *n += completed.len() as u64),
                         Err(e) => {
                             tracing::warn!(error = %e, "marking events processed failed; they stay pending for recovery");
@@ -374,29 +391,91 @@ impl Writer {
     }
 }
 
-async fn transact(
+/// One store transaction for `sets`, marking `done` processed, outside the writer task (for
+/// `wahook calibrate`, which measures the database's limit for exactly these statements).
+pub async fn apply_once(
     db: &DatabaseConnection,
     gate: &super::WriteGate,
-    sets: &[&ChangeSet],
+    cfg: &DatabaseConfig,
+    sets: &[ChangeSet],
     done: &[i64],
-    redriven: &HashSet<i64>,
-) -> Result<Vec<Applied>, DbErr> {
-    let _gate = gate.enter().await;
-    let tx = db.begin().await?;
-    count_statement();
-    let now = Utc::now();
-    let applied = apply_sets(&tx, sets, now).await?;
-    // Inbox rows become `processed`; a DLQ row being retried is resolved with them.
-    let resolve: Vec<i64> = done
-        .iter()
-        .copied()
-        .filter(|e| redriven.contains(e))
-        .collect();
-    inbox::mark_processed(&tx, done, now).await?;
-    dlq::resolve_retried(&tx, &resolve, now).await?;
-    tx.commit().await?;
-    count_statement();
-    Ok(applied)
+) -> Result<(), DbErr> {
+    let committer = Committer {
+        db: db.clone(),
+        gate: gate.clone(),
+        level: cfg.store_level(),
+        async_commit: !cfg.store_fsync,
+    };
+    let refs: Vec<&ChangeSet> = sets.iter().collect();
+    committer
+        .transact(&refs, done, &HashSet::new())
+        .await
+        .map(|_| ())
+}
+
+/// Where and how the store commits.
+struct Committer {
+    db: DatabaseConnection,
+    gate: super::WriteGate,
+    /// SQLite `synchronous` for the store's commits.
+    level: &'static str,
+    /// PostgreSQL: the store's commits do not wait for their WAL flush.
+    async_commit: bool,
+}
+
+impl Committer {
+    async fn transact(
+        &self,
+        sets: &[&ChangeSet],
+        done: &[i64],
+        redriven: &HashSet<i64>,
+    ) -> Result<Vec<Applied>, DbErr> {
+        let t0 = std::time::Instant::now();
+        let mut gate = self.gate.enter_at(&self.db, self.level).await?;
+        metrics::histogram!(m::WRITE_GATE_WAIT, "writer" => "store")
+            .record(t0.elapsed().as_secs_f64());
+        let result = self.transact_in(sets, done, redriven).await;
+        if result.is_err() {
+            super::forget(&mut gate);
+        }
+        result
+    }
+
+    async fn transact_in(
+        &self,
+        sets: &[&ChangeSet],
+        done: &[i64],
+        redriven: &HashSet<i64>,
+    ) -> Result<Vec<Applied>, DbErr> {
+        let t = std::time::Instant::now();
+        let tx = self.db.begin().await?;
+        m::step("begin", t);
+        count_statement();
+        if self.async_commit && tx.get_database_backend() == DatabaseBackend::Postgres {
+            // The inbox row stays `pending` until this commits: a crash of PostgreSQL that
+            // loses it leaves the event to be processed again, never lost.
+            tx.execute_unprepared("SET LOCAL synchronous_commit = off")
+                .await?;
+            count_statement();
+        }
+        let now = Utc::now();
+        let applied = apply_sets(&tx, sets, now).await?;
+        // Inbox rows become `processed`; a DLQ row being retried is resolved with them.
+        let resolve: Vec<i64> = done
+            .iter()
+            .copied()
+            .filter(|e| redriven.contains(e))
+            .collect();
+        let t = std::time::Instant::now();
+        inbox::mark_processed(&tx, done, now).await?;
+        dlq::resolve_retried(&tx, &resolve, now).await?;
+        m::step("mark_processed", t);
+        let t = std::time::Instant::now();
+        tx.commit().await?;
+        m::step("commit", t);
+        count_statement();
+        Ok(applied)
+    }
 }
 
 /// Applies the sets in order, one step per table, and returns per set the ids it ended with.
@@ -409,19 +488,31 @@ async fn apply_sets(
         return Ok(Vec::new());
     }
     // 1. Contacts: one row per (workspace, contact), merged in set order.
+    let t = std::time::Instant::now();
     let contacts = contacts::upsert(tx, sets, now).await?;
+    m::step("contacts", t);
     // 2. Conversations: create the missing ones; read those neither created nor known.
+    let t = std::time::Instant::now();
     let conversations = conversations::ensure(tx, sets, &contacts, now).await?;
+    m::step("conversations", t);
     conversations::set_external_ids(tx, sets, &contacts, &conversations).await?;
     // 3. Messages: the first copy of a wamid wins; returns what each conversation gained.
     let report = sets.iter().any(|s| s.report_new_inbound);
+    let t = std::time::Instant::now();
     let inserted = messages::insert(tx, sets, &contacts, &conversations, report, now).await?;
+    m::step("messages", t);
     // 4. Statuses: the highest rank per wamid; placeholders for wamids not stored yet.
+    let t = std::time::Instant::now();
     statuses::apply(tx, sets, &contacts, &conversations, now).await?;
+    m::step("statuses", t);
     // 5. Counters: each conversation gains exactly the messages step 3 added.
+    let t = std::time::Instant::now();
     conversations::add_counts(tx, inserted.added, now).await?;
+    m::step("counts", t);
     // 6. The state machine, from the stored state, with an audit row per change.
+    let t = std::time::Instant::now();
     let mut applied = transitions::apply(tx, sets, &contacts, conversations, now).await?;
+    m::step("transitions", t);
     // What is new to the conversation (for the agent): never a redelivered copy.
     for (a, set) in applied
         .iter_mut()

@@ -204,11 +204,12 @@ pub struct Inbox {
 type Failing = Arc<std::sync::Mutex<Option<String>>>;
 
 impl Inbox {
-    /// Starts the writer task.
+    /// Starts the writer task; `db` is [`super::connect_writer`]'s.
     pub fn spawn(
         db: DatabaseConnection,
         gate: super::WriteGate,
         cfg: &IntakeConfig,
+        level: &'static str,
         sink: Arc<dyn EventSink>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(cfg.queue_capacity);
@@ -217,6 +218,7 @@ impl Inbox {
             failing: failing.clone(),
             db,
             gate,
+            level,
             rx,
             sink,
             batch_max: cfg.batch_max,
@@ -256,6 +258,8 @@ impl Inbox {
 struct Writer {
     db: DatabaseConnection,
     gate: super::WriteGate,
+    /// SQLite `synchronous` for the inbox's commits (a 200 means on disk).
+    level: &'static str,
     rx: mpsc::Receiver<Request>,
     sink: Arc<dyn EventSink>,
     batch_max: usize,
@@ -320,11 +324,18 @@ impl Writer {
         let backend = self.db.get_database_backend();
         let sql = "UPDATE webhook_events SET attempts = attempts \
                    WHERE id = (SELECT MAX(id) FROM webhook_events)";
-        let result = {
-            let _gate = self.gate.enter().await;
-            self.db
-                .execute_raw(sea_orm::Statement::from_string(backend, sql))
-                .await
+        let result = match self.gate.enter_at(&self.db, self.level).await {
+            Ok(mut gate) => {
+                let result = self
+                    .db
+                    .execute_raw(sea_orm::Statement::from_string(backend, sql))
+                    .await;
+                if result.is_err() {
+                    super::forget(&mut gate);
+                }
+                result
+            }
+            Err(e) => Err(e),
         };
         match result {
             Ok(_) => {
@@ -400,10 +411,20 @@ impl Writer {
         let started = Instant::now();
         let result = match injected_refusal(&unique) {
             Err(e) => Err(e),
-            Ok(()) => {
-                let _gate = self.gate.enter().await;
-                append_many(&self.db, &unique).await
-            }
+            Ok(()) => match self.gate.enter_at(&self.db, self.level).await {
+                Ok(mut gate) => {
+                    metrics::histogram!(m::WRITE_GATE_WAIT, "writer" => "inbox")
+                        .record(started.elapsed().as_secs_f64());
+                    let t = Instant::now();
+                    let result = append_many(&self.db, &unique).await;
+                    m::step("inbox_append", t);
+                    if result.is_err() {
+                        super::forget(&mut gate);
+                    }
+                    result
+                }
+                Err(e) => Err(e),
+            },
         };
         let result = result.and_then(|inserted| injected_lost_reply(&unique).map(|()| inserted));
         let elapsed = started.elapsed().as_secs_f64();

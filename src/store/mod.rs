@@ -18,6 +18,9 @@ mod statuses;
 pub mod tokens;
 mod transitions;
 pub mod users;
+mod writers;
+
+pub use writers::{Level, WriteGate, connect_writer, forget};
 
 use std::{path::Path, time::Duration};
 
@@ -116,30 +119,6 @@ fn sqlite_path(url: &str) -> Option<&Path> {
         .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next()?;
     (!path.is_empty() && !path.starts_with(":memory:")).then(|| Path::new(path))
-}
-
-/// Serialises the writers on SQLite, which allows one writing transaction at a time: a writer
-/// that finds the database locked would otherwise wait in SQLite's busy handler, which
-/// *sleeps* (1, 2, 5 … 100 ms steps) instead of waking when the lock frees, and the inbox's ack
-/// latency paid for it (p99 65 ms, max 354 ms under full load). Here the waiter is woken the
-/// moment the other commits. On PostgreSQL there is no gate: writers do not block each other.
-#[derive(Clone, Default)]
-pub struct WriteGate(Option<std::sync::Arc<tokio::sync::Mutex<()>>>);
-
-impl WriteGate {
-    pub fn for_backend(db: &impl ConnectionTrait) -> Self {
-        match db.get_database_backend() {
-            DatabaseBackend::Sqlite => Self(Some(Default::default())),
-            _ => Self(None),
-        }
-    }
-
-    pub async fn enter(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match &self.0 {
-            Some(m) => Some(m.lock().await),
-            None => None,
-        }
-    }
 }
 
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
