@@ -6,6 +6,7 @@
 
 pub mod actors;
 pub mod agent;
+pub mod calibrate;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -2,7 +2,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
-use wahook::{config::Config, ingest::signature, loadgen, store, telemetry};
+use wahook::{calibrate, config::Config, ingest::signature, loadgen, store, telemetry};
 
 // The ack path allocates per request (headers, JSON, statements); glibc malloc was ~15% of
 // server CPU under load in the intake benchmark.
@@ -45,6 +45,9 @@ enum Command {
     },
     /// Send signed, realistic Meta webhooks at a server and report throughput and latency.
     Loadgen(loadgen::Args),
+    /// Measure this machine's limit for wahook's own database writes (the inbox's group commit
+    /// and the store's transaction), with nothing else running; see BENCHMARKS.md.
+    Calibrate(calibrate::Args),
     /// Print the operator API's OpenAPI 3.1 document (what `/api/v1/openapi.json` serves).
     Openapi,
     /// Operator API users (bootstrap the first admin here).
@@ -115,6 +118,18 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => fail(format!("cannot read {}: {e}", file.display())),
+        },
+        Command::Calibrate(args) => match Config::load() {
+            Ok(config) => runtime().block_on(async {
+                match calibrate::run(config, args).await {
+                    Ok(line) => {
+                        println!("{line}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(format!("{e:#}")),
+                }
+            }),
+            Err(e) => fail(e.to_string()),
         },
         Command::Loadgen(args) => runtime().block_on(async {
             match loadgen::run(args).await {
