@@ -1,6 +1,9 @@
 //! `wahook loadgen`: builds realistic, signed Meta payloads (unique wamids, many senders,
 //! statuses mixed in), POSTs them over N keep-alive connections at a target rate or at full
-//! speed, and reports throughput, ack latency percentiles and non-200 answers.
+//! speed, and reports throughput, ack latency percentiles and non-200 answers; with
+//! `--until-processed`, also the end-to-end processed rate and the processing lag of the run.
+
+mod server;
 
 use std::{
     fmt,
@@ -68,6 +71,11 @@ pub struct Args {
     /// was processed exactly once.
     #[arg(long)]
     pub record: Option<std::path::PathBuf>,
+    /// After the last answer, wait (up to `--max-seconds` more) until the server has processed
+    /// every event it accepted during the run, and report the end-to-end processed rate and
+    /// the processing lag from its `/metrics`.
+    #[arg(long)]
+    pub until_processed: bool,
     /// Keep going when the server goes away (a drill restarts it): reconnect until the
     /// deadline instead of stopping at the first refused connection.
     #[arg(long)]
@@ -100,6 +108,7 @@ impl Args {
             run_id: default_run_id(),
             record: None,
             persist: false,
+            until_processed: false,
             quiet: true,
         }
     }
@@ -118,6 +127,8 @@ pub struct Report {
     pub elapsed: Duration,
     /// Ack latencies in microseconds, sorted.
     pub latencies_us: Vec<u32>,
+    /// With `--until-processed`: the processing side of the same run.
+    pub processing: Option<server::Processing>,
 }
 
 impl Report {
@@ -160,7 +171,11 @@ impl fmt::Display for Report {
             self.quantile_ms(0.95),
             self.quantile_ms(0.99),
             self.quantile_ms(1.0)
-        )
+        )?;
+        match &self.processing {
+            Some(p) => write!(f, "\n{p}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -238,6 +253,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let args = Arc::new(args);
     let next = Arc::new(AtomicU64::new(0));
     let live = Arc::new(Live::default());
+    let before = match args.until_processed {
+        true => Some(server::snapshot(&target.host, &target.authority).await?),
+        false => None,
+    };
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.max_seconds);
     let record = match &args.record {
@@ -268,6 +287,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         errors: 0,
         elapsed: Duration::ZERO,
         latencies_us: Vec::with_capacity(args.requests as usize),
+        processing: None,
     };
     for t in tasks {
         let part = t.await.context("loadgen connection task")??;
@@ -292,6 +312,20 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     if let Some(progress) = progress {
         progress.abort();
         let _ = progress.await;
+    }
+    if let Some(before) = before {
+        let acked = Instant::now();
+        report.processing = Some(
+            server::until_processed(
+                &target.host,
+                &target.authority,
+                &before,
+                started,
+                acked,
+                Duration::from_secs(args.max_seconds),
+            )
+            .await?,
+        );
     }
     Ok(report)
 }
@@ -457,6 +491,7 @@ async fn connection(
         errors: 0,
         elapsed: Duration::ZERO,
         latencies_us: Vec::new(),
+        processing: None,
     };
     let Some(mut sender) = reconnect(&target, &args, &mut part, deadline).await? else {
         return Ok(part);
