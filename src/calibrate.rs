@@ -61,6 +61,7 @@ pub async fn run(config: Config, args: Args) -> anyhow::Result<String> {
     let gate = store::WriteGate::for_backend(&writer_db);
     let run = uuid::Uuid::now_v7().simple().to_string();
     let cfg = config.database.clone();
+    let wal = store::WalSync::new(&cfg, cfg.inbox_durable());
 
     let task = async move {
         let now = Utc::now();
@@ -84,8 +85,11 @@ pub async fn run(config: Config, args: Args) -> anyhow::Result<String> {
         let mut ids = Vec::with_capacity(events.len());
         for group in events.chunks(args.group) {
             let refs: Vec<&NewEvent> = group.iter().collect();
-            let _gate = gate.enter_at(&writer_db, cfg.inbox_level()).await?;
-            let mut inserted = store::inbox::append_many(&writer_db, &refs).await?;
+            let mut inserted = {
+                let _gate = gate.enter().await;
+                store::inbox::append_many(&writer_db, &refs).await?
+            };
+            wal.sync_or_doubt().await?;
             inserted.sort_unstable();
             ids.extend(inserted.into_iter().map(|(id, _)| id));
         }

@@ -205,19 +205,17 @@ pub struct DatabaseConfig {
 }
 
 impl DatabaseConfig {
-    /// SQLite `synchronous` for the inbox's commits.
-    pub fn inbox_level(&self) -> &'static str {
-        self.sqlite_synchronous.pragma()
+    /// Whether an inbox commit waits for the disk before its requests get their 200.
+    pub fn inbox_durable(&self) -> bool {
+        matches!(
+            self.sqlite_synchronous,
+            SqliteSynchronous::Full | SqliteSynchronous::Extra
+        )
     }
 
-    /// SQLite `synchronous` for the store's commits: in WAL mode `NORMAL` writes the commit to
-    /// the log without an fsync; the next inbox commit's fsync (or a checkpoint) covers it.
-    pub fn store_level(&self) -> &'static str {
-        match self.sqlite_synchronous {
-            SqliteSynchronous::Off => "OFF",
-            _ if !self.store_fsync => "NORMAL",
-            s => s.pragma(),
-        }
+    /// Whether a store commit waits for the disk before the actors hear of it.
+    pub fn store_durable(&self) -> bool {
+        self.store_fsync && self.inbox_durable()
     }
 }
 

@@ -222,7 +222,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         writer_db,
         gate,
         &config.intake,
-        config.database.inbox_level(),
+        store::WalSync::new(&config.database, config.database.inbox_durable()),
         Arc::new(RouterSink(ctx.clone())),
     );
     let state = AppState::new(AppInner {

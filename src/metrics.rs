@@ -36,7 +36,7 @@ pub const AGENT_PROVIDER_REQUESTS: &str = "wahook_agent_provider_requests_total"
 pub const AGENT_TOKENS: &str = "wahook_agent_tokens_total";
 pub const AGENT_BREAKER_OPEN: &str = "wahook_agent_breaker_open";
 pub const AGENT_REPLIES: &str = "wahook_agent_replies_total";
-/// Wall time of each step of the two hot writers' commits (`step`: inbox_append, begin,
+/// Wall time of each step of the two hot writers' commits (`step`: inbox_append, inbox_flush, begin,
 /// contacts, conversations, messages, statuses, counts, transitions, mark_processed, commit).
 pub const DB_STEP_DURATION: &str = "wahook_db_step_duration_seconds";
 /// How long a writer waited for the SQLite write gate (`writer`: inbox, store).

@@ -156,7 +156,7 @@ impl Store {
             committer: Committer {
                 db,
                 gate,
-                level: cfg.store_level(),
+                wal: super::WalSync::new(cfg, cfg.store_durable()),
                 async_commit: !cfg.store_fsync,
             },
             rx,
@@ -403,7 +403,7 @@ pub async fn apply_once(
     let committer = Committer {
         db: db.clone(),
         gate: gate.clone(),
-        level: cfg.store_level(),
+        wal: super::WalSync::new(cfg, cfg.store_durable()),
         async_commit: !cfg.store_fsync,
     };
     let refs: Vec<&ChangeSet> = sets.iter().collect();
@@ -417,8 +417,8 @@ pub async fn apply_once(
 struct Committer {
     db: DatabaseConnection,
     gate: super::WriteGate,
-    /// SQLite `synchronous` for the store's commits.
-    level: &'static str,
+    /// SQLite: flushes the log after a commit (`store_fsync`); nothing otherwise.
+    wal: super::WalSync,
     /// PostgreSQL: the store's commits do not wait for their WAL flush.
     async_commit: bool,
 }
@@ -431,14 +431,18 @@ impl Committer {
         redriven: &HashSet<i64>,
     ) -> Result<Vec<Applied>, DbErr> {
         let t0 = std::time::Instant::now();
-        let mut gate = self.gate.enter_at(&self.db, self.level).await?;
-        metrics::histogram!(m::WRITE_GATE_WAIT, "writer" => "store")
-            .record(t0.elapsed().as_secs_f64());
-        let result = self.transact_in(sets, done, redriven).await;
-        if result.is_err() {
-            super::forget(&mut gate);
-        }
-        result
+        let applied = {
+            let _gate = self.gate.enter().await;
+            metrics::histogram!(m::WRITE_GATE_WAIT, "writer" => "store")
+                .record(t0.elapsed().as_secs_f64());
+            self.transact_in(sets, done, redriven).await?
+        };
+        // With `store_fsync` on SQLite: on disk before the actors hear of it, flushed after
+        // leaving the gate so the inbox commits meanwhile.
+        let t = std::time::Instant::now();
+        self.wal.sync_or_doubt().await?;
+        m::step("flush", t);
+        Ok(applied)
     }
 
     async fn transact_in(

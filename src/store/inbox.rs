@@ -209,7 +209,7 @@ impl Inbox {
         db: DatabaseConnection,
         gate: super::WriteGate,
         cfg: &IntakeConfig,
-        level: &'static str,
+        wal: super::WalSync,
         sink: Arc<dyn EventSink>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(cfg.queue_capacity);
@@ -218,7 +218,7 @@ impl Inbox {
             failing: failing.clone(),
             db,
             gate,
-            level,
+            wal,
             rx,
             sink,
             batch_max: cfg.batch_max,
@@ -258,8 +258,8 @@ impl Inbox {
 struct Writer {
     db: DatabaseConnection,
     gate: super::WriteGate,
-    /// SQLite `synchronous` for the inbox's commits (a 200 means on disk).
-    level: &'static str,
+    /// SQLite: flushes the log after each group commit (a 200 means on disk).
+    wal: super::WalSync,
     rx: mpsc::Receiver<Request>,
     sink: Arc<dyn EventSink>,
     batch_max: usize,
@@ -324,18 +324,11 @@ impl Writer {
         let backend = self.db.get_database_backend();
         let sql = "UPDATE webhook_events SET attempts = attempts \
                    WHERE id = (SELECT MAX(id) FROM webhook_events)";
-        let result = match self.gate.enter_at(&self.db, self.level).await {
-            Ok(mut gate) => {
-                let result = self
-                    .db
-                    .execute_raw(sea_orm::Statement::from_string(backend, sql))
-                    .await;
-                if result.is_err() {
-                    super::forget(&mut gate);
-                }
-                result
-            }
-            Err(e) => Err(e),
+        let result = {
+            let _gate = self.gate.enter().await;
+            self.db
+                .execute_raw(sea_orm::Statement::from_string(backend, sql))
+                .await
         };
         match result {
             Ok(_) => {
@@ -411,20 +404,26 @@ impl Writer {
         let started = Instant::now();
         let result = match injected_refusal(&unique) {
             Err(e) => Err(e),
-            Ok(()) => match self.gate.enter_at(&self.db, self.level).await {
-                Ok(mut gate) => {
-                    metrics::histogram!(m::WRITE_GATE_WAIT, "writer" => "inbox")
-                        .record(started.elapsed().as_secs_f64());
-                    let t = Instant::now();
-                    let result = append_many(&self.db, &unique).await;
-                    m::step("inbox_append", t);
-                    if result.is_err() {
-                        super::forget(&mut gate);
-                    }
-                    result
-                }
-                Err(e) => Err(e),
-            },
+            Ok(()) => {
+                let _gate = self.gate.enter().await;
+                metrics::histogram!(m::WRITE_GATE_WAIT, "writer" => "inbox")
+                    .record(started.elapsed().as_secs_f64());
+                let t = Instant::now();
+                let result = append_many(&self.db, &unique).await;
+                m::step("inbox_append", t);
+                result
+            }
+        };
+        // On disk before anyone hears of it: SQLite's log is flushed after the gate is left,
+        // so the store commits while the disk works. A failed flush leaves the group in doubt.
+        let result = match result {
+            Ok(inserted) => {
+                let t = Instant::now();
+                let flushed = self.wal.sync_or_doubt().await;
+                m::step("inbox_flush", t);
+                flushed.map(|()| inserted)
+            }
+            Err(e) => Err(e),
         };
         let result = result.and_then(|inserted| injected_lost_reply(&unique).map(|()| inserted));
         let elapsed = started.elapsed().as_secs_f64();

@@ -20,7 +20,7 @@ mod transitions;
 pub mod users;
 mod writers;
 
-pub use writers::{Level, WriteGate, connect_writer, forget};
+pub use writers::{WalSync, WriteGate, connect_writer};
 
 use std::{path::Path, time::Duration};
 

@@ -1,26 +1,20 @@
 //! The two hot writers (the inbox's group commit and the store's batches): the connection they
 //! commit on and, on SQLite, the gate between them.
 
+use std::{path::PathBuf, sync::Arc};
+
 use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr};
 
 use super::connect;
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, SqliteSynchronous};
 
 /// Serialises the writers on SQLite, which allows one writing transaction at a time: a writer
 /// that finds the database locked would otherwise wait in SQLite's busy handler, which
 /// *sleeps* (1, 2, 5 … 100 ms steps) instead of waking when the lock frees, and the inbox's ack
 /// latency paid for it (p99 65 ms, max 354 ms under full load). Here the waiter is woken the
 /// moment the other commits. On PostgreSQL there is no gate: writers do not block each other.
-///
-/// On SQLite both writers also share one connection (see [`connect_writer`]), and the gate keeps
-/// that connection's `synchronous` level as last set: the inbox commits with the configured
-/// level, the store without waiting for its own fsync.
 #[derive(Clone, Default)]
-pub struct WriteGate(Option<std::sync::Arc<tokio::sync::Mutex<Level>>>);
-
-/// The writer connection's `PRAGMA synchronous` as last set; `None` when unknown (after an
-/// error the pool may have replaced the connection, which then has the configured level).
-pub type Level = Option<&'static str>;
+pub struct WriteGate(Option<Arc<tokio::sync::Mutex<()>>>);
 
 impl WriteGate {
     pub fn for_backend(db: &impl ConnectionTrait) -> Self {
@@ -30,45 +24,69 @@ impl WriteGate {
         }
     }
 
-    pub async fn enter(&self) -> Option<tokio::sync::MutexGuard<'_, Level>> {
+    pub async fn enter(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         match &self.0 {
             Some(m) => Some(m.lock().await),
             None => None,
         }
     }
-
-    /// Enters, and on SQLite sets the writer connection's `synchronous` to `level` first
-    /// unless it is already there. A writer that fails afterwards calls [`forget`].
-    pub async fn enter_at(
-        &self,
-        db: &impl ConnectionTrait,
-        level: &'static str,
-    ) -> Result<Option<tokio::sync::MutexGuard<'_, Level>>, DbErr> {
-        let mut guard = self.enter().await;
-        if let Some(current) = guard.as_deref_mut()
-            && *current != Some(level)
-        {
-            *current = None;
-            // Not inside a transaction: SQLite refuses to change it there.
-            db.execute_unprepared(&format!("PRAGMA synchronous = {level}"))
-                .await?;
-            *current = Some(level);
-        }
-        Ok(guard)
-    }
 }
 
-/// After a writer's error: the connection may be replaced, so its level is unknown.
-pub fn forget(guard: &mut Option<tokio::sync::MutexGuard<'_, Level>>) {
-    if let Some(current) = guard.as_deref_mut() {
-        *current = None;
+/// Makes a SQLite writer's commits durable after it has left the gate.
+///
+/// The writer connection commits with `synchronous = NORMAL`: a commit is appended to the
+/// write-ahead log but not yet flushed. Flushing the log file (`fdatasync`) then puts every
+/// commit written to it so far on disk, and on recovery SQLite replays the log's valid frames
+/// in order. Done by SQLite itself (`synchronous = FULL`), that flush happened while the commit
+/// still held the one write lock, so the store waited for the inbox's disk on every cycle; done
+/// here, the store commits while the inbox's flush runs, and nobody is told "on disk" before it
+/// is. A log that is gone was checkpointed into the database file and synced by SQLite.
+#[derive(Clone, Debug, Default)]
+pub struct WalSync(Option<Arc<PathBuf>>);
+
+impl WalSync {
+    /// For a SQLite file database whose commits must wait for the disk; nothing otherwise.
+    pub fn new(cfg: &DatabaseConfig, durable: bool) -> Self {
+        match super::sqlite_path(&cfg.url) {
+            Some(db) if durable => {
+                let mut wal = db.as_os_str().to_owned();
+                wal.push("-wal");
+                Self(Some(Arc::new(PathBuf::from(wal))))
+            }
+            _ => Self(None),
+        }
+    }
+
+    /// Flushes the log: every commit written to it before this call is then on disk.
+    pub async fn sync(&self) -> std::io::Result<()> {
+        let Some(path) = self.0.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || match std::fs::File::open(&*path) {
+            Ok(log) => log.sync_data(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+
+    /// [`Self::sync`], with a failure as a lost connection: the commit happened, but whether it
+    /// is on disk is unknown (the inbox keeps such keys in doubt; the store retries).
+    pub async fn sync_or_doubt(&self) -> Result<(), DbErr> {
+        self.sync().await.map_err(|e| {
+            DbErr::Conn(sea_orm::RuntimeErr::Internal(format!(
+                "the commit could not be flushed to disk: {e}"
+            )))
+        })
     }
 }
 
 /// The connection the inbox and store writers commit on. SQLite: one connection of their own,
-/// shared behind the [`WriteGate`]: a write by one connection makes every other connection of
+/// shared behind the [`WriteGate`] (a write by one connection makes every other connection of
 /// the file drop its page cache at its next transaction, so two writers on two of the pool's
-/// connections each started cold, rereading the pages the other had just written.
+/// connections each started cold, rereading the pages the other had just written), with
+/// `synchronous = NORMAL`: the writers flush the log themselves ([`WalSync`]).
 /// PostgreSQL: the pool itself (its writers do not block each other).
 pub async fn connect_writer(
     cfg: &DatabaseConfig,
@@ -79,13 +97,15 @@ pub async fn connect_writer(
     }
     let mut one = cfg.clone();
     one.max_connections = 1;
+    if one.sqlite_synchronous != SqliteSynchronous::Off {
+        one.sqlite_synchronous = SqliteSynchronous::Normal;
+    }
     connect(&one).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SqliteSynchronous;
 
     async fn level(db: &DatabaseConnection) -> i64 {
         let row = db
@@ -99,10 +119,10 @@ mod tests {
         row.try_get_by_index::<i64>(0).unwrap()
     }
 
-    /// The inbox commits at the configured level (FULL = 2: a 200 means on disk) and the store
-    /// at NORMAL (1), on the one connection both share; with `store_fsync` both at FULL.
+    /// The writer connection commits without SQLite's own flush (NORMAL = 1) and the writers
+    /// flush the log themselves; the pool's connections keep the configured level (FULL = 2).
     #[tokio::test]
-    async fn the_gate_sets_each_writers_level_on_the_shared_connection() {
+    async fn the_writer_connection_leaves_the_flush_to_the_writers() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = DatabaseConfig {
             url: format!("sqlite://{}/w.db", dir.path().display()),
@@ -114,35 +134,25 @@ mod tests {
         };
         let pool = connect(&cfg).await.unwrap();
         let writer = connect_writer(&cfg, &pool).await.unwrap();
-        let gate = WriteGate::for_backend(&writer);
-        assert_eq!(
-            level(&writer).await,
-            2,
-            "a new connection has the inbox's level"
-        );
-        for (wanted, expect) in [
-            (cfg.store_level(), 1),
-            (cfg.inbox_level(), 2),
-            (cfg.store_level(), 1),
-        ] {
-            let _gate = gate.enter_at(&writer, wanted).await.unwrap();
-            assert_eq!(level(&writer).await, expect);
-        }
-        // After an error the level is forgotten and set again, even if it looks unchanged.
-        {
-            let mut gate = gate.enter_at(&writer, cfg.store_level()).await.unwrap();
-            writer
-                .execute_unprepared("PRAGMA synchronous = FULL")
-                .await
-                .unwrap();
-            forget(&mut gate);
-        }
-        let _gate = gate.enter_at(&writer, cfg.store_level()).await.unwrap();
         assert_eq!(level(&writer).await, 1);
-        drop(_gate);
-        cfg.store_fsync = true;
-        assert_eq!(cfg.store_level(), "FULL");
-        cfg.sqlite_synchronous = SqliteSynchronous::Off;
-        assert_eq!(cfg.store_level(), "OFF");
+        assert_eq!(level(&pool).await, 2);
+        writer
+            .execute_unprepared("CREATE TABLE t (x INTEGER)")
+            .await
+            .unwrap();
+        let wal = WalSync::new(&cfg, true);
+        assert_eq!(
+            wal.0.as_deref(),
+            Some(&dir.path().join("w.db-wal")),
+            "the log beside the database"
+        );
+        assert!(dir.path().join("w.db-wal").exists());
+        wal.sync().await.unwrap();
+        // No log (checkpointed and removed by the last connection): nothing left to flush.
+        std::fs::remove_file(dir.path().join("w.db-wal")).unwrap();
+        wal.sync().await.unwrap();
+        assert!(WalSync::new(&cfg, false).0.is_none());
+        cfg.url = "postgres://localhost/x".into();
+        assert!(WalSync::new(&cfg, true).0.is_none());
     }
 }
