@@ -201,6 +201,12 @@ pub struct DatabaseConfig {
     /// does (per `sqlite_synchronous`); without it a crash can lose the last store commits,
     /// whose events are then still `pending` in the inbox and are processed again.
     pub store_fsync: bool,
+    /// Prepared statements kept per connection. The writers' statements differ with their
+    /// batch size, so the driver's default of 100 made them prepare most statements anew.
+    pub statement_cache: usize,
+    /// SQLite: how often the write-ahead log is copied into the database file, off the
+    /// writers' path (the writer connection does not checkpoint itself).
+    pub sqlite_checkpoint_ms: u64,
     pub acquire_timeout_ms: u64,
 }
 
@@ -425,6 +431,10 @@ impl Config {
             (
                 "database.max_connections",
                 self.database.max_connections.into(),
+            ),
+            (
+                "database.sqlite_checkpoint_ms",
+                self.database.sqlite_checkpoint_ms,
             ),
             ("intake.batch_max", self.intake.batch_max as u64),
             ("intake.queue_capacity", self.intake.queue_capacity as u64),

@@ -44,6 +44,7 @@ pub struct Running {
     writer: JoinHandle<()>,
     store_writer: JoinHandle<()>,
     gauges: JoinHandle<()>,
+    checkpointer: JoinHandle<()>,
     root: ActorRef<RootMsg>,
 }
 
@@ -107,6 +108,7 @@ impl Drop for Running {
         self.writer.abort();
         self.store_writer.abort();
         self.gauges.abort();
+        self.checkpointer.abort();
         self.root.stop_children(None);
         self.root.stop(None);
         actors::write(&self.ctx.router, None);
@@ -234,6 +236,10 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         kapso_projects: Arc::new(kapso_projects),
         auth: Default::default(),
     });
+    let checkpointer = tokio::spawn(store::checkpoint_every(
+        db.clone(),
+        std::time::Duration::from_millis(state.config.database.sqlite_checkpoint_ms),
+    ));
     let gauges = tokio::spawn(refresh_gauges(
         state.db.clone(),
         std::time::Duration::from_millis(state.config.health.gauge_interval_ms),
@@ -254,6 +260,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         server,
         writer,
         store_writer,
+        checkpointer,
         root,
     })
 }

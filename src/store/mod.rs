@@ -20,7 +20,7 @@ mod transitions;
 pub mod users;
 mod writers;
 
-pub use writers::{WalSync, WriteGate, connect_writer};
+pub use writers::{WalSync, WriteGate, checkpoint_every, connect_writer};
 
 use std::{path::Path, time::Duration};
 
@@ -37,6 +37,14 @@ use crate::config::DatabaseConfig;
 /// `synchronous`, and a busy timeout so the inbox writer and the processors share the file.
 /// PostgreSQL: the configured schema is created if missing and put on the search path.
 pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbErr> {
+    connect_with(cfg, |o| o).await
+}
+
+/// [`connect`], with SQLite's options adjusted by `sqlite` (the writer connection's own).
+pub(crate) async fn connect_with(
+    cfg: &DatabaseConfig,
+    sqlite: impl Fn(SqliteConnectOptions) -> SqliteConnectOptions + Send + Sync + 'static,
+) -> Result<DatabaseConnection, DbErr> {
     let mut opts = ConnectOptions::new(cfg.url.clone());
     opts.max_connections(cfg.max_connections)
         .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
@@ -50,6 +58,7 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbErr> 
                 DbErr::Custom(format!("cannot create the folder {}: {e}", dir.display()))
             })?;
         }
+        let cache = cfg.statement_cache;
         let sync = match cfg.sqlite_synchronous {
             crate::config::SqliteSynchronous::Off => sea_orm::sqlx::sqlite::SqliteSynchronous::Off,
             crate::config::SqliteSynchronous::Normal => {
@@ -63,11 +72,14 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbErr> 
             }
         };
         opts.map_sqlx_sqlite_opts(move |o: SqliteConnectOptions| {
-            o.create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(sync)
-                .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true)
+            sqlite(
+                o.statement_cache_capacity(cache)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(sync)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true),
+            )
         });
         // SQLite rolls a transaction back by itself on some errors (SQLITE_FULL, IOERR, BUSY,
         // NOMEM); sqlx then still counts it open, its ROLLBACK fails, and the connection's
@@ -87,9 +99,13 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbErr> 
                 Ok(true)
             })
         });
-    } else if !cfg.schema.is_empty() {
-        ensure_schema(cfg).await?;
-        opts.set_schema_search_path(cfg.schema.clone());
+    } else {
+        let cache = cfg.statement_cache;
+        opts.map_sqlx_postgres_opts(move |o| o.statement_cache_capacity(cache));
+        if !cfg.schema.is_empty() {
+            ensure_schema(cfg).await?;
+            opts.set_schema_search_path(cfg.schema.clone());
+        }
     }
     Database::connect(opts).await
 }

@@ -5,7 +5,6 @@ use std::{path::PathBuf, sync::Arc};
 
 use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr};
 
-use super::connect;
 use crate::config::{DatabaseConfig, SqliteSynchronous};
 
 /// Serialises the writers on SQLite, which allows one writing transaction at a time: a writer
@@ -100,7 +99,41 @@ pub async fn connect_writer(
     if one.sqlite_synchronous != SqliteSynchronous::Off {
         one.sqlite_synchronous = SqliteSynchronous::Normal;
     }
-    connect(&one).await
+    super::connect_with(&one, |o| o.pragma("wal_autocheckpoint", "0")).await
+}
+
+/// SQLite: copies the write-ahead log into the database file every `every`, from a pool
+/// connection, while the writers go on (a PASSIVE checkpoint takes no write lock). The writer
+/// connection does not checkpoint itself: left to SQLite, a commit that filled the log to 1,000
+/// pages copied it all — and synced the database file — while holding the write lock every
+/// writer waits for, and the pages the writers touch on every cycle (contacts, conversations,
+/// the inbox's status index) were copied again at every such checkpoint.
+pub async fn checkpoint_every(db: DatabaseConnection, every: std::time::Duration) {
+    if db.get_database_backend() != DatabaseBackend::Sqlite {
+        return;
+    }
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let t = std::time::Instant::now();
+        match checkpoint(&db).await {
+            Ok(_) => crate::metrics::step("checkpoint", t),
+            Err(e) => tracing::debug!(error = %e, "WAL checkpoint skipped"),
+        }
+    }
+}
+
+/// One PASSIVE checkpoint: (frames in the log, frames copied into the database file).
+async fn checkpoint(db: &DatabaseConnection) -> Result<(i64, i64), DbErr> {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            DatabaseBackend::Sqlite,
+            "PRAGMA wal_checkpoint(PASSIVE)",
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("wal_checkpoint returned no row".into()))?;
+    Ok((row.try_get_by_index(1)?, row.try_get_by_index(2)?))
 }
 
 #[cfg(test)]
@@ -130,9 +163,11 @@ mod tests {
             schema: String::new(),
             sqlite_synchronous: SqliteSynchronous::Full,
             store_fsync: false,
+            statement_cache: 1024,
+            sqlite_checkpoint_ms: 1000,
             acquire_timeout_ms: 2000,
         };
-        let pool = connect(&cfg).await.unwrap();
+        let pool = crate::store::connect(&cfg).await.unwrap();
         let writer = connect_writer(&cfg, &pool).await.unwrap();
         assert_eq!(level(&writer).await, 1);
         assert_eq!(level(&pool).await, 2);
@@ -148,10 +183,37 @@ mod tests {
         );
         assert!(dir.path().join("w.db-wal").exists());
         wal.sync().await.unwrap();
-        // No log (checkpointed and removed by the last connection): nothing left to flush.
-        std::fs::remove_file(dir.path().join("w.db-wal")).unwrap();
-        wal.sync().await.unwrap();
         assert!(WalSync::new(&cfg, false).0.is_none());
+
+        // The writer connection leaves checkpoints to the pool: 2,000 pages written through it
+        // stay in the log until a checkpoint from another connection copies them all.
+        writer
+            .execute_unprepared("CREATE TABLE big (x BLOB)")
+            .await
+            .unwrap();
+        for _ in 0..40 {
+            writer
+                .execute_unprepared(
+                    "INSERT INTO big SELECT zeroblob(4000) FROM (WITH RECURSIVE n(i) AS \
+                     (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50) SELECT i FROM n)",
+                )
+                .await
+                .unwrap();
+        }
+        let (log, copied) = checkpoint(&pool).await.unwrap();
+        assert!(
+            log >= 2000,
+            "no automatic checkpoint emptied the log ({log} frames)"
+        );
+        assert_eq!(
+            copied, log,
+            "a passive checkpoint with no reader copies every frame"
+        );
+        // No log (checkpointed and removed by the last connection): nothing left to flush.
+        pool.close().await.unwrap();
+        writer.close().await.unwrap();
+        assert!(!dir.path().join("w.db-wal").exists());
+        wal.sync().await.unwrap();
         cfg.url = "postgres://localhost/x".into();
         assert!(WalSync::new(&cfg, true).0.is_none());
     }
