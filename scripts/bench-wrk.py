@@ -104,7 +104,7 @@ try:
     cpu0 = cpu_seconds(server.proc.pid)
     perf = None
     if args.perf:
-        perf = subprocess.Popen(["perf", "record", "-q", "-F", "499", "-g", "-o", args.perf,
+        perf = subprocess.Popen(["perf", "record", "-q", "-F", "199", "--call-graph", "dwarf,16384", "-o", args.perf,
                                  "-p", str(server.proc.pid), "--", "sleep", str(args.seconds)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = subprocess.run(
