@@ -99,13 +99,14 @@ pub async fn connect_writer(
     if one.sqlite_synchronous != SqliteSynchronous::Off {
         one.sqlite_synchronous = SqliteSynchronous::Normal;
     }
-    super::connect_with(&one, |o| o.pragma("wal_autocheckpoint", "0")).await
+    super::connect_with(&one, |o| o.pragma("wal_autocheckpoint", "10000")).await
 }
 
 /// SQLite: copies the write-ahead log into the database file every `every`, from a pool
 /// connection, while the writers go on (a PASSIVE checkpoint takes no write lock). The writer
-/// connection does not checkpoint itself: left to SQLite, a commit that filled the log to 1,000
-/// pages copied it all — and synced the database file — while holding the write lock every
+/// connection checkpoints itself only past 10,000 pages (40 MB of log), a safety net: without
+/// it, after a full disk the log never restarted and refilled the disk (the disk-full drill).
+/// With SQLite's default of 1,000 pages, a commit that filled the log that far copied it all — and synced the database file — while holding the write lock every
 /// writer waits for, and the pages the writers touch on every cycle (contacts, conversations,
 /// the inbox's status index) were copied again at every such checkpoint.
 pub async fn checkpoint_every(db: DatabaseConnection, every: std::time::Duration) {
@@ -185,8 +186,9 @@ mod tests {
         wal.sync().await.unwrap();
         assert!(WalSync::new(&cfg, false).0.is_none());
 
-        // The writer connection leaves checkpoints to the pool: 2,000 pages written through it
-        // stay in the log until a checkpoint from another connection copies them all.
+        // The writer connection leaves checkpoints to the pool (up to 10,000 pages): 2,000
+        // pages written through it stay in the log until a checkpoint from another connection
+        // copies them all.
         writer
             .execute_unprepared("CREATE TABLE big (x BLOB)")
             .await
