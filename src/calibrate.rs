@@ -89,7 +89,7 @@ pub async fn run(config: Config, args: Args) -> anyhow::Result<String> {
                 let _gate = gate.enter().await;
                 store::inbox::append_many(&writer_db, &refs).await?
             };
-            wal.sync_or_doubt().await?;
+            wal.flush("inbox_flush").await?;
             inserted.sort_unstable();
             ids.extend(inserted.into_iter().map(|(id, _)| id));
         }

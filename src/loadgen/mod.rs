@@ -132,6 +132,21 @@ pub struct Report {
 }
 
 impl Report {
+    /// Nothing counted yet; room for `latencies` answers.
+    fn empty(latencies: usize) -> Self {
+        Self {
+            sent: 0,
+            ok: 0,
+            non_200: 0,
+            status_503: 0,
+            status_5xx_other: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latencies_us: Vec::with_capacity(latencies),
+            processing: None,
+        }
+    }
+
     pub fn throughput(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -278,17 +293,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         }));
     }
     let progress = (!args.quiet).then(|| tokio::spawn(show_progress(live, args.requests)));
-    let mut report = Report {
-        sent: 0,
-        ok: 0,
-        non_200: 0,
-        status_503: 0,
-        status_5xx_other: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latencies_us: Vec::with_capacity(args.requests as usize),
-        processing: None,
-    };
+    let mut report = Report::empty(args.requests as usize);
     for t in tasks {
         let part = t.await.context("loadgen connection task")??;
         report.sent += part.sent;
@@ -482,17 +487,7 @@ async fn connection(
     started: Instant,
     deadline: Instant,
 ) -> anyhow::Result<Report> {
-    let mut part = Report {
-        sent: 0,
-        ok: 0,
-        non_200: 0,
-        status_503: 0,
-        status_5xx_other: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latencies_us: Vec::new(),
-        processing: None,
-    };
+    let mut part = Report::empty(0);
     let Some(mut sender) = reconnect(&target, &args, &mut part, deadline).await? else {
         return Ok(part);
     };

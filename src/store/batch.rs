@@ -153,12 +153,7 @@ impl Store {
         let (tx, rx) = mpsc::channel(65_536);
         let progress = std::sync::Arc::new(watch::channel(0).0);
         let writer = Writer {
-            committer: Committer {
-                db,
-                gate,
-                wal: super::WalSync::new(cfg, cfg.store_durable()),
-                async_commit: !cfg.store_fsync,
-            },
+            committer: Committer::new(db, gate, cfg),
             rx,
             batch_max,
             expected: HashMap::new(),
@@ -400,12 +395,7 @@ pub async fn apply_once(
     sets: &[ChangeSet],
     done: &[i64],
 ) -> Result<(), DbErr> {
-    let committer = Committer {
-        db: db.clone(),
-        gate: gate.clone(),
-        wal: super::WalSync::new(cfg, cfg.store_durable()),
-        async_commit: !cfg.store_fsync,
-    };
+    let committer = Committer::new(db.clone(), gate.clone(), cfg);
     let refs: Vec<&ChangeSet> = sets.iter().collect();
     committer
         .transact(&refs, done, &HashSet::new())
@@ -424,6 +414,15 @@ struct Committer {
 }
 
 impl Committer {
+    fn new(db: DatabaseConnection, gate: super::WriteGate, cfg: &DatabaseConfig) -> Self {
+        Self {
+            db,
+            gate,
+            wal: super::WalSync::new(cfg, cfg.store_durable()),
+            async_commit: !cfg.store_fsync,
+        }
+    }
+
     async fn transact(
         &self,
         sets: &[&ChangeSet],
@@ -439,9 +438,7 @@ impl Committer {
         };
         // With `store_fsync` on SQLite: on disk before the actors hear of it, flushed after
         // leaving the gate so the inbox commits meanwhile.
-        let t = std::time::Instant::now();
-        self.wal.sync_or_doubt().await?;
-        m::step("flush", t);
+        self.wal.flush("flush").await?;
         Ok(applied)
     }
 

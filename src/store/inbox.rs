@@ -417,12 +417,7 @@ impl Writer {
         // On disk before anyone hears of it: SQLite's log is flushed after the gate is left,
         // so the store commits while the disk works. A failed flush leaves the group in doubt.
         let result = match result {
-            Ok(inserted) => {
-                let t = Instant::now();
-                let flushed = self.wal.sync_or_doubt().await;
-                m::step("inbox_flush", t);
-                flushed.map(|()| inserted)
-            }
+            Ok(inserted) => self.wal.flush("inbox_flush").await.map(|()| inserted),
             Err(e) => Err(e),
         };
         let result = result.and_then(|inserted| injected_lost_reply(&unique).map(|()| inserted));

@@ -70,14 +70,21 @@ impl WalSync {
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
-    /// [`Self::sync`], with a failure as a lost connection: the commit happened, but whether it
-    /// is on disk is unknown (the inbox keeps such keys in doubt; the store retries).
-    pub async fn sync_or_doubt(&self) -> Result<(), DbErr> {
-        self.sync().await.map_err(|e| {
+    /// [`Self::sync`], timed as writer step `step` when there is a log to flush, with a
+    /// failure as a lost connection: the commit happened, but whether it is on disk is unknown
+    /// (the inbox keeps such keys in doubt; the store retries).
+    pub async fn flush(&self, step: &'static str) -> Result<(), DbErr> {
+        if self.0.is_none() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let result = self.sync().await.map_err(|e| {
             DbErr::Conn(sea_orm::RuntimeErr::Internal(format!(
                 "the commit could not be flushed to disk: {e}"
             )))
-        })
+        });
+        crate::metrics::step(step, started);
+        result
     }
 }
 
