@@ -24,6 +24,7 @@ pub struct Config {
     pub health: HealthConfig,
     pub log: LogConfig,
     pub graph: GraphConfig,
+    pub cluster: ClusterConfig,
     /// AI agent types by name.
     #[serde(default)]
     pub agents: std::collections::BTreeMap<String, AgentConfig>,
@@ -284,6 +285,51 @@ pub struct HealthConfig {
     pub gauge_interval_ms: u64,
 }
 
+/// Several nodes on one PostgreSQL and RabbitMQ (`mode = "rabbitmq"`), or one on its own.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub mode: ClusterMode,
+    pub amqp_url: String,
+    pub partitions: u32,
+    /// Empty: the host name and the process id.
+    pub node_id: String,
+    pub queue_prefix: String,
+    /// A node that has not renewed its partitions for this long has lost them.
+    pub lease_ms: u64,
+    /// How often a node renews its partitions, counts the live nodes and rebalances.
+    pub tick_ms: u64,
+    /// Inbox events still `pending` this long after their commit were never published (a
+    /// crash between the commit and the broker's confirm): the sweeper publishes them.
+    pub sweep_after_ms: u64,
+    /// Deliveries a partition's consumer holds unacknowledged.
+    pub prefetch: u16,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterMode {
+    Single,
+    Rabbitmq,
+}
+
+impl ClusterConfig {
+    pub fn enabled(&self) -> bool {
+        self.mode == ClusterMode::Rabbitmq
+    }
+
+    /// This node's name: `node_id`, or the host name and process id.
+    pub fn node_name(&self) -> String {
+        if !self.node_id.trim().is_empty() {
+            return self.node_id.trim().to_owned();
+        }
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "node".into());
+        format!("{host}-{}", std::process::id())
+    }
+}
+
 /// Exponential backoff with "equal jitter": half fixed, half random, capped.
 pub fn backoff(attempt: u32, base_ms: u64, max_ms: u64) -> std::time::Duration {
     let exp = base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(30));
@@ -446,9 +492,45 @@ impl Config {
             ("processing.dlq_poll_ms", self.processing.dlq_poll_ms),
             ("health.gauge_interval_ms", self.health.gauge_interval_ms),
             ("actors.idle_timeout_ms", self.actors.idle_timeout_ms),
+            ("cluster.partitions", self.cluster.partitions.into()),
+            ("cluster.lease_ms", self.cluster.lease_ms),
+            ("cluster.tick_ms", self.cluster.tick_ms),
+            ("cluster.sweep_after_ms", self.cluster.sweep_after_ms),
+            ("cluster.prefetch", self.cluster.prefetch.into()),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(invalid(key, "must be at least 1"));
+        }
+        if self.cluster.enabled() {
+            if !self.database.url.starts_with("postgres") {
+                return Err(invalid(
+                    "cluster.mode",
+                    "\"rabbitmq\" needs a shared PostgreSQL database (database.url = postgres://…)",
+                ));
+            }
+            if !self.cluster.amqp_url.starts_with("amqp://") {
+                return Err(invalid("cluster.amqp_url", "must start with amqp://"));
+            }
+            if self.cluster.partitions > 1024 {
+                return Err(invalid("cluster.partitions", "must be at most 1024"));
+            }
+            if self.cluster.tick_ms * 2 > self.cluster.lease_ms {
+                return Err(invalid(
+                    "cluster.lease_ms",
+                    "must be at least twice cluster.tick_ms (a lease is renewed every tick)",
+                ));
+            }
+            let prefix = &self.cluster.queue_prefix;
+            if prefix.is_empty()
+                || !prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(invalid(
+                    "cluster.queue_prefix",
+                    "must be letters, digits, '-', '_' or '.'",
+                ));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, account) in self.accounts.iter().enumerate() {

@@ -7,6 +7,7 @@
 pub mod actors;
 pub mod agent;
 pub mod calibrate;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -46,6 +47,8 @@ pub struct Running {
     gauges: JoinHandle<()>,
     checkpointer: JoinHandle<()>,
     root: ActorRef<RootMsg>,
+    /// Cluster mode: this node's part and its task (leases, consumers, sweeper).
+    pub cluster: Option<(Arc<cluster::Cluster>, JoinHandle<()>)>,
 }
 
 impl Running {
@@ -53,6 +56,10 @@ impl Running {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
         (&mut self.server).await.context("server task")??;
+        if let Some((cluster, task)) = self.cluster.take() {
+            task.abort();
+            cluster.leave().await;
+        }
         // The writer drains what was queued once every handler (and so every sender) is gone.
         let _ = (&mut self.writer).await;
         // What the actors have not finished stays `pending` and is recovered at next start.
@@ -109,6 +116,13 @@ impl Drop for Running {
         self.store_writer.abort();
         self.gauges.abort();
         self.checkpointer.abort();
+        if let Some((cluster, task)) = self.cluster.take() {
+            task.abort();
+            // As a crash: the broker takes back what this node held; the leases lapse.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { cluster.disconnect().await });
+            }
+        }
         self.root.stop_children(None);
         self.root.stop(None);
         actors::write(&self.ctx.router, None);
@@ -202,6 +216,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         serving: Default::default(),
         notes: Default::default(),
         agents,
+        cluster: config.cluster.enabled(),
     });
     // Every pending inbox event is re-dispatched before new traffic is taken in.
     let mut recovered = ctx.recovered.subscribe();
@@ -220,19 +235,29 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     }
     ctx.serving
         .store(true, std::sync::atomic::Ordering::Release);
+    // Cluster mode: the intake publishes each committed event to the broker instead.
+    let sink: Arc<dyn store::inbox::EventSink> = match config.cluster.enabled() {
+        true => Arc::new(actors::NoHandOver),
+        false => Arc::new(RouterSink(ctx.clone())),
+    };
     let (inbox, writer) = Inbox::spawn(
         writer_db,
         gate,
         &config.intake,
         store::WalSync::new(&config.database, config.database.inbox_durable()),
-        Arc::new(RouterSink(ctx.clone())),
+        sink,
     );
+    let cluster = config
+        .cluster
+        .enabled()
+        .then(|| cluster::Cluster::start(config.cluster.clone(), ctx.clone()));
     let state = AppState::new(AppInner {
         db: db.clone(),
         config: Arc::new(config),
         inbox,
         metrics,
         processing: ctx.clone(),
+        cluster: cluster.as_ref().map(|(c, _)| c.clone()),
         kapso_projects: Arc::new(kapso_projects),
         auth: Default::default(),
     });
@@ -262,6 +287,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         store_writer,
         checkpointer,
         root,
+        cluster,
     })
 }
 

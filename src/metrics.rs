@@ -42,6 +42,19 @@ pub const DB_STEP_DURATION: &str = "wahook_db_step_duration_seconds";
 /// How long a writer waited for the SQLite write gate (`writer`: inbox, store).
 pub const WRITE_GATE_WAIT: &str = "wahook_write_gate_wait_seconds";
 
+/// Cluster mode: partitions this node consumes (is the active consumer of).
+pub const CLUSTER_PARTITIONS_OWNED: &str = "wahook_cluster_partitions_owned";
+/// Cluster mode: 1 while the broker connection is up (0 on a single node).
+pub const CLUSTER_BROKER_UP: &str = "wahook_cluster_broker_connected";
+/// Cluster mode: partition messages published (`via`: intake, sweeper; `outcome`: confirmed, failed).
+pub const CLUSTER_PUBLISHED: &str = "wahook_cluster_published_total";
+/// Cluster mode: deliveries finished (`outcome`: acked, requeued, rejected).
+pub const CLUSTER_CONSUMED: &str = "wahook_cluster_consumed_total";
+/// Cluster mode: time from publishing an event's messages to the broker's confirms.
+pub const CLUSTER_PUBLISH_DURATION: &str = "wahook_cluster_publish_duration_seconds";
+/// Cluster mode: partitions this node took or handed back (`change`: claimed, released).
+pub const CLUSTER_REBALANCES: &str = "wahook_cluster_partition_changes_total";
+
 /// Records one writer step's wall time since `started`.
 pub fn step(step: &'static str, started: std::time::Instant) {
     metrics::histogram!(DB_STEP_DURATION, "step" => step).record(started.elapsed().as_secs_f64());
@@ -57,6 +70,7 @@ pub const HISTOGRAMS: &[&str] = &[
     PROCESSING_LAG,
     DB_STEP_DURATION,
     WRITE_GATE_WAIT,
+    CLUSTER_PUBLISH_DURATION,
 ];
 
 /// Webhook outcomes, registered at zero so dashboards and alerts see series before the first
@@ -74,6 +88,7 @@ const OUTCOMES: &[&str] = &[
     "store_unavailable",
     "intake_queue_full",
     "processing_backlog",
+    "broker_unavailable",
 ];
 
 /// Seconds, from a quarter millisecond (a sub-millisecond ack must be visible) to 10 s.
@@ -264,6 +279,44 @@ fn describe() {
         metrics::counter!(ACTOR_RESTARTS, "actor" => actor).increment(0);
     }
     metrics::counter!(RETRIES).increment(0);
+    describe_gauge!(
+        CLUSTER_PARTITIONS_OWNED,
+        "Cluster mode: partition queues this node is the active consumer of."
+    );
+    describe_gauge!(
+        CLUSTER_BROKER_UP,
+        "Cluster mode: 1 while the RabbitMQ connection is up."
+    );
+    describe_counter!(
+        CLUSTER_PUBLISHED,
+        "Cluster mode: partition messages published, by path (intake, sweeper) and outcome."
+    );
+    describe_counter!(
+        CLUSTER_CONSUMED,
+        "Cluster mode: broker deliveries finished, by outcome (acked, requeued, rejected)."
+    );
+    describe_histogram!(
+        CLUSTER_PUBLISH_DURATION,
+        Unit::Seconds,
+        "Cluster mode: time from publishing an event's messages to the broker's confirms."
+    );
+    describe_counter!(
+        CLUSTER_REBALANCES,
+        "Cluster mode: partitions taken (claimed) or handed back (released) by this node."
+    );
+    metrics::gauge!(CLUSTER_PARTITIONS_OWNED).set(0.0);
+    metrics::gauge!(CLUSTER_BROKER_UP).set(0.0);
+    for via in ["intake", "sweeper"] {
+        for outcome in ["confirmed", "failed"] {
+            metrics::counter!(CLUSTER_PUBLISHED, "via" => via, "outcome" => outcome).increment(0);
+        }
+    }
+    for outcome in ["acked", "requeued", "rejected"] {
+        metrics::counter!(CLUSTER_CONSUMED, "outcome" => outcome).increment(0);
+    }
+    for change in ["claimed", "released"] {
+        metrics::counter!(CLUSTER_REBALANCES, "change" => change).increment(0);
+    }
     metrics::counter!(DLQ_PARKED).increment(0);
     for component in ["inbox", "store"] {
         metrics::counter!(DB_STATEMENTS, "component" => component).increment(0);

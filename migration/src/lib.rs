@@ -8,6 +8,7 @@ mod m20261123_000003_event_notes;
 mod m20261123_000004_outbound_messages;
 mod m20261123_000005_conversation_external_id;
 mod m20261123_000006_api_tokens_audit_log;
+mod m20261129_000007_cluster;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000004_outbound_messages::Migration),
             Box::new(m20261123_000005_conversation_external_id::Migration),
             Box::new(m20261123_000006_api_tokens_audit_log::Migration),
+            Box::new(m20261129_000007_cluster::Migration),
         ]
     }
 }

@@ -141,7 +141,7 @@ def acked(record):
     wamids = []
     with open(record) as f:
         for line in f:
-            kind, ids = line.rstrip("\n").split("\t")
+            kind, ids = line.rstrip("\n").split("\t")[:2]
             if kind == "messages":
                 wamids.extend(ids.split(","))
     return wamids

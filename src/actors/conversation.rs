@@ -120,6 +120,7 @@ impl Actor for Conversation {
                 state.router.cast(RouterMsg::SliceDone {
                     key: state.key.clone(),
                     event_id: slice.event_id,
+                    part: slice.part,
                 })?;
             }
             ConversationMsg::Resume(resume) => {

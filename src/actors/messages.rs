@@ -20,6 +20,8 @@ pub type ConversationKey = (i64, ContactKey);
 #[derive(Debug)]
 pub struct Slice {
     pub event_id: i64,
+    /// The partition of the delivery it came in (cluster mode), else [`NO_PART`].
+    pub part: u32,
     pub correlation_id: String,
     pub received_at: DateTime<Utc>,
     pub key: ConversationKey,
@@ -42,6 +44,7 @@ impl Slice {
     ) -> Self {
         Self {
             event_id: event.id,
+            part: event.part.as_ref().map_or(NO_PART, |p| p.partition),
             correlation_id: event.correlation_id.clone(),
             received_at: event.received_at,
             key,
@@ -61,6 +64,9 @@ impl Slice {
     }
 }
 
+/// The part of an event that came from the inbox itself (single node, recovery, re-drives).
+pub const NO_PART: u32 = u32::MAX;
+
 /// Inbound messages of one conversation that no agent turn has answered.
 #[derive(Debug)]
 pub struct Resume {
@@ -78,7 +84,11 @@ pub enum RouterMsg {
     /// Unanswered inbound messages of a conversation with an agent, found at start.
     Resume(ConversationKey, Box<Resume>),
     /// A conversation actor finished (applied or parked) a slice.
-    SliceDone { key: ConversationKey, event_id: i64 },
+    SliceDone {
+        key: ConversationKey,
+        event_id: i64,
+        part: u32,
+    },
     /// How many conversation actors are alive.
     LiveConversations(RpcReplyPort<usize>),
     /// How many conversations have unfinished work acknowledged more than this long ago.

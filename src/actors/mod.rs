@@ -59,6 +59,9 @@ pub struct Ctx {
     pub notes: NoteCounts,
     /// The AI agent types and the send side.
     pub agents: Arc<crate::agent::Agents>,
+    /// Cluster mode: events come from the broker's partition queues, not from this node's
+    /// inbox (no inbox recovery at start).
+    pub cluster: bool,
 }
 
 /// Lines normalisation reported since start: notes (value-level errors, parts stored but not
@@ -114,6 +117,14 @@ pub(crate) fn write<T>(lock: &RwLock<T>, value: T) {
         Ok(mut g) => *g = value,
         Err(p) => *p.into_inner() = value,
     }
+}
+
+/// Cluster mode: the inbox hands nothing over; the intake publishes each event to the broker
+/// before its 200, and the sweeper publishes what a crash left unpublished.
+pub struct NoHandOver;
+
+impl EventSink for NoHandOver {
+    fn dispatch(&self, _event: CommittedEvent) {}
 }
 
 /// The inbox's hand-over to processing: a cast to the router, never an await.

@@ -17,7 +17,9 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use super::{
     Ctx,
     conversation::Conversation,
-    messages::{ConversationKey, ConversationMsg, DeadLetterMsg, Resume, RouterMsg, Slice},
+    messages::{
+        ConversationKey, ConversationMsg, DeadLetterMsg, NO_PART, Resume, RouterMsg, Slice,
+    },
     write,
 };
 use crate::{
@@ -37,12 +39,18 @@ struct Conv {
     in_flight: VecDeque<Arc<Slice>>,
 }
 
+struct Track {
+    left: usize,
+    /// The broker's delivery, acknowledged once every slice is finished (cluster mode).
+    done: Option<Arc<inbox::Done>>,
+}
+
 pub struct RouterState {
     ctx: Arc<Ctx>,
     conversations: HashMap<ConversationKey, Conv>,
     by_actor: HashMap<ActorId, ConversationKey>,
-    /// Slices still to finish per event.
-    events: HashMap<i64, usize>,
+    /// Slices still to finish per event (and partition, in cluster mode).
+    events: HashMap<(i64, u32), Track>,
     /// Events a restarted router's recovery dispatched while the intake kept handing events
     /// over: their copies in the mailbox are skipped.
     recovered: HashSet<i64>,
@@ -84,7 +92,9 @@ impl Actor for Router {
         let reset = dlq::reset_retrying(&state.ctx.db).await?;
         let mut after = None;
         let mut recovered = 0usize;
-        loop {
+        // In cluster mode the broker holds what is unfinished (unacknowledged deliveries come
+        // back) and the sweeper publishes what never reached it: the inbox is not re-read.
+        while !state.ctx.cluster {
             let page = inbox::pending_page(&state.ctx.db, after, 1000).await?;
             let Some(last) = page.last() else { break };
             after = Some((last.received_at, last.id));
@@ -130,10 +140,18 @@ impl Actor for Router {
             RouterMsg::Dispatch(event) => {
                 // A copy of an event already in flight (recovery, or the inbox settling a
                 // commit whose answer was lost) is not dispatched twice.
+                let part = event.part.as_ref().map_or(NO_PART, |p| p.partition);
                 let already = !event.redrive
-                    && (state.recovered.remove(&event.id) || state.events.contains_key(&event.id));
+                    && (state.recovered.remove(&event.id)
+                        || state.events.contains_key(&(event.id, part)));
                 if !already {
                     dispatch(&myself, state, event).await?;
+                } else if let (Some(p), Some(track)) =
+                    (event.part, state.events.get_mut(&(event.id, part)))
+                {
+                    // Delivered again while in flight (its channel broke): the new delivery
+                    // is the one to acknowledge.
+                    track.done = Some(p.done);
                 }
             }
             RouterMsg::Resume(key, resume) => {
@@ -155,7 +173,11 @@ impl Actor for Router {
                 };
                 let _ = actor.cast(ConversationMsg::Resume(resume));
             }
-            RouterMsg::SliceDone { key, event_id } => {
+            RouterMsg::SliceDone {
+                key,
+                event_id,
+                part,
+            } => {
                 if let Some(conv) = state.conversations.get_mut(&key)
                     && let Some(pos) = conv.in_flight.iter().position(|s| s.event_id == event_id)
                 {
@@ -163,7 +185,7 @@ impl Actor for Router {
                     state.queued = state.queued.saturating_sub(1);
                     metrics::gauge!(m::MAILBOX_DEPTH).set(state.queued as f64);
                 }
-                finish_slice(state, event_id);
+                finish_slice(state, event_id, part);
             }
             RouterMsg::LiveConversations(reply) => {
                 let _ = reply.send(state.conversations.len());
@@ -234,6 +256,7 @@ async fn dispatch(
 ) -> Result<(), ActorProcessingErr> {
     injected_panic(&event);
     let ctx = state.ctx.clone();
+    let primary = event.part.as_ref().is_none_or(|p| p.primary);
     let directory = ctx.directory();
     let workspace_of = |pnid: &str| directory.get(pnid).map(|a| a.workspace_id);
     let mut normalized = match ingest::normalize(
@@ -246,11 +269,27 @@ async fn dispatch(
         Ok(n) => n,
         Err(error) => {
             // Malformed: no retry can fix the payload; it is kept and reported in the DLQ.
-            tracing::warn!(correlation_id = %event.correlation_id, event_id = event.id, %error, "payload cannot be normalised; parking it");
-            park(&ctx, &event, error).await;
+            if primary {
+                tracing::warn!(correlation_id = %event.correlation_id, event_id = event.id, %error, "payload cannot be normalised; parking it");
+                park(&ctx, &event, error).await;
+            }
+            finish_delivery(&event);
             return Ok(());
         }
     };
+    if let Some(p) = &event.part {
+        // This delivery carries one partition's conversations; the other partitions' nodes
+        // apply the rest.
+        normalized
+            .items
+            .retain(|i| ingest::partition_of(i.workspace_id, &i.contact, p.of) == p.partition);
+        if !p.primary {
+            normalized.orphan_statuses.clear();
+            normalized.handoffs.clear();
+            normalized.unattributed.clear();
+            normalized.notes.clear();
+        }
+    }
     attribute_orphan_statuses(&ctx, &mut normalized).await;
     attribute_handoffs(&ctx, &event, &mut normalized).await;
     report_notes(&ctx, &event, &normalized);
@@ -284,6 +323,7 @@ async fn dispatch(
         if !unattributed {
             ctx.store.complete(event.id, event.redrive).await;
         }
+        finish_delivery(&event);
         return Ok(());
     }
     metrics::gauge!(m::MAILBOX_DEPTH).set((state.queued + slices.len()) as f64);
@@ -294,7 +334,14 @@ async fn dispatch(
     }
     ctx.in_flight.fetch_add(1, Ordering::Relaxed);
     metrics::gauge!(m::IN_FLIGHT).set(ctx.in_flight() as f64);
-    state.events.insert(event.id, slices.len());
+    let part = event.part.as_ref().map_or(NO_PART, |p| p.partition);
+    state.events.insert(
+        (event.id, part),
+        Track {
+            left: slices.len(),
+            done: event.part.as_ref().map(|p| p.done.clone()),
+        },
+    );
     for (key, user_id, phone_number_id, items) in slices {
         let slice = Arc::new(Slice::new(
             &event,
@@ -511,14 +558,25 @@ async fn spawn_conversation(
     Ok(actor)
 }
 
-fn finish_slice(state: &mut RouterState, event_id: i64) {
-    if let Some(left) = state.events.get_mut(&event_id) {
-        *left -= 1;
-        if *left == 0 {
-            state.events.remove(&event_id);
+fn finish_slice(state: &mut RouterState, event_id: i64, part: u32) {
+    if let Some(track) = state.events.get_mut(&(event_id, part)) {
+        track.left -= 1;
+        if track.left == 0 {
+            if let Some(track) = state.events.remove(&(event_id, part))
+                && let Some(done) = track.done
+            {
+                done.finish();
+            }
             state.ctx.in_flight.fetch_sub(1, Ordering::Relaxed);
             metrics::gauge!(m::IN_FLIGHT).set(state.ctx.in_flight() as f64);
         }
+    }
+}
+
+/// A delivery with nothing left to apply is finished at once.
+fn finish_delivery(event: &inbox::CommittedEvent) {
+    if let Some(p) = &event.part {
+        p.done.finish();
     }
 }
 

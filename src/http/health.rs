@@ -57,6 +57,10 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
         "dlq": backlog.as_ref().ok().map(|b| &b.dlq),
         "errors_last_hour": backlog.as_ref().ok().map(|b| b.errors_last_hour),
         "accounts": state.directory().len(),
+        "cluster": match &state.cluster {
+            Some(c) => json!(c.health()),
+            None => json!({ "mode": "single" }),
+        },
     }))
 }
 
@@ -85,6 +89,9 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     }
     if let Some(why) = state.inbox.failing() {
         reasons.push(format!("the inbox cannot commit: {why}"));
+    }
+    if let Some(why) = state.cluster.as_ref().and_then(|c| c.unready()) {
+        reasons.push(why);
     }
     if state.processing.router().is_none() || state.processing.dead_letter().is_none() {
         reasons.push("the actor tree is down".into());

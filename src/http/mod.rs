@@ -44,6 +44,8 @@ pub struct AppInner {
     pub inbox: Inbox,
     pub metrics: PrometheusHandle,
     pub processing: Arc<crate::actors::Ctx>,
+    /// Cluster mode: where committed events are published before their 200.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// The operator API's token cache and bad-token counters.
     pub auth: api::Auth,
     /// Kapso projects by `project_id`: their workspace and webhook secret.

@@ -24,7 +24,7 @@ use crate::{
     metrics as m,
     store::{
         accounts::{Account, Directory},
-        inbox::{AppendError, AppendOutcome, EventStatus, NewEvent},
+        inbox::{AppendError, AppendOutcome, CommittedEvent, EventStatus, NewEvent},
     },
     telemetry::LogSampler,
 };
@@ -319,6 +319,8 @@ async fn append(
             retry_after_seconds,
         });
     }
+    // Cluster mode publishes the event after its commit: keep what the broker needs.
+    let published = state.cluster.as_ref().map(|_| event.clone());
     let outcome = state.inbox.append(event).await.map_err(|e| {
         let reason = match e {
             AppendError::QueueFull => "intake_queue_full",
@@ -330,6 +332,21 @@ async fn append(
             retry_after_seconds,
         }
     })?;
+    if let (Some(cluster), Some(event), AppendOutcome::Accepted { event_id }) =
+        (&state.cluster, published, &outcome)
+        && event.status == EventStatus::Pending
+    {
+        // Committed but not published: the 503 makes the sender retry; its retry is a
+        // duplicate, and the sweeper publishes the committed copy.
+        let committed = CommittedEvent::new(*event_id, &event);
+        if let Err(e) = cluster.publish(&committed, "intake").await {
+            tracing::warn!(event_id, error = %e, "cannot publish a committed event; the sweeper will");
+            return Err(ApiError::Unavailable {
+                reason: "broker_unavailable",
+                retry_after_seconds,
+            });
+        }
+    }
     match routing {
         Routing::NotJson(_) => Err(ApiError::BadRequest("payload_not_json")),
         Routing::Json { .. } => Ok(outcome),

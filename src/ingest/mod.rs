@@ -43,6 +43,32 @@ pub fn normalize(
     }
 }
 
+/// The partition (of `n`) a conversation belongs to when several nodes share the work: FNV-1a
+/// over the workspace and the contact key, so every node and every version computes the same.
+pub fn partition_of(workspace_id: i64, contact: &event::ContactKey, n: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = workspace_id.to_le_bytes();
+    for b in bytes.iter().chain(contact.as_str().as_bytes()) {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % u64::from(n.max(1))) as u32
+}
+
+/// The partitions an event's conversations fall in, in the order they first appear; empty
+/// when it names none (malformed, or only statuses and hand-offs that need the database to
+/// find their conversation).
+pub fn partitions_of(normalized: &Normalized, n: u32) -> Vec<u32> {
+    let mut parts = Vec::new();
+    for item in &normalized.items {
+        let p = partition_of(item.workspace_id, &item.contact, n);
+        if !parts.contains(&p) {
+            parts.push(p);
+        }
+    }
+    parts
+}
+
 /// Unix seconds as a JSON string (Meta's usual) or number (older payloads); never ms.
 pub fn parse_timestamp(v: Option<&Value>) -> Option<DateTime<Utc>> {
     let secs = match v? {

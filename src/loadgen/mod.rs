@@ -25,7 +25,8 @@ use crate::ingest::signature;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Webhook URL (Meta format).
+    /// Webhook URL (Meta format); several, comma-separated, spread the connections over
+    /// them in turn (the nodes of a cluster).
     #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/whatsapp")]
     pub url: String,
     /// App secret of the account the payloads are for.
@@ -67,7 +68,8 @@ pub struct Args {
     #[arg(long)]
     pub quiet: bool,
     /// Append one line per acknowledged (200) request to this file — `messages` or `statuses`,
-    /// a tab, the payload's wamids comma-separated — so a drill can check afterwards that each
+    /// a tab, the payload's wamids comma-separated, then when it was sent and answered (µs
+    /// since the start, tab-separated) — so a drill can check afterwards that each
     /// was processed exactly once.
     #[arg(long)]
     pub record: Option<std::path::PathBuf>,
@@ -264,7 +266,12 @@ pub fn payload(args: &Args, n: u64) -> String {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
-    let target = Arc::new(parse_url(&args.url)?);
+    let targets: Vec<Arc<Target>> = args
+        .url
+        .split(',')
+        .map(|u| parse_url(u.trim()).map(Arc::new))
+        .collect::<anyhow::Result<_>>()?;
+    let target = targets[0].clone();
     let args = Arc::new(args);
     let next = Arc::new(AtomicU64::new(0));
     let live = Arc::new(Live::default());
@@ -285,8 +292,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         None => None,
     };
     let mut tasks = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections.max(1) {
-        let (target, args, next, live) = (target.clone(), args.clone(), next.clone(), live.clone());
+    for i in 0..args.connections.max(1) {
+        let target = targets[i % targets.len()].clone();
+        let (args, next, live) = (args.clone(), next.clone(), live.clone());
         let record = record.clone();
         tasks.push(tokio::spawn(async move {
             connection(target, args, next, live, record, started, deadline).await
@@ -528,7 +536,12 @@ async fn connection(
                     live.ok.fetch_add(1, Ordering::Relaxed);
                     if let Some(record) = &record {
                         use std::io::Write;
-                        let line = record_line(&args, n);
+                        let line = format!(
+                            "{}\t{}\t{}\n",
+                            record_line(&args, n).trim_end(),
+                            sent_at.duration_since(started).as_micros(),
+                            started.elapsed().as_micros()
+                        );
                         let mut file = record.lock().unwrap_or_else(|p| p.into_inner());
                         file.write_all(line.as_bytes())
                             .context("writing the record file")?;

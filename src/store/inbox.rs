@@ -82,9 +82,75 @@ pub struct CommittedEvent {
     pub correlation_id: String,
     pub received_at: DateTime<Utc>,
     pub payload: Arc<str>,
+    /// Cluster mode: the partition's share of the event this delivery carries.
+    pub part: Option<Part>,
+}
+
+/// One partition's share of an event, as delivered by the broker (cluster mode): processing
+/// applies only the conversations of `partition` and calls `done` once they are committed.
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub partition: u32,
+    pub of: u32,
+    /// This share also carries what no partition can name before the database is read
+    /// (statuses without a recipient, hand-offs by Kapso id), what cannot be attributed, and
+    /// the notes; exactly one share of an event is primary.
+    pub primary: bool,
+    pub done: Arc<Done>,
+}
+
+/// Called once when a delivery is finished (`true`), or, if it is dropped unfinished (a
+/// restarted router forgets its work), with `false`, so the broker delivers it again.
+pub struct Done(std::sync::Mutex<Option<OnDone>>);
+
+type OnDone = Box<dyn FnOnce(bool) + Send>;
+
+impl Done {
+    pub fn new(f: impl FnOnce(bool) + Send + 'static) -> Arc<Self> {
+        Arc::new(Self(std::sync::Mutex::new(Some(Box::new(f)))))
+    }
+
+    pub fn finish(&self) {
+        self.call(true);
+    }
+
+    fn call(&self, finished: bool) {
+        let f = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(f) = f {
+            f(finished);
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.call(false);
+    }
+}
+
+impl std::fmt::Debug for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Done")
+    }
 }
 
 impl CommittedEvent {
+    /// A request's event, as committed with `id`.
+    pub fn new(id: i64, e: &NewEvent) -> Self {
+        Self {
+            id,
+            redrive: false,
+            source: e.source,
+            event_type: e.event_type.clone(),
+            workspace_id: e.workspace_id,
+            account_id: e.account_id,
+            correlation_id: e.correlation_id.clone(),
+            received_at: e.received_at,
+            payload: e.payload.clone(),
+            part: None,
+        }
+    }
+
     pub fn from_row(e: webhook_events::Model, redrive: bool) -> Self {
         Self {
             id: e.id,
@@ -100,6 +166,7 @@ impl CommittedEvent {
             correlation_id: e.correlation_id,
             received_at: e.received_at,
             payload: Arc::from(e.payload),
+            part: None,
         }
     }
 }
@@ -445,17 +512,7 @@ impl Writer {
                     let e = &batch[i].event;
                     self.in_doubt.remove(e.dedup_key.as_str());
                     if e.status == EventStatus::Pending {
-                        self.sink.dispatch(CommittedEvent {
-                            id,
-                            redrive: false,
-                            source: e.source,
-                            event_type: e.event_type.clone(),
-                            workspace_id: e.workspace_id,
-                            account_id: e.account_id,
-                            correlation_id: e.correlation_id.clone(),
-                            received_at: e.received_at,
-                            payload: e.payload.clone(),
-                        });
+                        self.sink.dispatch(CommittedEvent::new(id, e));
                     }
                 }
                 for (r, outcome) in batch.drain(..).zip(outcomes) {

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod agent;
 pub mod batch;
+pub mod cluster;
 mod contacts;
 pub mod conversations;
 pub mod dlq;
@@ -124,10 +125,19 @@ async fn ensure_schema(cfg: &DatabaseConfig) -> Result<(), DbErr> {
     let mut opts = ConnectOptions::new(cfg.url.clone());
     opts.max_connections(1).sqlx_logging(false);
     let db = Database::connect(opts).await?;
-    db.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", cfg.schema))
-        .await?;
+    // Nodes of a cluster start together: PostgreSQL's IF NOT EXISTS is not safe against a
+    // concurrent creation, so the schema is created under an advisory lock.
+    db.execute_unprepared(&format!(
+        "SELECT pg_advisory_lock({MIGRATION_LOCK}); \
+         CREATE SCHEMA IF NOT EXISTS \"{}\"; SELECT pg_advisory_unlock({MIGRATION_LOCK})",
+        cfg.schema
+    ))
+    .await?;
     db.close().await
 }
+
+/// The advisory lock nodes sharing one PostgreSQL take to create the schema and migrate.
+const MIGRATION_LOCK: i64 = 0x7761_686f_6f6b; // "wahook"
 
 fn sqlite_path(url: &str) -> Option<&Path> {
     let rest = url
@@ -138,7 +148,17 @@ fn sqlite_path(url: &str) -> Option<&Path> {
 }
 
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    Migrator::up(db, None).await
+    if db.get_database_backend() != DatabaseBackend::Postgres {
+        return Migrator::up(db, None).await;
+    }
+    // Several nodes may start at once: one migrates, the others wait for its lock and then
+    // find nothing to do. The lock lasts as long as the transaction that migrates
+    // (PostgreSQL's DDL is transactional).
+    let tx = sea_orm::TransactionTrait::begin(db).await?;
+    tx.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+        .await?;
+    Migrator::up(&tx, None).await?;
+    tx.commit().await
 }
 
 pub fn backend_name(db: &impl ConnectionTrait) -> &'static str {

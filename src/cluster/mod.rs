@@ -1,0 +1,337 @@
+//! Cluster mode: several wahook nodes on one PostgreSQL and one RabbitMQ.
+//!
+//! Any node takes any webhook: it verifies it and commits it to the shared inbox as a single
+//! node does, then publishes one message per partition its conversations fall in (quorum
+//! queues `<queue_prefix>.p.<n>`, partition = [`ingest::partition_of`]) and waits for the
+//! broker's confirms before it answers 200. Each partition queue is consumed by exactly one
+//! live node (a lease in PostgreSQL says which; the queue's single-active-consumer flag makes
+//! sure of it even while a lease changes hands), so every conversation has one owner at a time.
+//! A delivery goes to this node's router like an inbox event, restricted to its partition, and
+//! is acknowledged only after the store committed its effects; a node that dies leaves its
+//! unacknowledged deliveries to the next owner, and effects are idempotent, so a delivery seen
+//! twice changes nothing. The actors, the store and the agent are the single node's.
+//!
+//! [`partitions`] keeps the leases, the consumers and the sweeper that publishes events a crash
+//! left committed but unpublished.
+
+mod partitions;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable},
+};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use crate::{
+    actors::Ctx,
+    config::ClusterConfig,
+    ingest::{self, Source},
+    metrics as m,
+    store::inbox::{CommittedEvent, Done, Part},
+};
+
+/// Redeliveries after which the broker drops a message (a poison message must not loop for
+/// ever; the inbox still holds the event, `pending`, and the sweeper publishes it again).
+const DELIVERY_LIMIT: i64 = 50;
+/// How long a broker connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A node's part in the cluster; cheap to share.
+pub struct Cluster {
+    cfg: ClusterConfig,
+    node: String,
+    ctx: Arc<Ctx>,
+    broker: tokio::sync::RwLock<Option<Broker>>,
+    status: Mutex<Status>,
+}
+
+struct Broker {
+    conn: Connection,
+    publish: Channel,
+}
+
+#[derive(Default, Clone)]
+struct Status {
+    /// Why the broker cannot be used, while it cannot.
+    broker_error: Option<String>,
+    /// Partitions whose queues this node consumes.
+    owned: Vec<u32>,
+}
+
+/// What `/health` shows of the cluster.
+#[derive(Debug, Serialize)]
+pub struct Health {
+    pub mode: &'static str,
+    pub node_id: String,
+    pub broker_connected: bool,
+    pub broker_error: Option<String>,
+    pub partitions: u32,
+    pub partitions_owned: Vec<u32>,
+}
+
+/// One partition message: the committed event and which share of it this is.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    id: i64,
+    source: String,
+    event_type: Option<String>,
+    workspace_id: Option<i64>,
+    account_id: Option<i64>,
+    correlation_id: String,
+    received_at: DateTime<Utc>,
+    payload: String,
+    partition: u32,
+    of: u32,
+    primary: bool,
+}
+
+impl Cluster {
+    /// Starts the node's cluster work (broker connection, leases, consumers, sweeper).
+    pub fn start(cfg: ClusterConfig, ctx: Arc<Ctx>) -> (Arc<Self>, JoinHandle<()>) {
+        let cluster = Arc::new(Self {
+            node: cfg.node_name(),
+            cfg,
+            ctx,
+            broker: tokio::sync::RwLock::new(None),
+            status: Mutex::new(Status {
+                broker_error: Some("not connected yet".into()),
+                owned: Vec::new(),
+            }),
+        });
+        let task = tokio::spawn(partitions::run(cluster.clone()));
+        (cluster, task)
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn queue(&self, partition: u32) -> String {
+        format!("{}.p.{partition}", self.cfg.queue_prefix)
+    }
+
+    fn status(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Why the node cannot take webhooks now (the broker is away), for `/ready`.
+    pub fn unready(&self) -> Option<String> {
+        self.status()
+            .broker_error
+            .map(|e| format!("the message broker is unreachable: {e}"))
+    }
+
+    pub fn health(&self) -> Health {
+        let status = self.status();
+        Health {
+            mode: "rabbitmq",
+            node_id: self.node.clone(),
+            broker_connected: status.broker_error.is_none(),
+            broker_error: status.broker_error,
+            partitions: self.cfg.partitions,
+            partitions_owned: status.owned,
+        }
+    }
+
+    /// Publishes a committed event to the partition queues of its conversations and waits for
+    /// the broker's confirms. An error means it may not be published: the event stays
+    /// `pending` in the inbox and the sweeper publishes it later.
+    pub async fn publish(&self, event: &CommittedEvent, via: &'static str) -> Result<(), String> {
+        let started = Instant::now();
+        let result = self.publish_parts(event).await;
+        let outcome = if result.is_ok() {
+            "confirmed"
+        } else {
+            "failed"
+        };
+        metrics::counter!(m::CLUSTER_PUBLISHED, "via" => via, "outcome" => outcome).increment(1);
+        metrics::histogram!(m::CLUSTER_PUBLISH_DURATION).record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn publish_parts(&self, event: &CommittedEvent) -> Result<(), String> {
+        fail::fail_point!("cluster::publish", |_| Err(
+            "injected publish failure".into()
+        ));
+        let parts = self.partitions_of(event);
+        let channel = match &*self.broker.read().await {
+            Some(b) => b.publish.clone(),
+            None => return Err(self.unready().unwrap_or_else(|| "no broker".into())),
+        };
+        let mut confirms = Vec::with_capacity(parts.len());
+        for (i, partition) in parts.iter().enumerate() {
+            let body = serde_json::to_vec(&Wire {
+                id: event.id,
+                source: event.source.as_str().to_owned(),
+                event_type: event.event_type.clone(),
+                workspace_id: event.workspace_id,
+                account_id: event.account_id,
+                correlation_id: event.correlation_id.clone(),
+                received_at: event.received_at,
+                payload: event.payload.to_string(),
+                partition: *partition,
+                of: self.cfg.partitions,
+                primary: i == 0,
+            })
+            .map_err(|e| e.to_string())?;
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    self.queue(*partition).as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type("application/json".into()),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            let confirmation = confirm.await.map_err(|e| e.to_string())?;
+            if !confirmation.is_ack() {
+                return Err("the broker did not confirm the message".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The partitions of an event's conversations, first-named first (that one is primary);
+    /// an event that names none (it cannot be read, or only the database can tell its
+    /// conversation) goes whole to one partition chosen by its id.
+    fn partitions_of(&self, event: &CommittedEvent) -> Vec<u32> {
+        let n = self.cfg.partitions;
+        let directory = self.ctx.directory();
+        let workspace_of = |pnid: &str| directory.get(pnid).map(|a| a.workspace_id);
+        let parts = ingest::normalize(
+            event.source,
+            event.event_type.as_deref(),
+            &event.payload,
+            event.received_at,
+            &workspace_of,
+        )
+        .map(|normalized| ingest::partitions_of(&normalized, n))
+        .unwrap_or_default();
+        if parts.is_empty() {
+            vec![(event.id.unsigned_abs() % u64::from(n)) as u32]
+        } else {
+            parts
+        }
+    }
+
+    /// Opens the broker connection, declares every partition queue and readies the publisher.
+    async fn connect(&self) -> Result<Broker, String> {
+        let conn = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(
+                &self.cfg.amqp_url,
+                ConnectionProperties::default()
+                    .with_connection_name(format!("wahook {}", self.node).into()),
+            ),
+        )
+        .await
+        .map_err(|_| "connecting timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+        let declare = conn.create_channel().await.map_err(|e| e.to_string())?;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
+        for p in 0..self.cfg.partitions {
+            declare
+                .queue_declare(
+                    self.queue(p).as_str().into(),
+                    QueueDeclareOptions::durable(),
+                    args.clone(),
+                )
+                .await
+                .map_err(|e| format!("declaring {}: {e}", self.queue(p)))?;
+        }
+        let _ = declare.close(200, "declared".into()).await;
+        let publish = conn.create_channel().await.map_err(|e| e.to_string())?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Broker { conn, publish })
+    }
+
+    /// Turns one delivery into a router dispatch; `done` acknowledges it.
+    fn dispatch(&self, data: &[u8], done: Arc<Done>) -> Result<(), String> {
+        let wire: Wire = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+        let event = CommittedEvent {
+            id: wire.id,
+            redrive: false,
+            source: if wire.source == "kapso" {
+                Source::Kapso
+            } else {
+                Source::Meta
+            },
+            event_type: wire.event_type,
+            workspace_id: wire.workspace_id,
+            account_id: wire.account_id,
+            correlation_id: wire.correlation_id,
+            received_at: wire.received_at,
+            payload: Arc::from(wire.payload),
+            part: Some(Part {
+                partition: wire.partition,
+                of: wire.of,
+                primary: wire.primary,
+                done,
+            }),
+        };
+        // No router (it is restarting): `done` is dropped with the event and the delivery
+        // comes back.
+        if let Some(router) = self.ctx.router() {
+            let _ = router.cast(crate::actors::messages::RouterMsg::Dispatch(event));
+        }
+        Ok(())
+    }
+}
+
+impl Cluster {
+    /// Leaves the cluster: closes the broker connection (what this node held unacknowledged
+    /// goes back to the queues) and deletes this node's leases, so the others take its
+    /// partitions at their next tick instead of after `lease_ms`.
+    pub async fn leave(&self) {
+        if let Some(b) = self.broker.write().await.take() {
+            let _ = b.conn.close(200, "leaving".into()).await;
+        }
+        metrics::gauge!(m::CLUSTER_BROKER_UP).set(0.0);
+        metrics::gauge!(m::CLUSTER_PARTITIONS_OWNED).set(0.0);
+        let (db, prefix) = (&self.ctx.db, self.cfg.queue_prefix.as_str());
+        if let Err(e) = crate::store::cluster::leave(db, prefix, &self.node).await {
+            tracing::warn!(error = %e, "cluster: could not delete this node's leases; they lapse");
+        }
+    }
+
+    /// Drops the broker connection without a word to the database, as a crash would (the
+    /// leases lapse after `lease_ms`).
+    pub async fn disconnect(&self) {
+        if let Some(b) = self.broker.write().await.take() {
+            let _ = b.conn.close(320, "gone".into()).await;
+        }
+    }
+}

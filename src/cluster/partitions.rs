@@ -1,0 +1,315 @@
+//! Who consumes which partition, and the sweeper.
+//!
+//! Every `tick_ms` a node says it is alive, counts the live nodes and renews its leases.
+//! Partition `p` belongs to the `p mod n`-th live node (by name), so n nodes hold 64/n each,
+//! within one. A node takes the partitions that are its share and free (or whose holder let
+//! the lease lapse: a dead node's, after `lease_ms`) and subscribes to their queues; it hands
+//! back those that are no longer its share: it cancels the consumer, waits until the
+//! deliveries it holds are committed and acknowledged, and only then deletes the lease, so the
+//! next owner starts after the last message the previous one applied (order per conversation).
+//! The queues' single-active-consumer flag covers the moments a lease is wrong (a node too slow
+//! to renew): the other node stands by until the first cancels.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use lapin::{
+    Channel,
+    message::DeliveryResult,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+        BasicQosOptions, BasicRejectOptions,
+    },
+    types::FieldTable,
+};
+
+use super::Cluster;
+use crate::{
+    metrics as m,
+    store::{cluster as leases, inbox::Done},
+};
+
+/// Most deliveries a handed-back partition may wait for before its lease goes anyway.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+/// Events the sweeper publishes per round.
+const SWEEP_PAGE: u64 = 1000;
+
+struct Consumer {
+    channel: Channel,
+    tag: String,
+    /// Deliveries received and not yet acknowledged or returned.
+    in_flight: Arc<AtomicUsize>,
+    /// Set when the consumer was cancelled: the partition is being handed back.
+    draining: Option<Instant>,
+}
+
+struct State {
+    consumers: BTreeMap<u32, Consumer>,
+    last_sweep: Instant,
+    /// Events the sweeper published, with when: not published again before `sweep_after`.
+    swept: BTreeMap<i64, Instant>,
+}
+
+pub(super) async fn run(cluster: Arc<Cluster>) {
+    let tick = Duration::from_millis(cluster.cfg.tick_ms);
+    let mut state = State {
+        consumers: BTreeMap::new(),
+        last_sweep: Instant::now(),
+        swept: BTreeMap::new(),
+    };
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        keep_broker(&cluster, &mut state).await;
+        if let Err(e) = rebalance(&cluster, &mut state).await {
+            tracing::warn!(error = %e, "cluster: cannot read or renew the partition leases");
+        }
+        let owned: Vec<u32> = state
+            .consumers
+            .iter()
+            .filter(|(_, c)| c.draining.is_none())
+            .map(|(p, _)| *p)
+            .collect();
+        metrics::gauge!(m::CLUSTER_PARTITIONS_OWNED).set(owned.len() as f64);
+        cluster.set_status(|s| s.owned = owned);
+        sweep(&cluster, &mut state).await;
+    }
+}
+
+/// Connects when there is no connection; forgets the consumers of a broken one (the broker has
+/// put their unacknowledged deliveries back).
+async fn keep_broker(cluster: &Cluster, state: &mut State) {
+    let connected = match &*cluster.broker.read().await {
+        Some(b) => b.conn.status().connected() && b.publish.status().connected(),
+        None => false,
+    };
+    if connected {
+        return;
+    }
+    if cluster.broker.read().await.is_some() {
+        tracing::warn!("cluster: the broker connection broke; reconnecting");
+        *cluster.broker.write().await = None;
+        state.consumers.clear();
+        cluster.set_status(|s| s.broker_error = Some("the connection broke".into()));
+    }
+    match cluster.connect().await {
+        Ok(broker) => {
+            *cluster.broker.write().await = Some(broker);
+            cluster.set_status(|s| s.broker_error = None);
+            metrics::gauge!(m::CLUSTER_BROKER_UP).set(1.0);
+            tracing::info!(node = %cluster.node, "cluster: connected to the broker");
+        }
+        Err(e) => {
+            metrics::gauge!(m::CLUSTER_BROKER_UP).set(0.0);
+            cluster.set_status(|s| s.broker_error = Some(e));
+        }
+    }
+}
+
+async fn rebalance(cluster: &Arc<Cluster>, state: &mut State) -> Result<(), sea_orm::DbErr> {
+    let cfg = &cluster.cfg;
+    let (db, prefix, node) = (&cluster.ctx.db, cfg.queue_prefix.as_str(), cluster.node());
+    let mut live = leases::heartbeat(db, prefix, node, cfg.lease_ms).await?;
+    if !live.iter().any(|n| n == node) {
+        live.push(node.to_owned());
+        live.sort();
+    }
+    let me = live.iter().position(|n| n == node).unwrap_or(0);
+    let share: HashSet<u32> = (0..cfg.partitions)
+        .filter(|p| *p as usize % live.len() == me)
+        .collect();
+    let held: HashSet<u32> = leases::renew(db, prefix, node, cfg.lease_ms)
+        .await?
+        .into_iter()
+        .collect();
+
+    // Consumers of partitions that are not (or no longer) ours, or not our share: hand back.
+    let broker_up = cluster.broker.read().await.is_some();
+    let mut released = Vec::new();
+    for (p, c) in state.consumers.iter_mut() {
+        let keep = held.contains(p) && share.contains(p) && broker_up;
+        if !keep && c.draining.is_none() {
+            let _ = c
+                .channel
+                .basic_cancel(c.tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+            c.draining = Some(Instant::now());
+        }
+        if let Some(since) = c.draining
+            && (c.in_flight.load(Ordering::Acquire) == 0 || since.elapsed() > DRAIN_LIMIT)
+        {
+            released.push(*p);
+        }
+    }
+    for p in &released {
+        if let Some(c) = state.consumers.remove(p) {
+            let _ = c.channel.close(200, "handed back".into()).await;
+        }
+    }
+    // Leases we hold without a consumer and that are not our share: give them back now.
+    let idle: Vec<u32> = held
+        .iter()
+        .filter(|p| !share.contains(p) && !state.consumers.contains_key(p))
+        .copied()
+        .collect();
+    let give_back: Vec<u32> = idle.into_iter().chain(released).collect();
+    if !give_back.is_empty() {
+        leases::release(db, prefix, node, &give_back).await?;
+        metrics::counter!(m::CLUSTER_REBALANCES, "change" => "released")
+            .increment(give_back.len() as u64);
+        tracing::info!(node, partitions = ?give_back, "cluster: partitions handed back");
+    }
+    if !broker_up {
+        return Ok(());
+    }
+    // Our share: take what is free, then consume what we hold.
+    let wanted: Vec<u32> = share
+        .iter()
+        .filter(|p| !held.contains(p))
+        .copied()
+        .collect();
+    let claimed = leases::claim(db, prefix, node, &wanted, cfg.lease_ms).await?;
+    if !claimed.is_empty() {
+        metrics::counter!(m::CLUSTER_REBALANCES, "change" => "claimed")
+            .increment(claimed.len() as u64);
+        tracing::info!(node, partitions = ?claimed, "cluster: partitions taken");
+    }
+    let mut to_consume: Vec<u32> = held
+        .iter()
+        .chain(claimed.iter())
+        .filter(|p| share.contains(p) && !state.consumers.contains_key(p))
+        .copied()
+        .collect();
+    to_consume.sort_unstable();
+    for p in to_consume {
+        match subscribe(cluster, p).await {
+            Ok(c) => {
+                state.consumers.insert(p, c);
+            }
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "cluster: cannot consume the partition queue");
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn subscribe(cluster: &Arc<Cluster>, partition: u32) -> Result<Consumer, lapin::Error> {
+    let channel = {
+        let broker = cluster.broker.read().await;
+        let Some(b) = &*broker else {
+            return Err(lapin::Error::from(
+                lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
+            ));
+        };
+        b.conn.create_channel().await?
+    };
+    channel
+        .basic_qos(cluster.cfg.prefetch, BasicQosOptions::default())
+        .await?;
+    let tag = format!("{}.{partition}", cluster.node);
+    let consumer = channel
+        .basic_consume(
+            cluster.queue(partition).as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let (counter, ctx_cluster) = (in_flight.clone(), cluster.clone());
+    consumer.set_delegate(move |delivery: DeliveryResult| {
+        let (counter, cluster) = (counter.clone(), ctx_cluster.clone());
+        async move {
+            let Ok(Some(delivery)) = delivery else { return };
+            counter.fetch_add(1, Ordering::AcqRel);
+            let acker = delivery.acker.clone();
+            let finished = counter.clone();
+            let done = Done::new(move |ok| {
+                tokio::spawn(async move {
+                    let outcome = if ok {
+                        acker.ack(BasicAckOptions::default()).await.map(|_| "acked")
+                    } else {
+                        acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                multiple: false,
+                            })
+                            .await
+                            .map(|_| "requeued")
+                    };
+                    // A broken channel's deliveries are back in the queue already.
+                    if let Ok(outcome) = outcome {
+                        metrics::counter!(m::CLUSTER_CONSUMED, "outcome" => outcome).increment(1);
+                    }
+                    finished.fetch_sub(1, Ordering::AcqRel);
+                });
+            });
+            if let Err(e) = cluster.dispatch(&delivery.data, done) {
+                // Not one of ours (or corrupt): no node could apply it.
+                tracing::error!(error = %e, "cluster: dropping a message that is not a wahook event");
+                metrics::counter!(m::CLUSTER_CONSUMED, "outcome" => "rejected").increment(1);
+                let _ = delivery
+                    .acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await;
+            }
+        }
+    });
+    Ok(Consumer {
+        channel,
+        tag,
+        in_flight,
+        draining: None,
+    })
+}
+
+/// The node holding partition 0 publishes, every few seconds, the events that were committed
+/// long ago and are still `pending` (never published: a crash between commit and confirm).
+async fn sweep(cluster: &Cluster, state: &mut State) {
+    let after = Duration::from_millis(cluster.cfg.sweep_after_ms);
+    let every = (after / 4).max(Duration::from_secs(1));
+    if state.last_sweep.elapsed() < every || !state.consumers.contains_key(&0) {
+        return;
+    }
+    state.last_sweep = Instant::now();
+    state.swept.retain(|_, at| at.elapsed() < after);
+    let before = chrono::Utc::now() - chrono::Duration::from_std(after).unwrap_or_default();
+    let mut after_id = 0;
+    let mut published = 0usize;
+    loop {
+        let page = match leases::unpublished(&cluster.ctx.db, before, after_id, SWEEP_PAGE).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: the sweeper cannot read the inbox");
+                return;
+            }
+        };
+        let Some(last) = page.last() else { break };
+        after_id = last.id;
+        for event in page {
+            if state.swept.contains_key(&event.id) {
+                continue;
+            }
+            if cluster.publish(&event, "sweeper").await.is_err() {
+                return;
+            }
+            state.swept.insert(event.id, Instant::now());
+            published += 1;
+        }
+    }
+    if published > 0 {
+        tracing::warn!(
+            published,
+            "cluster: published inbox events that were committed but never published"
+        );
+    }
+}
