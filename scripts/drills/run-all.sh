@@ -14,6 +14,8 @@ done
 # The outage drill cuts a proxy in front of PostgreSQL (SQLite has no server to lose).
 if [[ " ${DRILL_BACKENDS:-sqlite postgres} " == *" postgres "* ]]; then
   python3 scripts/drills/outage.py || status=1
+  # Three nodes on PostgreSQL + RabbitMQ, one killed under load.
+  python3 scripts/drills/cluster.py || status=1
 fi
 # SQLite on a full disk: the drill mounts a small tmpfs under the database (it needs root).
 if [[ " ${DRILL_BACKENDS:-sqlite postgres} " == *" sqlite "* ]]; then

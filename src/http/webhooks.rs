@@ -24,7 +24,7 @@ use crate::{
     metrics as m,
     store::{
         accounts::{Account, Directory},
-        inbox::{AppendError, AppendOutcome, CommittedEvent, EventStatus, NewEvent},
+        inbox::{self, AppendError, AppendOutcome, CommittedEvent, EventStatus, NewEvent},
     },
     telemetry::LogSampler,
 };
@@ -332,15 +332,27 @@ async fn append(
             retry_after_seconds,
         }
     })?;
-    if let (Some(cluster), Some(event), AppendOutcome::Accepted { event_id }) =
-        (&state.cluster, published, &outcome)
+    if let (Some(cluster), Some(event)) = (&state.cluster, published)
         && event.status == EventStatus::Pending
     {
-        // Committed but not published: the 503 makes the sender retry; its retry is a
-        // duplicate, and the sweeper publishes the committed copy.
-        let committed = CommittedEvent::new(*event_id, &event);
-        if let Err(e) = cluster.publish(&committed, "intake").await {
-            tracing::warn!(event_id, error = %e, "cannot publish a committed event; the sweeper will");
+        // The 200 waits for the broker. A duplicate whose first copy is still `pending` may
+        // never have been published (its node died between commit and confirm): it is
+        // published again now, so what its sender sends next is applied after it.
+        let committed = match &outcome {
+            AppendOutcome::Accepted { event_id } => Some(CommittedEvent::new(*event_id, &event)),
+            AppendOutcome::Duplicate => inbox::pending_by_key(&state.db, &event.dedup_key)
+                .await
+                .map_err(|_| ApiError::Unavailable {
+                    reason: "store_unavailable",
+                    retry_after_seconds,
+                })?,
+        };
+        if let Some(committed) = committed
+            && let Err(e) = cluster.publish(&committed, "intake").await
+        {
+            // Committed but not published: the sender retries, and the sweeper publishes
+            // the committed copy if the retry does not come.
+            tracing::warn!(event_id = committed.id, error = %e, "cannot publish a committed event");
             return Err(ApiError::Unavailable {
                 reason: "broker_unavailable",
                 retry_after_seconds,

@@ -200,6 +200,21 @@ pub async fn pending_page(
         .collect())
 }
 
+/// The event with this dedup key, if it is still `pending`.
+pub async fn pending_by_key(
+    db: &impl ConnectionTrait,
+    dedup_key: &str,
+) -> Result<Option<CommittedEvent>, DbErr> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    use webhook_events::Column as C;
+    Ok(webhook_events::Entity::find()
+        .filter(C::DedupKey.eq(dedup_key))
+        .filter(C::Status.eq(EventStatus::Pending.as_str()))
+        .one(db)
+        .await?
+        .map(|e| CommittedEvent::from_row(e, false)))
+}
+
 /// Marks inbox rows `processed`, inside the store's transaction with their last effects.
 pub async fn mark_processed(
     tx: &sea_orm::DatabaseTransaction,

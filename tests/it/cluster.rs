@@ -177,7 +177,20 @@ impl Cluster {
                 n.running.shutdown().await.expect("clean shutdown");
             }
         }
-        delete_queues(&self.prefix).await;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Also after a failed assertion; outside the test's runtime.
+        let prefix = self.prefix.clone();
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(delete_queues(&prefix)))
+        })
+        .join();
     }
 }
 
@@ -352,16 +365,22 @@ async fn a_crashed_nodes_partitions_move_to_the_survivor_and_nothing_is_lost() {
     cluster.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_event_committed_but_not_published_is_published_by_the_sweeper() {
+/// A node that cannot publish after the commit answers 503; the committed copy is published
+/// by the sweeper (no retry) or by the retry itself (answered "duplicate" after its confirm).
+async fn unpublished(retry: bool) {
     let _turn = FAILPOINTS.lock().await;
     let mut cluster = Cluster::new().await;
     let mut config = cluster.config("node-a");
-    config.cluster.sweep_after_ms = 300;
+    config.cluster.sweep_after_ms = if retry { 600_000 } else { 300 };
     let a = cluster.start(config).await;
     cluster.wait_owned(&[(a, PARTITIONS as usize)]).await;
-    let body = meta_text(ACME_PNID, &sender(1), "wamid.swept", "lost in between");
-    fail::cfg("cluster::publish", "1*return").unwrap();
+    let body = meta_text(
+        ACME_PNID,
+        &sender(1),
+        "wamid.unpublished",
+        "lost in between",
+    );
+    fail::cfg("cluster::publish", "return(wamid.unpublished)").unwrap();
     let r = cluster.post(a, body.clone()).await;
     fail::remove("cluster::publish");
     assert_eq!(r.status(), 503, "not published: the sender must retry");
@@ -370,14 +389,22 @@ async fn an_event_committed_but_not_published_is_published_by_the_sweeper() {
         reason.to_string().contains("broker_unavailable"),
         "{reason}"
     );
-    // The retry is a duplicate of the committed copy, which the sweeper publishes.
-    let r = cluster.post(a, body).await;
-    assert_eq!(r.status(), 200);
-    let answer: Value = r.json().await.unwrap();
-    assert_eq!(answer["status"], "duplicate");
+    assert_eq!(
+        cluster
+            .scalar("SELECT COUNT(*) FROM webhook_events WHERE status = 'pending'")
+            .await,
+        1,
+        "kept"
+    );
+    if retry {
+        let r = cluster.post(a, body).await;
+        assert_eq!(r.status(), 200);
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(answer["status"], "duplicate");
+    }
     cluster
         .wait_for(
-            "SELECT COUNT(*) FROM messages WHERE wamid = 'wamid.swept'",
+            "SELECT COUNT(*) FROM messages WHERE wamid = 'wamid.unpublished'",
             1,
         )
         .await;
@@ -388,6 +415,16 @@ async fn an_event_committed_but_not_published_is_published_by_the_sweeper() {
         )
         .await;
     cluster.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_committed_but_not_published_is_published_by_the_sweeper() {
+    unpublished(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_of_an_event_committed_but_not_published_publishes_it() {
+    unpublished(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
