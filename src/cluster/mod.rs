@@ -93,6 +93,12 @@ struct Wire {
     primary: bool,
 }
 
+impl Wire {
+    fn decode(data: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(data).map_err(|e| e.to_string())
+    }
+}
+
 impl Cluster {
     /// Starts the node's cluster work (broker connection, leases, consumers, sweeper).
     pub fn start(cfg: ClusterConfig, ctx: Arc<Ctx>) -> (Arc<Self>, JoinHandle<()>) {
@@ -276,9 +282,8 @@ impl Cluster {
         Ok(Broker { conn, publish })
     }
 
-    /// Turns one delivery into a router dispatch; `done` acknowledges it.
-    fn dispatch(&self, data: &[u8], done: Arc<Done>) -> Result<(), String> {
-        let wire: Wire = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+    /// Hands one delivery to the router; `done` acknowledges it.
+    fn dispatch(&self, wire: Wire, done: Arc<Done>) {
         let event = CommittedEvent {
             id: wire.id,
             redrive: false,
@@ -305,7 +310,6 @@ impl Cluster {
         if let Some(router) = self.ctx.router() {
             let _ = router.cast(crate::actors::messages::RouterMsg::Dispatch(event));
         }
-        Ok(())
     }
 }
 

@@ -21,7 +21,6 @@ use std::{
 
 use lapin::{
     Channel,
-    message::DeliveryResult,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
         BasicQosOptions, BasicRejectOptions,
@@ -225,42 +224,26 @@ async fn subscribe(cluster: &Arc<Cluster>, partition: u32) -> Result<Consumer, l
         )
         .await?;
     let in_flight = Arc::new(AtomicUsize::new(0));
-    let (counter, ctx_cluster) = (in_flight.clone(), cluster.clone());
-    consumer.set_delegate(move |delivery: DeliveryResult| {
-        let (counter, cluster) = (counter.clone(), ctx_cluster.clone());
-        async move {
-            let Ok(Some(delivery)) = delivery else { return };
-            counter.fetch_add(1, Ordering::AcqRel);
-            let acker = delivery.acker.clone();
-            let finished = counter.clone();
-            let done = Done::new(move |ok| {
-                tokio::spawn(async move {
-                    let outcome = if ok {
-                        acker.ack(BasicAckOptions::default()).await.map(|_| "acked")
-                    } else {
-                        acker
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                multiple: false,
-                            })
-                            .await
-                            .map(|_| "requeued")
-                    };
-                    // A broken channel's deliveries are back in the queue already.
-                    if let Ok(outcome) = outcome {
-                        metrics::counter!(m::CLUSTER_CONSUMED, "outcome" => outcome).increment(1);
-                    }
-                    finished.fetch_sub(1, Ordering::AcqRel);
-                });
-            });
-            if let Err(e) = cluster.dispatch(&delivery.data, done) {
-                // Not one of ours (or corrupt): no node could apply it.
-                tracing::error!(error = %e, "cluster: dropping a message that is not a wahook event");
-                metrics::counter!(m::CLUSTER_CONSUMED, "outcome" => "rejected").increment(1);
-                let _ = delivery
-                    .acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await;
+    // One task takes the partition's deliveries one after the other and hands them to the
+    // router in that order (lapin's delegate would spawn a task per delivery, and tasks may
+    // run in any order: that reordered conversations).
+    let (counter, cluster) = (in_flight.clone(), cluster.clone());
+    tokio::spawn(async move {
+        let mut consumer = consumer;
+        while let Some(delivery) = next(&mut consumer).await {
+            let Ok(mut delivery) = delivery else { break };
+            let data = std::mem::take(&mut delivery.data);
+            match super::Wire::decode(&data) {
+                Ok(wire) => {
+                    counter.fetch_add(1, Ordering::AcqRel);
+                    cluster.dispatch(wire, on_done(delivery, counter.clone()));
+                }
+                Err(e) => {
+                    // Not one of ours (or corrupt): no node could apply it.
+                    tracing::error!(error = %e, "cluster: dropping a message that is not a wahook event");
+                    metrics::counter!(m::CLUSTER_CONSUMED, "outcome" => "rejected").increment(1);
+                    let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+                }
             }
         }
     });
@@ -269,6 +252,40 @@ async fn subscribe(cluster: &Arc<Cluster>, partition: u32) -> Result<Consumer, l
         tag,
         in_flight,
         draining: None,
+    })
+}
+
+async fn next(consumer: &mut lapin::Consumer) -> Option<lapin::Result<lapin::message::Delivery>> {
+    std::future::poll_fn(|cx| {
+        futures_core::Stream::poll_next(std::pin::Pin::new(&mut *consumer), cx)
+    })
+    .await
+}
+
+/// Acknowledges a finished delivery, or gives back one dropped unfinished.
+fn on_done(delivery: lapin::message::Delivery, in_flight: Arc<AtomicUsize>) -> Arc<Done> {
+    Done::new(move |ok| {
+        tokio::spawn(async move {
+            let outcome = if ok {
+                delivery
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map(|_| "acked")
+            } else {
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await
+                    .map(|_| "requeued")
+            };
+            // A broken channel's deliveries are back in the queue already.
+            if let Ok(outcome) = outcome {
+                metrics::counter!(m::CLUSTER_CONSUMED, "outcome" => outcome).increment(1);
+            }
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+        });
     })
 }
 
