@@ -183,7 +183,7 @@ time.sleep(3)  # a few more scrapes after the last event, so rates and gauges ar
 
 dashboard = json.load(open("config/grafana/wahook.json"))
 exprs = [(f"dashboard: {p['title']} [{t['refId']}]", t["expr"])
-         for p in dashboard["panels"] for t in p["targets"]]
+         for p in dashboard["panels"] for t in p.get("targets", [])]
 rules = open("config/prometheus/alerts.yml").read()
 for name, expr in re.findall(r"- alert: (\S+)\n\s+expr: (.+)", rules):
     exprs.append((f"alert: {name}", expr.strip()))
