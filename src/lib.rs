@@ -56,10 +56,6 @@ impl Running {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
         (&mut self.server).await.context("server task")??;
-        if let Some((cluster, task)) = self.cluster.take() {
-            task.abort();
-            cluster.leave().await;
-        }
         // The writer drains what was queued once every handler (and so every sender) is gone.
         let _ = (&mut self.writer).await;
         // What the actors have not finished stays `pending` and is recovered at next start.
@@ -73,6 +69,12 @@ impl Running {
             .await;
         if stopped.is_err() {
             self.root.kill();
+        }
+        // After processing stopped: what this node held goes back to the queues and its
+        // partitions to the other nodes, which then apply it after everything this node did.
+        if let Some((cluster, task)) = self.cluster.take() {
+            task.abort();
+            cluster.leave().await;
         }
         Ok(())
     }

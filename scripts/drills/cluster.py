@@ -190,8 +190,24 @@ def run_drill():
             os.remove(record)
 
 
+def cpu_seconds(pid, children=False):
+    """utime + stime (and the reaped children's, for PostgreSQL's postmaster) of a process."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def pid_of(pattern):
+    out = subprocess.run(["pgrep", "-o", "-f", pattern], capture_output=True, text=True).stdout
+    return int(out.split()[0]) if out.strip() else None
+
+
 def run_bench(max_nodes, requests=60000):
-    """Ack and processed rates with 1..max_nodes nodes on this machine (no kill)."""
+    """Ack and processed rates with 1..max_nodes nodes on this machine (no kill), and the CPU
+    the broker, PostgreSQL and the nodes spent per event."""
+    beam = pid_of("beam.smp")
     for count in range(1, max_nodes + 1):
         pid = os.getpid()
         schema, prefix = f"bench_cluster_{pid}_{count}", f"bench{pid}x{count}"
@@ -199,6 +215,7 @@ def run_bench(max_nodes, requests=60000):
         try:
             wait_spread(nodes)
             urls = ",".join(n.base + "/webhooks/whatsapp" for n in nodes)
+            cpu0 = (cpu_seconds(beam) if beam else 0.0, sum(cpu_seconds(n.proc.pid) for n in nodes))
             t0 = time.monotonic()
             out = subprocess.run(
                 [drill.BIN, "loadgen", "--quiet", "--url", urls, "--requests", str(requests),
@@ -210,9 +227,12 @@ def run_bench(max_nodes, requests=60000):
             rate = re.search(r"throughput: ([0-9.]+)", out).group(1)
             lat = re.search(r"p50 ([0-9.]+)\s+p95 ([0-9.]+)\s+p99 ([0-9.]+)", out)
             publish = [drill.metric_quantile(n, "wahook_cluster_publish_duration_seconds", 0.5) for n in nodes]
+            broker_us = ((cpu_seconds(beam) if beam else 0.0) - cpu0[0]) / requests * 1e6
+            nodes_us = (sum(cpu_seconds(n.proc.pid) for n in nodes) - cpu0[1]) / requests * 1e6
             print(f"nodes {count}: ack {rate}/s, p50 {lat.group(1)} ms, p99 {lat.group(3)} ms, "
                   f"processed {processed_rate:.0f}/s (catch-up {settle:.1f} s), "
-                  f"publish+confirm p50 {max(publish) * 1000:.1f} ms", flush=True)
+                  f"publish+confirm p50 {max(publish) * 1000:.1f} ms, CPU per event: "
+                  f"broker {broker_us:.0f} µs, wahook nodes {nodes_us:.0f} µs", flush=True)
         finally:
             for n in nodes:
                 n.stop()

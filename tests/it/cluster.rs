@@ -365,6 +365,35 @@ async fn a_crashed_nodes_partitions_move_to_the_survivor_and_nothing_is_lost() {
     cluster.finish().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_cleanly_gives_its_partitions_up_at_once() {
+    let mut cluster = Cluster::new().await;
+    let a = cluster.start(cluster.config("node-a")).await;
+    let b = cluster.start(cluster.config("node-b")).await;
+    cluster.wait_owned(&[(a, 4), (b, 4)]).await;
+    let node = cluster.nodes[a].take().unwrap();
+    node.running.shutdown().await.expect("clean shutdown");
+    // Its leases are gone when it has stopped, not `lease_ms` later.
+    assert_eq!(
+        cluster
+            .scalar("SELECT COUNT(*) FROM cluster_leases WHERE node_id = 'node-a'")
+            .await,
+        0
+    );
+    cluster.wait_owned(&[(b, PARTITIONS as usize)]).await;
+    for k in 0..10 {
+        let body = meta_text(ACME_PNID, &sender(k), &format!("wamid.left.{k}"), "x");
+        assert_eq!(cluster.post(b, body).await.status(), 200);
+    }
+    cluster
+        .wait_for(
+            "SELECT COUNT(*) FROM messages WHERE wamid LIKE 'wamid.left.%'",
+            10,
+        )
+        .await;
+    cluster.finish().await;
+}
+
 /// A node that cannot publish after the commit answers 503; the committed copy is published
 /// by the sweeper (no retry) or by the retry itself (answered "duplicate" after its confirm).
 async fn unpublished(retry: bool) {
