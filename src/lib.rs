@@ -249,10 +249,10 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         store::WalSync::new(&config.database, config.database.inbox_durable()),
         sink,
     );
-    let cluster = config
-        .cluster
-        .enabled()
-        .then(|| cluster::Cluster::start(config.cluster.clone(), ctx.clone()));
+    let cluster = match config.cluster.enabled() {
+        true => Some(cluster::Cluster::start(config.cluster.clone(), ctx.clone()).await),
+        false => None,
+    };
     let state = AppState::new(AppInner {
         db: db.clone(),
         config: Arc::new(config),

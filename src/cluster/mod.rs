@@ -100,8 +100,10 @@ impl Wire {
 }
 
 impl Cluster {
-    /// Starts the node's cluster work (broker connection, leases, consumers, sweeper).
-    pub fn start(cfg: ClusterConfig, ctx: Arc<Ctx>) -> (Arc<Self>, JoinHandle<()>) {
+    /// Starts the node's cluster work (broker connection, leases, consumers, sweeper). The
+    /// broker is tried once first, so a node that can publish does so from its first request
+    /// (if it cannot, the node serves anyway: `/ready` and webhooks say 503 until it can).
+    pub async fn start(cfg: ClusterConfig, ctx: Arc<Ctx>) -> (Arc<Self>, JoinHandle<()>) {
         let cluster = Arc::new(Self {
             node: cfg.node_name(),
             cfg,
@@ -112,6 +114,7 @@ impl Cluster {
                 owned: Vec::new(),
             }),
         });
+        partitions::keep_broker(&cluster).await;
         let task = tokio::spawn(partitions::run(cluster.clone()));
         (cluster, task)
     }
@@ -287,11 +290,7 @@ impl Cluster {
         let event = CommittedEvent {
             id: wire.id,
             redrive: false,
-            source: if wire.source == "kapso" {
-                Source::Kapso
-            } else {
-                Source::Meta
-            },
+            source: Source::from_name(&wire.source),
             event_type: wire.event_type,
             workspace_id: wire.workspace_id,
             account_id: wire.account_id,

@@ -66,7 +66,10 @@ pub(super) async fn run(cluster: Arc<Cluster>) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        keep_broker(&cluster, &mut state).await;
+        if !keep_broker(&cluster).await {
+            // The consumers went with the connection (the broker put back what they held).
+            state.consumers.clear();
+        }
         if let Err(e) = rebalance(&cluster, &mut state).await {
             tracing::warn!(error = %e, "cluster: cannot read or renew the partition leases");
         }
@@ -82,20 +85,20 @@ pub(super) async fn run(cluster: Arc<Cluster>) {
     }
 }
 
-/// Connects when there is no connection; forgets the consumers of a broken one (the broker has
-/// put their unacknowledged deliveries back).
-async fn keep_broker(cluster: &Cluster, state: &mut State) {
+/// Connects when there is no connection. `true` when the connection is the one the consumers
+/// were made on; otherwise they are gone (the broker has put back what they held).
+pub(super) async fn keep_broker(cluster: &Cluster) -> bool {
     let connected = match &*cluster.broker.read().await {
         Some(b) => b.conn.status().connected() && b.publish.status().connected(),
         None => false,
     };
     if connected {
-        return;
+        return true;
     }
-    if cluster.broker.read().await.is_some() {
+    let broke = cluster.broker.read().await.is_some();
+    if broke {
         tracing::warn!("cluster: the broker connection broke; reconnecting");
         *cluster.broker.write().await = None;
-        state.consumers.clear();
         cluster.set_status(|s| s.broker_error = Some("the connection broke".into()));
     }
     match cluster.connect().await {
@@ -110,6 +113,8 @@ async fn keep_broker(cluster: &Cluster, state: &mut State) {
             cluster.set_status(|s| s.broker_error = Some(e));
         }
     }
+    // A new connection (or none): no consumer of the old one is alive.
+    false
 }
 
 async fn rebalance(cluster: &Arc<Cluster>, state: &mut State) -> Result<(), sea_orm::DbErr> {
