@@ -108,8 +108,11 @@ impl Actor for Router {
         }
         let _ = state.ctx.recovered.send(true);
         // Bursts a stopped process gathered and never answered get their turn now (aside:
-        // serving does not wait for it).
-        tokio::spawn(resume_unanswered(state.ctx.clone(), myself.clone()));
+        // serving does not wait for it). Not in cluster mode: every node would resume every
+        // conversation, beside its owner; there they wait for the conversation's next message.
+        if !state.ctx.cluster {
+            tokio::spawn(resume_unanswered(state.ctx.clone(), myself.clone()));
+        }
         if recovered > 0 || reset > 0 {
             tracing::info!(
                 recovered,
