@@ -26,6 +26,14 @@ impl Source {
             Source::Kapso => "kapso",
         }
     }
+
+    /// From its stored name (`webhook_events.source`); anything else is Meta's.
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "kapso" => Source::Kapso,
+            _ => Source::Meta,
+        }
+    }
 }
 
 /// Normalises one inbox event's payload. `workspace_of` maps a `phone_number_id` to its

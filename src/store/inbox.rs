@@ -155,11 +155,7 @@ impl CommittedEvent {
         Self {
             id: e.id,
             redrive,
-            source: if e.source == "kapso" {
-                Source::Kapso
-            } else {
-                Source::Meta
-            },
+            source: Source::from_name(&e.source),
             event_type: e.event_type,
             workspace_id: e.workspace_id,
             account_id: e.account_id,
