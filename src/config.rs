@@ -629,6 +629,7 @@ impl Config {
     pub fn redacted_toml(&self) -> String {
         let mut copy = self.clone();
         copy.database.url = redact_url(&copy.database.url);
+        copy.cluster.amqp_url = redact_url(&copy.cluster.amqp_url);
         for a in &mut copy.accounts {
             for secret in [&mut a.app_secret, &mut a.kapso_secret] {
                 if secret.is_some() {
@@ -818,7 +819,7 @@ fn unknown_key(
     }
 }
 
-/// Hides the password of a database URL.
+/// Hides the password of a URL (database, broker).
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {

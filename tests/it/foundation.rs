@@ -255,11 +255,20 @@ fn config_command_prints_the_effective_config_with_secrets_redacted() {
             "postgres://app:hunter2@db.internal:5432/wahook",
         )
         .env("WAHOOK_INTAKE__BATCH_MAX", "64")
+        .env(
+            "WAHOOK_CLUSTER__AMQP_URL",
+            "amqp://wahook:rabbit-secret@mq.internal:5672/%2f",
+        )
         .output()
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("batch_max = 64"), "{text}");
+    assert!(
+        text.contains("amqp://wahook:<redacted>@mq.internal:5672/%2f"),
+        "{text}"
+    );
+    assert!(!text.contains("rabbit-secret"), "{text}");
     assert!(
         text.contains("postgres://app:<redacted>@db.internal:5432/wahook"),
         "{text}"
