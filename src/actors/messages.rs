@@ -20,7 +20,7 @@ pub type ConversationKey = (i64, ContactKey);
 #[derive(Debug)]
 pub struct Slice {
     pub event_id: i64,
-    /// The partition of the delivery it came in (cluster mode), else [`NO_PART`].
+    /// The partition of the delivery it came in ([`CommittedEvent::partition`]).
     pub part: u32,
     pub correlation_id: String,
     pub received_at: DateTime<Utc>,
@@ -44,7 +44,7 @@ impl Slice {
     ) -> Self {
         Self {
             event_id: event.id,
-            part: event.part.as_ref().map_or(NO_PART, |p| p.partition),
+            part: event.partition(),
             correlation_id: event.correlation_id.clone(),
             received_at: event.received_at,
             key,
@@ -63,9 +63,6 @@ impl Slice {
         self.deliveries.load(Ordering::Relaxed)
     }
 }
-
-/// The part of an event that came from the inbox itself (single node, recovery, re-drives).
-pub const NO_PART: u32 = u32::MAX;
 
 /// Inbound messages of one conversation that no agent turn has answered.
 #[derive(Debug)]

@@ -17,9 +17,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use super::{
     Ctx,
     conversation::Conversation,
-    messages::{
-        ConversationKey, ConversationMsg, DeadLetterMsg, NO_PART, Resume, RouterMsg, Slice,
-    },
+    messages::{ConversationKey, ConversationMsg, DeadLetterMsg, Resume, RouterMsg, Slice},
     write,
 };
 use crate::{
@@ -143,7 +141,7 @@ impl Actor for Router {
             RouterMsg::Dispatch(event) => {
                 // A copy of an event already in flight (recovery, or the inbox settling a
                 // commit whose answer was lost) is not dispatched twice.
-                let part = event.part.as_ref().map_or(NO_PART, |p| p.partition);
+                let part = event.partition();
                 let already = !event.redrive
                     && (state.recovered.remove(&event.id)
                         || state.events.contains_key(&(event.id, part)));
@@ -337,9 +335,8 @@ async fn dispatch(
     }
     ctx.in_flight.fetch_add(1, Ordering::Relaxed);
     metrics::gauge!(m::IN_FLIGHT).set(ctx.in_flight() as f64);
-    let part = event.part.as_ref().map_or(NO_PART, |p| p.partition);
     state.events.insert(
-        (event.id, part),
+        (event.id, event.partition()),
         Track {
             left: slices.len(),
             done: event.part.as_ref().map(|p| p.done.clone()),
@@ -562,18 +559,18 @@ async fn spawn_conversation(
 }
 
 fn finish_slice(state: &mut RouterState, event_id: i64, part: u32) {
-    if let Some(track) = state.events.get_mut(&(event_id, part)) {
-        track.left -= 1;
-        if track.left == 0 {
-            if let Some(track) = state.events.remove(&(event_id, part))
-                && let Some(done) = track.done
-            {
-                done.finish();
-            }
-            state.ctx.in_flight.fetch_sub(1, Ordering::Relaxed);
-            metrics::gauge!(m::IN_FLIGHT).set(state.ctx.in_flight() as f64);
-        }
+    let Some(track) = state.events.get_mut(&(event_id, part)) else {
+        return;
+    };
+    track.left -= 1;
+    if track.left > 0 {
+        return;
     }
+    if let Some(done) = state.events.remove(&(event_id, part)).and_then(|t| t.done) {
+        done.finish();
+    }
+    state.ctx.in_flight.fetch_sub(1, Ordering::Relaxed);
+    metrics::gauge!(m::IN_FLIGHT).set(state.ctx.in_flight() as f64);
 }
 
 /// A delivery with nothing left to apply is finished at once.

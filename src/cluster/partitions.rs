@@ -31,7 +31,10 @@ use lapin::{
 use super::Cluster;
 use crate::{
     metrics as m,
-    store::{cluster as leases, inbox::Done},
+    store::{
+        cluster as leases,
+        inbox::{self, Done},
+    },
 };
 
 /// Most deliveries a handed-back partition may wait for before its lease goes anyway.
@@ -88,14 +91,16 @@ pub(super) async fn run(cluster: Arc<Cluster>) {
 /// Connects when there is no connection. `true` when the connection is the one the consumers
 /// were made on; otherwise they are gone (the broker has put back what they held).
 pub(super) async fn keep_broker(cluster: &Cluster) -> bool {
-    let connected = match &*cluster.broker.read().await {
-        Some(b) => b.conn.status().connected() && b.publish.status().connected(),
-        None => false,
+    let (connected, broke) = match &*cluster.broker.read().await {
+        Some(b) => {
+            let up = b.conn.status().connected() && b.publish.status().connected();
+            (up, !up)
+        }
+        None => (false, false),
     };
     if connected {
         return true;
     }
-    let broke = cluster.broker.read().await.is_some();
     if broke {
         tracing::warn!("cluster: the broker connection broke; reconnecting");
         *cluster.broker.write().await = None;
@@ -305,10 +310,11 @@ async fn sweep(cluster: &Cluster, state: &mut State) {
     state.last_sweep = Instant::now();
     state.swept.retain(|_, at| at.elapsed() < after);
     let before = chrono::Utc::now() - chrono::Duration::from_std(after).unwrap_or_default();
-    let mut after_id = 0;
+    let mut cursor = None;
     let mut published = 0usize;
-    loop {
-        let page = match leases::unpublished(&cluster.ctx.db, before, after_id, SWEEP_PAGE).await {
+    // The inbox's own recovery query, oldest first, up to the first event too young to sweep.
+    'pages: loop {
+        let page = match inbox::pending_page(&cluster.ctx.db, cursor, SWEEP_PAGE).await {
             Ok(page) => page,
             Err(e) => {
                 tracing::warn!(error = %e, "cluster: the sweeper cannot read the inbox");
@@ -316,8 +322,11 @@ async fn sweep(cluster: &Cluster, state: &mut State) {
             }
         };
         let Some(last) = page.last() else { break };
-        after_id = last.id;
+        cursor = Some((last.received_at, last.id));
         for event in page {
+            if event.received_at >= before {
+                break 'pages;
+            }
             if state.swept.contains_key(&event.id) {
                 continue;
             }

@@ -2,10 +2,7 @@
 //! node consumes which partition queue (`cluster_leases`). Times are the database's, so the
 //! nodes' clocks need not agree. Cluster mode runs on PostgreSQL only (the config says so).
 
-use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, Value};
-
-use super::inbox::{CommittedEvent, EventStatus};
 
 fn stmt(sql: &str, values: Vec<Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
@@ -129,46 +126,4 @@ pub async fn leave(db: &impl ConnectionTrait, prefix: &str, node: &str) -> Resul
     ))
     .await
     .map(|_| ())
-}
-
-/// Who holds each partition (live leases only), for `/health` and the tests.
-pub async fn owners(db: &impl ConnectionTrait, prefix: &str) -> Result<Vec<(u32, String)>, DbErr> {
-    let rows = db
-        .query_all_raw(stmt(
-            "SELECT partition, node_id FROM cluster_leases \
-             WHERE queue_prefix = $1 AND expires_at > now() ORDER BY partition",
-            vec![prefix.into()],
-        ))
-        .await?;
-    rows.iter()
-        .map(|r| {
-            let p: i32 = r.try_get("", "partition")?;
-            Ok((p as u32, r.try_get("", "node_id")?))
-        })
-        .collect()
-}
-
-/// Inbox events committed before `before` and still `pending`: in cluster mode, events a
-/// crash left between their commit and the broker's confirm (or slow ones: publishing those
-/// again changes nothing).
-pub async fn unpublished(
-    db: &impl ConnectionTrait,
-    before: DateTime<Utc>,
-    after_id: i64,
-    limit: u64,
-) -> Result<Vec<CommittedEvent>, DbErr> {
-    use entity::webhook_events::{Column as C, Entity};
-    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
-    let rows = Entity::find()
-        .filter(C::Status.eq(EventStatus::Pending.as_str()))
-        .filter(C::ReceivedAt.lt(before))
-        .filter(C::Id.gt(after_id))
-        .order_by_asc(C::Id)
-        .limit(limit)
-        .all(db)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|e| CommittedEvent::from_row(e, false))
-        .collect())
 }

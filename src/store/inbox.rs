@@ -134,7 +134,16 @@ impl std::fmt::Debug for Done {
     }
 }
 
+/// The partition number of an event that came from the inbox itself (single node, recovery,
+/// re-drives), not from a broker delivery.
+pub const NO_PART: u32 = u32::MAX;
+
 impl CommittedEvent {
+    /// The partition of the delivery this event came in, or [`NO_PART`].
+    pub fn partition(&self) -> u32 {
+        self.part.as_ref().map_or(NO_PART, |p| p.partition)
+    }
+
     /// A request's event, as committed with `id`.
     pub fn new(id: i64, e: &NewEvent) -> Self {
         Self {
