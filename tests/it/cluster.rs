@@ -128,6 +128,12 @@ impl Cluster {
         row.try_get_by_index::<i64>(0).unwrap()
     }
 
+    /// Conversation actors alive on node `i`: the conversations it applied (they outlive the
+    /// test: `actors.idle_timeout_ms` is minutes).
+    async fn live(&self, i: usize) -> usize {
+        self.node(i).running.live_conversations().await
+    }
+
     fn running_any(&self) -> &Running {
         &self
             .nodes
@@ -266,6 +272,10 @@ async fn two_nodes_split_the_partitions_and_process_every_webhook_once_in_order(
         20
     );
     assert_eq!(cluster.scalar(STORED_ORDER).await, 0, "order kept");
+    // Each conversation was applied by one node only, and both nodes applied some.
+    let (live_a, live_b) = (cluster.live(a).await, cluster.live(b).await);
+    assert_eq!(live_a + live_b, 20, "{live_a} + {live_b}");
+    assert!(live_a > 0 && live_b > 0, "{live_a} / {live_b}");
     cluster.finish().await;
 }
 
@@ -320,6 +330,8 @@ async fn an_event_for_two_conversations_in_two_partitions_is_applied_by_both_own
         cluster.scalar("SELECT COUNT(*) FROM conversations").await,
         2
     );
+    // Each owner applied its own conversation only (not both, not the receiving node alone).
+    assert_eq!((cluster.live(a).await, cluster.live(b).await), (1, 1));
     cluster.finish().await;
 }
 
