@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import drill  # noqa: E402
 
 PARTITIONS = 64
+SENDERS = 300
 
 
 def amqp_up():
@@ -62,17 +63,9 @@ class Node(drill.Server):
         self.schema = schema
         self.name = name
 
-    def metric(self, series):
-        text = urllib.request.urlopen(self.base + "/metrics", timeout=2).read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(series + " ") or line.startswith(series + "{"):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
     def owned(self):
         try:
-            return int(self.metric("wahook_cluster_partitions_owned"))
+            return int(drill.metric_sum(self, "wahook_cluster_partitions_owned"))
         except Exception:
             return 0
 
@@ -100,7 +93,7 @@ def order_violations(server, record):
                 continue
             wamid = parts[1].split(",")[0]
             n = int(wamid.split(".")[3])
-            by_sender.setdefault(n % 300, []).append((int(parts[2]), int(parts[3]), stored.get(wamid)))
+            by_sender.setdefault(n % SENDERS, []).append((int(parts[2]), int(parts[3]), stored.get(wamid)))
     violations = 0
     for msgs in by_sender.values():
         by_ack = sorted(msgs, key=lambda m: m[1])
@@ -134,14 +127,13 @@ def run_drill():
         urls = ",".join(n.base + "/webhooks/whatsapp" for n in nodes)
         load = subprocess.Popen(
             [drill.BIN, "loadgen", "--quiet", "--persist", "--url", urls, "--requests", "24000",
-             "--rate", "1200", "--connections", "12", "--senders", "300", "--record", record,
+             "--rate", "1200", "--connections", "12", "--senders", str(SENDERS), "--record", record,
              "--max-seconds", "120"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(6)
         victim = max(nodes, key=lambda n: n.owned())
         survivors = [n for n in nodes if n is not victim]
         victim_share = victim.owned()
-        acked_before = sum(s.metric('wahook_cluster_consumed_total{outcome="acked"}') for s in survivors)
         victim.kill()
         killed = time.monotonic()
         reassigned = resumed = None
@@ -150,15 +142,17 @@ def run_drill():
             if reassigned is None and owned == PARTITIONS:
                 reassigned = time.monotonic() - killed
                 acked_at_reassign = sum(
-                    s.metric('wahook_cluster_consumed_total{outcome="acked"}') for s in survivors)
+                    drill.metric_sum(s, 'wahook_cluster_consumed_total{outcome="acked"}') for s in survivors)
             if reassigned is not None:
-                acked = sum(s.metric('wahook_cluster_consumed_total{outcome="acked"}') for s in survivors)
+                acked = sum(drill.metric_sum(s, 'wahook_cluster_consumed_total{outcome="acked"}') for s in survivors)
                 if acked > acked_at_reassign:
                     resumed = time.monotonic() - killed
             time.sleep(0.05)
         time.sleep(3)
         victim.start()
+        back = time.monotonic()
         after = wait_spread(nodes)
+        rejoined = time.monotonic() - back
         report = drill.loadgen_report(load)
         settle = nodes[0].wait_settled(180)
         lost, duplicated = drill.exactly_once(nodes[0], drill.acked(record))
@@ -167,7 +161,7 @@ def run_drill():
         order = order_violations(nodes[0], record)
         fair = PARTITIONS / len(nodes)
         spread_ok = all(abs(s - fair) <= 0.25 * fair for s in after) and sum(after) == PARTITIONS
-        swept = sum(n.metric('wahook_cluster_published_total{via="sweeper",outcome="confirmed"}') for n in nodes)
+        swept = sum(drill.metric_sum(n, 'wahook_cluster_published_total{via="sweeper",outcome="confirmed"}') for n in nodes)
         ok = (lost == 0 and duplicated == 0 and counts == 0 and unsettled == 0 and order == 0
               and reassigned is not None and resumed is not None and resumed <= 5.0 and spread_ok
               and report["acked"] > 0)
@@ -179,7 +173,7 @@ def run_drill():
             killed_share=victim_share,
             reassigned_s=f"{reassigned:.2f}" if reassigned is not None else "never",
             resumed_s=f"{resumed:.2f}" if resumed is not None else "never",
-            spread_before=before, spread_after=after, swept=int(swept),
+            spread_before=before, spread_after=after, rejoined_s=f"{rejoined:.2f}", swept=int(swept),
             settle_s=f"{settle:.1f}", ack_p99_ms=report["ack_p99_ms"])
     finally:
         for n in nodes:

@@ -176,6 +176,13 @@ def summary(name, backend, ok, **figures):
     return 0 if ok else 1
 
 
+def metric_sum(server, series):
+    """The sum of a series over its label sets in the server's /metrics (`name` or `name{…}`)."""
+    text = urllib.request.urlopen(server.base + "/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(series + " ") or line.startswith(series + "{"))
+
+
 def metric_quantile(server, name, q):
     """The q-quantile of a histogram in the server's /metrics (linear within a bucket)."""
     text = urllib.request.urlopen(server.base + "/metrics", timeout=5).read().decode()
