@@ -17,6 +17,7 @@
 mod partitions;
 
 use std::{
+    borrow::Cow,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -77,24 +78,29 @@ pub struct Health {
     pub partitions_owned: Vec<u32>,
 }
 
-/// One partition message: the committed event and which share of it this is.
+/// One partition message: the committed event and which share of it this is. Its text fields
+/// borrow (from the event when publishing, from the delivery when one needs no unescaping).
 #[derive(Serialize, Deserialize)]
-struct Wire {
+struct Wire<'a> {
     id: i64,
-    source: String,
-    event_type: Option<String>,
+    #[serde(borrow)]
+    source: Cow<'a, str>,
+    #[serde(borrow)]
+    event_type: Option<Cow<'a, str>>,
     workspace_id: Option<i64>,
     account_id: Option<i64>,
-    correlation_id: String,
+    #[serde(borrow)]
+    correlation_id: Cow<'a, str>,
     received_at: DateTime<Utc>,
-    payload: String,
+    #[serde(borrow)]
+    payload: Cow<'a, str>,
     partition: u32,
     of: u32,
     primary: bool,
 }
 
-impl Wire {
-    fn decode(data: &[u8]) -> Result<Self, String> {
+impl<'a> Wire<'a> {
+    fn decode(data: &'a [u8]) -> Result<Self, String> {
         serde_json::from_slice(data).map_err(|e| e.to_string())
     }
 }
@@ -184,13 +190,13 @@ impl Cluster {
         for (i, partition) in parts.iter().enumerate() {
             let body = serde_json::to_vec(&Wire {
                 id: event.id,
-                source: event.source.as_str().to_owned(),
-                event_type: event.event_type.clone(),
+                source: event.source.as_str().into(),
+                event_type: event.event_type.as_deref().map(Cow::Borrowed),
                 workspace_id: event.workspace_id,
                 account_id: event.account_id,
-                correlation_id: event.correlation_id.clone(),
+                correlation_id: event.correlation_id.as_str().into(),
                 received_at: event.received_at,
-                payload: event.payload.to_string(),
+                payload: (*event.payload).into(),
                 partition: *partition,
                 of: self.cfg.partitions,
                 primary: i == 0,
@@ -286,17 +292,17 @@ impl Cluster {
     }
 
     /// Hands one delivery to the router; `done` acknowledges it.
-    fn dispatch(&self, wire: Wire, done: Arc<Done>) {
+    fn dispatch(&self, wire: Wire<'_>, done: Arc<Done>) {
         let event = CommittedEvent {
             id: wire.id,
             redrive: false,
             source: Source::from_name(&wire.source),
-            event_type: wire.event_type,
+            event_type: wire.event_type.map(Cow::into_owned),
             workspace_id: wire.workspace_id,
             account_id: wire.account_id,
-            correlation_id: wire.correlation_id,
+            correlation_id: wire.correlation_id.into_owned(),
             received_at: wire.received_at,
-            payload: Arc::from(wire.payload),
+            payload: Arc::from(&*wire.payload),
             part: Some(Part {
                 partition: wire.partition,
                 of: wire.of,
