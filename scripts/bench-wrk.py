@@ -29,6 +29,7 @@ p.add_argument("--connections", type=int, default=64)
 p.add_argument("--bodies", type=int, default=0, help="distinct bodies (default 15,000 per second)")
 p.add_argument("--build", action="store_true")
 p.add_argument("--perf", metavar="FILE", help="also record the server with `perf record` into FILE")
+p.add_argument("--metrics", metavar="FILE", help="also save the server's /metrics after the run into FILE")
 args = p.parse_args()
 if args.build:
     drill.build()
@@ -144,5 +145,8 @@ try:
     parts = ", ".join(f"{k} {n:.0f} x {t / n * 1e3:.2f} ms = {t / max(accepted, 1) * 1e6:.1f} us/event"
                       for k, (n, t) in steps(server).items() if n)
     print(f"bench wrk [{args.backend}]: writer steps: {parts}", flush=True)
+    if args.metrics:
+        with open(args.metrics, "wb") as f:
+            f.write(urllib.request.urlopen(server.base + "/metrics", timeout=5).read())
 finally:
     server.cleanup()

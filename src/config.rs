@@ -205,8 +205,8 @@ pub struct DatabaseConfig {
     /// Prepared statements kept per connection. The writers' statements differ with their
     /// batch size, so the driver's default of 100 made them prepare most statements anew.
     pub statement_cache: usize,
-    /// SQLite: how often the write-ahead log is copied into the database file, off the
-    /// writers' path (the writer connection does not checkpoint itself).
+    /// SQLite: how often the write-ahead log is copied into the database file, mostly off the
+    /// writers' path (`store::checkpoint_every`).
     pub sqlite_checkpoint_ms: u64,
     pub acquire_timeout_ms: u64,
 }

@@ -244,7 +244,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     };
     let (inbox, writer) = Inbox::spawn(
         writer_db,
-        gate,
+        gate.clone(),
         &config.intake,
         store::WalSync::new(&config.database, config.database.inbox_durable()),
         sink,
@@ -265,6 +265,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     });
     let checkpointer = tokio::spawn(store::checkpoint_every(
         db.clone(),
+        gate.clone(),
         std::time::Duration::from_millis(state.config.database.sqlite_checkpoint_ms),
     ));
     let gauges = tokio::spawn(refresh_gauges(
