@@ -95,6 +95,16 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def pg_checkpoints():
+    """PostgreSQL's checkpoints so far (timed + requested) and its max_wal_size: a requested
+    checkpoint inside the run (the log reached max_wal_size) shows in the ack p99."""
+    out = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-At", "-F", " ", "-c",
+         "SELECT checkpoints_timed, checkpoints_req, current_setting('max_wal_size') FROM pg_stat_bgwriter"],
+        check=True, capture_output=True, text=True).stdout.split()
+    return int(out[0]), int(out[1]), out[2]
+
+
 server = drill.Server(args.backend, "wrk")
 try:
     server.start()
@@ -103,6 +113,7 @@ try:
     bodies(path, n, os.getpid())
     lua = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk", "signed-posts.lua")
     cpu0 = cpu_seconds(server.proc.pid)
+    ckpt0 = pg_checkpoints() if args.backend == "postgres" else None
     perf = None
     if args.perf:
         perf = subprocess.Popen(["perf", "record", "-q", "-F", "199", "--call-graph", "dwarf,16384", "-o", args.perf,
@@ -145,6 +156,10 @@ try:
     parts = ", ".join(f"{k} {n:.0f} x {t / n * 1e3:.2f} ms = {t / max(accepted, 1) * 1e6:.1f} us/event"
                       for k, (n, t) in steps(server).items() if n)
     print(f"bench wrk [{args.backend}]: writer steps: {parts}", flush=True)
+    if ckpt0:
+        ckpt1 = pg_checkpoints()
+        print(f"bench wrk [postgres]: server checkpoints during the run: timed {ckpt1[0] - ckpt0[0]}, "
+              f"requested {ckpt1[1] - ckpt0[1]} (max_wal_size {ckpt1[2]})", flush=True)
     if args.metrics:
         with open(args.metrics, "wb") as f:
             f.write(urllib.request.urlopen(server.base + "/metrics", timeout=5).read())
