@@ -96,13 +96,14 @@ def cpu_seconds(pid):
 
 
 def pg_checkpoints():
-    """PostgreSQL's checkpoints so far (timed + requested) and its max_wal_size: a requested
-    checkpoint inside the run (the log reached max_wal_size) shows in the ack p99."""
+    """PostgreSQL's checkpoints so far (timed, requested), WAL bytes written and max_wal_size: a
+    requested checkpoint inside the run (the log reached max_wal_size) shows in the ack p99."""
     out = subprocess.run(
         ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-At", "-F", " ", "-c",
-         "SELECT checkpoints_timed, checkpoints_req, current_setting('max_wal_size') FROM pg_stat_bgwriter"],
+         "SELECT checkpoints_timed, checkpoints_req, (SELECT wal_bytes FROM pg_stat_wal), "
+         "current_setting('max_wal_size') FROM pg_stat_bgwriter"],
         check=True, capture_output=True, text=True).stdout.split()
-    return int(out[0]), int(out[1]), out[2]
+    return int(out[0]), int(out[1]), int(out[2]), out[3]
 
 
 server = drill.Server(args.backend, "wrk")
@@ -159,7 +160,9 @@ try:
     if ckpt0:
         ckpt1 = pg_checkpoints()
         print(f"bench wrk [postgres]: server checkpoints during the run: timed {ckpt1[0] - ckpt0[0]}, "
-              f"requested {ckpt1[1] - ckpt0[1]} (max_wal_size {ckpt1[2]})", flush=True)
+              f"requested {ckpt1[1] - ckpt0[1]} (max_wal_size {ckpt1[3]}); WAL written "
+              f"{(ckpt1[2] - ckpt0[2]) / 2**20:.0f} MB, {(ckpt1[2] - ckpt0[2]) / max(accepted, 1) / 1024:.1f} kB "
+              f"per accepted event", flush=True)
     if args.metrics:
         with open(args.metrics, "wb") as f:
             f.write(urllib.request.urlopen(server.base + "/metrics", timeout=5).read())
