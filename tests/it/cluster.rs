@@ -114,6 +114,15 @@ impl Cluster {
             .unwrap()
     }
 
+    /// One text from each of `senders` senders to node `i`, each wamid `wamid(k)`; each
+    /// answered 200.
+    async fn post_texts(&self, i: usize, senders: usize, wamid: impl Fn(usize) -> String) {
+        for k in 0..senders {
+            let body = meta_text(ACME_PNID, &sender(k), &wamid(k), "x");
+            assert_eq!(self.post(i, body).await.status(), 200, "{}", wamid(k));
+        }
+    }
+
     async fn scalar(&self, sql: &str) -> i64 {
         use sea_orm::ConnectionTrait;
         let db = &self.running_any().db;
@@ -341,17 +350,15 @@ async fn a_crashed_nodes_partitions_move_to_the_survivor_and_nothing_is_lost() {
     let a = cluster.start(cluster.config("node-a")).await;
     let b = cluster.start(cluster.config("node-b")).await;
     cluster.wait_owned(&[(a, 4), (b, 4)]).await;
-    for k in 0..20 {
-        let body = meta_text(ACME_PNID, &sender(k), &format!("wamid.cr.{k:02}.0"), "x");
-        assert_eq!(cluster.post(a, body).await.status(), 200);
-    }
+    cluster
+        .post_texts(a, 20, |k| format!("wamid.cr.{k:02}.0"))
+        .await;
     cluster.crash(a);
     // The survivor takes every partition once the dead node's leases lapse (1 s here).
     cluster.wait_owned(&[(b, PARTITIONS as usize)]).await;
-    for k in 0..20 {
-        let body = meta_text(ACME_PNID, &sender(k), &format!("wamid.cr.{k:02}.1"), "y");
-        assert_eq!(cluster.post(b, body).await.status(), 200);
-    }
+    cluster
+        .post_texts(b, 20, |k| format!("wamid.cr.{k:02}.1"))
+        .await;
     cluster
         .wait_for(
             "SELECT COUNT(*) FROM messages WHERE wamid LIKE 'wamid.cr.%'",
@@ -393,10 +400,9 @@ async fn a_node_stopped_cleanly_gives_its_partitions_up_at_once() {
         0
     );
     cluster.wait_owned(&[(b, PARTITIONS as usize)]).await;
-    for k in 0..10 {
-        let body = meta_text(ACME_PNID, &sender(k), &format!("wamid.left.{k}"), "x");
-        assert_eq!(cluster.post(b, body).await.status(), 200);
-    }
+    cluster
+        .post_texts(b, 10, |k| format!("wamid.left.{k}"))
+        .await;
     cluster
         .wait_for(
             "SELECT COUNT(*) FROM messages WHERE wamid LIKE 'wamid.left.%'",
