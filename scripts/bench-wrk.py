@@ -95,15 +95,12 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def pg_checkpoints():
+def pg_checkpoints(server):
     """PostgreSQL's checkpoints so far (timed, requested), WAL bytes written and max_wal_size: a
     requested checkpoint inside the run (the log reached max_wal_size) shows in the ack p99."""
-    out = subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-At", "-F", " ", "-c",
-         "SELECT checkpoints_timed, checkpoints_req, (SELECT wal_bytes FROM pg_stat_wal), "
-         "current_setting('max_wal_size') FROM pg_stat_bgwriter"],
-        check=True, capture_output=True, text=True).stdout.split()
-    return int(out[0]), int(out[1]), int(out[2]), out[3]
+    row = server.query("SELECT checkpoints_timed, checkpoints_req, (SELECT wal_bytes FROM pg_stat_wal), "
+                       "current_setting('max_wal_size') FROM pg_stat_bgwriter")[0]
+    return int(row[0]), int(row[1]), int(row[2]), row[3]
 
 
 server = drill.Server(args.backend, "wrk")
@@ -114,7 +111,7 @@ try:
     bodies(path, n, os.getpid())
     lua = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk", "signed-posts.lua")
     cpu0 = cpu_seconds(server.proc.pid)
-    ckpt0 = pg_checkpoints() if args.backend == "postgres" else None
+    ckpt0 = pg_checkpoints(server) if args.backend == "postgres" else None
     perf = None
     if args.perf:
         perf = subprocess.Popen(["perf", "record", "-q", "-F", "199", "--call-graph", "dwarf,16384", "-o", args.perf,
@@ -158,7 +155,7 @@ try:
                       for k, (n, t) in steps(server).items() if n)
     print(f"bench wrk [{args.backend}]: writer steps: {parts}", flush=True)
     if ckpt0:
-        ckpt1 = pg_checkpoints()
+        ckpt1 = pg_checkpoints(server)
         print(f"bench wrk [postgres]: server checkpoints during the run: timed {ckpt1[0] - ckpt0[0]}, "
               f"requested {ckpt1[1] - ckpt0[1]} (max_wal_size {ckpt1[3]}); WAL written "
               f"{(ckpt1[2] - ckpt0[2]) / 2**20:.0f} MB, {(ckpt1[2] - ckpt0[2]) / max(accepted, 1) / 1024:.1f} kB "
