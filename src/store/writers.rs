@@ -134,11 +134,10 @@ const FEW_FRAMES: i64 = 256;
 /// A log restarts only when it is wholly copied as a writer begins. Under a steady load the
 /// passes alone always ended a few commits behind, so the log grew to the writer connection's
 /// limit and the writer checkpointed it itself inside a commit, holding the write lock for
-/// 25–50 ms about twice a second (ack p99 at 11,000 webhooks/s: 39–41 ms). A pass under the gate
-/// at every tick cost 10–20 ms five times a second (p99 27–33 ms): what it copies is what was
-/// committed during the pass before it, and that pass had copied the whole log. Now, at 12,000
+/// 25–100 ms, 58 times in 20 s (ack p99 at 11,000 webhooks/s: 39–41 ms). A pass under the gate
+/// at every tick took 9–18 ms on average, five times a second (p99 26–33 ms). Now, at 12,000
 /// webhooks/s, the pass under the gate runs about once a second and takes 12–17 ms on average
-/// (ack p99 20–22 ms).
+/// (ack p99 17–22 ms; BENCHMARKS.md).
 ///
 /// The writer connection keeps its limit as a safety net: without one, after a full disk the
 /// log never restarted and refilled the disk (the disk-full drill). SQLite's default of 1,000
