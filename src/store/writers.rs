@@ -175,13 +175,13 @@ async fn checkpoint_loop(
             crate::metrics::step("checkpoint", t);
             finish = log > finish_at;
             // Frames this pass copied (all it reports when the log started again meanwhile).
-            let now = match last {
+            let this_pass = match last {
                 Some((l, c)) if log >= l => copied - c,
                 Some(_) => copied,
                 None => i64::MAX,
             };
             last = Some((log, copied));
-            if !finish || now <= FEW_FRAMES {
+            if !finish || this_pass <= FEW_FRAMES {
                 break;
             }
         }
