@@ -365,6 +365,10 @@ pub struct AccountConfig {
     /// Informational (Meta sends it in every payload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_phone_number: Option<String>,
+    /// The WhatsApp Business Account the number belongs to: webhooks that name no phone
+    /// number (account and template updates) are checked against this account's secret only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waba_id: Option<String>,
     #[serde(default)]
     pub app_secret: Option<String>,
     /// Name of an environment variable holding the app secret.

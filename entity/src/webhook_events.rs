@@ -28,6 +28,15 @@ pub struct Model {
     /// What normalisation said about the event, one line each.
     #[sea_orm(column_type = "Text")]
     pub notes: Option<String>,
+    /// The tenant whose secret verified it (`ingest::Tenant`'s stored form): processing
+    /// applies the event only inside it.
+    #[serde(skip_serializing)]
+    pub signed_by: Option<String>,
+    /// One row per distinct signed body of a tenant: the same bytes under another event name
+    /// or idempotency key are a duplicate (Kapso; Meta's dedup key is the body's hash).
+    #[sea_orm(unique)]
+    #[serde(skip_serializing)]
+    pub body_key: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

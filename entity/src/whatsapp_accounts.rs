@@ -20,6 +20,9 @@ pub struct Model {
     #[serde(skip_serializing)]
     pub kapso_secret: Option<String>,
     pub agent_type: Option<String>,
+    /// The WhatsApp Business Account the number belongs to (`entry[].id` of account-level
+    /// webhooks, which name no number).
+    pub waba_id: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }

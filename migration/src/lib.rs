@@ -9,6 +9,7 @@ mod m20261123_000004_outbound_messages;
 mod m20261123_000005_conversation_external_id;
 mod m20261123_000006_api_tokens_audit_log;
 mod m20261129_000007_cluster;
+mod m20261202_000008_tenants;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000005_conversation_external_id::Migration),
             Box::new(m20261123_000006_api_tokens_audit_log::Migration),
             Box::new(m20261129_000007_cluster::Migration),
+            Box::new(m20261202_000008_tenants::Migration),
         ]
     }
 }

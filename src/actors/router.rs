@@ -259,13 +259,14 @@ async fn dispatch(
     let ctx = state.ctx.clone();
     let primary = event.part.as_ref().is_none_or(|p| p.primary);
     let directory = ctx.directory();
-    let workspace_of = |pnid: &str| directory.get(pnid).map(|a| a.workspace_id);
+    // Only inside the tenant whose secret verified the event: a number it names outside that
+    // tenant is reported and never applied.
     let mut normalized = match ingest::normalize(
         event.source,
         event.event_type.as_deref(),
         &event.payload,
         event.received_at,
-        &workspace_of,
+        &directory.scope(&event.tenant),
     ) {
         Ok(n) => n,
         Err(error) => {
@@ -484,7 +485,7 @@ async fn attribute_handoffs(
     normalized: &mut ingest::Normalized,
 ) {
     for external in std::mem::take(&mut normalized.handoffs) {
-        let Some(workspace_id) = event.workspace_id else {
+        let Some(workspace_id) = event.tenant.workspace_id() else {
             normalized.unattributed.push(format!(
                 "handoff for Kapso conversation {external} names no project"
             ));

@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 use crate::{
     actors::Ctx,
     config::ClusterConfig,
-    ingest::{self, Source},
+    ingest::{self, Source, Tenant},
     metrics as m,
     store::inbox::{CommittedEvent, Done, Part},
 };
@@ -89,6 +89,10 @@ struct Wire<'a> {
     event_type: Option<Cow<'a, str>>,
     workspace_id: Option<i64>,
     account_id: Option<i64>,
+    /// The tenant that signed it (`Tenant::encode`); a message from a node without it is
+    /// confined to `workspace_id` / `account_id`.
+    #[serde(default, borrow)]
+    signed_by: Option<Cow<'a, str>>,
     #[serde(borrow)]
     correlation_id: Cow<'a, str>,
     received_at: DateTime<Utc>,
@@ -192,8 +196,9 @@ impl Cluster {
                 id: event.id,
                 source: event.source.as_str().into(),
                 event_type: event.event_type.as_deref().map(Cow::Borrowed),
-                workspace_id: event.workspace_id,
-                account_id: event.account_id,
+                workspace_id: event.tenant.workspace_id(),
+                account_id: event.tenant.account_id(),
+                signed_by: Some(event.tenant.encode().into()),
                 correlation_id: event.correlation_id.as_str().into(),
                 received_at: event.received_at,
                 payload: (*event.payload).into(),
@@ -231,13 +236,12 @@ impl Cluster {
     fn partitions_of(&self, event: &CommittedEvent) -> Vec<u32> {
         let n = self.cfg.partitions;
         let directory = self.ctx.directory();
-        let workspace_of = |pnid: &str| directory.get(pnid).map(|a| a.workspace_id);
         let parts = ingest::normalize(
             event.source,
             event.event_type.as_deref(),
             &event.payload,
             event.received_at,
-            &workspace_of,
+            &directory.scope(&event.tenant),
         )
         .map(|normalized| ingest::partitions_of(&normalized, n))
         .unwrap_or_default();
@@ -298,8 +302,11 @@ impl Cluster {
             redrive: false,
             source: Source::from_name(&wire.source),
             event_type: wire.event_type.map(Cow::into_owned),
-            workspace_id: wire.workspace_id,
-            account_id: wire.account_id,
+            tenant: Tenant::decode(
+                wire.signed_by.as_deref(),
+                wire.workspace_id,
+                wire.account_id,
+            ),
             correlation_id: wire.correlation_id.into_owned(),
             received_at: wire.received_at,
             payload: Arc::from(&*wire.payload),

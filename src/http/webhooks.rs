@@ -20,7 +20,7 @@ use serde_json::json;
 use super::AppState;
 use crate::{
     error::ApiError,
-    ingest::{self, Routing, Source, signature},
+    ingest::{Routing, Source, Tenant, route, signature},
     metrics as m,
     store::{
         accounts::{Account, Directory},
@@ -101,12 +101,6 @@ async fn kapso(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -
     respond(Source::Kapso, result, &correlation_id)
 }
 
-/// The accounts a request is for, and whether the signature holds.
-struct Verified {
-    workspace_id: Option<i64>,
-    account_id: Option<i64>,
-}
-
 async fn accept_meta(
     state: &AppState,
     headers: &HeaderMap,
@@ -116,17 +110,49 @@ async fn accept_meta(
     let expected = signature::parse_meta_header(header_bytes(headers, "x-hub-signature-256"))
         .map_err(signature_error)?;
     let directory = state.directory();
-    let routing = ingest::meta_routing(body);
-    let secret_of = |a: &Account| Some(a.app_secret.clone());
-    let verified = verify(&directory, &routing, body, &expected, secret_of)?;
+    // The secret is picked from the routing ids alone: no document is built before the HMAC.
+    let routing = route::meta(body);
+    let tenant = match &routing {
+        Routing::Refused(_) => return Err(ApiError::BadRequest("ambiguous_routing_id")),
+        Routing::Json(ids) if !ids.phone_number_ids.is_empty() => verify_accounts(
+            &directory,
+            &ids.phone_number_ids,
+            body,
+            &expected,
+            |a: &Account| Some(a.app_secret.as_str()),
+        )?,
+        // Account-level fields name the WhatsApp Business Account only: its accounts' secret.
+        Routing::Json(ids)
+            if ids
+                .waba_ids
+                .iter()
+                .any(|w| !directory.of_waba(w).is_empty()) =>
+        {
+            let pnids: Vec<String> = ids
+                .waba_ids
+                .iter()
+                .flat_map(|w| directory.of_waba(w).iter().cloned())
+                .collect();
+            verify_accounts(&directory, &pnids, body, &expected, |a: &Account| {
+                Some(a.app_secret.as_str())
+            })?
+        }
+        // Naming neither: each distinct app secret once (accounts of one Meta app share one).
+        _ => directory
+            .app_secrets()
+            .find(|(secret, _)| signature::verify(secret.as_bytes(), body, &expected))
+            .map(|(_, pnids)| directory.tenant_of(pnids))
+            .ok_or(ApiError::Forbidden("bad_signature"))?,
+    };
     let event = new_event(
         Source::Meta,
         None,
         format!("meta:{}", signature::sha256_hex(body)),
+        None,
         body,
         headers,
         correlation_id,
-        &verified,
+        tenant,
         &routing,
     );
     append(state, event, &routing).await
@@ -141,103 +167,97 @@ async fn accept_kapso(
     let expected = signature::parse_kapso_header(header_bytes(headers, "x-webhook-signature"))
         .map_err(signature_error)?;
     let directory = state.directory();
-    let (routing, batch_type) = ingest::kapso_routing(body);
-    let verified = if matches!(&routing, Routing::Json { phone_number_ids } if phone_number_ids.is_empty())
-    {
-        // Phone-number webhooks always name the number; project webhooks name the project,
-        // whose own secret signs them.
-        let project = ingest::kapso_project(body)
-            .and_then(|id| state.kapso_projects.get(&id))
-            .ok_or(ApiError::Forbidden("unknown_phone_number"))?;
-        if !signature::verify(project.1.as_bytes(), body, &expected) {
-            return Err(ApiError::Forbidden("bad_signature"));
-        }
-        Verified {
-            workspace_id: Some(project.0),
-            account_id: None,
-        }
-    } else {
-        verify(&directory, &routing, body, &expected, |a: &Account| {
-            a.kapso_secret.clone()
-        })?
+    let routing = route::kapso(body);
+    let project = |ids: &route::Ids| {
+        ids.project_id
+            .as_ref()
+            .and_then(|id| state.kapso_projects.get(id))
+            .filter(|(_, secret)| signature::verify(secret.as_bytes(), body, &expected))
+            .map(|(workspace_id, _)| Tenant::Workspace(*workspace_id))
     };
-    let event_type = header_str(headers, "x-webhook-event")
-        .map(str::to_owned)
-        .or(batch_type);
+    let tenant = match &routing {
+        Routing::Refused(_) => return Err(ApiError::BadRequest("ambiguous_routing_id")),
+        // Phone-number webhooks name the number and are signed with its account's secret; a
+        // project webhook is signed with its project's secret and may act only inside the
+        // project's workspace, whatever numbers it names.
+        Routing::Json(ids) if !ids.phone_number_ids.is_empty() => {
+            match verify_accounts(
+                &directory,
+                &ids.phone_number_ids,
+                body,
+                &expected,
+                |a: &Account| a.kapso_secret.as_deref(),
+            ) {
+                Ok(tenant) => tenant,
+                Err(e) => project(ids).ok_or(e)?,
+            }
+        }
+        Routing::Json(ids) => project(ids).ok_or(if ids.project_id.is_some() {
+            ApiError::Forbidden("bad_signature")
+        } else {
+            ApiError::Forbidden("unknown_phone_number")
+        })?,
+        Routing::NotJson(_) => directory
+            .kapso_secrets()
+            .find(|(secret, _)| signature::verify(secret.as_bytes(), body, &expected))
+            .map(|(_, pnids)| directory.tenant_of(pnids))
+            .ok_or(ApiError::Forbidden("bad_signature"))?,
+    };
+    // The event name a batch carries in its signed body counts over the header, which no
+    // signature covers.
+    let event_type = match &routing {
+        Routing::Json(ids) => ids.event_type.clone(),
+        _ => None,
+    }
+    .or_else(|| header_str(headers, "x-webhook-event").map(str::to_owned));
+    // Keys are per tenant: one tenant's idempotency key can never shadow another's event.
+    // The body key makes the same signed bytes one event, whatever key or name they come with.
+    let tenant_key = tenant.key();
+    let hash = signature::sha256_hex(body);
     let dedup_key = match header_str(headers, "x-idempotency-key") {
-        Some(key) if !key.is_empty() => format!("kapso:{key}"),
-        _ => format!("kapso:sha256:{}", signature::sha256_hex(body)),
+        Some(key) if !key.is_empty() => format!("kapso:{tenant_key}:{key}"),
+        _ => format!("kapso:{tenant_key}:sha256:{hash}"),
     };
     let event = new_event(
         Source::Kapso,
         event_type,
         dedup_key,
+        Some(format!("kapso:{tenant_key}:body:{hash}")),
         body,
         headers,
         correlation_id,
-        &verified,
+        tenant,
         &routing,
     );
     append(state, event, &routing).await
 }
 
 /// Tenant isolation: every phone number the body names must be known, and all of them must
-/// share one secret, which must sign the raw body. A body naming none (account-level fields,
-/// or not JSON) is checked against every configured secret.
-fn verify(
-    directory: &Directory,
-    routing: &Routing,
+/// share one secret, which must sign the raw body. The tenant is those accounts.
+fn verify_accounts<'d>(
+    directory: &'d Directory,
+    ids: &[String],
     body: &[u8],
     expected: &signature::Digest32,
-    secret_of: impl Fn(&Account) -> Option<String>,
-) -> Result<Verified, ApiError> {
-    let ids: &[String] = match routing {
-        Routing::Json { phone_number_ids } => phone_number_ids,
-        Routing::NotJson(_) => &[],
-    };
-    if ids.is_empty() {
-        let signer = directory
-            .iter()
-            .find(|a| secret_of(a).is_some_and(|s| signature::verify(s.as_bytes(), body, expected)))
-            .ok_or(ApiError::Forbidden("bad_signature"))?;
-        return Ok(Verified {
-            workspace_id: match routing {
-                Routing::NotJson(_) => Some(signer.workspace_id),
-                Routing::Json { .. } => None,
-            },
-            account_id: None,
-        });
-    }
-    let mut accounts = Vec::with_capacity(ids.len());
+    secret_of: impl Fn(&'d Account) -> Option<&'d str>,
+) -> Result<Tenant, ApiError> {
+    let mut secret: Option<&str> = None;
     for id in ids {
-        accounts.push(
-            directory
-                .get(id)
-                .ok_or(ApiError::Forbidden("unknown_phone_number"))?,
-        );
-    }
-    let mut secrets: Vec<String> = Vec::with_capacity(1);
-    for a in &accounts {
-        let secret = secret_of(a).ok_or(ApiError::Forbidden("no_secret_for_source"))?;
-        if !secrets.contains(&secret) {
-            secrets.push(secret);
+        let account = directory
+            .get(id)
+            .ok_or(ApiError::Forbidden("unknown_phone_number"))?;
+        let own = secret_of(account).ok_or(ApiError::Forbidden("no_secret_for_source"))?;
+        match secret {
+            None => secret = Some(own),
+            Some(s) if s == own => {}
+            Some(_) => return Err(ApiError::Forbidden("cross_tenant")),
         }
     }
-    let (secret, first) = match (secrets.as_slice(), accounts.first()) {
-        ([secret], Some(first)) => (secret, *first),
-        ([], _) | (_, None) => return Err(ApiError::Forbidden("unknown_phone_number")),
-        _ => return Err(ApiError::Forbidden("cross_tenant")),
-    };
+    let secret = secret.ok_or(ApiError::Forbidden("unknown_phone_number"))?;
     if !signature::verify(secret.as_bytes(), body, expected) {
         return Err(ApiError::Forbidden("bad_signature"));
     }
-    let one_workspace = accounts
-        .iter()
-        .all(|a| a.workspace_id == first.workspace_id);
-    Ok(Verified {
-        workspace_id: one_workspace.then_some(first.workspace_id),
-        account_id: (accounts.len() == 1).then_some(first.id),
-    })
+    Ok(directory.tenant_of(ids))
 }
 
 /// UTF-8 without NUL: what a text column holds on both backends (PostgreSQL refuses NUL).
@@ -249,7 +269,7 @@ fn is_text(body: &[u8]) -> bool {
 /// UTF-8, NUL bytes) as `base64:` and its exact bytes, so nothing is lost or mangled.
 fn kept_text(body: &[u8], routing: &Routing) -> String {
     match routing {
-        Routing::NotJson(_) if !is_text(body) => {
+        Routing::NotJson(_) | Routing::Refused(_) if !is_text(body) => {
             use base64::Engine;
             format!(
                 "base64:{}",
@@ -265,16 +285,31 @@ fn new_event(
     source: Source,
     event_type: Option<String>,
     dedup_key: String,
+    body_key: Option<String>,
     body: &[u8],
     headers: &HeaderMap,
     correlation_id: &str,
-    verified: &Verified,
+    tenant: Tenant,
     routing: &Routing,
 ) -> NewEvent {
-    // A signed body that is not JSON is kept for the record (status `dead`, with the reason)
-    // and refused with 400; a JSON body is exactly its UTF-8 text.
+    // A signed body that is not JSON, or JSON that two readers could read two ways (a key
+    // given twice), is kept for the record (status `dead`, with the reason) and refused with
+    // 400; a JSON body is exactly its UTF-8 text.
     let (status, last_error) = match routing {
-        Routing::Json { .. } => (EventStatus::Pending, None),
+        Routing::Json(_) => match route::strict(body) {
+            route::Strict::Fine => (EventStatus::Pending, None),
+            route::Strict::Duplicate(key) => (
+                EventStatus::Dead,
+                Some(format!(
+                    "{REFUSED}: the key {key:?} is given twice in one object (readers would differ on which counts)"
+                )),
+            ),
+            route::Strict::Unreadable(err) => (
+                EventStatus::Dead,
+                Some(format!("payload is not JSON: {err}")),
+            ),
+        },
+        Routing::Refused(err) => (EventStatus::Dead, Some(format!("{REFUSED}: {err}"))),
         Routing::NotJson(err) if is_text(body) => (
             EventStatus::Dead,
             Some(format!("payload is not JSON: {err}")),
@@ -295,10 +330,10 @@ fn new_event(
         source,
         event_type,
         dedup_key,
+        body_key,
         payload,
         headers: serde_json::Value::Object(kept).to_string(),
-        workspace_id: verified.workspace_id,
-        account_id: verified.account_id,
+        tenant,
         correlation_id: correlation_id.to_owned(),
         received_at: Utc::now(),
         status,
@@ -321,6 +356,7 @@ async fn append(
     }
     // Cluster mode publishes the event after its commit: keep what the broker needs.
     let published = state.cluster.as_ref().map(|_| event.clone());
+    let (status, last_error) = (event.status, event.last_error.clone());
     let outcome = state.inbox.append(event).await.map_err(|e| {
         let reason = match e {
             AppendError::QueueFull => "intake_queue_full",
@@ -340,12 +376,14 @@ async fn append(
         // published again now, so what its sender sends next is applied after it.
         let committed = match &outcome {
             AppendOutcome::Accepted { event_id } => Some(CommittedEvent::new(*event_id, &event)),
-            AppendOutcome::Duplicate => inbox::pending_by_key(&state.db, &event.dedup_key)
-                .await
-                .map_err(|_| ApiError::Unavailable {
-                    reason: "store_unavailable",
-                    retry_after_seconds,
-                })?,
+            AppendOutcome::Duplicate => {
+                inbox::pending_copy(&state.db, &event)
+                    .await
+                    .map_err(|_| ApiError::Unavailable {
+                        reason: "store_unavailable",
+                        retry_after_seconds,
+                    })?
+            }
         };
         if let Some(committed) = committed
             && let Err(e) = cluster.publish(&committed, "intake").await
@@ -359,11 +397,17 @@ async fn append(
             });
         }
     }
-    match routing {
-        Routing::NotJson(_) => Err(ApiError::BadRequest("payload_not_json")),
-        Routing::Json { .. } => Ok(outcome),
+    match (routing, status, last_error.as_deref()) {
+        (Routing::NotJson(_), ..) => Err(ApiError::BadRequest("payload_not_json")),
+        (_, EventStatus::Dead, Some(e)) if e.starts_with(REFUSED) => {
+            Err(ApiError::BadRequest("ambiguous_payload"))
+        }
+        (_, EventStatus::Dead, _) => Err(ApiError::BadRequest("payload_not_json")),
+        _ => Ok(outcome),
     }
 }
+
+use inbox::REFUSED;
 
 fn respond(
     source: Source,

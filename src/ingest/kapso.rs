@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::{
+    Admit,
     event::{
         ContactKey, Direction, Item, ItemKind, Lifecycle, MessageStatus, Normalized, StatusItem,
     },
@@ -15,7 +16,7 @@ pub fn normalize(
     event_type: Option<&str>,
     body: &str,
     received_at: DateTime<Utc>,
-    workspace_of: &dyn Fn(&str) -> Option<i64>,
+    scope: &dyn Fn(&str) -> Admit,
 ) -> Result<Normalized, String> {
     let root: Value =
         serde_json::from_str(body).map_err(|e| format!("not a Kapso webhook payload: {e}"))?;
@@ -41,7 +42,7 @@ pub fn normalize(
         _ => vec![&root],
     };
     for data in items {
-        normalize_one(event_type, data, received_at, workspace_of, &mut out);
+        normalize_one(event_type, data, received_at, scope, &mut out);
     }
     Ok(out)
 }
@@ -50,7 +51,7 @@ fn normalize_one(
     event_type: &str,
     data: &Value,
     received_at: DateTime<Utc>,
-    workspace_of: &dyn Fn(&str) -> Option<i64>,
+    scope: &dyn Fn(&str) -> Admit,
     out: &mut Normalized,
 ) {
     let conversation = data.get("conversation");
@@ -59,11 +60,18 @@ fn normalize_one(
         .and_then(Value::as_str)
         .or_else(|| conversation?.get("phone_number_id")?.as_str())
         .unwrap_or("");
-    let Some(workspace_id) = workspace_of(pnid) else {
-        out.notes.push(format!(
-            "Kapso event for unknown phone_number_id {pnid:?} skipped"
-        ));
-        return;
+    let workspace_id = match scope(pnid) {
+        Admit::In(w) => w,
+        Admit::Unknown => {
+            out.notes.push(format!(
+                "Kapso event for unknown phone_number_id {pnid:?} skipped"
+            ));
+            return;
+        }
+        Admit::Foreign => {
+            out.unattributed.push(super::foreign(pnid));
+            return;
+        }
     };
     if !KNOWN.contains(&event_type) {
         out.notes

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    content_of,
+    Admit, content_of,
     event::{
         ContactKey, Direction, Item, ItemKind, MessageItem, MessageStatus, Normalized,
         OrphanStatus, StatusItem,
@@ -89,11 +89,12 @@ struct Status {
     errors: Vec<Value>,
 }
 
-/// Normalises a Meta body. `workspace_of` maps a `phone_number_id` to its workspace.
+/// Normalises a Meta body. `scope` admits a `phone_number_id` into its workspace when the
+/// event's signer may act on it.
 pub fn normalize(
     body: &str,
     received_at: DateTime<Utc>,
-    workspace_of: &dyn Fn(&str) -> Option<i64>,
+    scope: &dyn Fn(&str) -> Admit,
 ) -> Result<Normalized, String> {
     let payload: Payload =
         serde_json::from_str(body).map_err(|e| format!("not a Meta webhook payload: {e}"))?;
@@ -114,11 +115,18 @@ pub fn normalize(
             .as_ref()
             .and_then(|m| m.phone_number_id.as_deref())
             .unwrap_or("");
-        let Some(workspace_id) = workspace_of(pnid) else {
-            out.notes.push(format!(
-                "change for unknown phone_number_id {pnid:?} skipped"
-            ));
-            continue;
+        let workspace_id = match scope(pnid) {
+            Admit::In(w) => w,
+            Admit::Unknown => {
+                out.notes.push(format!(
+                    "change for unknown phone_number_id {pnid:?} skipped"
+                ));
+                continue;
+            }
+            Admit::Foreign => {
+                out.unattributed.push(super::foreign(pnid));
+                continue;
+            }
         };
         let item = |contact: ContactKey, user_id: Option<String>, kind: ItemKind| Item {
             workspace_id,

@@ -4,13 +4,16 @@
 pub mod event;
 pub mod kapso;
 pub mod meta;
+pub mod route;
 pub mod signature;
+pub mod tenant;
 
 use chrono::{DateTime, TimeZone, Utc};
-use serde::Deserialize;
 use serde_json::Value;
 
 pub use event::Normalized;
+pub use route::Routing;
+pub use tenant::{Admit, Tenant};
 
 /// Where a webhook came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,19 +39,27 @@ impl Source {
     }
 }
 
-/// Normalises one inbox event's payload. `workspace_of` maps a `phone_number_id` to its
-/// workspace (tenant routing happens per change, not per request).
+/// Normalises one inbox event's payload. `scope` says, for each `phone_number_id` the payload
+/// names, whether the tenant that signed the event may act on it, and in which workspace
+/// (`store::accounts::Directory::scope`): what lies outside the signer is never applied.
 pub fn normalize(
     source: Source,
     event_type: Option<&str>,
     payload: &str,
     received_at: DateTime<Utc>,
-    workspace_of: &dyn Fn(&str) -> Option<i64>,
+    scope: &dyn Fn(&str) -> Admit,
 ) -> Result<Normalized, String> {
     match source {
-        Source::Meta => meta::normalize(payload, received_at, workspace_of),
-        Source::Kapso => kapso::normalize(event_type, payload, received_at, workspace_of),
+        Source::Meta => meta::normalize(payload, received_at, scope),
+        Source::Kapso => kapso::normalize(event_type, payload, received_at, scope),
     }
+}
+
+/// What a normaliser says about a change for `pnid` outside the signer's tenant.
+pub(crate) fn foreign(pnid: &str) -> String {
+    format!(
+        "phone_number_id {pnid:?} belongs to another tenant than the one whose secret signed the event: not applied"
+    )
 }
 
 /// The partition (of `n`) a conversation belongs to when several nodes share the work: FNV-1a
@@ -141,200 +152,5 @@ pub fn content_of(message_type: &str, m: &Value) -> Option<String> {
         "edit" => s(&["edit", "message", "text", "body"]),
         "system" => s(&["system", "body"]),
         _ => None,
-    }
-}
-
-/// What the intake reads of a Meta body: the `phone_number_id`s it names, nothing else.
-#[derive(Debug, Deserialize)]
-struct MetaEnvelope {
-    #[serde(default)]
-    entry: Vec<MetaEntry>,
-}
-
-#[derive(Debug, Deserialize)]
-struct MetaEntry {
-    #[serde(default)]
-    changes: Vec<MetaChange>,
-}
-
-#[derive(Debug, Deserialize)]
-struct MetaChange {
-    #[serde(default)]
-    value: Option<MetaValue>,
-}
-
-#[derive(Debug, Deserialize)]
-struct MetaValue {
-    #[serde(default)]
-    metadata: Option<MetaMetadata>,
-}
-
-#[derive(Debug, Deserialize)]
-struct MetaMetadata {
-    #[serde(default)]
-    phone_number_id: Option<String>,
-}
-
-/// How a body reads at the edge.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Routing {
-    /// JSON naming these phone number ids (sorted, distinct; empty for account-level fields
-    /// or a JSON body of an unexpected shape, which processing will report).
-    Json { phone_number_ids: Vec<String> },
-    /// Not JSON at all.
-    NotJson(String),
-}
-
-/// The distinct `entry[].changes[].value.metadata.phone_number_id` of a Meta body.
-pub fn meta_routing(body: &[u8]) -> Routing {
-    match serde_json::from_slice::<MetaEnvelope>(body) {
-        Ok(env) => {
-            let ids = env
-                .entry
-                .into_iter()
-                .flat_map(|e| e.changes)
-                .filter_map(|c| c.value?.metadata?.phone_number_id);
-            Routing::Json {
-                phone_number_ids: distinct(ids),
-            }
-        }
-        Err(e) => json_or_not(body, e),
-    }
-}
-
-/// What the intake reads of a Kapso body: the phone number id(s), single or batched, and the
-/// batch's event type.
-#[derive(Debug, Deserialize)]
-struct KapsoEnvelope {
-    #[serde(default)]
-    phone_number_id: Option<String>,
-    #[serde(default)]
-    conversation: Option<KapsoConversation>,
-    #[serde(default, rename = "type")]
-    event_type: Option<String>,
-    #[serde(default)]
-    data: Option<Vec<KapsoEnvelopeItem>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct KapsoEnvelopeItem {
-    #[serde(default)]
-    phone_number_id: Option<String>,
-    #[serde(default)]
-    conversation: Option<KapsoConversation>,
-}
-
-#[derive(Debug, Deserialize)]
-struct KapsoConversation {
-    #[serde(default)]
-    phone_number_id: Option<String>,
-}
-
-/// The phone number ids of a Kapso body (single or `{"batch":true,"data":[…]}`) and the
-/// event type a batch body carries.
-pub fn kapso_routing(body: &[u8]) -> (Routing, Option<String>) {
-    match serde_json::from_slice::<KapsoEnvelope>(body) {
-        Ok(env) => {
-            let mut ids: Vec<String> = Vec::new();
-            ids.extend(env.phone_number_id);
-            ids.extend(env.conversation.and_then(|c| c.phone_number_id));
-            for item in env.data.into_iter().flatten() {
-                ids.extend(item.phone_number_id);
-                ids.extend(item.conversation.and_then(|c| c.phone_number_id));
-            }
-            (
-                Routing::Json {
-                    phone_number_ids: distinct(ids),
-                },
-                env.event_type,
-            )
-        }
-        Err(e) => (json_or_not(body, e), None),
-    }
-}
-
-/// The `project_id` of a Kapso project webhook (`workflow.execution.*`), which names no
-/// phone number.
-pub fn kapso_project(body: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Project {
-        project_id: Option<String>,
-    }
-    serde_json::from_slice::<Project>(body)
-        .ok()?
-        .project_id
-        .filter(|p| !p.is_empty())
-}
-
-fn distinct(ids: impl IntoIterator<Item = String>) -> Vec<String> {
-    let mut v: Vec<String> = ids.into_iter().filter(|s| !s.is_empty()).collect();
-    v.sort_unstable();
-    v.dedup();
-    v
-}
-
-/// A body that does not fit the envelope may still be JSON (of another shape): that is kept
-/// and processed (and reported there); a body that is not JSON at all is refused, and so is
-/// JSON nested deeper than the parser's limit (128 levels), which nothing downstream could read.
-fn json_or_not(body: &[u8], shape_error: serde_json::Error) -> Routing {
-    // `IgnoredAny` skips values without a depth limit; a `Value` counts the depth.
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(_) => Routing::Json {
-            phone_number_ids: Vec::new(),
-        },
-        Err(e) if e.to_string().starts_with("recursion limit exceeded") => {
-            Routing::NotJson(e.to_string())
-        }
-        Err(_) => Routing::NotJson(shape_error.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn meta_routing_reads_every_entry_and_change() {
-        let body = br#"{"object":"whatsapp_business_account","entry":[
-            {"id":"1","changes":[{"field":"messages","value":{"metadata":{"phone_number_id":"B"}}},
-                                 {"value":{"metadata":{"phone_number_id":"A"}},"field":"messages"}]},
-            {"id":"2","changes":[{"field":"messages","value":{"metadata":{"phone_number_id":"B"}}}]}]}"#;
-        assert_eq!(
-            meta_routing(body),
-            Routing::Json {
-                phone_number_ids: vec!["A".into(), "B".into()]
-            }
-        );
-        assert_eq!(
-            meta_routing(br#"{"entry":"odd"}"#),
-            Routing::Json {
-                phone_number_ids: vec![]
-            }
-        );
-        assert!(matches!(meta_routing(b"not json"), Routing::NotJson(_)));
-    }
-
-    #[test]
-    fn kapso_routing_reads_single_and_batch() {
-        let (r, t) = kapso_routing(
-            br#"{"message":{},"conversation":{"phone_number_id":"P"},"phone_number_id":"P"}"#,
-        );
-        assert_eq!(
-            r,
-            Routing::Json {
-                phone_number_ids: vec!["P".into()]
-            }
-        );
-        assert_eq!(t, None);
-        let (r, t) = kapso_routing(
-            br#"{"type":"whatsapp.message.received","batch":true,"data":[{"phone_number_id":"P"},{"phone_number_id":"Q"}]}"#,
-        );
-        assert_eq!(
-            r,
-            Routing::Json {
-                phone_number_ids: vec!["P".into(), "Q".into()]
-            }
-        );
-        assert_eq!(t.as_deref(), Some("whatsapp.message.received"));
     }
 }

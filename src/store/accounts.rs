@@ -10,7 +10,10 @@ use sea_orm::{
     sea_query::OnConflict,
 };
 
-use crate::config::AccountConfig;
+use crate::{
+    config::AccountConfig,
+    ingest::{Admit, Tenant},
+};
 
 /// What the intake needs to know of an account.
 #[derive(Debug, Clone)]
@@ -22,6 +25,8 @@ pub struct Account {
     pub verify_token: String,
     pub kapso_secret: Option<String>,
     pub agent_type: Option<String>,
+    /// The WhatsApp Business Account the number belongs to (routes account-level webhooks).
+    pub waba_id: Option<String>,
 }
 
 impl From<whatsapp_accounts::Model> for Account {
@@ -34,28 +39,101 @@ impl From<whatsapp_accounts::Model> for Account {
             verify_token: m.verify_token,
             kapso_secret: m.kapso_secret,
             agent_type: m.agent_type,
+            waba_id: m.waba_id.filter(|w| !w.is_empty()),
         }
     }
 }
 
-/// Accounts by `phone_number_id`, read once and swapped whole when accounts change.
+/// Accounts by `phone_number_id`, read once and swapped whole when accounts change; with them
+/// what the intake picks a secret by: the accounts of each WhatsApp Business Account, and the
+/// distinct Meta app secrets (accounts of one Meta app share one), each with its accounts.
 #[derive(Debug, Default, Clone)]
 pub struct Directory {
     by_phone_number_id: HashMap<String, Account>,
+    by_waba: HashMap<String, Vec<String>>,
+    app_secrets: Vec<(String, Vec<String>)>,
+    kapso_secrets: Vec<(String, Vec<String>)>,
 }
 
 impl Directory {
     pub fn new(accounts: impl IntoIterator<Item = Account>) -> Self {
+        let by_phone_number_id: HashMap<String, Account> = accounts
+            .into_iter()
+            .map(|a| (a.phone_number_id.clone(), a))
+            .collect();
+        let mut by_waba: HashMap<String, Vec<String>> = HashMap::new();
+        for a in by_phone_number_id.values() {
+            if let Some(w) = &a.waba_id {
+                by_waba
+                    .entry(w.clone())
+                    .or_default()
+                    .push(a.phone_number_id.clone());
+            }
+        }
+        let app_secrets = distinct_secrets(&by_phone_number_id, |a| Some(&a.app_secret));
+        let kapso_secrets = distinct_secrets(&by_phone_number_id, |a| a.kapso_secret.as_ref());
         Self {
-            by_phone_number_id: accounts
-                .into_iter()
-                .map(|a| (a.phone_number_id.clone(), a))
-                .collect(),
+            by_phone_number_id,
+            by_waba,
+            app_secrets,
+            kapso_secrets,
         }
     }
 
     pub fn get(&self, phone_number_id: &str) -> Option<&Account> {
         self.by_phone_number_id.get(phone_number_id)
+    }
+
+    /// The `phone_number_id`s of a WhatsApp Business Account.
+    pub fn of_waba(&self, waba_id: &str) -> &[String] {
+        self.by_waba.get(waba_id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Each distinct Meta app secret with the `phone_number_id`s of its accounts.
+    pub fn app_secrets(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.app_secrets
+            .iter()
+            .map(|(s, ids)| (s.as_str(), ids.as_slice()))
+    }
+
+    /// Each distinct Kapso secret with the `phone_number_id`s of its accounts.
+    pub fn kapso_secrets(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.kapso_secrets
+            .iter()
+            .map(|(s, ids)| (s.as_str(), ids.as_slice()))
+    }
+
+    /// The tenant of these accounts (by `phone_number_id`; unknown ones are left out).
+    pub fn tenant_of<'a>(&self, phone_number_ids: impl IntoIterator<Item = &'a String>) -> Tenant {
+        let accounts: Vec<&Account> = phone_number_ids
+            .into_iter()
+            .filter_map(|p| self.get(p))
+            .collect();
+        let first = accounts.first().map(|a| a.workspace_id);
+        let one_workspace = accounts.iter().all(|a| Some(a.workspace_id) == first);
+        let mut account_ids: Vec<i64> = accounts.iter().map(|a| a.id).collect();
+        account_ids.sort_unstable();
+        account_ids.dedup();
+        Tenant::Accounts {
+            workspace_id: first.filter(|_| one_workspace),
+            account_ids,
+        }
+    }
+
+    /// Whether the event's signer may act on a number, and in which workspace.
+    pub fn scope<'a>(&'a self, tenant: &'a Tenant) -> impl Fn(&str) -> Admit + 'a {
+        move |pnid: &str| match self.get(pnid) {
+            None => Admit::Unknown,
+            Some(a) if tenant.admits(a.id, a.workspace_id) => Admit::In(a.workspace_id),
+            Some(_) => Admit::Foreign,
+        }
+    }
+
+    /// Accounts per workspace.
+    pub fn count_in(&self, workspace_id: i64) -> usize {
+        self.iter()
+            .filter(|a| a.workspace_id == workspace_id)
+            .count()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Account> {
@@ -69,6 +147,31 @@ impl Directory {
     pub fn is_empty(&self) -> bool {
         self.by_phone_number_id.is_empty()
     }
+}
+
+/// Each distinct non-empty secret with its accounts' numbers (sorted, in a stable order).
+fn distinct_secrets(
+    accounts: &HashMap<String, Account>,
+    secret_of: impl Fn(&Account) -> Option<&String>,
+) -> Vec<(String, Vec<String>)> {
+    let mut by_secret: HashMap<&str, Vec<String>> = HashMap::new();
+    for a in accounts.values() {
+        if let Some(s) = secret_of(a).filter(|s| !s.is_empty()) {
+            by_secret
+                .entry(s.as_str())
+                .or_default()
+                .push(a.phone_number_id.clone());
+        }
+    }
+    let mut out: Vec<(String, Vec<String>)> = by_secret
+        .into_iter()
+        .map(|(s, mut ids)| {
+            ids.sort_unstable();
+            (s.to_owned(), ids)
+        })
+        .collect();
+    out.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+    out
 }
 
 /// Get-or-create a workspace by name; safe to race (unique name, insert-or-ignore, then read).
@@ -106,6 +209,7 @@ pub async fn upsert_from_config(
             verify_token: Set(a.verify_token.clone()),
             kapso_secret: Set(a.kapso_secret.clone()),
             agent_type: Set(a.agent.clone()),
+            waba_id: Set(a.waba_id.clone()),
             created_at: Set(now),
             updated_at: Set(now),
             ..Default::default()
@@ -119,6 +223,7 @@ pub async fn upsert_from_config(
                     whatsapp_accounts::Column::VerifyToken,
                     whatsapp_accounts::Column::KapsoSecret,
                     whatsapp_accounts::Column::AgentType,
+                    whatsapp_accounts::Column::WabaId,
                     whatsapp_accounts::Column::UpdatedAt,
                 ])
                 .to_owned(),
@@ -156,6 +261,7 @@ pub struct AccountFields {
     pub verify_token: Option<String>,
     pub kapso_secret: Option<String>,
     pub agent: Option<Option<String>>,
+    pub waba_id: Option<String>,
 }
 
 /// Creates an account in the workspace; `Ok(None)` when its `phone_number_id` is taken.
@@ -173,6 +279,7 @@ pub async fn create_one(
         verify_token: Set(f.verify_token.unwrap_or_default()),
         kapso_secret: Set(f.kapso_secret),
         agent_type: Set(f.agent.flatten()),
+        waba_id: Set(f.waba_id),
         created_at: Set(now),
         updated_at: Set(now),
         ..Default::default()
@@ -222,6 +329,9 @@ pub async fn update_one(
     }
     if let Some(v) = f.agent {
         row.agent_type = Set(v);
+    }
+    if let Some(v) = f.waba_id {
+        row.waba_id = Set(Some(v));
     }
     row.updated_at = Set(Utc::now());
     whatsapp_accounts::Entity::update(row)

@@ -28,7 +28,7 @@ use sea_orm::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ingest::Source;
+use crate::ingest::{Source, Tenant};
 use crate::{config::IntakeConfig, metrics as m};
 
 /// The inbox status of an event.
@@ -52,17 +52,23 @@ impl EventStatus {
     }
 }
 
+/// How the reason of a signed body that was kept but refused begins (it is never replayed).
+pub const REFUSED: &str = "payload refused";
+
 /// A verified request, ready to append.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub source: Source,
     pub event_type: Option<String>,
     pub dedup_key: String,
+    /// The tenant and the body's hash: the same signed bytes are stored once per tenant,
+    /// whatever headers outside the signature say (Kapso; `None` where `dedup_key` is it).
+    pub body_key: Option<String>,
     /// The raw body as received (JSON is UTF-8), shared with the hand-over to processing.
     pub payload: Arc<str>,
     pub headers: String,
-    pub workspace_id: Option<i64>,
-    pub account_id: Option<i64>,
+    /// Whose secret verified it: processing applies it only there.
+    pub tenant: Tenant,
     pub correlation_id: String,
     pub received_at: DateTime<Utc>,
     pub status: EventStatus,
@@ -77,8 +83,8 @@ pub struct CommittedEvent {
     pub redrive: bool,
     pub source: Source,
     pub event_type: Option<String>,
-    pub workspace_id: Option<i64>,
-    pub account_id: Option<i64>,
+    /// Whose secret verified it: processing applies it only there.
+    pub tenant: Tenant,
     pub correlation_id: String,
     pub received_at: DateTime<Utc>,
     pub payload: Arc<str>,
@@ -151,8 +157,7 @@ impl CommittedEvent {
             redrive: false,
             source: e.source,
             event_type: e.event_type.clone(),
-            workspace_id: e.workspace_id,
-            account_id: e.account_id,
+            tenant: e.tenant.clone(),
             correlation_id: e.correlation_id.clone(),
             received_at: e.received_at,
             payload: e.payload.clone(),
@@ -166,8 +171,7 @@ impl CommittedEvent {
             redrive,
             source: Source::from_name(&e.source),
             event_type: e.event_type,
-            workspace_id: e.workspace_id,
-            account_id: e.account_id,
+            tenant: Tenant::decode(e.signed_by.as_deref(), e.workspace_id, e.account_id),
             correlation_id: e.correlation_id,
             received_at: e.received_at,
             payload: Arc::from(e.payload),
@@ -205,15 +209,20 @@ pub async fn pending_page(
         .collect())
 }
 
-/// The event with this dedup key, if it is still `pending`.
-pub async fn pending_by_key(
+/// The stored first copy of a duplicate (by its dedup key or its body key), if it is still
+/// `pending`.
+pub async fn pending_copy(
     db: &impl ConnectionTrait,
-    dedup_key: &str,
+    event: &NewEvent,
 ) -> Result<Option<CommittedEvent>, DbErr> {
-    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter};
     use webhook_events::Column as C;
+    let mut same = Condition::any().add(C::DedupKey.eq(event.dedup_key.as_str()));
+    if let Some(body_key) = &event.body_key {
+        same = same.add(C::BodyKey.eq(body_key.as_str()));
+    }
     Ok(webhook_events::Entity::find()
-        .filter(C::DedupKey.eq(dedup_key))
+        .filter(same)
         .filter(C::Status.eq(EventStatus::Pending.as_str()))
         .one(db)
         .await?
@@ -653,9 +662,11 @@ pub async fn append_many(
     let columns = [
         C::WorkspaceId,
         C::AccountId,
+        C::SignedBy,
         C::Source,
         C::EventType,
         C::DedupKey,
+        C::BodyKey,
         C::Payload,
         C::Headers,
         C::ReceivedAt,
@@ -668,15 +679,18 @@ pub async fn append_many(
     insert
         .into_table(webhook_events::Entity)
         .columns(columns)
-        .on_conflict(OnConflict::column(C::DedupKey).do_nothing().to_owned())
+        // Either unique key (the dedup key, the body key) makes a request a duplicate.
+        .on_conflict(OnConflict::new().do_nothing().to_owned())
         .returning(Query::returning().columns([C::Id, C::DedupKey]));
     for e in events {
         insert.values_panic([
-            e.workspace_id.into(),
-            e.account_id.into(),
+            e.tenant.workspace_id().into(),
+            e.tenant.account_id().into(),
+            e.tenant.encode().into(),
             e.source.as_str().into(),
             e.event_type.clone().into(),
             e.dedup_key.clone().into(),
+            e.body_key.clone().into(),
             e.payload.to_string().into(),
             e.headers.clone().into(),
             e.received_at.into(),
@@ -707,10 +721,10 @@ mod tests {
             source: Source::Meta,
             event_type: None,
             dedup_key: key.into(),
+            body_key: None,
             payload: "{}".into(),
             headers: "{}".into(),
-            workspace_id: None,
-            account_id: None,
+            tenant: Tenant::nobody(),
             correlation_id: "c".into(),
             received_at: Utc::now(),
             status: EventStatus::Pending,
@@ -802,9 +816,9 @@ pub async fn reset_for_replay(
         .iter()
         .filter(|e| {
             e.status != EventStatus::Dead.as_str()
-                || e.last_error
-                    .as_deref()
-                    .is_none_or(|m| !m.starts_with("payload is not JSON"))
+                || e.last_error.as_deref().is_none_or(|m| {
+                    !(m.starts_with("payload is not JSON") || m.starts_with(REFUSED))
+                })
         })
         .collect();
     for chunk in replayable.chunks(super::sql::CHUNK) {

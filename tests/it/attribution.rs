@@ -283,6 +283,7 @@ async fn every_message_in_the_reference_payloads_is_stored_once(backend: Backend
                 workspace: "reference".into(),
                 phone_number_id: pnid.clone(),
                 display_phone_number: None,
+                waba_id: None,
                 app_secret: Some("reference-secret".into()),
                 app_secret_env: None,
                 verify_token: "reference-verify".into(),

@@ -54,6 +54,7 @@ pub fn test_accounts() -> Vec<AccountConfig> {
             workspace: ws.into(),
             phone_number_id: pnid.into(),
             display_phone_number: Some(format!("1555{}", &pnid[..7])),
+            waba_id: None,
             app_secret: Some(secret.into()),
             app_secret_env: None,
             verify_token: verify.into(),

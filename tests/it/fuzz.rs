@@ -9,7 +9,7 @@
 use chrono::Utc;
 use proptest::{prelude::*, test_runner::Config as Cases};
 use serde_json::Value;
-use wahook::ingest::{self, Source, signature};
+use wahook::ingest::{self, Admit, Routing, Source, route, signature};
 
 use crate::common::fixture;
 
@@ -167,22 +167,112 @@ fn mutated(files: &'static [&'static str]) -> impl Strategy<Value = String> {
         })
 }
 
-fn workspace_of(pnid: &str) -> Option<i64> {
-    (pnid == "111111111111111").then_some(1)
+fn scope(pnid: &str) -> Admit {
+    match pnid {
+        "111111111111111" => Admit::In(1),
+        "222222222222222" => Admit::Foreign,
+        _ => Admit::Unknown,
+    }
 }
 
 /// What the intake and the router run on a body: none of it may panic.
 fn digest(body: &[u8]) {
-    let _ = ingest::meta_routing(body);
-    let _ = ingest::kapso_routing(body);
-    let _ = ingest::kapso_project(body);
+    let _ = route::meta(body);
+    let _ = route::kapso(body);
+    let _ = route::strict(body);
     if let Ok(text) = std::str::from_utf8(body) {
         for source in [Source::Meta, Source::Kapso] {
             for event_type in [None, Some("whatsapp.message.received"), Some("x")] {
-                let _ = ingest::normalize(source, event_type, text, Utc::now(), &workspace_of);
+                let _ = ingest::normalize(source, event_type, text, Utc::now(), &scope);
             }
         }
     }
+}
+
+/// The intake's reading and the processor's agree: every phone number the processor even
+/// asks about is one the intake routed the body by (so one whose secret signed it). A body the
+/// intake refuses (an ambiguous routing id), or keeps without processing (a key given twice,
+/// not JSON), never reaches the processor.
+fn readings_agree(source: Source, body: &str) {
+    let routing = match source {
+        Source::Meta => route::meta(body.as_bytes()),
+        Source::Kapso => route::kapso(body.as_bytes()),
+    };
+    let Routing::Json(ids) = routing else { return };
+    if route::strict(body.as_bytes()) != route::Strict::Fine {
+        return;
+    }
+    for event_type in [
+        ids.event_type.as_deref(),
+        Some("whatsapp.message.received"),
+        Some("whatsapp.conversation.ended"),
+    ] {
+        let asked = std::cell::RefCell::new(Vec::<String>::new());
+        // Every number admitted (no account has the empty one).
+        let scope = |pnid: &str| {
+            asked.borrow_mut().push(pnid.to_owned());
+            if pnid.is_empty() {
+                Admit::Unknown
+            } else {
+                Admit::In(1)
+            }
+        };
+        let normalized = ingest::normalize(source, event_type, body, Utc::now(), &scope);
+        for pnid in asked.borrow().iter().filter(|p| !p.is_empty()) {
+            assert!(
+                ids.phone_number_ids.contains(pnid),
+                "the processor read phone_number_id {pnid:?}, the intake routed by {:?}: {body}",
+                ids.phone_number_ids
+            );
+        }
+        // Every item lands where the scope put it, under a number the intake read.
+        if let Ok(n) = normalized {
+            for item in &n.items {
+                assert!(
+                    ids.phone_number_ids.contains(&item.phone_number_id),
+                    "{body}"
+                );
+            }
+        }
+    }
+}
+
+/// A real payload turned hostile: a routing id made a number, a routing object given twice
+/// with another tenant's number, or a project body naming a number.
+fn hostile(files: &'static [&'static str]) -> impl Strategy<Value = String> {
+    (mutated(files), 0usize..5).prop_map(|(body, how)| match how {
+        0 => body.replacen("\"phone_number_id\":\"", "\"phone_number_id\":0,\"x\":\"", 1),
+        1 => body.replacen(
+            "\"metadata\":{",
+            "\"metadata\":{\"phone_number_id\":\"222222222222222\"},\"metadata\":{",
+            1,
+        ),
+        2 => body.replacen(
+            "\"conversation\":{",
+            "\"conversation\":{\"phone_number_id\":\"222222222222222\"},\"conversation\":{",
+            1,
+        ),
+        3 => body.replacen(
+            "{",
+            "{\"project_id\":\"proj-beta\",\"conversation\":{\"phone_number_id\":\"222222222222222\"},",
+            1,
+        ),
+        _ => body,
+    })
+}
+
+#[test]
+fn the_intake_and_the_processor_read_the_same_numbers() {
+    proptest!(cases(), |(body in hostile(META))| {
+        readings_agree(Source::Meta, &body);
+    });
+    proptest!(cases(), |(body in hostile(KAPSO))| {
+        readings_agree(Source::Kapso, &body);
+    });
+    proptest!(cases(), |(doc in any_json())| {
+        readings_agree(Source::Meta, &doc.to_string());
+        readings_agree(Source::Kapso, &doc.to_string());
+    });
 }
 
 #[test]

@@ -13,7 +13,7 @@ both_backends!(
     tenants_cannot_sign_each_others_events,
     oversized_bodies_get_413,
     a_signed_body_that_is_not_json_is_kept_and_refused,
-    account_level_payloads_are_stored_without_a_workspace,
+    account_level_payloads_are_stored_in_the_signers_workspace,
     redeliveries_sequential_and_concurrent_leave_one_row,
     kapso_single_and_batch_events_are_accepted_with_bare_hex_signatures,
     an_unreachable_store_answers_503_and_recovers_by_itself,
@@ -224,14 +224,16 @@ async fn a_signed_body_that_is_not_json_is_kept_and_refused(backend: Backend) {
     app.stop().await;
 }
 
-async fn account_level_payloads_are_stored_without_a_workspace(backend: Backend) {
+/// A body that names no phone number is stored under the tenant whose secret signed it (one
+/// app secret of one workspace here), so that workspace sees it.
+async fn account_level_payloads_are_stored_in_the_signers_workspace(backend: Backend) {
     let app = TestApp::start(backend).await;
     let body = fixture("meta/account_update_no_phone_number_id.json");
     assert_eq!(app.post_meta(body.clone(), "nobody").await.status(), 403);
     let res = app.post_meta(body, GLOBEX_SECRET).await;
     assert_eq!(res.status(), 200);
     assert_eq!(
-        app.scalar("SELECT COUNT(*) FROM webhook_events WHERE workspace_id IS NULL")
+        app.scalar("SELECT COUNT(*) FROM webhook_events e JOIN workspaces w ON w.id = e.workspace_id WHERE w.name = 'globex'")
             .await,
         1
     );
@@ -335,7 +337,8 @@ async fn kapso_single_and_batch_events_are_accepted_with_bare_hex_signatures(bac
         )
         .await;
     assert_eq!(res.status(), 200);
-    // An event name wahook does not process is stored all the same.
+    // The same signed bytes under another event name and key are the same event: the name
+    // and the key are outside the signature, so they cannot make an old body new.
     let res = app
         .post_kapso(
             single,
@@ -346,16 +349,30 @@ async fn kapso_single_and_batch_events_are_accepted_with_bare_hex_signatures(bac
         )
         .await;
     assert_eq!(res.status(), 200);
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["status"], "duplicate");
+    // An event name wahook does not process is stored all the same.
+    let other = String::from_utf8(fixture("kapso/message_received.json"))
+        .unwrap()
+        .replace("wamid.", "wamid.other.");
+    let res = app
+        .post_kapso(other, ACME_KAPSO, "whatsapp.unknown.event", "idem-4", false)
+        .await;
+    assert_eq!(res.status(), 200);
 
     assert_eq!(app.count("webhook_events").await, 3);
+    // Dedup keys are the tenant's own.
+    let acme = app
+        .scalar("SELECT id FROM workspaces WHERE name = 'acme'")
+        .await;
     assert_eq!(
-        app.scalar("SELECT COUNT(*) FROM webhook_events WHERE source = 'kapso' AND event_type = 'whatsapp.message.received' AND dedup_key IN ('kapso:idem-1', 'kapso:idem-batch-1')")
+        app.scalar(&format!("SELECT COUNT(*) FROM webhook_events WHERE source = 'kapso' AND event_type = 'whatsapp.message.received' AND dedup_key IN ('kapso:w{acme}:idem-1', 'kapso:w{acme}:idem-batch-1')"))
             .await,
         2
     );
     assert_eq!(
         app.scalar(
-            "SELECT COUNT(*) FROM webhook_events WHERE event_type = 'workflow.execution.handoff'"
+            "SELECT COUNT(*) FROM webhook_events WHERE event_type = 'whatsapp.unknown.event'"
         )
         .await,
         1

@@ -15,3 +15,4 @@ mod intake;
 mod observability;
 mod processing;
 mod properties;
+mod tenants;

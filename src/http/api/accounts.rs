@@ -134,6 +134,7 @@ async fn create(
         verify_token: body.verify_token,
         kapso_secret: body.kapso_secret,
         agent: body.agent,
+        waba_id: None,
     };
     let account = accounts::create_one(&state.db, ws, fields)
         .await?
@@ -192,6 +193,7 @@ async fn update(
         verify_token: body.verify_token,
         kapso_secret: body.kapso_secret,
         agent: body.agent,
+        waba_id: None,
     };
     let account = accounts::update_one(&state.db, ws, id, fields)
         .await?

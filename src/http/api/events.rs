@@ -97,6 +97,20 @@ struct EventDetail {
     dlq: Option<DlqRow>,
 }
 
+/// The stored headers without the signatures: a signature shown to a viewer would let the
+/// viewer post the event again (the bytes are shown too).
+fn redacted_headers(stored: &str) -> Value {
+    let mut headers: Value = serde_json::from_str(stored).unwrap_or(Value::Null);
+    if let Some(map) = headers.as_object_mut() {
+        for name in ["x-hub-signature-256", "x-webhook-signature"] {
+            if let Some(v) = map.get_mut(name) {
+                *v = Value::String("<redacted>".into());
+            }
+        }
+    }
+    headers
+}
+
 /// The workspace's events, newest id last, by status, source and time received.
 #[utoipa::path(get, path = "/api/v1/events", tag = "events", operation_id = "events_list", params(ListQuery),
     responses((status = 200, body = Page<EventSummary>), Errors))]
@@ -156,7 +170,7 @@ async fn one(
         event: summary(&event),
         payload: serde_json::from_str(&event.payload)
             .unwrap_or_else(|_| Value::String(event.payload.clone())),
-        headers: serde_json::from_str(&event.headers).unwrap_or(Value::Null),
+        headers: redacted_headers(&event.headers),
         dlq: history,
     }))
 }
