@@ -121,6 +121,10 @@ mod d {
         30_000
     }
 
+    pub fn max_connections() -> usize {
+        10_000
+    }
+
     pub fn request_timeout_ms() -> u64 {
         30_000
     }
@@ -188,6 +192,9 @@ pub struct ServerConfig {
     /// slowly are cut).
     #[serde(default = "d::server_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// Connections open at once; past it a new one is closed at once.
+    #[serde(default = "d::max_connections")]
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -478,6 +485,7 @@ impl Config {
                 self.server.header_read_timeout_ms,
             ),
             ("server.request_timeout_ms", self.server.request_timeout_ms),
+            ("server.max_connections", self.server.max_connections as u64),
             (
                 "database.max_connections",
                 self.database.max_connections.into(),

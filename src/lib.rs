@@ -274,11 +274,10 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         state.config.health.max_pending_age_seconds,
         ctx.clone(),
     ));
-    let header_read_timeout =
-        std::time::Duration::from_millis(state.config.server.header_read_timeout_ms);
+    let limits = connection_limits(&state.config.server);
     let app = http::router(state);
     let (shutdown, rx) = watch::channel(false);
-    let server = tokio::spawn(http::serve::serve(listener, app, header_read_timeout, rx));
+    let server = tokio::spawn(http::serve::serve(listener, app, limits, rx));
     Ok(Running {
         addr,
         db,
@@ -343,5 +342,27 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+/// The accept loop's bounds: `server.max_connections`, kept below the descriptors the process
+/// may open (raised to the hard limit first) with room for the database and the files.
+fn connection_limits(cfg: &config::ServerConfig) -> http::serve::Limits {
+    let mut max_connections = cfg.max_connections;
+    if let Some(fds) = http::serve::raise_descriptor_limit() {
+        let room = usize::try_from(fds.saturating_sub(256)).unwrap_or(usize::MAX);
+        if max_connections > room {
+            tracing::warn!(
+                max_connections,
+                descriptors = fds,
+                using = room.max(1),
+                "server.max_connections is above what the process may open; using less"
+            );
+            max_connections = room.max(1);
+        }
+    }
+    http::serve::Limits {
+        header_read_timeout: std::time::Duration::from_millis(cfg.header_read_timeout_ms),
+        max_connections,
     }
 }

@@ -28,6 +28,10 @@ pub const INBOX_OLDEST_PENDING_AGE: &str = "wahook_inbox_oldest_pending_age_seco
 pub const DLQ_ROWS: &str = "wahook_dlq_rows";
 pub const READY: &str = "wahook_ready";
 pub const REQUEST_TIMEOUTS: &str = "wahook_http_request_timeouts_total";
+pub const OPEN_CONNECTIONS: &str = "wahook_http_open_connections";
+pub const CONNECTIONS_REFUSED: &str = "wahook_http_connections_refused_total";
+pub const BAD_TOKENS: &str = "wahook_api_bad_tokens_total";
+pub const ACTORS_EVICTED: &str = "wahook_conversation_actors_evicted_total";
 pub const PAYLOAD_NOTES: &str = "wahook_payload_notes_total";
 pub const AGENT_TURNS: &str = "wahook_agent_turns_total";
 pub const AGENT_TURN_DURATION: &str = "wahook_agent_turn_duration_seconds";
@@ -155,6 +159,19 @@ fn describe() {
     describe_counter!(
         REQUEST_TIMEOUTS,
         "Requests not read and answered within server.request_timeout_ms (answered 408)."
+    );
+    describe_gauge!(OPEN_CONNECTIONS, "HTTP connections open now.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed at accept because server.max_connections were open."
+    );
+    describe_counter!(
+        BAD_TOKENS,
+        "Operator API requests with an unknown token, by answer (401, or 429 past the per-address limit)."
+    );
+    describe_counter!(
+        ACTORS_EVICTED,
+        "Idle conversation actors stopped early because actors.max_live were alive."
     );
     describe_histogram!(
         INBOX_BATCH_SIZE,

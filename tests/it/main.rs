@@ -4,6 +4,7 @@
 mod agent;
 mod api;
 mod attribution;
+mod bounds;
 mod cluster;
 mod common;
 mod config;
