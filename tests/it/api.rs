@@ -608,6 +608,18 @@ async fn bad_requests_get_400_with_a_message(backend: Backend) {
         last = status;
     }
     assert_eq!(last, 429);
+    // Only the bad ones: a valid token from the same address (everyone behind one proxy)
+    // still passes, cached or not, and so does a user whose token was never seen.
+    let (status, _) = call(&app, Method::GET, "/api/v1/users", Some(&admin), None).await;
+    assert_eq!(
+        status, 200,
+        "a valid token passes beside a neighbour's bad ones"
+    );
+    let (_, fresh) = user_with_token(&app, "acme", "fresh@acme.test", Role::Viewer).await;
+    let (status, _) = call(&app, Method::GET, "/api/v1/contacts", Some(&fresh), None).await;
+    assert_eq!(status, 200, "a never-seen valid token passes too");
+    let (status, _) = call(&app, Method::GET, "/api/v1/users", Some("whk_bad0"), None).await;
+    assert_eq!(status, 429, "the bad ones are still refused");
     app.stop().await;
 }
 

@@ -4,7 +4,11 @@
 //! Token checks cost no database round trip: principals are cached by token hash for
 //! `CACHE_TTL` and the cache is dropped on every change to users or tokens made here (a change
 //! made by the CLI in another process is seen within the TTL). Unknown tokens are looked up
-//! once each, and a client that keeps sending bad ones is refused with 429 for a while.
+//! once each, and a client that keeps sending bad ones is refused with 429 for a while. Only
+//! failures count, per address, and a valid token always passes: users behind one reverse
+//! proxy are never locked out by a neighbour's bad tokens. Past the limit, an address's bad
+//! tokens are looked up one at a time (a flood of them holds one database connection at most),
+//! and a bad token seen again is refused from memory.
 
 pub mod accounts;
 pub mod contacts;
@@ -114,8 +118,15 @@ pub fn router(state: AppState) -> Router<AppState> {
 pub struct Auth {
     cache: RwLock<HashMap<String, (Principal, Instant)>>,
     bad: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// Hashes of tokens found bad lately (bounded): refused again without a lookup.
+    known_bad: Mutex<HashMap<String, Instant>>,
+    /// Lookups for addresses past the limit, one at a time.
+    limited_lookups: tokio::sync::Mutex<()>,
     touched: Mutex<HashMap<i64, Instant>>,
 }
+
+/// Bad token hashes remembered at most.
+const KNOWN_BAD_MAX: usize = 10_000;
 
 impl Auth {
     /// Forgets every cached principal (after a change to users or tokens).
@@ -147,14 +158,34 @@ impl Auth {
         })
     }
 
-    fn count_bad(&self, ip: Option<IpAddr>) {
+    fn count_bad(&self, ip: Option<IpAddr>, hash: &str) {
+        {
+            let mut known = self.known_bad.lock().unwrap_or_else(|p| p.into_inner());
+            if known.len() >= KNOWN_BAD_MAX {
+                known.retain(|_, at| at.elapsed() < BAD_TOKEN_WINDOW);
+                if known.len() >= KNOWN_BAD_MAX {
+                    known.clear();
+                }
+            }
+            known.insert(hash.to_owned(), Instant::now());
+        }
         let Some(ip) = ip else { return };
         let mut bad = self.bad.lock().unwrap_or_else(|p| p.into_inner());
+        if bad.len() >= KNOWN_BAD_MAX {
+            bad.retain(|_, (_, since)| since.elapsed() < BAD_TOKEN_WINDOW);
+        }
         let entry = bad.entry(ip).or_insert((0, Instant::now()));
         if entry.1.elapsed() >= BAD_TOKEN_WINDOW {
             *entry = (0, Instant::now());
         }
         entry.0 += 1;
+    }
+
+    fn known_bad(&self, hash: &str) -> bool {
+        let known = self.known_bad.lock().unwrap_or_else(|p| p.into_inner());
+        known
+            .get(hash)
+            .is_some_and(|at| at.elapsed() < BAD_TOKEN_WINDOW)
     }
 
     /// True at most once a minute per token: when its last-used time is worth writing.
@@ -403,14 +434,15 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let auth = &state.auth;
-    if auth.refused(ip) {
-        return Failure::new(
+    let too_many = || {
+        metrics::counter!(crate::metrics::BAD_TOKENS, "answer" => "429").increment(1);
+        Failure::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_bad_tokens",
             "too many requests with a bad token from this address; wait a minute",
         )
-        .into_response();
-    }
+        .into_response()
+    };
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -427,19 +459,33 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         .into_response();
     };
     let hash = token_store::hash(token);
+    let limited = auth.refused(ip);
     let principal = match auth.cached(&hash) {
         Some(p) => Some(p),
-        None => match token_store::principal(&state.db, &hash).await {
-            Ok(Some(p)) => {
-                auth.remember(hash, p.clone());
-                Some(p)
+        // A valid token always passes; one found bad lately is refused from memory.
+        None if limited && auth.known_bad(&hash) => return too_many(),
+        None => {
+            let _one_at_a_time = if limited {
+                Some(auth.limited_lookups.lock().await)
+            } else {
+                None
+            };
+            match token_store::principal(&state.db, &hash).await {
+                Ok(Some(p)) => {
+                    auth.remember(hash.clone(), p.clone());
+                    Some(p)
+                }
+                Ok(None) => None,
+                Err(e) => return Failure::from(e).into_response(),
             }
-            Ok(None) => None,
-            Err(e) => return Failure::from(e).into_response(),
-        },
+        }
     };
     let Some(principal) = principal else {
-        auth.count_bad(ip);
+        auth.count_bad(ip, &hash);
+        if limited {
+            return too_many();
+        }
+        metrics::counter!(crate::metrics::BAD_TOKENS, "answer" => "401").increment(1);
         return Failure::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
