@@ -44,6 +44,8 @@ case "$BACKEND" in
 esac
 export WAHOOK_SERVER__LISTEN="127.0.0.1:$PORT"
 export WAHOOK_LOG__FILTER=warn
+# No Graph API here: an account create (ownership proof) is refused at once, not after a timeout.
+export WAHOOK_GRAPH__BASE_URL="http://127.0.0.1:9"
 
 "$BIN" migrate >/dev/null
 TOKEN=$("$BIN" user create --workspace demo --name "API check" --email api-check@example.com \

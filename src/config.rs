@@ -25,6 +25,7 @@ pub struct Config {
     pub log: LogConfig,
     pub graph: GraphConfig,
     pub cluster: ClusterConfig,
+    pub tenants: TenantsConfig,
     /// AI agent types by name.
     #[serde(default)]
     pub agents: std::collections::BTreeMap<String, AgentConfig>,
@@ -100,6 +101,10 @@ pub struct AgentConfig {
     pub reply_debounce_ms: u64,
     #[serde(default = "d::reply_max_wait_ms")]
     pub reply_max_wait_ms: u64,
+    /// The workspaces (by name) whose accounts may use this agent; empty: any. An agent
+    /// carries its provider key and system prompt, so a tenant should not pick another's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workspaces: Vec<String>,
 }
 
 /// The agent defaults (an agent table is optional, so they live here, not in default.toml).
@@ -171,7 +176,13 @@ impl AgentConfig {
             breaker_cooldown_ms: d::breaker_cooldown_ms(),
             reply_debounce_ms: d::reply_debounce_ms(),
             reply_max_wait_ms: d::reply_max_wait_ms(),
+            workspaces: Vec::new(),
         }
+    }
+
+    /// Whether accounts of `workspace` (by name) may use this agent.
+    pub fn allows(&self, workspace: &str) -> bool {
+        self.workspaces.is_empty() || self.workspaces.iter().any(|w| w == workspace)
     }
 
     /// The API key: inline, or from the variable `api_key_env` names; `None` for none.
@@ -290,6 +301,15 @@ pub struct HealthConfig {
     pub max_pending_age_seconds: u64,
     pub stuck_after_seconds: u64,
     pub gauge_interval_ms: u64,
+}
+
+/// What one workspace may hold.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantsConfig {
+    /// WhatsApp accounts per workspace (a body naming no number is checked against each
+    /// distinct secret, so their number bounds what an unsigned request costs).
+    pub max_accounts_per_workspace: usize,
 }
 
 /// Several nodes on one PostgreSQL and RabbitMQ (`mode = "rabbitmq"`), or one on its own.
@@ -509,6 +529,10 @@ impl Config {
             ("cluster.tick_ms", self.cluster.tick_ms),
             ("cluster.sweep_after_ms", self.cluster.sweep_after_ms),
             ("cluster.prefetch", self.cluster.prefetch.into()),
+            (
+                "tenants.max_accounts_per_workspace",
+                self.tenants.max_accounts_per_workspace as u64,
+            ),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(invalid(key, "must be at least 1"));
@@ -545,7 +569,20 @@ impl Config {
             }
         }
         let mut seen = std::collections::HashSet::new();
+        let mut per_workspace: std::collections::HashMap<&str, usize> = Default::default();
         for (i, account) in self.accounts.iter().enumerate() {
+            let n = per_workspace.entry(account.workspace.as_str()).or_default();
+            *n += 1;
+            if *n > self.tenants.max_accounts_per_workspace {
+                return Err(ConfigError::Invalid {
+                    key: format!("accounts[{i}].workspace"),
+                    origin: origin("accounts"),
+                    message: format!(
+                        "workspace `{}` has more accounts than tenants.max_accounts_per_workspace ({})",
+                        account.workspace, self.tenants.max_accounts_per_workspace
+                    ),
+                });
+            }
             let key = |field: &str| format!("accounts[{i}].{field}");
             if account.phone_number_id.trim().is_empty() {
                 return Err(invalid(&key("phone_number_id"), "must not be empty"));
@@ -572,6 +609,16 @@ impl Config {
                             } else {
                                 known.join(", ")
                             }
+                        ),
+                    });
+                }
+                if !self.agents[agent].allows(&account.workspace) {
+                    return Err(ConfigError::Invalid {
+                        key: format!("agents.{agent}.workspaces"),
+                        origin: origin("agents"),
+                        message: format!(
+                            "does not list workspace `{}`, whose account accounts[{i}] uses the agent",
+                            account.workspace
                         ),
                     });
                 }

@@ -87,6 +87,30 @@ impl Graph {
             .map(|_| ())
     }
 
+    /// Whether `token` can read the phone number (`GET /{version}/{phone_number_id}` answers
+    /// 200): the proof that whoever adds the number through the API owns it. `Err` carries what
+    /// Graph answered instead.
+    pub async fn can_read_number(&self, phone_number_id: &str, token: &str) -> Result<(), String> {
+        let url = format!("{}/{phone_number_id}", self.base);
+        let res = self
+            .http
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| format!("Graph API unreachable: {e}"))?;
+        let status = res.status();
+        if status.is_success() {
+            let v: Value = res.json().await.unwrap_or(Value::Null);
+            // The number it read must be the one asked for.
+            return match v["id"].as_str() {
+                Some(id) if id == phone_number_id => Ok(()),
+                _ => Err("Graph API answered for another object".into()),
+            };
+        }
+        Err(format!("Graph API answered {}", status.as_u16()))
+    }
+
     async fn post(
         &self,
         phone_number_id: &str,

@@ -137,6 +137,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Id<'a> {
 }
 
 /// A text where one is expected, `None` for any other value (skipped unread).
+#[derive(Default)]
 struct Text<'a>(Option<Cow<'a, str>>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
@@ -178,12 +179,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
             }
         }
         d.deserialize_any(V)
-    }
-}
-
-impl Default for Text<'_> {
-    fn default() -> Self {
-        Text(None)
     }
 }
 

@@ -239,6 +239,17 @@ pub async fn load_directory(db: &impl ConnectionTrait) -> Result<Directory, DbEr
     Ok(Directory::new(rows.into_iter().map(Account::from)))
 }
 
+/// A workspace's name.
+pub async fn workspace_name(
+    db: &impl ConnectionTrait,
+    workspace_id: i64,
+) -> Result<Option<String>, DbErr> {
+    Ok(workspaces::Entity::find_by_id(workspace_id)
+        .one(db)
+        .await?
+        .map(|w| w.name))
+}
+
 /// A workspace's accounts (secrets are never serialized).
 pub async fn list(
     db: &impl ConnectionTrait,

@@ -1249,12 +1249,78 @@ async fn lead_filters_and_contact_edits_work_on_real_webhooks(backend: Backend) 
 }
 
 async fn accounts_are_managed_with_write_only_secrets(backend: Backend) {
-    let app = TestApp::start(backend).await;
+    let graph = crate::fakes::graph().await;
+    let base = graph.base.clone();
+    let app = TestApp::start_with(backend, move |c| {
+        c.graph.base_url = base;
+        c.tenants.max_accounts_per_workspace = 4;
+        let mut private = wahook::config::AgentConfig::new("http://127.0.0.1:9/v1", "m");
+        private.workspaces = vec!["globex".into()];
+        c.agents.insert("globex-only".into(), private);
+    })
+    .await;
     let (_, admin) = user_with_token(&app, "acme", "ada@acme.test", Role::Admin).await;
     let (_, viewer) = user_with_token(&app, "acme", "vera@acme.test", Role::Viewer).await;
     let (_, globex) = user_with_token(&app, "globex", "gus@globex.test", Role::Admin).await;
+    let owner = crate::fakes::OWNER_TOKEN;
     let new = json!({"phone_number_id": "444444444444444", "app_secret": "new-account-secret",
-                     "verify_token": "new-verify-token"});
+                     "verify_token": "new-verify-token", "access_token": owner});
+    // Ownership: no token, or one that cannot read the number, is refused before anything
+    // is stored; a number another workspace has gets the very same answer.
+    let mut without = new.clone();
+    without.as_object_mut().unwrap().remove("access_token");
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        "/api/v1/accounts",
+        Some(&admin),
+        Some(without),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let mut wrong = new.clone();
+    wrong["access_token"] = json!("someone-elses-token");
+    let (status, not_owner) = call(
+        &app,
+        Method::POST,
+        "/api/v1/accounts",
+        Some(&admin),
+        Some(wrong),
+    )
+    .await;
+    assert_eq!(status, 403, "{not_owner}");
+    let taken = json!({"phone_number_id": ACME_PNID, "app_secret": "stolen-secret-1",
+                       "verify_token": "stolen-verify", "access_token": owner});
+    let (status, taken_answer) = call(
+        &app,
+        Method::POST,
+        "/api/v1/accounts",
+        Some(&globex),
+        Some(taken),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        taken_answer["error"]["code"], not_owner["error"]["code"],
+        "a taken number reads like any refusal"
+    );
+    assert!(
+        !taken_answer.to_string().contains("taken"),
+        "{taken_answer}"
+    );
+    // An agent limited to another workspace is refused.
+    let mut other_agent = new.clone();
+    other_agent["agent"] = json!("globex-only");
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        "/api/v1/accounts",
+        Some(&admin),
+        Some(other_agent),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(app.count("whatsapp_accounts").await, 3, "nothing stored");
     let (status, _) = call(
         &app,
         Method::POST,
@@ -1283,7 +1349,7 @@ async fn accounts_are_managed_with_write_only_secrets(backend: Backend) {
         Some(new),
     )
     .await;
-    assert_eq!(status, 409);
+    assert_eq!(status, 403, "its own number again: the same refusal");
     // The intake knows it at once.
     let body = meta_text(
         "444444444444444",
@@ -1366,6 +1432,30 @@ async fn accounts_are_managed_with_write_only_secrets(backend: Backend) {
             .await,
         2
     );
+    // The workspace's cap (4 here): a fourth account, then no fifth.
+    let more = |pnid: &str| {
+        json!({"phone_number_id": pnid, "app_secret": "more-secret-1",
+                                   "verify_token": "more-verify", "access_token": owner})
+    };
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        "/api/v1/accounts",
+        Some(&admin),
+        Some(more("555555555555555")),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, full) = call(
+        &app,
+        Method::POST,
+        "/api/v1/accounts",
+        Some(&admin),
+        Some(more("666666666666666")),
+    )
+    .await;
+    assert_eq!(status, 409, "{full}");
+    assert_eq!(full["error"]["code"], "account_limit");
     app.stop().await;
 }
 

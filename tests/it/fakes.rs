@@ -180,8 +180,40 @@ pub async fn graph() -> Fake {
             .into_response(),
         }
     }
-    start(Router::new().route("/{version}/{pnid}/messages", post(messages))).await
+    /// `GET /{version}/{phone_number_id}`: the number, for the token that owns it
+    /// (`OWNER_TOKEN`); Graph's error otherwise.
+    async fn number(
+        State(fake): State<Fake>,
+        Path((version, pnid)): Path<(String, String)>,
+        headers: HeaderMap,
+    ) -> Response {
+        let token = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("")
+            .to_owned();
+        fake.take(format!("GET /{version}/{pnid}"), json!({"token": token}));
+        if token == OWNER_TOKEN {
+            Json(json!({"id": pnid, "display_phone_number": "+1 555 000 0000", "verified_name": "Owner"})).into_response()
+        } else {
+            (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": {"message": format!("Unsupported get request. Object with ID '{pnid}' does not exist, cannot be loaded due to missing permissions, or does not support this operation."), "type": "GraphMethodException", "code": 100, "error_subcode": 33}})),
+            )
+                .into_response()
+        }
+    }
+    start(
+        Router::new()
+            .route("/{version}/{pnid}/messages", post(messages))
+            .route("/{version}/{pnid}", axum::routing::get(number)),
+    )
+    .await
 }
+
+/// The Graph token the fake treats as the owner of every number.
+pub const OWNER_TOKEN: &str = "owner-token";
 
 pub fn is_send(_: &str, body: &Value) -> bool {
     body.get("type").and_then(Value::as_str) == Some("text")
