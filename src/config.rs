@@ -878,18 +878,42 @@ fn unknown_key(
     }
 }
 
-/// Hides the password of a URL (database, broker).
+/// Hides the secrets of a URL (database, broker): the password of its user part, and the
+/// values of query parameters that carry one (`password`, `pass`, `secret`, `token`, and names
+/// containing them, such as `sslpassword` or `auth_token`).
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let head = match (head.find("://"), head.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
+            let userinfo = &head[scheme + 3..at];
             match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:<redacted>{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
+                Some((user, _)) => {
+                    format!("{}{user}:<redacted>{}", &head[..scheme + 3], &head[at..])
+                }
+                None => head.to_string(),
             }
         }
-        _ => url.to_string(),
-    }
+        _ => head.to_string(),
+    };
+    let Some(query) = query else { return head };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if is_secret_param(name) => format!("{name}=<redacted>"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{head}?{}", params.join("&"))
+}
+
+fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["password", "pass", "secret", "token", "pwd"]
+        .iter()
+        .any(|s| name.contains(s))
 }
 
 fn toml_string(config: &Config) -> String {

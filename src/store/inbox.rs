@@ -773,7 +773,68 @@ pub struct EventFilter<'a> {
     pub ids: Option<&'a [i64]>,
 }
 
-/// A workspace's events by id after the cursor.
+/// What a list of events shows: every column but the payload and the headers, which may be
+/// megabytes each (they are read for one event at a time).
+#[derive(Debug, Clone, sea_orm::FromQueryResult)]
+pub struct EventSummary {
+    pub id: i64,
+    pub source: String,
+    pub event_type: Option<String>,
+    pub status: String,
+    pub attempts: i32,
+    pub received_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub correlation_id: String,
+    pub notes: Option<String>,
+}
+
+/// A workspace's events by id after the cursor, without their payloads.
+pub async fn list_summaries(
+    db: &impl ConnectionTrait,
+    workspace_id: i64,
+    filter: &EventFilter<'_>,
+    after: Option<i64>,
+    limit: u64,
+) -> Result<Vec<EventSummary>, DbErr> {
+    use sea_orm::QuerySelect;
+    use webhook_events::Column as C;
+    filtered(workspace_id, filter, after, limit)
+        .select_only()
+        .columns([
+            C::Id,
+            C::Source,
+            C::EventType,
+            C::Status,
+            C::Attempts,
+            C::ReceivedAt,
+            C::ProcessedAt,
+            C::LastError,
+            C::CorrelationId,
+            C::Notes,
+        ])
+        .into_model::<EventSummary>()
+        .all(db)
+        .await
+}
+
+/// The ids of a workspace's events (a range replay pages through them).
+pub async fn list_ids(
+    db: &impl ConnectionTrait,
+    workspace_id: i64,
+    filter: &EventFilter<'_>,
+    limit: u64,
+) -> Result<Vec<i64>, DbErr> {
+    use sea_orm::QuerySelect;
+    filtered(workspace_id, filter, None, limit)
+        .select_only()
+        .column(webhook_events::Column::Id)
+        .into_tuple::<i64>()
+        .all(db)
+        .await
+}
+
+/// A workspace's events by id after the cursor, whole (payloads too: page small).
 pub async fn list(
     db: &impl ConnectionTrait,
     workspace_id: i64,
@@ -781,6 +842,15 @@ pub async fn list(
     after: Option<i64>,
     limit: u64,
 ) -> Result<Vec<webhook_events::Model>, DbErr> {
+    filtered(workspace_id, filter, after, limit).all(db).await
+}
+
+fn filtered(
+    workspace_id: i64,
+    filter: &EventFilter<'_>,
+    after: Option<i64>,
+    limit: u64,
+) -> sea_orm::Select<webhook_events::Entity> {
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
     use webhook_events::Column as C;
     let mut q = webhook_events::Entity::find().filter(C::WorkspaceId.eq(workspace_id));
@@ -802,7 +872,7 @@ pub async fn list(
     if let Some(after) = after {
         q = q.filter(C::Id.gt(after));
     }
-    q.order_by_asc(C::Id).limit(limit).all(db).await
+    q.order_by_asc(C::Id).limit(limit)
 }
 
 /// Sets events back to `pending` (a replay: processing them again changes nothing twice) and

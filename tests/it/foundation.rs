@@ -285,6 +285,29 @@ fn config_command_prints_the_effective_config_with_secrets_redacted() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("sqlite://elsewhere.db"));
+
+    // A password given in the URL's query is hidden too.
+    let out = wahook()
+        .arg("config")
+        .env(
+            "DATABASE_URL",
+            "postgres://db.internal/wahook?user=app&password=hunter3&sslmode=require&sslpassword=key-pass",
+        )
+        .env(
+            "WAHOOK_CLUSTER__AMQP_URL",
+            "amqp://mq.internal:5672/%2f?auth_token=rabbit-token&heartbeat=10",
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for secret in ["hunter3", "key-pass", "rabbit-token"] {
+        assert!(!text.contains(secret), "{secret} printed: {text}");
+    }
+    assert!(
+        text.contains("postgres://db.internal/wahook?user=app&password=<redacted>&sslmode=require&sslpassword=<redacted>"),
+        "{text}"
+    );
+    assert!(text.contains("heartbeat=10"), "{text}");
 }
 
 #[test]

@@ -25,6 +25,8 @@ use crate::{
 
 /// The most events one replay call takes.
 const MAX_REPLAY: u64 = 10_000;
+/// Events read (with their payloads) at a time by a replay.
+const REPLAY_PAGE: usize = 100;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -68,6 +70,21 @@ struct EventSummary {
     correlation_id: String,
     /// What normalisation noticed (value-level errors, parts not processed).
     notes: Option<String>,
+}
+
+fn summary_of(e: inbox::EventSummary) -> EventSummary {
+    EventSummary {
+        id: e.id,
+        source: e.source,
+        event_type: e.event_type,
+        status: e.status,
+        attempts: e.attempts,
+        received_at: e.received_at,
+        processed_at: e.processed_at,
+        last_error: e.last_error,
+        correlation_id: e.correlation_id,
+        notes: e.notes,
+    }
 }
 
 fn summary(e: &entity::webhook_events::Model) -> EventSummary {
@@ -136,7 +153,7 @@ async fn list(
         to: q.to,
         ids: None,
     };
-    let rows = inbox::list(
+    let rows = inbox::list_summaries(
         &state.db,
         caller.0.workspace_id,
         &filter,
@@ -144,7 +161,11 @@ async fn list(
         limit,
     )
     .await?;
-    Ok(page(rows.iter().map(summary).collect(), limit, |e| e.id))
+    Ok(page(
+        rows.into_iter().map(summary_of).collect(),
+        limit,
+        |e| e.id,
+    ))
 }
 
 /// One event with its payload, headers and DLQ history.
@@ -221,15 +242,10 @@ async fn replay(
             )));
         }
     };
-    let events = inbox::list(
-        &state.db,
-        caller.0.workspace_id,
-        &filter,
-        None,
-        MAX_REPLAY + 1,
-    )
-    .await?;
-    if events.len() as u64 > MAX_REPLAY {
+    // Ids first, then the events a page at a time: a range of large payloads is never held
+    // in memory at once.
+    let ids = inbox::list_ids(&state.db, caller.0.workspace_id, &filter, MAX_REPLAY + 1).await?;
+    if ids.len() as u64 > MAX_REPLAY {
         return Err(Failure::bad_request(format!(
             "more than {MAX_REPLAY} events: replay a shorter range"
         )));
@@ -241,10 +257,25 @@ async fn replay(
             "processing is restarting; try again",
         )
     })?;
-    let committed = inbox::reset_for_replay(&state.db, &events).await?;
-    let count = committed.len();
-    for event in committed {
-        let _ = router.cast(RouterMsg::Dispatch(event));
+    let mut count = 0;
+    for chunk in ids.chunks(REPLAY_PAGE) {
+        let page = EventFilter {
+            ids: Some(chunk),
+            ..Default::default()
+        };
+        let events = inbox::list(
+            &state.db,
+            caller.0.workspace_id,
+            &page,
+            None,
+            REPLAY_PAGE as u64,
+        )
+        .await?;
+        let committed = inbox::reset_for_replay(&state.db, &events).await?;
+        count += committed.len();
+        for event in committed {
+            let _ = router.cast(RouterMsg::Dispatch(event));
+        }
     }
     audit(
         &state.db,
