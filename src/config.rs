@@ -277,6 +277,9 @@ pub struct IntakeConfig {
 #[serde(deny_unknown_fields)]
 pub struct ActorsConfig {
     pub idle_timeout_ms: u64,
+    /// Conversation actors alive at once, in all workspaces; past it the least recently used
+    /// idle ones stop early (0: no bound).
+    pub max_live: usize,
     pub restart_budget: u32,
     pub restart_window_ms: u64,
 }

@@ -171,7 +171,7 @@ fn describe() {
     );
     describe_counter!(
         ACTORS_EVICTED,
-        "Idle conversation actors stopped early because actors.max_live were alive."
+        "Idle conversation actors asked to stop early because actors.max_live were alive."
     );
     describe_histogram!(
         INBOX_BATCH_SIZE,

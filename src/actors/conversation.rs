@@ -149,6 +149,13 @@ impl Actor for Conversation {
                     schedule_turn(&myself, state);
                 }
             }
+            ConversationMsg::Evict => {
+                // A burst or a turn keeps the actor (the router evicts another).
+                let busy = state.agent.turn_running || !state.agent.burst.is_empty();
+                if !busy {
+                    myself.stop(Some("evicted".into()));
+                }
+            }
             ConversationMsg::IdleCheck => {
                 let quiet = state.last_active.elapsed();
                 let busy = state.agent.turn_running || !state.agent.burst.is_empty();

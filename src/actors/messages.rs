@@ -102,6 +102,8 @@ pub enum ConversationMsg {
     TurnDone(Box<crate::agent::turn::TurnReport>),
     /// Stop if nothing happened for `actors.idle_timeout_ms`.
     IdleCheck,
+    /// `actors.max_live` are alive: stop now unless an agent turn is waiting or running.
+    Evict,
 }
 
 pub enum DeadLetterMsg {

@@ -10,6 +10,7 @@
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
 };
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -35,6 +36,8 @@ pub struct Router;
 struct Conv {
     actor: ActorRef<ConversationMsg>,
     in_flight: VecDeque<Arc<Slice>>,
+    /// When work last went to it (the least recently used idle ones are evicted first).
+    last_used: Instant,
 }
 
 struct Track {
@@ -54,6 +57,8 @@ pub struct RouterState {
     recovered: HashSet<i64>,
     /// Slices handed to conversation actors and not yet done (their mailboxes, summed).
     queued: usize,
+    /// Actors asked to stop for room (`actors.max_live`), and when.
+    evicting: HashMap<ConversationKey, Instant>,
 }
 
 impl Actor for Router {
@@ -75,6 +80,7 @@ impl Actor for Router {
             events: HashMap::new(),
             recovered: HashSet::new(),
             queued: 0,
+            evicting: HashMap::new(),
         })
     }
 
@@ -156,15 +162,20 @@ impl Actor for Router {
                 }
             }
             RouterMsg::Resume(key, resume) => {
-                let actor = match state.conversations.get(&key) {
-                    Some(conv) => conv.actor.clone(),
+                let actor = match state.conversations.get_mut(&key) {
+                    Some(conv) => {
+                        conv.last_used = Instant::now();
+                        conv.actor.clone()
+                    }
                     None => {
+                        make_room(state);
                         let actor = spawn_conversation(&myself, state, key.clone()).await?;
                         state.conversations.insert(
                             key,
                             Conv {
                                 actor: actor.clone(),
                                 in_flight: VecDeque::new(),
+                                last_used: Instant::now(),
                             },
                         );
                         metrics::gauge!(m::LIVE_CONVERSATIONS)
@@ -219,6 +230,7 @@ impl Actor for Router {
         let Some(key) = state.by_actor.remove(&cell.get_id()) else {
             return Ok(());
         };
+        state.evicting.remove(&key);
         let Some(conv) = state.conversations.remove(&key) else {
             return Ok(());
         };
@@ -244,6 +256,7 @@ impl Actor for Router {
             Conv {
                 actor,
                 in_flight: conv.in_flight,
+                last_used: Instant::now(),
             },
         );
         Ok(())
@@ -354,12 +367,14 @@ async fn dispatch(
         let actor = match state.conversations.get(&key) {
             Some(conv) => conv.actor.clone(),
             None => {
+                make_room(state);
                 let actor = spawn_conversation(myself, state, key.clone()).await?;
                 state.conversations.insert(
                     key.clone(),
                     Conv {
                         actor: actor.clone(),
                         in_flight: VecDeque::new(),
+                        last_used: Instant::now(),
                     },
                 );
                 metrics::gauge!(m::LIVE_CONVERSATIONS).set(state.conversations.len() as f64);
@@ -368,6 +383,7 @@ async fn dispatch(
         };
         if let Some(conv) = state.conversations.get_mut(&key) {
             conv.in_flight.push_back(slice.clone());
+            conv.last_used = Instant::now();
             state.queued += 1;
         }
         slice.delivered();
@@ -375,6 +391,53 @@ async fn dispatch(
         let _ = actor.cast(ConversationMsg::Apply(slice));
     }
     Ok(())
+}
+
+/// How long an eviction may take before the actor counts as alive again (it was busy with a
+/// turn and stayed).
+const EVICTION_GRACE: Duration = Duration::from_secs(2);
+
+/// Keeps the live actors under `actors.max_live`: before a new one starts at the bound, the
+/// least recently used tenth of the idle ones (no slice in flight) is asked to stop. One scan
+/// serves many spawns; an actor busy with an agent turn stays, and another goes next time.
+fn make_room(state: &mut RouterState) {
+    let max = state.ctx.actors.max_live;
+    if max == 0 {
+        return;
+    }
+    state
+        .evicting
+        .retain(|_, asked| asked.elapsed() < EVICTION_GRACE);
+    if state
+        .conversations
+        .len()
+        .saturating_sub(state.evicting.len())
+        < max
+    {
+        return;
+    }
+    let mut idle: Vec<(Instant, &ConversationKey, &Conv)> = state
+        .conversations
+        .iter()
+        .filter(|(k, c)| c.in_flight.is_empty() && !state.evicting.contains_key(*k))
+        .map(|(k, c)| (c.last_used, k, c))
+        .collect();
+    let batch = (max / 10).clamp(1, idle.len().max(1));
+    if idle.len() > batch {
+        idle.select_nth_unstable_by_key(batch, |(at, ..)| *at);
+        idle.truncate(batch);
+    }
+    let now = Instant::now();
+    let mut asked = Vec::with_capacity(idle.len());
+    for (_, key, conv) in idle {
+        if conv.actor.cast(ConversationMsg::Evict).is_ok() {
+            asked.push(key.clone());
+        }
+    }
+    metrics::counter!(m::ACTORS_EVICTED).increment(asked.len() as u64);
+    for key in asked {
+        state.evicting.insert(key, now);
+    }
 }
 
 /// Finds inbound messages (of the last 24 hours, to numbers with an agent) that no turn has

@@ -117,3 +117,57 @@ async fn connections_past_the_cap_are_closed_at_once() {
     assert!(refused >= 1.0, "{refused}");
     app.stop().await;
 }
+
+crate::both_backends!(live_conversations_stay_under_max_live);
+
+/// One tenant's burst of new senders cannot hold actors without bound: past `actors.max_live`
+/// the least recently used idle ones stop, nothing is lost, and an evicted conversation's next
+/// message lands in the same conversation.
+async fn live_conversations_stay_under_max_live(backend: Backend) {
+    use crate::common::{ACME_PNID, ACME_SECRET, meta_text};
+    let app = TestApp::start_with(backend, |c| c.actors.max_live = 5).await;
+    for i in 0..30 {
+        let body = meta_text(
+            ACME_PNID,
+            &format!("49151777000{i:02}"),
+            &format!("wamid.live.{i}"),
+            "hi",
+        );
+        assert_eq!(app.post_meta(body, ACME_SECRET).await.status(), 200);
+    }
+    app.wait_processed(30).await;
+    assert_eq!(app.count("messages").await, 30, "nothing lost");
+    // Stops are asynchronous: wait on processing progress (an actor stop bumps it).
+    let mut progress = app.running().progress();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        progress.borrow_and_update();
+        let live = app.running().live_conversations().await;
+        if live <= 5 {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, progress.changed())
+            .await
+            .is_err()
+        {
+            panic!("{live} conversation actors alive, more than actors.max_live = 5");
+        }
+    }
+    assert!(
+        app.metric("wahook_conversation_actors_evicted_total").await >= 25.0,
+        "evictions are counted"
+    );
+    // The first sender was evicted long ago; its next message joins its conversation.
+    let again = meta_text(ACME_PNID, "4915177700000", "wamid.live.again", "back");
+    assert_eq!(app.post_meta(again, ACME_SECRET).await.status(), 200);
+    app.wait_processed(31).await;
+    assert_eq!(app.count("conversations").await, 30);
+    assert_eq!(
+        app.scalar(
+            "SELECT message_count FROM conversations c JOIN contacts k ON k.id = c.contact_id WHERE k.phone = '4915177700000'"
+        )
+        .await,
+        2
+    );
+    app.stop().await;
+}
