@@ -522,3 +522,54 @@ fn cluster_mode_on_sqlite_fails_start_up_naming_the_key() {
     assert!(err.contains("cluster.mode"), "{err}");
     assert!(err.contains("PostgreSQL"), "{err}");
 }
+
+/// Through the broker too, an event acts only inside the tenant that signed it: a Kapso
+/// project webhook of globex naming acme's number is published, delivered, and parked with the
+/// reason; nothing lands in acme's workspace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_number_in_a_signed_event_is_not_applied_through_the_broker() {
+    let mut cluster = Cluster::new().await;
+    let mut config = cluster.config("node-a");
+    config
+        .kapso_projects
+        .push(wahook::config::KapsoProjectConfig {
+            workspace: "globex".into(),
+            project_id: "proj-beta".into(),
+            secret: Some("beta-project-secret".into()),
+            secret_env: None,
+        });
+    let a = cluster.start(config).await;
+    cluster.wait_owned(&[(a, PARTITIONS as usize)]).await;
+    let body = serde_json::json!({
+        "project_id": "proj-beta",
+        "phone_number_id": ACME_PNID,
+        "conversation": {"phone_number": "+4915199999999", "phone_number_id": ACME_PNID},
+        "message": {"id": "wamid.cluster.attack", "timestamp": "1767225700", "type": "text",
+                    "text": {"body": "hi"}, "kapso": {"direction": "inbound"}},
+    })
+    .to_string();
+    let sig = wahook::ingest::signature::sign_hex(b"beta-project-secret", body.as_bytes());
+    let res = client()
+        .post(format!("{}/webhooks/kapso", cluster.node(a).base))
+        .header("content-type", "application/json")
+        .header("x-webhook-signature", sig)
+        .header("x-webhook-event", "whatsapp.message.received")
+        .header("x-idempotency-key", "cluster-attack")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    cluster
+        .wait_for(
+            "SELECT COUNT(*) FROM webhook_dlq WHERE error LIKE '%another tenant%'",
+            1,
+        )
+        .await;
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM messages").await, 0);
+    assert_eq!(
+        cluster.scalar("SELECT COUNT(*) FROM conversations").await,
+        0
+    );
+    cluster.finish().await;
+}
