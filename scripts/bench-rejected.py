@@ -118,13 +118,15 @@ def main():
         "WAHOOK_DATABASE__URL": f"sqlite://{work}/wahook.db",
         "WAHOOK_LOG__FILTER": "error",
     })
-    subprocess.run([BIN, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    # Run in the work directory: each build then uses its own compiled-in defaults, not this
+    # tree's config/default.toml (an older build does not know the newer keys).
+    subprocess.run([BIN, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL, cwd=work)
     token = subprocess.run(
         [BIN, "user", "create", "--workspace", "ws0", "--name", "Bench", "--email",
          "bench@example.com", "--role", "admin"],
-        env=env, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        env=env, check=True, capture_output=True, text=True, cwd=work).stdout.strip().splitlines()[-1]
     proc = subprocess.Popen([BIN, "serve"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, cwd=work)
     try:
         for _ in range(200):
             try:

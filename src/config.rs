@@ -267,6 +267,10 @@ impl SqliteSynchronous {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntakeConfig {
+    /// A body that names no known phone number or WhatsApp Business Account is checked against
+    /// each distinct secret; past this size it is refused without any (account-level webhooks
+    /// are a few hundred bytes).
+    pub unrouted_max_bytes: usize,
     pub batch_max: usize,
     pub batch_wait_us: u64,
     pub queue_capacity: usize,

@@ -137,8 +137,9 @@ async fn accept_meta(
                 Some(a.app_secret.as_str())
             })?
         }
-        // Naming neither: each distinct app secret once (accounts of one Meta app share one).
-        _ => directory
+        // Naming neither: each distinct app secret once (accounts of one Meta app share one),
+        // for a body small enough to be an account-level webhook.
+        _ => unrouted(state, body)?
             .app_secrets()
             .find(|(secret, _)| signature::verify(secret.as_bytes(), body, &expected))
             .map(|(_, pnids)| directory.tenant_of(pnids))
@@ -197,7 +198,7 @@ async fn accept_kapso(
         } else {
             ApiError::Forbidden("unknown_phone_number")
         })?,
-        Routing::NotJson(_) => directory
+        Routing::NotJson(_) => unrouted(state, body)?
             .kapso_secrets()
             .find(|(secret, _)| signature::verify(secret.as_bytes(), body, &expected))
             .map(|(_, pnids)| directory.tenant_of(pnids))
@@ -230,6 +231,16 @@ async fn accept_kapso(
         &routing,
     );
     append(state, event, &routing).await
+}
+
+/// The directory to try each secret of, for a body that names no account: only when the body
+/// is small enough (`intake.unrouted_max_bytes`), so that an unsigned request costs at most that
+/// many bytes hashed per distinct secret. A larger one is refused without any.
+fn unrouted(state: &AppState, body: &[u8]) -> Result<Arc<Directory>, ApiError> {
+    if body.len() > state.config.intake.unrouted_max_bytes {
+        return Err(ApiError::Forbidden("unroutable_body"));
+    }
+    Ok(state.directory())
 }
 
 /// Tenant isolation: every phone number the body names must be known, and all of them must

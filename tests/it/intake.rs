@@ -196,7 +196,7 @@ async fn a_signed_body_that_is_not_json_is_kept_and_refused(backend: Backend) {
         1
     );
     // JSON nested past the parser's depth limit cannot be read downstream: the same answer.
-    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let deep = format!("{}{}", "[".repeat(1_000), "]".repeat(1_000));
     let res = app.post_meta(deep, ACME_SECRET).await;
     assert_eq!(res.status(), 400);
     assert_eq!(

@@ -403,6 +403,7 @@ async fn headers_outside_the_signature_cannot_make_an_old_event_new(backend: Bac
 async fn account_level_webhooks_are_checked_against_their_waba_only(backend: Backend) {
     let app = TestApp::start_with(backend, |c| {
         c.accounts[2].waba_id = Some("WABA-BETA".into());
+        c.intake.unrouted_max_bytes = 4096;
     })
     .await;
     let body = |waba: &str| {
@@ -432,6 +433,20 @@ async fn account_level_webhooks_are_checked_against_their_waba_only(backend: Bac
     // An unknown WABA: checked against each distinct app secret once.
     assert_eq!(
         app.post_meta(body("WABA-UNKNOWN"), ACME_SECRET)
+            .await
+            .status(),
+        200
+    );
+    // ... if it is small: a large body that names no known account is refused before any
+    // HMAC (an unsigned one would cost a hash of it per secret), signed or not.
+    let large = |waba: &str| body(waba).replace("VERIFIED_ACCOUNT", &"x".repeat(8192));
+    let res = app.post_meta(large("WABA-UNKNOWN"), ACME_SECRET).await;
+    assert_eq!(res.status(), 403);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["error"], "unroutable_body");
+    // A known WABA routes it to one secret, whatever its size.
+    assert_eq!(
+        app.post_meta(large("WABA-BETA"), GLOBEX_SECRET)
             .await
             .status(),
         200
