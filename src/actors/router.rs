@@ -198,6 +198,17 @@ impl Actor for Router {
                     metrics::gauge!(m::MAILBOX_DEPTH).set(state.queued as f64);
                 }
                 finish_slice(state, event_id, part);
+                // Over the bound because every actor was busy when the last ones started:
+                // room is made as soon as some are idle again.
+                if state.ctx.actors.max_live > 0
+                    && state
+                        .conversations
+                        .len()
+                        .saturating_sub(state.evicting.len())
+                        > state.ctx.actors.max_live
+                {
+                    make_room(state);
+                }
             }
             RouterMsg::LiveConversations(reply) => {
                 let _ = reply.send(state.conversations.len());
@@ -397,9 +408,10 @@ async fn dispatch(
 /// turn and stayed).
 const EVICTION_GRACE: Duration = Duration::from_secs(2);
 
-/// Keeps the live actors under `actors.max_live`: before a new one starts at the bound, the
-/// least recently used tenth of the idle ones (no slice in flight) is asked to stop. One scan
-/// serves many spawns; an actor busy with an agent turn stays, and another goes next time.
+/// Keeps the live actors under `actors.max_live`: before a new one starts at the bound (and
+/// after a slice finishes while above it), the least recently used tenth of the idle ones (no
+/// slice in flight) is asked to stop — at least as many as are over the bound. One scan serves
+/// many spawns; an actor busy with an agent turn stays, and another goes next time.
 fn make_room(state: &mut RouterState) {
     let max = state.ctx.actors.max_live;
     if max == 0 {
@@ -422,7 +434,10 @@ fn make_room(state: &mut RouterState) {
         .filter(|(k, c)| c.in_flight.is_empty() && !state.evicting.contains_key(*k))
         .map(|(k, c)| (c.last_used, k, c))
         .collect();
-    let batch = (max / 10).clamp(1, idle.len().max(1));
+    let over = (state.conversations.len() + 1)
+        .saturating_sub(state.evicting.len())
+        .saturating_sub(max);
+    let batch = (max / 10).max(over).clamp(1, idle.len().max(1));
     if idle.len() > batch {
         idle.select_nth_unstable_by_key(batch, |(at, ..)| *at);
         idle.truncate(batch);
