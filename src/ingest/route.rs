@@ -253,9 +253,12 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
                 T::deserialize(de::value::MapAccessDeserializer::new(map)).map(|t| Obj(Some(t)))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Obj(None))
+            // serde's derived structs read an array as their fields in order, so a processor
+            // would read `"metadata": ["123"]` as phone number 123: refused, not skipped.
+            fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+                Err(de::Error::custom(
+                    "a routing object is given as an array (readers differ on what it names)",
+                ))
             }
             fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
                 Ok(Obj(None))
@@ -476,7 +479,7 @@ mod tests {
         assert_eq!(ids(meta(br#"{"entry":"odd"}"#)), Ids::default());
         assert_eq!(
             ids(meta(
-                br#"{"entry":[1,{"changes":{"x":1}},{"changes":[{"value":[]}]}]}"#
+                br#"{"entry":[1,{"changes":{"x":1}},{"changes":[{"value":"x"}]}]}"#
             )),
             Ids::default()
         );
@@ -496,6 +499,8 @@ mod tests {
             br#"{"entry":[{"changes":[{"value":{"metadata":{"phone_number_id":"A","phone_number_id":"B"}}}]}]}"#,
             br#"{"entry":[],"entry":[]}"#,
             br#"{"entry":[{"id":4000}]}"#,
+            br#"{"entry":[{"changes":[{"value":{"metadata":["123"]}}]}]}"#,
+            br#"{"entry":[["W",[{"value":{}}]]]}"#,
         ] {
             assert!(
                 matches!(meta(body), Routing::Refused(_)),
@@ -508,6 +513,7 @@ mod tests {
             br#"{"conversation":{"phone_number_id":"P"},"conversation":{"phone_number_id":"Q"}}"#,
             br#"{"project_id":7}"#,
             br#"{"batch":true,"data":[{"phone_number_id":["P"]}]}"#,
+            br#"{"conversation":["P"]}"#,
         ] {
             assert!(
                 matches!(kapso(body), Routing::Refused(_)),
