@@ -528,12 +528,17 @@ async function renderConversation(id) {
   ] : [];
   const thread = data.messages.map((m) => {
     const tick = TICKS[m.status] || null;
-    return el("article", { class: "msg " + m.direction, "data-wamid": m.wamid, "aria-label": `${m.direction} message` },
-      el("div", {}, m.content ?? `[${m.message_type}]`),
+    const edits = m.edits || [];
+    return el("article", { class: "msg " + m.direction + (m.revoked ? " revoked" : ""), "data-wamid": m.wamid, "aria-label": `${m.direction} message` },
+      el("div", {}, m.revoked ? "This message was deleted" : (m.content ?? `[${m.message_type}]`)),
       el("div", { class: "meta" },
         el("span", {}, m.direction === "outbound" ? "sent by us" : c.contact_name || c.contact),
+        m.edited && !m.revoked ? el("span", { class: "mark edited", title: edits.map((e) => `${when(e.at)}: ${e.content ?? ""}`).join("\n") }, "edited") : null,
+        m.revoked ? el("span", { class: "mark deleted" }, "deleted") : null,
         el("time", { datetime: m.timestamp }, when(m.timestamp)),
         tick ? el("span", { class: "tick " + m.status, title: tick[1], "aria-label": tick[1], "data-status": m.status }, tick[0]) : null),
+      (m.reactions || []).length ? el("div", { class: "reactions", "aria-label": "reactions" },
+        ...m.reactions.map((r) => el("span", { class: "reaction", title: r.side === "outbound" ? "our reaction" : "their reaction" }, r.emoji))) : null,
       m.status_error ? el("div", { class: "error" }, m.status_error) : null);
   });
   show(

@@ -124,6 +124,7 @@ pub async fn run(config: Config, args: Args) -> anyhow::Result<String> {
                             status: MessageStatus::Received,
                         }],
                         statuses: Vec::new(),
+                        amendments: Vec::new(),
                         intents: Vec::new(),
                         external_id: None,
                         report_new_inbound: false,

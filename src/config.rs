@@ -101,6 +101,9 @@ pub struct AgentConfig {
     pub reply_debounce_ms: u64,
     #[serde(default = "d::reply_max_wait_ms")]
     pub reply_max_wait_ms: u64,
+    /// Whether the agent answers messages written in a group (default: it stays silent there).
+    #[serde(default)]
+    pub answer_groups: bool,
     /// The workspaces (by name) whose accounts may use this agent; empty: any. An agent
     /// carries its provider key and system prompt, so a tenant should not pick another's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -176,6 +179,7 @@ impl AgentConfig {
             breaker_cooldown_ms: d::breaker_cooldown_ms(),
             reply_debounce_ms: d::reply_debounce_ms(),
             reply_max_wait_ms: d::reply_max_wait_ms(),
+            answer_groups: false,
             workspaces: Vec::new(),
         }
     }

@@ -23,6 +23,10 @@ pub struct Model {
     #[sea_orm(column_type = "Text")]
     pub metadata: String,
     pub event_id: Option<i64>,
+    /// When its latest edit was made (its content is that edit's).
+    pub edited_at: Option<DateTimeUtc>,
+    /// When it was deleted for everyone (its text is gone from this row).
+    pub revoked_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

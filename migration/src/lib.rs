@@ -10,6 +10,7 @@ mod m20261123_000005_conversation_external_id;
 mod m20261123_000006_api_tokens_audit_log;
 mod m20261129_000007_cluster;
 mod m20261202_000008_tenants;
+mod m20261202_000009_amendments;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000006_api_tokens_audit_log::Migration),
             Box::new(m20261129_000007_cluster::Migration),
             Box::new(m20261202_000008_tenants::Migration),
+            Box::new(m20261202_000009_amendments::Migration),
         ]
     }
 }

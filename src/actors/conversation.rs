@@ -184,7 +184,7 @@ fn new_inbound(
     state: &mut Live,
     phone_number_id: &str,
     correlation_id: &str,
-    burst: Vec<Inbound>,
+    mut burst: Vec<Inbound>,
 ) {
     let directory = state.ctx.directory();
     let Some(agent_type) = directory
@@ -196,6 +196,12 @@ fn new_inbound(
     let Some(answerer) = state.ctx.agents.answerer(&agent_type, phone_number_id) else {
         return;
     };
+    // Only a person's words start a turn; in a group only where the agent answers groups.
+    let answer_groups = answerer.provider.cfg.answer_groups;
+    burst.retain(|i| i.message.is_spoken() && (answer_groups || i.message.group_id().is_none()));
+    if burst.is_empty() {
+        return;
+    }
     // The typing indicator only when a reply will follow.
     let newest = burst.iter().max_by_key(|i| i.message.timestamp);
     if let Some(newest) = newest.filter(|_| state.conv_state != ConversationState::Human) {
@@ -370,6 +376,7 @@ fn change_set(state: &Live, slice: &Slice) -> ChangeSet {
         contact_name: None,
         messages: Vec::new(),
         statuses: Vec::new(),
+        amendments: Vec::new(),
         intents: Vec::new(),
         external_id: None,
         // Only an account with an agent needs to hear which messages are new.
@@ -390,6 +397,7 @@ fn change_set(state: &Live, slice: &Slice) -> ChangeSet {
                 set.messages.push(msg.clone());
             }
             ItemKind::Status(status) => set.statuses.push(status.clone()),
+            ItemKind::Amendment(a) => set.amendments.push(a.clone()),
             ItemKind::Lifecycle(l) => set.intents.push(Intent::Lifecycle(*l)),
             ItemKind::ExternalId(id) => set.external_id = Some(id.clone()),
         }

@@ -121,6 +121,7 @@ pub async fn send_once(o: Outgoing<'_>) -> Outcome {
                 contact_name: None,
                 messages: vec![message],
                 statuses: Vec::new(),
+                amendments: Vec::new(),
                 intents: Vec::new(),
                 external_id: None,
                 report_new_inbound: false,

@@ -209,6 +209,43 @@ pub struct MessageItem {
     pub status: MessageStatus,
 }
 
+impl MessageItem {
+    /// Whether a person wrote this to the business — text, a button or list answer, media,
+    /// a location, contacts, an order, or the greeting of a first chat (`request_welcome`).
+    /// Only these start an agent turn: a reaction, an edit, a revoke, a system notice, an
+    /// unsupported or unknown type never does (a bot must not answer a thumbs-up).
+    pub fn is_spoken(&self) -> bool {
+        matches!(
+            self.message_type.as_str(),
+            "text"
+                | "interactive"
+                | "button"
+                | "image"
+                | "audio"
+                | "video"
+                | "document"
+                | "sticker"
+                | "location"
+                | "contacts"
+                | "order"
+                | "request_welcome"
+        )
+    }
+
+    /// The group it was written in (`group_id` of the message object), if any.
+    pub fn group_id(&self) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Probe {
+            #[serde(default)]
+            group_id: Option<String>,
+        }
+        serde_json::from_str::<Probe>(&self.metadata)
+            .ok()?
+            .group_id
+            .filter(|g| !g.is_empty())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusItem {
     pub wamid: String,
@@ -216,6 +253,33 @@ pub struct StatusItem {
     pub timestamp: DateTime<Utc>,
     /// `code: title` of the first error of a `failed` status.
     pub error: Option<String>,
+}
+
+/// A change to an earlier message — a reaction, an edit, a revoke. It is not a message of its
+/// own: it changes the one it points at (once that has arrived) and is never counted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Amendment {
+    /// Its own id (a redelivery of it changes nothing).
+    pub wamid: String,
+    /// The message it changes.
+    pub target: String,
+    /// Who made it: the customer (inbound) or the business (an echo of ours).
+    pub side: Direction,
+    pub at: DateTime<Utc>,
+    pub kind: AmendmentKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AmendmentKind {
+    /// `None`: the reaction was taken back (emoji missing or empty).
+    Reaction(Option<String>),
+    /// The new content and the edited message object.
+    Edit {
+        content: Option<String>,
+        metadata: String,
+    },
+    /// Deleted for everyone: its text is removed from the message row.
+    Revoke,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,6 +294,8 @@ pub enum Lifecycle {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ItemKind {
     Message(MessageItem),
+    /// A reaction, edit or revoke of an earlier message.
+    Amendment(Amendment),
     Status(StatusItem),
     /// The contact's profile name as WhatsApp shows it.
     Profile {

@@ -9,7 +9,7 @@ use super::{
     event::{
         ContactKey, Direction, Item, ItemKind, Lifecycle, MessageStatus, Normalized, StatusItem,
     },
-    meta::{error_text, message_item},
+    meta::{error_text, message_kind},
 };
 
 pub fn normalize(
@@ -146,10 +146,18 @@ fn normalize_one(
                     },
                 );
             }
-            let Some(mut item) = message_item(m, direction, received_at) else {
-                out.unattributed
-                    .push(format!("Kapso {event_type} without a message id"));
-                return;
+            let mut item = match message_kind(m, direction, received_at) {
+                Some(ItemKind::Message(item)) => item,
+                // A reaction, edit or revoke changes the message it names.
+                Some(amendment) => {
+                    push(out, amendment);
+                    return;
+                }
+                None => {
+                    out.unattributed
+                        .push(format!("Kapso {event_type} without a message id"));
+                    return;
+                }
             };
             if let Some(content) = text(m.get("kapso"), "content").filter(|c| !c.is_empty()) {
                 item.content = Some(content);

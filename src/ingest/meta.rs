@@ -9,8 +9,8 @@ use serde_json::Value;
 use super::{
     Admit, content_of,
     event::{
-        ContactKey, Direction, Item, ItemKind, MessageItem, MessageStatus, Normalized,
-        OrphanStatus, StatusItem,
+        Amendment, AmendmentKind, ContactKey, Direction, Item, ItemKind, MessageItem,
+        MessageStatus, Normalized, OrphanStatus, StatusItem,
     },
     parse_timestamp,
 };
@@ -154,7 +154,7 @@ pub fn normalize(
         }
 
         for m in &value.messages {
-            let Some(msg) = message_item(m, Direction::Inbound, received_at) else {
+            let Some(kind) = message_kind(m, Direction::Inbound, received_at) else {
                 out.unattributed
                     .push("a message without an id cannot be stored".into());
                 continue;
@@ -162,15 +162,15 @@ pub fn normalize(
             let Some((key, user_id)) = sender(m, &value.contacts) else {
                 out.unattributed.push(format!(
                     "message {} names no sender (no `from`, `from_user_id` or single contact)",
-                    msg.wamid
+                    str_field(m, "id").unwrap_or_default()
                 ));
                 continue;
             };
-            out.items.push(item(key, user_id, ItemKind::Message(msg)));
+            out.items.push(item(key, user_id, kind));
         }
 
         for m in &value.message_echoes {
-            let Some(mut msg) = message_item(m, Direction::Outbound, received_at) else {
+            let Some(mut kind) = message_kind(m, Direction::Outbound, received_at) else {
                 out.unattributed
                     .push("an echo without an id cannot be stored".into());
                 continue;
@@ -179,12 +179,14 @@ pub fn normalize(
             let Some(key) = ContactKey::new(str_field(m, "to"), to_user) else {
                 out.unattributed.push(format!(
                     "echo {} names no recipient (no `to` or `to_user_id`)",
-                    msg.wamid
+                    str_field(m, "id").unwrap_or_default()
                 ));
                 continue;
             };
-            msg.status = MessageStatus::Sent;
-            out.items.push(item(key, None, ItemKind::Message(msg)));
+            if let ItemKind::Message(msg) = &mut kind {
+                msg.status = MessageStatus::Sent;
+            }
+            out.items.push(item(key, None, kind));
         }
 
         for s in value.statuses {
@@ -260,6 +262,62 @@ fn sender(m: &Value, contacts: &[Contact]) -> Option<(ContactKey, Option<String>
 
 fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
+}
+
+/// What a message object is: a message, or an amendment of an earlier one (a reaction, an
+/// edit, a revoke naming the message it changes); `None` without an id.
+pub(crate) fn message_kind(
+    m: &Value,
+    direction: Direction,
+    received_at: DateTime<Utc>,
+) -> Option<ItemKind> {
+    let item = message_item(m, direction, received_at)?;
+    let target = |path: [&str; 2]| {
+        m.get(path[0])?
+            .get(path[1])?
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+    };
+    let amendment = |target: String, kind| {
+        ItemKind::Amendment(Amendment {
+            wamid: item.wamid.clone(),
+            target,
+            side: direction,
+            at: item.timestamp,
+            kind,
+        })
+    };
+    Some(match item.message_type.as_str() {
+        "reaction" => match target(["reaction", "message_id"]) {
+            Some(t) => {
+                let emoji = str_field(&m["reaction"], "emoji")
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_owned);
+                amendment(t, AmendmentKind::Reaction(emoji))
+            }
+            None => ItemKind::Message(item),
+        },
+        "edit" => match target(["edit", "original_message_id"]) {
+            Some(t) => {
+                let inner = &m["edit"]["message"];
+                let inner_type = str_field(inner, "type").unwrap_or("text");
+                amendment(
+                    t,
+                    AmendmentKind::Edit {
+                        content: content_of(inner_type, inner),
+                        metadata: inner.to_string(),
+                    },
+                )
+            }
+            None => ItemKind::Message(item),
+        },
+        "revoke" => match target(["revoke", "original_message_id"]) {
+            Some(t) => amendment(t, AmendmentKind::Revoke),
+            None => ItemKind::Message(item),
+        },
+        _ => ItemKind::Message(item),
+    })
 }
 
 /// A message or echo object as a [`MessageItem`]; `None` without an id.

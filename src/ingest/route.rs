@@ -89,6 +89,15 @@ pub fn kapso(body: &[u8]) -> Routing {
 }
 
 fn scan<'a, T: Deserialize<'a>>(body: &'a [u8], read: impl FnOnce(T, &mut Ids)) -> Routing {
+    // A webhook is a JSON object. Anything else names no account; it is kept (if signed) as
+    // not processable, with the reason (serde's derived structs would read an array's
+    // elements as their fields, so it must not reach a reader).
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Routing::NotJson(match strict(body) {
+            Strict::Unreadable(e) => e,
+            _ => "the body is not a JSON object".into(),
+        });
+    }
     match serde_json::from_slice::<T>(body) {
         Ok(env) => {
             let mut ids = Ids::default();
@@ -484,6 +493,10 @@ mod tests {
             Ids::default()
         );
         assert!(matches!(meta(b"not json"), Routing::NotJson(_)));
+        assert!(
+            matches!(meta(br#"[{"entry":[]}]"#), Routing::NotJson(e) if e.contains("not a JSON object"))
+        );
+        assert!(matches!(kapso(b"  \"text\""), Routing::NotJson(_)));
         // Escaped ids are read as their text.
         let r = ids(meta(
             br#"{"entry":[{"changes":[{"value":{"metadata":{"phone_number_id":"1\u0032"}}}]}]}"#,

@@ -22,11 +22,14 @@ use sea_orm::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    contacts, conversations, dlq, inbox, messages, sql::count_statement, statuses, transitions,
+    amendments, contacts, conversations, dlq, inbox, messages, sql::count_statement, statuses,
+    transitions,
 };
 use crate::{
     config::DatabaseConfig,
-    ingest::event::{ContactKey, ConversationState, Direction, Intent, MessageItem, StatusItem},
+    ingest::event::{
+        Amendment, ContactKey, ConversationState, Direction, Intent, MessageItem, StatusItem,
+    },
     metrics as m,
 };
 
@@ -44,6 +47,8 @@ pub struct ChangeSet {
     pub contact_name: Option<String>,
     pub messages: Vec<MessageItem>,
     pub statuses: Vec<StatusItem>,
+    /// Reactions, edits and revokes of earlier messages.
+    pub amendments: Vec<Amendment>,
     pub intents: Vec<Intent>,
     /// The platform's own id of the conversation (Kapso's), when the event names it.
     pub external_id: Option<String>,
@@ -506,11 +511,15 @@ async fn apply_sets(
     let t = std::time::Instant::now();
     statuses::apply(tx, sets, &contacts, &conversations, now).await?;
     m::step("statuses", t);
-    // 5. Counters: each conversation gains exactly the messages step 3 added.
+    // 5. Reactions, edits, revokes: they change their message, whichever came first.
+    let t = std::time::Instant::now();
+    amendments::apply(tx, sets, now).await?;
+    m::step("amendments", t);
+    // 6. Counters: each conversation gains exactly the messages step 3 added.
     let t = std::time::Instant::now();
     conversations::add_counts(tx, inserted.added, now).await?;
     m::step("counts", t);
-    // 6. The state machine, from the stored state, with an audit row per change.
+    // 7. The state machine, from the stored state, with an audit row per change.
     let t = std::time::Instant::now();
     let mut applied = transitions::apply(tx, sets, &contacts, conversations, now).await?;
     m::step("transitions", t);

@@ -132,10 +132,32 @@ pub struct MessageView {
     pub direction: String,
     pub wamid: String,
     pub message_type: String,
+    /// Its text; the latest edit's once edited; none once revoked.
     pub content: Option<String>,
     pub status: Option<String>,
     pub status_error: Option<String>,
     pub timestamp: DateTime<Utc>,
+    /// The current reaction of each side (the customer's, ours).
+    pub reactions: Vec<ReactionView>,
+    pub edited: bool,
+    /// Every text it had, oldest first (the original, then each edit), with when.
+    pub edits: Vec<EditView>,
+    /// Deleted for everyone: its text is gone.
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ReactionView {
+    pub emoji: String,
+    /// `inbound` (the customer's) or `outbound` (ours).
+    pub side: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct EditView {
+    pub content: Option<String>,
+    pub at: DateTime<Utc>,
 }
 
 /// A conversation's messages in order (timestamp, then id), up to `limit`.
@@ -144,26 +166,92 @@ pub async fn of_conversation(
     conversation_id: i64,
     limit: u64,
 ) -> Result<Vec<MessageView>, DbErr> {
+    let backend = db.get_database_backend();
     let mut sql = Sql::new(
-        db.get_database_backend(),
-        "SELECT id, direction, wamid, message_type, content, status, status_error, timestamp \
+        backend,
+        "SELECT id, direction, wamid, message_type, content, status, status_error, timestamp, \
+         metadata, edited_at, revoked_at \
          FROM messages WHERE message_type <> 'pending' AND conversation_id = ",
     );
     sql.param(conversation_id)
         .push(" ORDER BY timestamp, id LIMIT ")
         .param(limit as i64);
     let mut out = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
     for r in db.query_all_raw(sql.build()).await? {
+        let message_type: String = r.try_get("", "message_type")?;
+        let edited_at: Option<DateTime<Utc>> = r.try_get("", "edited_at")?;
+        let revoked_at: Option<DateTime<Utc>> = r.try_get("", "revoked_at")?;
+        let timestamp: DateTime<Utc> = r.try_get("", "timestamp")?;
+        let wamid: String = r.try_get("", "wamid")?;
+        // The original text, from the message object itself (the row's content is the edit's).
+        let edits = match edited_at {
+            Some(_) if revoked_at.is_none() => {
+                let metadata: String = r.try_get("", "metadata")?;
+                let original = serde_json::from_str::<serde_json::Value>(&metadata)
+                    .ok()
+                    .and_then(|m| crate::ingest::content_of(&message_type, &m));
+                vec![EditView {
+                    content: original,
+                    at: timestamp,
+                }]
+            }
+            _ => Vec::new(),
+        };
+        index.insert(wamid.clone(), out.len());
         out.push(MessageView {
             id: r.try_get("", "id")?,
             direction: r.try_get("", "direction")?,
-            wamid: r.try_get("", "wamid")?,
-            message_type: r.try_get("", "message_type")?,
+            wamid,
+            message_type,
             content: r.try_get("", "content")?,
             status: r.try_get("", "status")?,
             status_error: r.try_get("", "status_error")?,
-            timestamp: r.try_get("", "timestamp")?,
+            timestamp,
+            reactions: Vec::new(),
+            edited: edited_at.is_some(),
+            edits,
+            revoked: revoked_at.is_some(),
         });
+    }
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let mut sql = Sql::new(
+        backend,
+        "SELECT r.wamid AS wamid, r.side AS side, r.emoji AS emoji, r.reacted_at AS at \
+         FROM message_reactions r JOIN messages m \
+         ON m.workspace_id = r.workspace_id AND m.wamid = r.wamid \
+         WHERE r.emoji IS NOT NULL AND m.conversation_id = ",
+    );
+    sql.param(conversation_id).push(" ORDER BY r.side");
+    for r in db.query_all_raw(sql.build()).await? {
+        let wamid: String = r.try_get("", "wamid")?;
+        if let Some(&i) = index.get(&wamid) {
+            out[i].reactions.push(ReactionView {
+                emoji: r.try_get("", "emoji")?,
+                side: r.try_get("", "side")?,
+                at: r.try_get("", "at")?,
+            });
+        }
+    }
+    let mut sql = Sql::new(
+        backend,
+        "SELECT a.wamid AS wamid, a.content AS content, a.amended_at AS at \
+         FROM message_amendments a JOIN messages m \
+         ON m.workspace_id = a.workspace_id AND m.wamid = a.wamid \
+         WHERE a.kind = 'edit' AND m.revoked_at IS NULL AND m.conversation_id = ",
+    );
+    sql.param(conversation_id)
+        .push(" ORDER BY a.amended_at, a.amendment_wamid");
+    for r in db.query_all_raw(sql.build()).await? {
+        let wamid: String = r.try_get("", "wamid")?;
+        if let Some(&i) = index.get(&wamid) {
+            out[i].edits.push(EditView {
+                content: r.try_get("", "content")?,
+                at: r.try_get("", "at")?,
+            });
+        }
     }
     Ok(out)
 }

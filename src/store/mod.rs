@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod agent;
+pub mod amendments;
 pub mod batch;
 pub mod cluster;
 mod contacts;

@@ -26,6 +26,7 @@ both_backends!(
     a_kapso_handoff_hands_the_conversation_to_a_person,
     a_stop_between_send_and_record_never_sends_twice,
     a_burst_cut_short_by_a_stop_is_answered_after_the_restart,
+    only_a_persons_words_start_a_turn,
 );
 
 const CUSTOMER: &str = "4915112345678";
@@ -619,5 +620,111 @@ async fn a_burst_cut_short_by_a_stop_is_answered_after_the_restart(backend: Back
         user_contents(&provider.requests()[1].1).last().unwrap(),
         "thanks"
     );
+    app.stop().await;
+}
+
+/// A Meta body carrying one message object from the customer (any type).
+fn message(msg: Value) -> String {
+    serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15551111111", "phone_number_id": ACME_PNID},
+        "contacts": [{"profile": {"name": "Ana"}, "wa_id": CUSTOMER}],
+        "messages": [msg]}}]}]})
+    .to_string()
+}
+
+/// The thing users fear most: a bot that answers when nobody spoke to it. A question gets one
+/// answer; a reaction to it, an edit, a revoke, a system notice, an unsupported type and a
+/// group message start no turn (and show no typing indicator); the next question is answered
+/// with only its own words.
+async fn only_a_persons_words_start_a_turn(backend: Backend) {
+    let (provider, graph) = (fakes::provider().await, fakes::graph().await);
+    let app = agent_app(backend, &provider, &graph, |_| {}).await;
+    let ts = now_ts().to_string();
+    post(
+        &app,
+        text("wamid.q.1", "Do you ship to Spain?", now_ts(), "1"),
+    )
+    .await;
+    wait_outbound(&app, "sent", 1).await;
+    let typing_before = graph
+        .requests()
+        .iter()
+        .filter(|(p, b)| is_typing(p, b))
+        .count();
+    let from = |id: &str, ty: &str, body: Value| {
+        let mut m = serde_json::json!({"from": CUSTOMER, "id": id, "timestamp": ts, "type": ty});
+        m[ty] = body;
+        m
+    };
+    let silent = [
+        from(
+            "wamid.r.1",
+            "reaction",
+            serde_json::json!({"message_id": "wamid.out.1", "emoji": "👍"}),
+        ),
+        from(
+            "wamid.e.1",
+            "edit",
+            serde_json::json!({"original_message_id": "wamid.q.1",
+            "message": {"type": "text", "text": {"body": "Do you ship to Portugal?"}}}),
+        ),
+        from(
+            "wamid.v.1",
+            "revoke",
+            serde_json::json!({"original_message_id": "wamid.q.1"}),
+        ),
+        from(
+            "wamid.s.1",
+            "system",
+            serde_json::json!({"body": "Ana changed her number", "wa_id": "4915100000999", "type": "user_changed_number"}),
+        ),
+        from(
+            "wamid.u.1",
+            "unsupported",
+            serde_json::json!({"type": "poll"}),
+        ),
+        {
+            let mut m = from(
+                "wamid.g.1",
+                "text",
+                serde_json::json!({"body": "hello group"}),
+            );
+            m["group_id"] = serde_json::json!("120363000000000001");
+            m
+        },
+    ];
+    for m in silent {
+        post(&app, message(m)).await;
+    }
+    app.wait_processed(7).await;
+    post(&app, text("wamid.q.2", "And to France?", now_ts(), "2")).await;
+    wait_outbound(&app, "sent", 2).await;
+    let calls = provider.requests();
+    assert_eq!(calls.len(), 2, "one turn per question, none for the rest");
+    let last = user_contents(&calls[1].1);
+    assert_eq!(last.last().map(String::as_str), Some("And to France?"));
+    for word in [
+        "👍",
+        "Portugal",
+        "changed her number",
+        "hello group",
+        "poll",
+    ] {
+        assert!(
+            !last.iter().any(|c| c.contains(word)),
+            "{word} reached the model as a question: {last:?}"
+        );
+    }
+    assert_eq!(sends(&graph), 2);
+    // The typing indicator came for the second question only.
+    graph.wait_for(typing_before + 1, is_typing).await;
+    let typing: Vec<_> = graph
+        .requests()
+        .into_iter()
+        .filter(|(p, b)| is_typing(p, b))
+        .collect();
+    assert_eq!(typing.len(), typing_before + 1);
+    assert_eq!(typing.last().unwrap().1["message_id"], "wamid.q.2");
     app.stop().await;
 }

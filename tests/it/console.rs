@@ -12,7 +12,7 @@ use std::{
 
 use fantoccini::{Client, ClientBuilder, Locator, elements::Element};
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 use wahook::store::users::Role;
 
 use crate::{
@@ -173,6 +173,17 @@ async fn the_console_works_in_a_real_browser(backend: Backend) {
         echo_at(customer, "wamid.console.out", t + 60),
         status_at(customer, "wamid.console.out", "delivered", t + 61),
         status_at(customer, "wamid.console.out", "read", t + 62),
+        // They react to our answer and edit their question.
+        customer_says(
+            customer,
+            json!({"id": "wamid.console.r", "timestamp": (t + 70).to_string(), "type": "reaction",
+            "reaction": {"message_id": "wamid.console.out", "emoji": "👍"}}),
+        ),
+        customer_says(
+            customer,
+            json!({"id": "wamid.console.e", "timestamp": (t + 80).to_string(), "type": "edit",
+            "edit": {"original_message_id": "wamid.console.in", "message": {"type": "text", "text": {"body": "Do you ship to Munich?"}}}}),
+        ),
     ] {
         assert_eq!(app.post_meta(body, ACME_SECRET).await.status(), 200);
     }
@@ -300,6 +311,13 @@ async fn the_console_works_in_a_real_browser(backend: Backend) {
     assert_eq!(wamids, json!(["wamid.console.in", "wamid.console.out"]));
     b.find("article[data-wamid='wamid.console.out'] .tick[data-status='read']")
         .await;
+    // The reaction under our answer, the question edited (not two more bubbles).
+    b.xpath("//article[@data-wamid='wamid.console.out']//span[@class='reaction' and text()='👍']")
+        .await;
+    b.xpath("//article[@data-wamid='wamid.console.in']/div[text()='Do you ship to Munich?']")
+        .await;
+    b.find("article[data-wamid='wamid.console.in'] .mark.edited")
+        .await;
     b.find("#window-closed").await;
     b.shot("conversation").await;
     // Hand it to a person, then give it back.
@@ -398,4 +416,15 @@ async fn the_console_works_in_a_real_browser(backend: Backend) {
     b.client.clone().close().await.unwrap();
     drop(b);
     app.stop().await;
+}
+
+/// A Meta body with one message object from `customer`.
+fn customer_says(customer: &str, mut message: Value) -> String {
+    message["from"] = json!(customer);
+    json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15551111111", "phone_number_id": ACME_PNID},
+        "contacts": [{"profile": {"name": "Test User"}, "wa_id": customer}],
+        "messages": [message]}}]}]})
+    .to_string()
 }

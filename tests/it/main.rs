@@ -2,6 +2,7 @@
 //! (`sqlite::…` and `postgres::…` in the output).
 
 mod agent;
+mod amendments;
 mod api;
 mod attribution;
 mod bounds;

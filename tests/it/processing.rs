@@ -133,8 +133,8 @@ async fn redelivery_and_replay_create_nothing_new(backend: Backend) {
     let before = snapshot(&app).await;
     assert_eq!(
         before[0],
-        22 + 4 + 1 + 1 + 1,
-        "messages incl. one status placeholder"
+        18 + 4 + 1 + 1 + 1,
+        "messages incl. one status placeholder (the fixture's 22 less its two reactions, edit and revoke)"
     );
 
     // Meta redelivers everything: duplicates, nothing new.
@@ -382,16 +382,13 @@ async fn every_message_type_and_payload_shape_is_stored(backend: Backend) {
         "button",
         "contacts",
         "document",
-        "edit",
         "hologram_v9",
         "image",
         "interactive",
         "location",
         "media_placeholder",
         "order",
-        "reaction",
         "request_welcome",
-        "revoke",
         "sticker",
         "system",
         "text",
@@ -409,10 +406,26 @@ async fn every_message_type_and_payload_shape_is_stored(backend: Backend) {
         app.strings(&content("wamid.types.08.contacts")).await,
         ["Barbara Johnson"]
     );
+    // Reactions, edits and revokes change their message instead of being messages.
+    for t in ["reaction", "edit", "revoke"] {
+        assert!(!types.iter().any(|x| x == t), "a {t} stored as a message");
+    }
     assert_eq!(
-        app.strings(&content("wamid.types.14.reaction")).await,
-        [""],
-        "reaction removed"
+        app.scalar("SELECT COUNT(*) FROM message_reactions WHERE wamid = 'wamid.types.01.text' AND side = 'inbound' AND emoji IS NULL")
+            .await,
+        1,
+        "the ❤️ reaction, then its removal"
+    );
+    assert_eq!(
+        app.strings(&content("wamid.types.01.text")).await,
+        ["Hi! Do you ship to Hamburg?"],
+        "edited"
+    );
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM messages WHERE wamid = 'wamid.types.02.image' AND content IS NULL AND revoked_at IS NOT NULL")
+            .await,
+        1,
+        "revoked"
     );
     assert_eq!(
         app.scalar("SELECT COUNT(*) FROM messages WHERE wamid = 'wamid.types.22.hologram_v9' AND metadata LIKE '%future%'")
@@ -456,7 +469,8 @@ async fn every_message_type_and_payload_shape_is_stored(backend: Backend) {
     assert_eq!(
         app.scalar("SELECT message_count FROM conversations c JOIN contacts k ON k.id = c.contact_id WHERE k.phone = '4917612345001'")
             .await,
-        22
+        18,
+        "22 message objects, of which two reactions, an edit and a revoke are not messages"
     );
     app.stop().await;
 }

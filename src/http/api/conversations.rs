@@ -178,6 +178,7 @@ async fn set_state(
         contact_name: None,
         messages: Vec::new(),
         statuses: Vec::new(),
+        amendments: Vec::new(),
         intents: vec![Intent::Set(to)],
         external_id: None,
         report_new_inbound: false,

@@ -272,6 +272,7 @@ async fn record(
             status: MessageStatus::Sent,
         }],
         statuses: Vec::new(),
+        amendments: Vec::new(),
         intents: Vec::new(),
         external_id: None,
         report_new_inbound: false,
