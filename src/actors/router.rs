@@ -517,13 +517,44 @@ async fn park(ctx: &Ctx, event: &inbox::CommittedEvent, error: String) {
     }
 }
 
-/// A status that names no recipient belongs to the conversation of the stored message with
-/// its wamid; one that matches no stored message cannot be attributed (yet: the DLQ retries).
+/// A status that names no recipient belongs to the conversation of its message: one of the
+/// same event, else the stored one with its wamid; one that matches neither cannot be
+/// attributed (yet: the DLQ retries).
 async fn attribute_orphan_statuses(ctx: &Ctx, normalized: &mut ingest::Normalized) {
     if normalized.orphan_statuses.is_empty() {
         return;
     }
-    let orphans = std::mem::take(&mut normalized.orphan_statuses);
+    let mut orphans = std::mem::take(&mut normalized.orphan_statuses);
+    // First the messages of the same event: a status may come with the message it is about.
+    let in_event: HashMap<(i64, &str), ContactKey> = normalized
+        .items
+        .iter()
+        .filter_map(|i| match &i.kind {
+            ItemKind::Message(m) => Some(((i.workspace_id, m.wamid.as_str()), i.contact.clone())),
+            _ => None,
+        })
+        .collect();
+    let mut found_here = Vec::new();
+    orphans.retain(
+        |o| match in_event.get(&(o.workspace_id, o.status.wamid.as_str())) {
+            Some(contact) => {
+                found_here.push(Item {
+                    workspace_id: o.workspace_id,
+                    phone_number_id: o.phone_number_id.clone(),
+                    contact: contact.clone(),
+                    user_id: None,
+                    kind: ItemKind::Status(o.status.clone()),
+                });
+                false
+            }
+            None => true,
+        },
+    );
+    drop(in_event);
+    normalized.items.extend(found_here);
+    if orphans.is_empty() {
+        return;
+    }
     let wamids: Vec<(i64, String)> = orphans
         .iter()
         .map(|o| (o.workspace_id, o.status.wamid.clone()))

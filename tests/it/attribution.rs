@@ -9,7 +9,7 @@ use wahook::config::AccountConfig;
 
 use crate::{
     both_backends,
-    common::{ACME_SECRET, Backend, TestApp, fixture},
+    common::{ACME_PNID, ACME_SECRET, Backend, TestApp, fixture},
 };
 
 both_backends!(
@@ -188,6 +188,26 @@ async fn a_status_without_recipient_finds_its_message_by_wamid(backend: Backend)
         "{errors:?}"
     );
     assert_eq!(app.count("messages").await, 1);
+    // A status without a recipient for a message of the same payload finds it there.
+    let metadata =
+        serde_json::json!({"display_phone_number": "15551111111", "phone_number_id": ACME_PNID});
+    let same = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
+        {"field": "smb_message_echoes", "value": {"messaging_product": "whatsapp", "metadata": metadata,
+            "message_echoes": [{"from": "15551111111", "to": "4917655500001", "id": "wamid.attr.same",
+                                "timestamp": "1767225950", "type": "text", "text": {"body": "from the app"}}]}},
+        {"field": "messages", "value": {"messaging_product": "whatsapp", "metadata": metadata,
+            "statuses": [{"id": "wamid.attr.same", "status": "delivered", "timestamp": "1767225951"}]}}]}]});
+    assert_eq!(
+        app.post_meta(same.to_string(), ACME_SECRET).await.status(),
+        200
+    );
+    app.wait_processed(3).await;
+    assert_eq!(
+        app.strings("SELECT status FROM messages WHERE wamid = 'wamid.attr.same'")
+            .await,
+        vec!["delivered".to_owned()]
+    );
+    assert_eq!(app.count("webhook_dlq").await, 1, "not parked");
     app.stop().await;
 }
 
