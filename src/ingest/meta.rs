@@ -328,13 +328,22 @@ pub(crate) fn message_item(
 ) -> Option<MessageItem> {
     let wamid = str_field(m, "id").filter(|s| !s.is_empty())?.to_owned();
     let message_type = str_field(m, "type").unwrap_or("unknown").to_owned();
+    // A Flow's answers are kept parsed beside their JSON string (`nfm_reply.response`).
+    let metadata = match super::flow_response(m) {
+        Some(response) => {
+            let mut m = m.clone();
+            m["interactive"]["nfm_reply"]["response"] = response;
+            m.to_string()
+        }
+        None => m.to_string(),
+    };
     Some(MessageItem {
         direction,
         wamid,
         timestamp: parse_timestamp(m.get("timestamp")).unwrap_or(received_at),
         content: content_of(&message_type, m),
         message_type,
-        metadata: m.to_string(),
+        metadata,
         status: match direction {
             Direction::Inbound => MessageStatus::Received,
             Direction::Outbound => MessageStatus::Accepted,

@@ -98,6 +98,35 @@ pub fn parse_timestamp(v: Option<&Value>) -> Option<DateTime<Utc>> {
     Utc.timestamp_opt(secs, 0).single()
 }
 
+/// A WhatsApp Flow's answers (`interactive.nfm_reply.response_json`, a JSON string): the
+/// fields the person filled in, `name: value` a line each (the Flow's own `flow_token` left
+/// out), by name; `None` when it names none or is not JSON.
+pub fn flow_answers(m: &Value) -> Option<String> {
+    let response = flow_response(m)?;
+    let lines: Vec<String> = response
+        .as_object()?
+        .iter()
+        .filter(|(k, _)| k.as_str() != "flow_token")
+        .map(|(k, v)| match v {
+            Value::String(s) => format!("{k}: {s}"),
+            other => format!("{k}: {other}"),
+        })
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("\n"))
+}
+
+/// The parsed `response_json` of a Flow answer.
+pub fn flow_response(m: &Value) -> Option<Value> {
+    let raw = m
+        .get("interactive")?
+        .get("nfm_reply")?
+        .get("response_json")?
+        .as_str()?;
+    serde_json::from_str::<Value>(raw)
+        .ok()
+        .filter(Value::is_object)
+}
+
 /// A readable rendering of a message, where its type has one.
 pub fn content_of(message_type: &str, m: &Value) -> Option<String> {
     let s = |path: &[&str]| {
@@ -112,6 +141,7 @@ pub fn content_of(message_type: &str, m: &Value) -> Option<String> {
         "button" => s(&["button", "text"]),
         "interactive" => s(&["interactive", "button_reply", "title"])
             .or_else(|| s(&["interactive", "list_reply", "title"]))
+            .or_else(|| flow_answers(m))
             .or_else(|| s(&["interactive", "nfm_reply", "body"]))
             .or_else(|| s(&["interactive", "nfm_reply", "response_json"])),
         "image" | "video" | "document" => {

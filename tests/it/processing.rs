@@ -406,6 +406,16 @@ async fn every_message_type_and_payload_shape_is_stored(backend: Backend) {
         app.strings(&content("wamid.types.08.contacts")).await,
         ["Barbara Johnson"]
     );
+    // A Flow answer shows the fields filled in, not its "Sent", and keeps them parsed.
+    assert_eq!(
+        app.strings(&content("wamid.types.11.interactive")).await,
+        ["size: L"]
+    );
+    assert_eq!(
+        app.scalar(r#"SELECT COUNT(*) FROM messages WHERE wamid = 'wamid.types.11.interactive' AND metadata LIKE '%"response":{"flow_token":"t","size":"L"}%'"#)
+            .await,
+        1
+    );
     // Reactions, edits and revokes change their message instead of being messages.
     for t in ["reaction", "edit", "revoke"] {
         assert!(!types.iter().any(|x| x == t), "a {t} stored as a message");
