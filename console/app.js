@@ -574,7 +574,9 @@ async function renderLeads() {
       if (filter.value === "recently_active") params.since = new Date(since.value || Date.now() - 864e5).toISOString();
       const page = await api("GET", "/leads" + qs(params));
       const rows = page.items.map((c) => el("tr", { "data-contact": c.id },
-        el("td", {}, c.name || "—"), el("td", {}, c.phone),
+        el("td", {}, c.name || "—",
+          c.marketing_opt_out ? el("span", { class: "badge opt-out", title: "Asked to stop marketing messages" + (c.marketing_opt_out_at ? " on " + when(c.marketing_opt_out_at) : "") }, "no marketing") : null),
+        el("td", {}, c.phone),
         el("td", {}, c.lead_status), el("td", {}, c.lead_score),
         el("td", {}, when(c.last_activity_at)), el("td", {}, when(c.last_contact_at)),
         el("td", { class: "actions" }, can("operator") ? el("button", {

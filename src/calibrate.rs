@@ -127,6 +127,7 @@ pub async fn run(config: Config, args: Args) -> anyhow::Result<String> {
                         amendments: Vec::new(),
                         intents: Vec::new(),
                         external_id: None,
+                        marketing: None,
                         report_new_inbound: false,
                         known: None,
                     }

@@ -17,6 +17,14 @@ pub struct Model {
     pub lead_score: i32,
     pub last_activity_at: Option<chrono::DateTime<chrono::Utc>>,
     pub last_contact_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Asked to stop marketing messages (`user_preferences`); a marketing template is never
+    /// sent to them.
+    pub marketing_opt_out: bool,
+    pub marketing_opt_out_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the newest preference applied was made (an older one delivered late changes
+    /// nothing).
+    #[serde(skip_serializing)]
+    pub marketing_preference_at: Option<chrono::DateTime<chrono::Utc>>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }

@@ -11,6 +11,7 @@ mod m20261123_000006_api_tokens_audit_log;
 mod m20261129_000007_cluster;
 mod m20261202_000008_tenants;
 mod m20261202_000009_amendments;
+mod m20261202_000010_marketing_preferences;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000007_cluster::Migration),
             Box::new(m20261202_000008_tenants::Migration),
             Box::new(m20261202_000009_amendments::Migration),
+            Box::new(m20261202_000010_marketing_preferences::Migration),
         ]
     }
 }

@@ -379,6 +379,7 @@ fn change_set(state: &Live, slice: &Slice) -> ChangeSet {
         amendments: Vec::new(),
         intents: Vec::new(),
         external_id: None,
+        marketing: None,
         // Only an account with an agent needs to hear which messages are new.
         report_new_inbound: state
             .ctx
@@ -400,6 +401,11 @@ fn change_set(state: &Live, slice: &Slice) -> ChangeSet {
             ItemKind::Amendment(a) => set.amendments.push(a.clone()),
             ItemKind::Lifecycle(l) => set.intents.push(Intent::Lifecycle(*l)),
             ItemKind::ExternalId(id) => set.external_id = Some(id.clone()),
+            ItemKind::MarketingPreference { opt_out, at } => {
+                if set.marketing.is_none_or(|(_, newest)| *at >= newest) {
+                    set.marketing = Some((*opt_out, *at));
+                }
+            }
         }
     }
     set

@@ -124,6 +124,7 @@ pub async fn send_once(o: Outgoing<'_>) -> Outcome {
                 amendments: Vec::new(),
                 intents: Vec::new(),
                 external_id: None,
+                marketing: None,
                 report_new_inbound: false,
                 known: Some(Known {
                     contact_id: o.contact_id,

@@ -304,6 +304,11 @@ pub enum ItemKind {
     Lifecycle(Lifecycle),
     /// The platform's own id of the conversation (Kapso's `conversation.id`).
     ExternalId(String),
+    /// The contact asked to stop (`true`) or resume (`false`) marketing messages, at this time.
+    MarketingPreference {
+        opt_out: bool,
+        at: DateTime<Utc>,
+    },
 }
 
 /// One thing that happened in one conversation.

@@ -49,6 +49,22 @@ struct ChangeValue {
     statuses: Vec<Status>,
     #[serde(default)]
     errors: Vec<Value>,
+    #[serde(default)]
+    user_preferences: Vec<Preference>,
+}
+
+#[derive(Deserialize)]
+struct Preference {
+    #[serde(default)]
+    wa_id: Option<String>,
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    category: String,
+    #[serde(default)]
+    value: String,
+    #[serde(default)]
+    timestamp: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -100,6 +116,10 @@ pub fn normalize(
         serde_json::from_str(body).map_err(|e| format!("not a Meta webhook payload: {e}"))?;
     let mut out = Normalized::default();
     for change in payload.entry.into_iter().flat_map(|e| e.changes) {
+        if change.field == "user_preferences" {
+            user_preferences(change.value, received_at, scope, &mut out);
+            continue;
+        }
         if !matches!(change.field.as_str(), "messages" | "smb_message_echoes") {
             out.notes
                 .push(format!("field {:?} stored, not processed", change.field));
@@ -221,6 +241,63 @@ pub fn normalize(
         }
     }
     Ok(out)
+}
+
+/// `user_preferences`: a contact's marketing `stop` or `resume` (other categories and values
+/// are noted, not applied).
+fn user_preferences(
+    value: Option<ChangeValue>,
+    received_at: DateTime<Utc>,
+    scope: &dyn Fn(&str) -> Admit,
+    out: &mut Normalized,
+) {
+    let Some(value) = value else { return };
+    let pnid = value
+        .metadata
+        .as_ref()
+        .and_then(|m| m.phone_number_id.as_deref())
+        .unwrap_or("");
+    let workspace_id = match scope(pnid) {
+        Admit::In(w) => w,
+        Admit::Unknown => {
+            out.notes.push(format!(
+                "user_preferences for unknown phone_number_id {pnid:?} skipped"
+            ));
+            return;
+        }
+        Admit::Foreign => {
+            out.unattributed.push(super::foreign(pnid));
+            return;
+        }
+    };
+    for p in value.user_preferences {
+        let opt_out = match (p.category.as_str(), p.value.as_str()) {
+            ("marketing_messages", "stop") => true,
+            ("marketing_messages", "resume") => false,
+            (category, v) => {
+                out.notes.push(format!(
+                    "user preference {category:?} = {v:?} stored, not applied"
+                ));
+                continue;
+            }
+        };
+        let user_id = p.user_id.filter(|u| !u.is_empty());
+        let Some(contact) = ContactKey::new(p.wa_id.as_deref(), user_id.as_deref()) else {
+            out.unattributed
+                .push("a user preference names no contact (no wa_id or user_id)".into());
+            continue;
+        };
+        out.items.push(Item {
+            workspace_id,
+            phone_number_id: pnid.to_owned(),
+            contact,
+            user_id,
+            kind: ItemKind::MarketingPreference {
+                opt_out,
+                at: parse_timestamp(p.timestamp.as_ref()).unwrap_or(received_at),
+            },
+        });
+    }
 }
 
 /// Who sent a message, in this order: `from` when it reads as a phone number,

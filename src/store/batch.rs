@@ -52,6 +52,8 @@ pub struct ChangeSet {
     pub intents: Vec<Intent>,
     /// The platform's own id of the conversation (Kapso's), when the event names it.
     pub external_id: Option<String>,
+    /// The contact's newest marketing preference in the set: opted out or not, and when.
+    pub marketing: Option<(bool, DateTime<Utc>)>,
     /// Answer with the set's inbound messages stored for the first time (`Applied::new_inbound`,
     /// for the agent); off, the store does none of that bookkeeping.
     pub report_new_inbound: bool,
@@ -502,6 +504,7 @@ async fn apply_sets(
     let conversations = conversations::ensure(tx, sets, &contacts, now).await?;
     m::step("conversations", t);
     conversations::set_external_ids(tx, sets, &contacts, &conversations).await?;
+    contacts::set_marketing(tx, sets, &contacts).await?;
     // 3. Messages: the first copy of a wamid wins; returns what each conversation gained.
     let report = sets.iter().any(|s| s.report_new_inbound);
     let t = std::time::Instant::now();

@@ -117,3 +117,34 @@ fn merge<'a>(sets: &[&'a ChangeSet]) -> Vec<((i64, &'a str), ContactRow)> {
 fn max_opt(a: Option<DateTime<Utc>>, b: DateTime<Utc>) -> Option<DateTime<Utc>> {
     Some(a.map_or(b, |a| a.max(b)))
 }
+
+/// A contact's marketing preference (`user_preferences`): the newest one wins, whatever order
+/// the webhooks come in; `stop` marks the contact opted out since then, `resume` clears it.
+pub async fn set_marketing(
+    tx: &DatabaseTransaction,
+    sets: &[&ChangeSet],
+    contacts: &ContactIds,
+) -> Result<(), DbErr> {
+    for set in sets {
+        let Some((opt_out, at)) = set.marketing else {
+            continue;
+        };
+        let id = contacts.of(set)?;
+        let mut sql = Sql::new(
+            tx.get_database_backend(),
+            "UPDATE contacts SET marketing_opt_out = ",
+        );
+        sql.param(opt_out)
+            .push(", marketing_opt_out_at = ")
+            .param(opt_out.then_some(at))
+            .push(", marketing_preference_at = ")
+            .param(at)
+            .push(" WHERE id = ")
+            .param(id)
+            .push(" AND (marketing_preference_at IS NULL OR marketing_preference_at <= ")
+            .param(at)
+            .push(")");
+        super::sql::run(tx, sql).await?;
+    }
+    Ok(())
+}

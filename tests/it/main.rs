@@ -15,6 +15,7 @@ mod foundation;
 mod fuzz;
 mod intake;
 mod observability;
+mod preferences;
 mod processing;
 mod properties;
 mod tenants;

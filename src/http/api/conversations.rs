@@ -181,6 +181,7 @@ async fn set_state(
         amendments: Vec::new(),
         intents: vec![Intent::Set(to)],
         external_id: None,
+        marketing: None,
         report_new_inbound: false,
         known: Some(Known {
             contact_id: before.contact_id,

@@ -275,6 +275,7 @@ async fn record(
         amendments: Vec::new(),
         intents: Vec::new(),
         external_id: None,
+        marketing: None,
         report_new_inbound: false,
         known: Some(Known {
             contact_id: conv.contact_id,
