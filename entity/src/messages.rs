@@ -27,6 +27,10 @@ pub struct Model {
     pub edited_at: Option<DateTimeUtc>,
     /// When it was deleted for everyone (its text is gone from this row).
     pub revoked_at: Option<DateTimeUtc>,
+    /// What Meta bills for it (`statuses[].pricing`): CBP or PMP, the category, the type.
+    pub pricing_model: Option<String>,
+    pub pricing_category: Option<String>,
+    pub pricing_type: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

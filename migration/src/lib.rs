@@ -12,6 +12,7 @@ mod m20261129_000007_cluster;
 mod m20261202_000008_tenants;
 mod m20261202_000009_amendments;
 mod m20261202_000010_marketing_preferences;
+mod m20261202_000011_pricing;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000008_tenants::Migration),
             Box::new(m20261202_000009_amendments::Migration),
             Box::new(m20261202_000010_marketing_preferences::Migration),
+            Box::new(m20261202_000011_pricing::Migration),
         ]
     }
 }

@@ -253,6 +253,17 @@ pub struct StatusItem {
     pub timestamp: DateTime<Utc>,
     /// `code: title` of the first error of a `failed` status.
     pub error: Option<String>,
+    /// What Meta bills for the message (`sent` and one of `delivered`/`read` carry it).
+    pub pricing: Option<Pricing>,
+}
+
+/// `statuses[].pricing`: `pricing_model` (CBP, PMP), `category` (marketing, utility,
+/// authentication, service, …) and `type` (regular, free_customer_service, free_entry_point).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Pricing {
+    pub model: Option<String>,
+    pub category: Option<String>,
+    pub kind: Option<String>,
 }
 
 /// A change to an earlier message — a reaction, an edit, a revoke. It is not a message of its

@@ -182,6 +182,7 @@ fn normalize_one(
                 push(
                     out,
                     ItemKind::Status(StatusItem {
+                        pricing: None,
                         wamid,
                         status,
                         timestamp,

@@ -10,7 +10,7 @@ use super::{
     Admit, content_of,
     event::{
         Amendment, AmendmentKind, ContactKey, Direction, Item, ItemKind, MessageItem,
-        MessageStatus, Normalized, OrphanStatus, StatusItem,
+        MessageStatus, Normalized, OrphanStatus, Pricing, StatusItem,
     },
     parse_timestamp,
 };
@@ -103,6 +103,8 @@ struct Status {
     recipient_user_id: Option<String>,
     #[serde(default)]
     errors: Vec<Value>,
+    #[serde(default)]
+    pricing: Option<Value>,
 }
 
 /// Normalises a Meta body. `scope` admits a `phone_number_id` into its workspace when the
@@ -225,6 +227,7 @@ pub fn normalize(
                 status,
                 timestamp: parse_timestamp(s.timestamp.as_ref()).unwrap_or(received_at),
                 error: s.errors.first().map(error_text),
+                pricing: s.pricing.as_ref().and_then(pricing_of),
             };
             let recipient_user = s.recipient_user_id.filter(|u| !u.is_empty());
             match ContactKey::new(s.recipient_id.as_deref(), recipient_user.as_deref()) {
@@ -426,6 +429,17 @@ pub(crate) fn message_item(
             Direction::Outbound => MessageStatus::Accepted,
         },
     })
+}
+
+/// A status's `pricing` object; `None` when it names nothing.
+fn pricing_of(p: &Value) -> Option<Pricing> {
+    let text = |k: &str| str_field(p, k).filter(|s| !s.is_empty()).map(str::to_owned);
+    let pricing = Pricing {
+        model: text("pricing_model"),
+        category: text("category"),
+        kind: text("type"),
+    };
+    (pricing != Pricing::default()).then_some(pricing)
 }
 
 /// `code: title` (or whatever of it is there).

@@ -202,3 +202,40 @@ pub async fn agents(db: &impl ConnectionTrait, ws: i64) -> Result<Value, DbErr> 
     }
     Ok(json!({"agents": out}))
 }
+
+/// What Meta bills (`statuses[].pricing` of our messages) over the last 90 days: messages per
+/// day, category and type, and the totals per category and type.
+pub async fn costs(db: &impl ConnectionTrait, ws: i64, now: DateTime<Utc>) -> Result<Value, DbErr> {
+    let mut q = sql(
+        db,
+        "SELECT timestamp, pricing_category, pricing_type FROM messages \
+         WHERE pricing_category IS NOT NULL AND workspace_id = ",
+    );
+    q.param(ws)
+        .push(" AND timestamp >= ")
+        .param(now - Duration::days(90));
+    let mut days: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+    let mut totals: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    for r in rows(db, q).await? {
+        let at: DateTime<Utc> = r.try_get("", "timestamp")?;
+        let category: String = r.try_get("", "pricing_category")?;
+        let kind: String = r
+            .try_get::<Option<String>>("", "pricing_type")?
+            .unwrap_or_else(|| "unknown".into());
+        *days
+            .entry((
+                at.format("%Y-%m-%d").to_string(),
+                category.clone(),
+                kind.clone(),
+            ))
+            .or_default() += 1;
+        *totals.entry(category).or_default().entry(kind).or_default() += 1;
+    }
+    let days: Vec<Value> = days
+        .into_iter()
+        .map(|((day, category, kind), n)| {
+            json!({"day": day, "category": category, "type": kind, "messages": n})
+        })
+        .collect();
+    Ok(json!({"since": now - Duration::days(90), "days": days, "totals": totals}))
+}

@@ -11,9 +11,13 @@ use super::{
     batch::ChangeSet,
     contacts::ContactIds,
     conversations::Conversations,
-    messages::INSERT,
     sql::{CHUNK, Sql, run},
 };
+
+/// Status rows: a placeholder's columns, with what Meta bills for the message.
+const INSERT: &str = "INSERT INTO messages (workspace_id, conversation_id, direction, wamid, \
+     message_type, content, status, status_rank, status_error, timestamp, metadata, event_id, \
+     created_at, updated_at, pricing_model, pricing_category, pricing_type) VALUES ";
 use crate::ingest::event::StatusItem;
 
 pub async fn apply(
@@ -42,6 +46,9 @@ pub async fn apply(
                 (*event_id).into(),
                 now.into(),
                 now.into(),
+                pricing(st, |p| &p.model),
+                pricing(st, |p| &p.category),
+                pricing(st, |p| &p.kind),
             ]
         }));
         sql.push(
@@ -49,11 +56,21 @@ pub async fn apply(
              status = CASE WHEN excluded.status_rank > messages.status_rank THEN excluded.status ELSE messages.status END, \
              status_rank = CASE WHEN excluded.status_rank > messages.status_rank THEN excluded.status_rank ELSE messages.status_rank END, \
              status_error = COALESCE(excluded.status_error, messages.status_error), \
+             pricing_model = COALESCE(excluded.pricing_model, messages.pricing_model), \
+             pricing_category = COALESCE(excluded.pricing_category, messages.pricing_category), \
+             pricing_type = COALESCE(excluded.pricing_type, messages.pricing_type), \
              updated_at = excluded.updated_at",
         );
         run(tx, sql).await?;
     }
     Ok(())
+}
+
+fn pricing(
+    st: &StatusItem,
+    field: impl Fn(&crate::ingest::event::Pricing) -> &Option<String>,
+) -> sea_orm::Value {
+    st.pricing.as_ref().and_then(|p| field(p).clone()).into()
 }
 
 type Best<'a> = Vec<((i64, &'a str), (i64, StatusItem, i64))>;
@@ -72,10 +89,12 @@ fn best_per_wamid<'a>(
             match best.get_mut(&(set.workspace_id, st.wamid.as_str())) {
                 Some((_, cur, _)) => {
                     let error = st.error.clone().or_else(|| cur.error.clone());
+                    let pricing = cur.pricing.clone().or_else(|| st.pricing.clone());
                     if st.status.rank() > cur.status.rank() {
                         *cur = st.clone();
                     }
                     cur.error = error;
+                    cur.pricing = pricing;
                 }
                 None => {
                     best.insert(

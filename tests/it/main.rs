@@ -10,6 +10,7 @@ mod cluster;
 mod common;
 mod config;
 mod console;
+mod costs;
 mod fakes;
 mod foundation;
 mod fuzz;

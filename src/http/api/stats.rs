@@ -113,9 +113,10 @@ async fn live(State(state): State<AppState>, caller: Caller) -> Result<Json<Live
 /// contacts),
 /// `stuck` (conversations waiting on an event older than the stuck threshold), `processing`
 /// (processing-time percentiles per hour, last 24 hours), `dlq` (open rows by error), `agents`
-/// (agent performance by type).
+/// (agent performance by type), `costs` (our messages Meta bills, by day, category and type, last
+/// 90 days).
 #[utoipa::path(get, path = "/api/v1/stats/{view}", tag = "stats", operation_id = "stats_view",
-    params(("view" = String, Path, pattern = "^(health|stuck|processing|dlq|agents)$")),
+    params(("view" = String, Path, pattern = "^(health|stuck|processing|dlq|agents|costs)$")),
     responses((status = 200, body = Object, description = "the view's figures"), Errors))]
 async fn view(
     State(state): State<AppState>,
@@ -133,9 +134,10 @@ async fn view(
         "processing" => stats::processing(db, ws, now).await?,
         "dlq" => stats::dlq(db, ws).await?,
         "agents" => stats::agents(db, ws).await?,
+        "costs" => stats::costs(db, ws, now).await?,
         other => {
             return Err(Failure::not_found(&format!(
-                "view `{other}` (health, stuck, processing, dlq, agents)"
+                "view `{other}` (health, stuck, processing, dlq, agents, costs)"
             )));
         }
     };
