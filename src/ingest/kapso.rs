@@ -60,18 +60,8 @@ fn normalize_one(
         .and_then(Value::as_str)
         .or_else(|| conversation?.get("phone_number_id")?.as_str())
         .unwrap_or("");
-    let workspace_id = match scope(pnid) {
-        Admit::In(w) => w,
-        Admit::Unknown => {
-            out.notes.push(format!(
-                "Kapso event for unknown phone_number_id {pnid:?} skipped"
-            ));
-            return;
-        }
-        Admit::Foreign => {
-            out.unattributed.push(super::foreign(pnid));
-            return;
-        }
+    let Some(workspace_id) = super::admitted(scope, pnid, "Kapso event", out) else {
+        return;
     };
     if !KNOWN.contains(&event_type) {
         out.notes

@@ -137,18 +137,8 @@ pub fn normalize(
             .as_ref()
             .and_then(|m| m.phone_number_id.as_deref())
             .unwrap_or("");
-        let workspace_id = match scope(pnid) {
-            Admit::In(w) => w,
-            Admit::Unknown => {
-                out.notes.push(format!(
-                    "change for unknown phone_number_id {pnid:?} skipped"
-                ));
-                continue;
-            }
-            Admit::Foreign => {
-                out.unattributed.push(super::foreign(pnid));
-                continue;
-            }
+        let Some(workspace_id) = super::admitted(scope, pnid, "change", &mut out) else {
+            continue;
         };
         let item = |contact: ContactKey, user_id: Option<String>, kind: ItemKind| Item {
             workspace_id,
@@ -260,18 +250,8 @@ fn user_preferences(
         .as_ref()
         .and_then(|m| m.phone_number_id.as_deref())
         .unwrap_or("");
-    let workspace_id = match scope(pnid) {
-        Admit::In(w) => w,
-        Admit::Unknown => {
-            out.notes.push(format!(
-                "user_preferences for unknown phone_number_id {pnid:?} skipped"
-            ));
-            return;
-        }
-        Admit::Foreign => {
-            out.unattributed.push(super::foreign(pnid));
-            return;
-        }
+    let Some(workspace_id) = super::admitted(scope, pnid, "user_preferences", out) else {
+        return;
     };
     for p in value.user_preferences {
         let opt_out = match (p.category.as_str(), p.value.as_str()) {

@@ -55,11 +55,30 @@ pub fn normalize(
     }
 }
 
-/// What a normaliser says about a change for `pnid` outside the signer's tenant.
-pub(crate) fn foreign(pnid: &str) -> String {
-    format!(
-        "phone_number_id {pnid:?} belongs to another tenant than the one whose secret signed the event: not applied"
-    )
+/// The workspace a change for `pnid` is applied in, or `None` with the reason recorded: a note
+/// for a number no account has (`what` names the change), an unattributed part (the event is
+/// parked) for another tenant's number.
+pub(crate) fn admitted(
+    scope: &dyn Fn(&str) -> Admit,
+    pnid: &str,
+    what: &str,
+    out: &mut Normalized,
+) -> Option<i64> {
+    match scope(pnid) {
+        Admit::In(w) => Some(w),
+        Admit::Unknown => {
+            out.notes.push(format!(
+                "{what} for unknown phone_number_id {pnid:?} skipped"
+            ));
+            None
+        }
+        Admit::Foreign => {
+            out.unattributed.push(format!(
+                "phone_number_id {pnid:?} belongs to another tenant than the one whose secret signed the event: not applied"
+            ));
+            None
+        }
+    }
 }
 
 /// The partition (of `n`) a conversation belongs to when several nodes share the work: FNV-1a
