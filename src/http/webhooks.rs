@@ -139,11 +139,7 @@ async fn accept_meta(
         }
         // Naming neither: each distinct app secret once (accounts of one Meta app share one),
         // for a body small enough to be an account-level webhook.
-        _ => unrouted(state, body)?
-            .app_secrets()
-            .find(|(secret, _)| signature::verify(secret.as_bytes(), body, &expected))
-            .map(|(_, pnids)| directory.tenant_of(pnids))
-            .ok_or(ApiError::Forbidden("bad_signature"))?,
+        _ => unrouted(state, &directory, body, &expected, Directory::app_secrets)?,
     };
     let event = new_event(
         Source::Meta,
@@ -156,7 +152,7 @@ async fn accept_meta(
         tenant,
         &routing,
     );
-    append(state, event, &routing).await
+    append(state, event).await
 }
 
 async fn accept_kapso(
@@ -198,11 +194,9 @@ async fn accept_kapso(
         } else {
             ApiError::Forbidden("unknown_phone_number")
         })?,
-        Routing::NotJson(_) => unrouted(state, body)?
-            .kapso_secrets()
-            .find(|(secret, _)| signature::verify(secret.as_bytes(), body, &expected))
-            .map(|(_, pnids)| directory.tenant_of(pnids))
-            .ok_or(ApiError::Forbidden("bad_signature"))?,
+        Routing::NotJson(_) => {
+            unrouted(state, &directory, body, &expected, Directory::kapso_secrets)?
+        }
     };
     // The event name a batch carries in its signed body counts over the header, which no
     // signature covers.
@@ -230,17 +224,30 @@ async fn accept_kapso(
         tenant,
         &routing,
     );
-    append(state, event, &routing).await
+    append(state, event).await
 }
 
-/// The directory to try each secret of, for a body that names no account: only when the body
-/// is small enough (`intake.unrouted_max_bytes`), so that an unsigned request costs at most that
-/// many bytes hashed per distinct secret. A larger one is refused without any.
-fn unrouted(state: &AppState, body: &[u8]) -> Result<Arc<Directory>, ApiError> {
+/// The signer of a body that names no account: the accounts of the first distinct secret
+/// (`secrets` of the directory) that signs it — tried only when the body is small enough
+/// (`intake.unrouted_max_bytes`), so that an unsigned request costs at most that many bytes
+/// hashed per distinct secret. A larger one is refused without any.
+fn unrouted<'d, I>(
+    state: &AppState,
+    directory: &'d Directory,
+    body: &[u8],
+    expected: &signature::Digest32,
+    secrets: impl FnOnce(&'d Directory) -> I,
+) -> Result<Tenant, ApiError>
+where
+    I: Iterator<Item = (&'d str, &'d [String])>,
+{
     if body.len() > state.config.intake.unrouted_max_bytes {
         return Err(ApiError::Forbidden("unroutable_body"));
     }
-    Ok(state.directory())
+    secrets(directory)
+        .find(|(secret, _)| signature::verify(secret.as_bytes(), body, expected))
+        .map(|(_, pnids)| directory.tenant_of(pnids))
+        .ok_or(ApiError::Forbidden("bad_signature"))
 }
 
 /// Tenant isolation: every phone number the body names must be known, and all of them must
@@ -278,9 +285,9 @@ fn is_text(body: &[u8]) -> bool {
 
 /// The body as stored: JSON is its own text; other text as it is; anything else (invalid
 /// UTF-8, NUL bytes) as `base64:` and its exact bytes, so nothing is lost or mangled.
-fn kept_text(body: &[u8], routing: &Routing) -> String {
-    match routing {
-        Routing::NotJson(_) | Routing::Refused(_) if !is_text(body) => {
+fn kept_text(body: &[u8], not_json: bool) -> String {
+    match not_json {
+        true if !is_text(body) => {
             use base64::Engine;
             format!(
                 "base64:{}",
@@ -291,6 +298,10 @@ fn kept_text(body: &[u8], routing: &Routing) -> String {
     }
 }
 
+/// A verified request as its inbox row, and the 400 to answer once it is kept, if it is one.
+/// A signed body that is not JSON, or JSON that two readers could read two ways (a key given
+/// twice), is kept for the record (status `dead`, with the reason) and refused; a JSON body is
+/// exactly its UTF-8 text.
 #[allow(clippy::too_many_arguments)]
 fn new_event(
     source: Source,
@@ -302,42 +313,47 @@ fn new_event(
     correlation_id: &str,
     tenant: Tenant,
     routing: &Routing,
-) -> NewEvent {
-    // A signed body that is not JSON, or JSON that two readers could read two ways (a key
-    // given twice), is kept for the record (status `dead`, with the reason) and refused with
-    // 400; a JSON body is exactly its UTF-8 text.
-    let (status, last_error) = match routing {
-        Routing::Json(_) => match route::strict(body) {
-            route::Strict::Fine => (EventStatus::Pending, None),
+) -> (NewEvent, Option<ApiError>) {
+    let not_json = match routing {
+        Routing::NotJson(err) => Some(err.as_str()),
+        _ => None,
+    };
+    let (status, last_error, refusal) = match not_json {
+        None => match route::strict(body) {
+            route::Strict::Fine => (EventStatus::Pending, None, None),
             route::Strict::Duplicate(key) => (
                 EventStatus::Dead,
                 Some(format!(
-                    "{REFUSED}: the key {key:?} is given twice in one object (readers would differ on which counts)"
+                    "{}: the key {key:?} is given twice in one object (readers would differ on which counts)",
+                    inbox::REFUSED
                 )),
+                Some(ApiError::BadRequest("ambiguous_payload")),
             ),
             route::Strict::Unreadable(err) => (
                 EventStatus::Dead,
                 Some(format!("payload is not JSON: {err}")),
+                Some(ApiError::BadRequest("payload_not_json")),
             ),
         },
-        Routing::Refused(err) => (EventStatus::Dead, Some(format!("{REFUSED}: {err}"))),
-        Routing::NotJson(err) if is_text(body) => (
+        Some(err) if is_text(body) => (
             EventStatus::Dead,
             Some(format!("payload is not JSON: {err}")),
+            Some(ApiError::BadRequest("payload_not_json")),
         ),
-        Routing::NotJson(err) => (
+        Some(err) => (
             EventStatus::Dead,
             Some(format!(
                 "payload is not JSON: {err} (not text either: kept as `base64:` and its bytes)"
             )),
+            Some(ApiError::BadRequest("payload_not_json")),
         ),
     };
-    let payload: Arc<str> = kept_text(body, routing).into();
+    let payload: Arc<str> = kept_text(body, not_json.is_some()).into();
     let kept: serde_json::Map<String, serde_json::Value> = KEPT_HEADERS
         .iter()
         .filter_map(|name| header_str(headers, name).map(|v| ((*name).to_owned(), json!(v))))
         .collect();
-    NewEvent {
+    let event = NewEvent {
         source,
         event_type,
         dedup_key,
@@ -349,13 +365,15 @@ fn new_event(
         received_at: Utc::now(),
         status,
         last_error,
-    }
+    };
+    (event, refusal)
 }
 
+/// Keeps the event (and, in cluster mode, publishes it); then answers with `refusal` if the
+/// body was kept but refused.
 async fn append(
     state: &AppState,
-    event: NewEvent,
-    routing: &Routing,
+    (event, refusal): (NewEvent, Option<ApiError>),
 ) -> Result<AppendOutcome, ApiError> {
     let retry_after_seconds = state.config.intake.retry_after_seconds;
     // Bounded memory: past this much unfinished work, Meta is asked to come back later.
@@ -367,7 +385,6 @@ async fn append(
     }
     // Cluster mode publishes the event after its commit: keep what the broker needs.
     let published = state.cluster.as_ref().map(|_| event.clone());
-    let (status, last_error) = (event.status, event.last_error.clone());
     let outcome = state.inbox.append(event).await.map_err(|e| {
         let reason = match e {
             AppendError::QueueFull => "intake_queue_full",
@@ -408,17 +425,11 @@ async fn append(
             });
         }
     }
-    match (routing, status, last_error.as_deref()) {
-        (Routing::NotJson(_), ..) => Err(ApiError::BadRequest("payload_not_json")),
-        (_, EventStatus::Dead, Some(e)) if e.starts_with(REFUSED) => {
-            Err(ApiError::BadRequest("ambiguous_payload"))
-        }
-        (_, EventStatus::Dead, _) => Err(ApiError::BadRequest("payload_not_json")),
-        _ => Ok(outcome),
+    match refusal {
+        Some(refusal) => Err(refusal),
+        None => Ok(outcome),
     }
 }
-
-use inbox::REFUSED;
 
 fn respond(
     source: Source,
