@@ -168,7 +168,7 @@ impl Actor for Router {
                         conv.actor.clone()
                     }
                     None => {
-                        make_room(state);
+                        make_room(state, 1);
                         let actor = spawn_conversation(&myself, state, key.clone()).await?;
                         state.conversations.insert(
                             key,
@@ -200,15 +200,7 @@ impl Actor for Router {
                 finish_slice(state, event_id, part);
                 // Over the bound because every actor was busy when the last ones started:
                 // room is made as soon as some are idle again.
-                if state.ctx.actors.max_live > 0
-                    && state
-                        .conversations
-                        .len()
-                        .saturating_sub(state.evicting.len())
-                        > state.ctx.actors.max_live
-                {
-                    make_room(state);
-                }
+                make_room(state, 0);
             }
             RouterMsg::LiveConversations(reply) => {
                 let _ = reply.send(state.conversations.len());
@@ -378,7 +370,7 @@ async fn dispatch(
         let actor = match state.conversations.get(&key) {
             Some(conv) => conv.actor.clone(),
             None => {
-                make_room(state);
+                make_room(state, 1);
                 let actor = spawn_conversation(myself, state, key.clone()).await?;
                 state.conversations.insert(
                     key.clone(),
@@ -408,11 +400,11 @@ async fn dispatch(
 /// turn and stayed).
 const EVICTION_GRACE: Duration = Duration::from_secs(2);
 
-/// Keeps the live actors under `actors.max_live`: before a new one starts at the bound (and
-/// after a slice finishes while above it), the least recently used tenth of the idle ones (no
-/// slice in flight) is asked to stop — at least as many as are over the bound. One scan serves
-/// many spawns; an actor busy with an agent turn stays, and another goes next time.
-fn make_room(state: &mut RouterState) {
+/// Keeps the live actors within `actors.max_live` once `incoming` more start (1 before a
+/// spawn, 0 after a slice finishes): past the bound, the least recently used tenth of the idle
+/// ones (no slice in flight) is asked to stop — at least as many as are over it. One scan
+/// serves many spawns; an actor busy with an agent turn stays, and another goes next time.
+fn make_room(state: &mut RouterState, incoming: usize) {
     let max = state.ctx.actors.max_live;
     if max == 0 {
         return;
@@ -420,12 +412,10 @@ fn make_room(state: &mut RouterState) {
     state
         .evicting
         .retain(|_, asked| asked.elapsed() < EVICTION_GRACE);
-    if state
-        .conversations
-        .len()
+    let over = (state.conversations.len() + incoming)
         .saturating_sub(state.evicting.len())
-        < max
-    {
+        .saturating_sub(max);
+    if over == 0 {
         return;
     }
     let mut idle: Vec<(Instant, &ConversationKey, &Conv)> = state
@@ -434,9 +424,6 @@ fn make_room(state: &mut RouterState) {
         .filter(|(k, c)| c.in_flight.is_empty() && !state.evicting.contains_key(*k))
         .map(|(k, c)| (c.last_used, k, c))
         .collect();
-    let over = (state.conversations.len() + 1)
-        .saturating_sub(state.evicting.len())
-        .saturating_sub(max);
     let batch = (max / 10).max(over).clamp(1, idle.len().max(1));
     if idle.len() > batch {
         idle.select_nth_unstable_by_key(batch, |(at, ..)| *at);
