@@ -309,32 +309,22 @@ async fn ambiguous_bodies_are_refused_at_the_one_reading(backend: Backend) {
 async fn kapso_dedup_keys_are_per_tenant(backend: Backend) {
     let h = hostile(backend).await;
     let app = &h.app;
+    // One text message of `pnid`'s Kapso webhook under the idempotency key "K".
+    let post = |pnid: &'static str, secret: &'static str, wamid: &'static str| async move {
+        let body = kapso_message(json!(pnid), pnid, wamid, "hi").to_string();
+        let res = app
+            .post_kapso(body, secret, "whatsapp.message.received", "K", false)
+            .await;
+        res.json::<Value>().await.unwrap()["status"].clone()
+    };
     // Beta posts first under the key alpha's genuine event will carry.
-    let beta = kapso_message(json!(GLOBEX_PNID), GLOBEX_PNID, "wamid.beta.k", "beta");
-    let res = app
-        .post_kapso(
-            beta.to_string(),
-            BETA_KAPSO,
-            "whatsapp.message.received",
-            "K",
-            false,
-        )
-        .await;
-    let v: Value = res.json().await.unwrap();
-    assert_eq!(v["status"], "accepted");
-    let alpha = kapso_message(json!(ACME_PNID), ACME_PNID, "wamid.alpha.k", "alpha");
-    let res = app
-        .post_kapso(
-            alpha.to_string(),
-            ACME_KAPSO,
-            "whatsapp.message.received",
-            "K",
-            false,
-        )
-        .await;
-    let v: Value = res.json().await.unwrap();
     assert_eq!(
-        v["status"], "accepted",
+        post(GLOBEX_PNID, BETA_KAPSO, "wamid.beta.k").await,
+        "accepted"
+    );
+    assert_eq!(
+        post(ACME_PNID, ACME_KAPSO, "wamid.alpha.k").await,
+        "accepted",
         "alpha's event is not beta's duplicate"
     );
     app.wait_processed(2).await;
