@@ -3,7 +3,8 @@
 //! business's), the latest reaction winning, a removal kept as a NULL emoji (so an older
 //! reaction delivered late cannot bring it back). `message_amendments`: every edit and revoke,
 //! keyed by its own wamid (a redelivery adds nothing), waiting for its message if that has not
-//! arrived yet. `messages` gains `edited_at` and `revoked_at`.
+//! arrived yet. Both keep the conversation they came in: an amendment changes a message of its
+//! own conversation only. `messages` gains `edited_at` and `revoked_at`.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -14,6 +15,7 @@ pub struct Migration;
 enum MessageReactions {
     Table,
     WorkspaceId,
+    ConversationId,
     Wamid,
     Side,
     Emoji,
@@ -28,6 +30,7 @@ enum MessageAmendments {
     Table,
     Id,
     WorkspaceId,
+    ConversationId,
     Wamid,
     AmendmentWamid,
     Kind,
@@ -52,6 +55,7 @@ impl MigrationTrait for Migration {
             Table::create()
                 .table(MessageReactions::Table)
                 .col(big_integer(MessageReactions::WorkspaceId))
+                .col(big_integer(MessageReactions::ConversationId))
                 .col(string(MessageReactions::Wamid))
                 .col(string(MessageReactions::Side))
                 .col(string_null(MessageReactions::Emoji))
@@ -73,6 +77,7 @@ impl MigrationTrait for Migration {
                 .table(MessageAmendments::Table)
                 .col(big_pk_auto(MessageAmendments::Id))
                 .col(big_integer(MessageAmendments::WorkspaceId))
+                .col(big_integer(MessageAmendments::ConversationId))
                 .col(string(MessageAmendments::Wamid))
                 .col(string(MessageAmendments::AmendmentWamid))
                 .col(string(MessageAmendments::Kind))

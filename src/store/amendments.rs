@@ -20,6 +20,8 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
 
 use super::{
     batch::ChangeSet,
+    contacts::ContactIds,
+    conversations::Conversations,
     sql::{CHUNK, Sql, run},
 };
 use crate::ingest::event::AmendmentKind;
@@ -30,25 +32,34 @@ pub const REVOKED_METADATA: &str = r#"{"revoked":true}"#;
 pub async fn apply(
     tx: &DatabaseTransaction,
     sets: &[&ChangeSet],
+    contacts: &ContactIds,
+    conversations: &Conversations,
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
     let backend = tx.get_database_backend();
     let mut reactions = Vec::new();
     let mut amendments = Vec::new();
     for set in sets {
+        if set.amendments.is_empty() {
+            continue;
+        }
+        // An amendment changes a message of its own conversation only.
+        let conv = conversations.id_of(contacts, set)?;
         for a in &set.amendments {
             match &a.kind {
-                AmendmentKind::Reaction(emoji) => reactions.push((set, a, emoji.clone())),
+                AmendmentKind::Reaction(emoji) => reactions.push((set, conv, a, emoji.clone())),
                 AmendmentKind::Edit { content, metadata } => {
-                    amendments.push((set, a, "edit", content.clone(), metadata.clone()))
+                    amendments.push((set, conv, a, "edit", content.clone(), metadata.clone()))
                 }
-                AmendmentKind::Revoke => amendments.push((set, a, "revoke", None, "{}".to_owned())),
+                AmendmentKind::Revoke => {
+                    amendments.push((set, conv, a, "revoke", None, "{}".to_owned()))
+                }
             }
         }
     }
     // One row per message and side per statement (PostgreSQL refuses to update a row twice in
     // one upsert): the latest of the batch, as the upsert itself would choose.
-    reactions.sort_by(|(s1, a1, _), (s2, a2, _)| {
+    reactions.sort_by(|(s1, _, a1, _), (s2, _, a2, _)| {
         (
             s1.workspace_id,
             &a1.target,
@@ -74,12 +85,13 @@ pub async fn apply(
     for chunk in latest.chunks(CHUNK) {
         let mut sql = Sql::new(
             backend,
-            "INSERT INTO message_reactions (workspace_id, wamid, side, emoji, reaction_wamid, \
-             reacted_at, event_id, updated_at) VALUES ",
+            "INSERT INTO message_reactions (workspace_id, conversation_id, wamid, side, emoji, \
+             reaction_wamid, reacted_at, event_id, updated_at) VALUES ",
         );
-        sql.values(chunk.iter().map(|(set, a, emoji)| {
+        sql.values(chunk.iter().map(|(set, conv, a, emoji)| {
             vec![
                 set.workspace_id.into(),
+                (*conv).into(),
                 a.target.clone().into(),
                 a.side.as_str().into(),
                 emoji.clone().into(),
@@ -103,12 +115,13 @@ pub async fn apply(
     for chunk in amendments.chunks(CHUNK) {
         let mut sql = Sql::new(
             backend,
-            "INSERT INTO message_amendments (workspace_id, wamid, amendment_wamid, kind, content, \
-             metadata, amended_at, event_id, created_at) VALUES ",
+            "INSERT INTO message_amendments (workspace_id, conversation_id, wamid, amendment_wamid, \
+             kind, content, metadata, amended_at, event_id, created_at) VALUES ",
         );
-        sql.values(chunk.iter().map(|(set, a, kind, content, metadata)| {
+        sql.values(chunk.iter().map(|(set, conv, a, kind, content, metadata)| {
             vec![
                 set.workspace_id.into(),
+                (*conv).into(),
                 a.target.clone().into(),
                 a.wamid.clone().into(),
                 (*kind).into(),
@@ -126,7 +139,7 @@ pub async fn apply(
     // batch's messages (an amendment may have been waiting for them).
     let amended: BTreeSet<(i64, &str)> = amendments
         .iter()
-        .map(|(set, a, ..)| (set.workspace_id, a.target.as_str()))
+        .map(|(set, _, a, ..)| (set.workspace_id, a.target.as_str()))
         .collect();
     let mut targets = amended.clone();
     for set in sets {
@@ -148,12 +161,13 @@ pub async fn apply(
 
 type Reaction<'a> = (
     &'a &'a ChangeSet,
+    i64,
     &'a crate::ingest::event::Amendment,
     Option<String>,
 );
 
 fn same_slot(a: &Reaction<'_>, b: &Reaction<'_>) -> bool {
-    a.0.workspace_id == b.0.workspace_id && a.1.target == b.1.target && a.1.side == b.1.side
+    a.0.workspace_id == b.0.workspace_id && a.2.target == b.2.target && a.2.side == b.2.side
 }
 
 /// `(workspace_id, wamid) IN ((…), …)`: row values, which both backends take.
@@ -174,7 +188,8 @@ fn pairs(sql: &mut Sql, targets: &[(i64, &str)]) {
 async fn reconcile(tx: &DatabaseTransaction, targets: &[(i64, &str)]) -> Result<(), DbErr> {
     let backend = tx.get_database_backend();
     const AMENDED: &str = "FROM message_amendments a WHERE a.workspace_id = messages.workspace_id \
-                           AND a.wamid = messages.wamid";
+                           AND a.wamid = messages.wamid \
+                           AND a.conversation_id = messages.conversation_id";
     let mut sql = Sql::new(backend, "UPDATE messages SET ");
     sql.push(&format!(
         "revoked_at = COALESCE(revoked_at, (SELECT MIN(a.amended_at) {AMENDED} AND a.kind = 'revoke')), \
@@ -199,7 +214,8 @@ async fn forget_revoked_edits(
         "UPDATE message_amendments SET content = NULL, metadata = '{}' \
          WHERE kind = 'edit' AND content IS NOT NULL AND EXISTS (SELECT 1 FROM message_amendments r \
          WHERE r.workspace_id = message_amendments.workspace_id \
-         AND r.wamid = message_amendments.wamid AND r.kind = 'revoke') AND ",
+         AND r.wamid = message_amendments.wamid AND r.kind = 'revoke' \
+         AND r.conversation_id = message_amendments.conversation_id) AND ",
     );
     pairs(&mut sql, targets);
     run(tx, sql).await

@@ -516,7 +516,7 @@ async fn apply_sets(
     m::step("statuses", t);
     // 5. Reactions, edits, revokes: they change their message, whichever came first.
     let t = std::time::Instant::now();
-    amendments::apply(tx, sets, now).await?;
+    amendments::apply(tx, sets, &contacts, &conversations, now).await?;
     m::step("amendments", t);
     // 6. Counters: each conversation gains exactly the messages step 3 added.
     let t = std::time::Instant::now();

@@ -222,6 +222,7 @@ pub async fn of_conversation(
         "SELECT r.wamid AS wamid, r.side AS side, r.emoji AS emoji, r.reacted_at AS at \
          FROM message_reactions r JOIN messages m \
          ON m.workspace_id = r.workspace_id AND m.wamid = r.wamid \
+         AND m.conversation_id = r.conversation_id \
          WHERE r.emoji IS NOT NULL AND m.conversation_id = ",
     );
     sql.param(conversation_id).push(" ORDER BY r.side");
@@ -240,6 +241,7 @@ pub async fn of_conversation(
         "SELECT a.wamid AS wamid, a.content AS content, a.amended_at AS at \
          FROM message_amendments a JOIN messages m \
          ON m.workspace_id = a.workspace_id AND m.wamid = a.wamid \
+         AND m.conversation_id = a.conversation_id \
          WHERE a.kind = 'edit' AND m.revoked_at IS NULL AND m.conversation_id = ",
     );
     sql.param(conversation_id)

@@ -14,6 +14,7 @@ use crate::{
 both_backends!(
     reactions_edits_and_revokes_change_their_message,
     an_amendment_before_its_message_waits_for_it,
+    an_amendment_changes_only_its_own_conversation,
 );
 
 const CUSTOMER: &str = "4915144440001";
@@ -280,5 +281,56 @@ async fn an_amendment_before_its_message_waits_for_it(backend: Backend) {
         app.scalar("SELECT message_count FROM conversations").await,
         2
     );
+    app.stop().await;
+}
+
+/// Another customer of the same workspace naming this customer's message in an edit, a revoke
+/// or a reaction changes nothing of it: an amendment acts inside its own conversation.
+async fn an_amendment_changes_only_its_own_conversation(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = 1_767_225_600;
+    let other = |id: &str, ty: &str, body: Value| {
+        inbound(id, t + 10, ty, body).replace(CUSTOMER, "4915144449999")
+    };
+    post_all(
+        &app,
+        &[
+            inbound("wamid.own.1", t, "text", json!({"body": "my own words"})),
+            other(
+                "wamid.x.e",
+                "edit",
+                json!({"original_message_id": "wamid.own.1",
+                "message": {"type": "text", "text": {"body": "words put in my mouth"}}}),
+            ),
+            other(
+                "wamid.x.v",
+                "revoke",
+                json!({"original_message_id": "wamid.own.1"}),
+            ),
+            other(
+                "wamid.x.r",
+                "reaction",
+                json!({"message_id": "wamid.own.1", "emoji": "💩"}),
+            ),
+        ],
+    )
+    .await;
+    let conversation = app
+        .scalar(&format!("SELECT c.id FROM conversations c JOIN contacts k ON k.id = c.contact_id WHERE k.phone = '{CUSTOMER}'"))
+        .await;
+    let (_, token) = user_with_token(&app, "acme", "vera@acme.test", Role::Viewer).await;
+    let (_, body) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/conversations/{conversation}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    let own = by_wamid(body["messages"].as_array().unwrap(), "wamid.own.1").clone();
+    assert_eq!(own["content"], "my own words", "{own}");
+    assert_eq!(own["edited"], false);
+    assert_eq!(own["revoked"], false);
+    assert_eq!(own["reactions"], json!([]));
     app.stop().await;
 }
