@@ -499,7 +499,7 @@ async function renderConversations(id) {
       const sinceIso = since.value ? new Date(since.value).toISOString() : "";
       const page = await api("GET", "/conversations" + qs({ state: state.value, active_since: sinceIso, limit: 200 }));
       const rows = page.items.map((c) => el("tr", { "data-conversation": c.id },
-        el("td", {}, el("a", { href: "#/conversations/" + c.id }, c.contact_name || c.contact)),
+        el("td", {}, el("a", { href: "#/conversations/" + c.id }, conversationTitle(c))),
         el("td", {}, c.contact), el("td", {}, el("span", { class: "badge" }, c.state)),
         el("td", {}, c.message_count), el("td", {}, when(c.last_message_at))));
       list.replaceChildren(table("Conversations", ["Contact", "Address", "State", "Messages", "Last activity"], rows, "No conversations match."));
@@ -509,6 +509,16 @@ async function renderConversations(id) {
   since.addEventListener("change", load);
   show(el("h1", {}, "Conversations"), el("div", { class: "bar" }, field("State", state), field("Active since", since)), list);
   await load();
+}
+
+// Who wrote an inbound message: in a group, the participant it names; else the contact.
+function senderName(m, c) {
+  if (m.sender) return m.sender.name ? `${m.sender.name} (${m.sender.phone || m.sender.user_id || "?"})` : (m.sender.phone || m.sender.user_id || "a participant");
+  return c.contact_name || c.contact;
+}
+
+function conversationTitle(c) {
+  return c.group_id ? `Group ${c.contact_name || c.group_id}` : (c.contact_name || c.contact);
 }
 
 async function renderConversation(id) {
@@ -532,7 +542,7 @@ async function renderConversation(id) {
     return el("article", { class: "msg " + m.direction + (m.revoked ? " revoked" : ""), "data-wamid": m.wamid, "aria-label": `${m.direction} message` },
       el("div", {}, m.revoked ? "This message was deleted" : (m.content ?? `[${m.message_type}]`)),
       el("div", { class: "meta" },
-        el("span", {}, m.direction === "outbound" ? "sent by us" : c.contact_name || c.contact),
+        el("span", { class: m.sender ? "sender" : null }, m.direction === "outbound" ? "sent by us" : senderName(m, c)),
         m.edited && !m.revoked ? el("span", { class: "mark edited", title: edits.map((e) => `${when(e.at)}: ${e.content ?? ""}`).join("\n") }, "edited") : null,
         m.revoked ? el("span", { class: "mark deleted" }, "deleted") : null,
         el("time", { datetime: m.timestamp }, when(m.timestamp)),
@@ -544,7 +554,7 @@ async function renderConversation(id) {
   show(
     el("p", {}, el("a", { href: "#/conversations" }, "← Conversations")),
     el("div", { class: "bar" },
-      el("h1", { class: "grow" }, `${c.contact_name || c.contact} · `, el("span", { class: "badge", id: "conversation-state-badge" }, c.state)),
+      el("h1", { class: "grow" }, `${conversationTitle(c)} · `, el("span", { class: "badge", id: "conversation-state-badge" }, c.state)),
       actions),
     data.service_window_open ? null : el("div", { class: "banner", role: "note", id: "window-closed" },
       "The 24-hour window is closed: the customer has not written since " +

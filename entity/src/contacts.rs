@@ -25,6 +25,8 @@ pub struct Model {
     /// nothing).
     #[serde(skip_serializing)]
     pub marketing_preference_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When WhatsApp last said the person's identity key changed (`customer_identity_changed`).
+    pub identity_changed_at: Option<chrono::DateTime<chrono::Utc>>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }

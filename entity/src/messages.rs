@@ -31,6 +31,9 @@ pub struct Model {
     pub pricing_model: Option<String>,
     pub pricing_category: Option<String>,
     pub pricing_type: Option<String>,
+    /// Who wrote a group message: `{"phone", "user_id", "name"}` as JSON.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub sender: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

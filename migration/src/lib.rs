@@ -13,6 +13,7 @@ mod m20261202_000008_tenants;
 mod m20261202_000009_amendments;
 mod m20261202_000010_marketing_preferences;
 mod m20261202_000011_pricing;
+mod m20261202_000012_identity_groups;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000009_amendments::Migration),
             Box::new(m20261202_000010_marketing_preferences::Migration),
             Box::new(m20261202_000011_pricing::Migration),
+            Box::new(m20261202_000012_identity_groups::Migration),
         ]
     }
 }

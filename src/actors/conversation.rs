@@ -28,10 +28,10 @@ use crate::{
     agent::{
         Answerer,
         context::Turn,
-        turn::{self, Inbound, TurnInput},
+        turn::{self, Inbound, Note, NoteKind, TurnInput},
     },
     config::backoff,
-    ingest::event::{ConversationState, Direction, Intent, ItemKind},
+    ingest::event::{AmendmentKind, ConversationState, Direction, Intent, ItemKind},
     metrics as m,
     store::batch::{Applied, ApplyError, ChangeSet, Known},
 };
@@ -66,7 +66,13 @@ struct AgentState {
     correlation_id: String,
     /// Kept between turns once loaded.
     context: Option<Vec<Turn>>,
+    /// The customer's reactions, edits and revokes since the last turn: shown to the model as
+    /// context in the next one, never a turn of their own.
+    notes: Vec<Note>,
 }
+
+/// At most this many amendments are kept for the next turn (the newest).
+const NOTES_MAX: usize = 10;
 
 impl Actor for Conversation {
     type Msg = ConversationMsg;
@@ -103,6 +109,9 @@ impl Actor for Conversation {
                 state.last_active = Instant::now();
                 if let Some(applied) = apply(state, &slice).await {
                     state.conv_state = applied.state;
+                    if applied.reported {
+                        take_notes(&mut state.agent, &slice);
+                    }
                     if !applied.new_inbound.is_empty() {
                         let burst = applied
                             .new_inbound
@@ -143,6 +152,8 @@ impl Actor for Conversation {
                 let agent = &mut state.agent;
                 agent.turn_running = false;
                 agent.context = report.context;
+                // Edits and revokes that came during the turn.
+                amend_context(agent);
                 state.ctx.store.bump();
                 // Messages that came during the turn are the next burst.
                 if !agent.burst.is_empty() {
@@ -224,6 +235,49 @@ fn new_inbound(
     }
 }
 
+/// The customer's amendments in a slice, as notes for the next turn (a redelivered one once).
+fn take_notes(agent: &mut AgentState, slice: &Slice) {
+    for item in &slice.items {
+        let ItemKind::Amendment(a) = item else {
+            continue;
+        };
+        if a.side != Direction::Inbound || agent.notes.iter().any(|n| n.wamid == a.wamid) {
+            continue;
+        }
+        let kind = match &a.kind {
+            AmendmentKind::Reaction(Some(emoji)) => NoteKind::Reaction(emoji.clone()),
+            AmendmentKind::Reaction(None) => continue,
+            AmendmentKind::Edit { content, .. } => NoteKind::Edit(content.clone()),
+            AmendmentKind::Revoke => NoteKind::Revoke,
+        };
+        agent.notes.push(Note {
+            wamid: a.wamid.clone(),
+            target: a.target.clone(),
+            kind,
+        });
+    }
+    if agent.notes.len() > NOTES_MAX {
+        let over = agent.notes.len() - NOTES_MAX;
+        agent.notes.drain(..over);
+    }
+    amend_context(agent);
+}
+
+/// The kept context says what the customer's edits say now, and nothing a revoked message
+/// said (the stored copy is amended by the store).
+fn amend_context(agent: &mut AgentState) {
+    let Some(turns) = agent.context.as_mut() else {
+        return;
+    };
+    for n in &agent.notes {
+        match &n.kind {
+            NoteKind::Edit(text) => crate::agent::context::amend(turns, &n.target, text.as_deref()),
+            NoteKind::Revoke => crate::agent::context::amend(turns, &n.target, None),
+            NoteKind::Reaction(_) => {}
+        }
+    }
+}
+
 /// A `TurnDue` after the burst's quiet time, never later than its longest wait.
 fn schedule_turn(myself: &ActorRef<ConversationMsg>, state: &Live) {
     let agent = &state.agent;
@@ -257,6 +311,7 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut Live) {
         contact: state.key.1.clone(),
         correlation_id: state.agent.correlation_id.clone(),
         context: state.agent.context.take(),
+        notes: std::mem::take(&mut state.agent.notes),
         burst,
         handed_off: state.conv_state == ConversationState::Human,
     };
@@ -288,6 +343,14 @@ async fn apply(state: &mut Live, slice: &Slice) -> Option<Applied> {
         };
         let error = match result {
             Ok(applied) => {
+                // Another conversation than before (a number change merged it into an older
+                // one): the context kept is not its own.
+                if state
+                    .known
+                    .is_some_and(|k| k.conversation_id != applied.conversation_id)
+                {
+                    state.agent.context = None;
+                }
                 state.known = Some(Known {
                     contact_id: applied.contact_id,
                     conversation_id: applied.conversation_id,
@@ -377,6 +440,7 @@ fn change_set(state: &Live, slice: &Slice) -> ChangeSet {
         messages: Vec::new(),
         statuses: Vec::new(),
         amendments: Vec::new(),
+        identity: Vec::new(),
         intents: Vec::new(),
         external_id: None,
         marketing: None,
@@ -399,6 +463,7 @@ fn change_set(state: &Live, slice: &Slice) -> ChangeSet {
             }
             ItemKind::Status(status) => set.statuses.push(status.clone()),
             ItemKind::Amendment(a) => set.amendments.push(a.clone()),
+            ItemKind::IdentityChange(c) => set.identity.push(c.clone()),
             ItemKind::Lifecycle(l) => set.intents.push(Intent::Lifecycle(*l)),
             ItemKind::ExternalId(id) => set.external_id = Some(id.clone()),
             ItemKind::MarketingPreference { opt_out, at } => {

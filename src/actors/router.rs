@@ -28,7 +28,7 @@ use crate::{
         event::{ContactKey, ConversationState, Item, ItemKind, Lifecycle},
     },
     metrics as m,
-    store::{batch::Known, conversations, dlq, inbox, messages, outbound},
+    store::{batch::Known, contacts, conversations, dlq, inbox, messages, outbound},
 };
 
 pub struct Router;
@@ -59,7 +59,13 @@ pub struct RouterState {
     queued: usize,
     /// Actors asked to stop for room (`actors.max_live`), and when.
     evicting: HashMap<ConversationKey, Instant>,
+    /// The contact key each recently dispatched (workspace, user id) came with under a phone:
+    /// a message naming the user id alone goes to the same conversation even before that
+    /// contact is stored. Bounded: cleared past [`USER_KEYS_MAX`] (the database answers).
+    user_keys: HashMap<(i64, String), ContactKey>,
 }
+
+const USER_KEYS_MAX: usize = 100_000;
 
 impl Actor for Router {
     type Msg = RouterMsg;
@@ -81,6 +87,7 @@ impl Actor for Router {
             recovered: HashSet::new(),
             queued: 0,
             evicting: HashMap::new(),
+            user_keys: HashMap::new(),
         })
     }
 
@@ -309,6 +316,7 @@ async fn dispatch(
         }
     }
     attribute_orphan_statuses(&ctx, &mut normalized).await;
+    resolve_users(&ctx, &mut state.user_keys, &mut normalized).await;
     attribute_handoffs(&ctx, &event, &mut normalized).await;
     report_notes(&ctx, &event, &normalized);
     // Something in the event belongs to no conversation: what can be applied is, but the
@@ -569,6 +577,56 @@ async fn attribute_orphan_statuses(ctx: &Ctx, normalized: &mut ingest::Normalize
                 o.status.status.as_str(),
                 o.status.wamid
             )),
+        }
+    }
+}
+
+/// One contact per person: an item naming a user id alone (`bsuid:<id>`) goes to the
+/// conversation of the contact that holds the user id under a phone, so both keep one
+/// conversation. Items naming a phone with a user id teach `known` the pair.
+async fn resolve_users(
+    ctx: &Ctx,
+    known: &mut HashMap<(i64, String), ContactKey>,
+    normalized: &mut ingest::Normalized,
+) {
+    for item in &normalized.items {
+        if let Some(user) = item.user_id.as_deref()
+            && item.contact.bsuid().is_none()
+            && item.contact.group_id().is_none()
+            && !item.contact.as_str().starts_with("raw:")
+        {
+            if known.len() >= USER_KEYS_MAX {
+                known.clear();
+            }
+            known.insert((item.workspace_id, user.to_owned()), item.contact.clone());
+        }
+    }
+    let mut ask: Vec<(i64, String)> = normalized
+        .items
+        .iter()
+        .filter_map(|i| Some((i.workspace_id, i.contact.bsuid()?.to_owned())))
+        .filter(|k| !known.contains_key(k))
+        .collect();
+    ask.sort();
+    ask.dedup();
+    if !ask.is_empty() {
+        match contacts::keys_of_users(&ctx.db, &ask).await {
+            Ok(found) => {
+                for (k, phone) in found {
+                    known.insert(k, ContactKey::stored(phone));
+                }
+            }
+            // Not fatal: the store links the two when the phone comes with the user id again.
+            Err(e) => tracing::warn!(error = %e, "cannot look up contacts by user id"),
+        }
+    }
+    for item in &mut normalized.items {
+        let Some(user) = item.contact.bsuid() else {
+            continue;
+        };
+        if let Some(key) = known.get(&(item.workspace_id, user.to_owned())) {
+            item.user_id.get_or_insert_with(|| user.to_owned());
+            item.contact = key.clone();
         }
     }
 }

@@ -10,13 +10,29 @@ use crate::ingest::event::MessageItem;
 pub struct Turn {
     pub role: String,
     pub content: String,
+    /// The customer's message it renders (never sent to the model): an edit replaces its text,
+    /// a revoke removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wamid: Option<String>,
 }
+
+/// What a revoked message's turn says instead of its text.
+pub const DELETED: &str = crate::store::amendments::DELETED_TURN;
 
 impl Turn {
     pub fn user(content: impl Into<String>) -> Self {
         Self {
             role: "user".into(),
             content: content.into(),
+            wamid: None,
+        }
+    }
+
+    /// A user turn rendering the customer's message `wamid`.
+    pub fn of_message(msg: &MessageItem) -> Self {
+        Self {
+            wamid: Some(msg.wamid.clone()),
+            ..Self::user(user_text(msg))
         }
     }
 
@@ -24,7 +40,19 @@ impl Turn {
         Self {
             role: "assistant".into(),
             content: content.into(),
+            wamid: None,
         }
+    }
+}
+
+/// Brings the turns in line with the customer's later edits and revokes: an edited message's
+/// turn says the new text, a deleted one's no longer says anything it said.
+pub fn amend(turns: &mut [Turn], target: &str, edit: Option<&str>) {
+    for t in turns
+        .iter_mut()
+        .filter(|t| t.wamid.as_deref() == Some(target))
+    {
+        t.content = edit.unwrap_or(DELETED).to_owned();
     }
 }
 

@@ -12,11 +12,13 @@ pub struct Graph {
     http: reqwest::Client,
 }
 
-/// Where a reply goes: a phone number (`to`) or a business-scoped user id (`recipient`).
+/// Where a reply goes: a phone number (`to`), a business-scoped user id (`recipient`), or a
+/// group (`recipient_type: "group"`, `to`: the group id).
 #[derive(Debug, Clone)]
 pub enum Recipient {
     Phone(String),
     User(String),
+    Group(String),
 }
 
 /// Why a send did not give a wamid.
@@ -56,6 +58,10 @@ impl Graph {
         match to {
             Recipient::Phone(p) => payload["to"] = json!(p),
             Recipient::User(u) => payload["recipient"] = json!(u),
+            Recipient::Group(g) => {
+                payload["recipient_type"] = json!("group");
+                payload["to"] = json!(g);
+            }
         }
         let v = self.post(phone_number_id, token, &payload).await?;
         v["messages"][0]["id"]

@@ -110,6 +110,7 @@ pub async fn send_once(o: Outgoing<'_>) -> Outcome {
                 content: Some(o.body.to_owned()),
                 metadata: serde_json::json!({"sender": o.sender, "key": o.key}).to_string(),
                 status: MessageStatus::Accepted,
+                sender: None,
             };
             let set = ChangeSet {
                 event_id: o.event_id,
@@ -122,6 +123,7 @@ pub async fn send_once(o: Outgoing<'_>) -> Outcome {
                 messages: vec![message],
                 statuses: Vec::new(),
                 amendments: Vec::new(),
+                identity: Vec::new(),
                 intents: Vec::new(),
                 external_id: None,
                 marketing: None,
@@ -162,8 +164,11 @@ pub async fn send_once(o: Outgoing<'_>) -> Outcome {
 /// Where a message to this contact goes: its phone, or its business-scoped user id.
 pub fn recipient(contact: &ContactKey) -> Option<Recipient> {
     let key = contact.as_str();
-    if let Some(user) = key.strip_prefix("bsuid:") {
+    if let Some(user) = contact.bsuid() {
         return Some(Recipient::User(user.to_owned()));
+    }
+    if let Some(group) = contact.group_id() {
+        return Some(Recipient::Group(group.to_owned()));
     }
     (!key.starts_with("raw:")).then(|| Recipient::Phone(key.to_owned()))
 }

@@ -38,6 +38,24 @@ pub struct Inbound {
     pub event_id: i64,
 }
 
+/// A customer's reaction, edit or revoke since the last turn, shown to the model as context
+/// ("[reacted 👍 to: …]") before the burst, never as a question of its own.
+#[derive(Debug, Clone)]
+pub struct Note {
+    /// The amendment's own wamid.
+    pub wamid: String,
+    /// The message it changed.
+    pub target: String,
+    pub kind: NoteKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum NoteKind {
+    Reaction(String),
+    Edit(Option<String>),
+    Revoke,
+}
+
 pub struct TurnInput {
     pub answerer: Answerer,
     pub db: DatabaseConnection,
@@ -49,6 +67,8 @@ pub struct TurnInput {
     pub correlation_id: String,
     /// The context kept by the actor; `None` the first time (loaded from `agent_contexts`).
     pub context: Option<Vec<Turn>>,
+    /// The customer's amendments since the last turn.
+    pub notes: Vec<Note>,
     pub burst: Vec<Inbound>,
     /// A person has the conversation (`human`): the turn is recorded as skipped.
     pub handed_off: bool,
@@ -137,13 +157,17 @@ async fn turn(mut input: TurnInput) -> TurnReport {
             }
         },
     };
+    for n in &input.notes {
+        match &n.kind {
+            NoteKind::Edit(text) => context::amend(&mut turns, &n.target, text.as_deref()),
+            NoteKind::Revoke => context::amend(&mut turns, &n.target, None),
+            NoteKind::Reaction(_) => {}
+        }
+    }
+    turns.extend(notes(&input).await);
     let mut burst = input.burst.clone();
     burst.sort_by_key(|i| i.message.timestamp);
-    turns.extend(
-        burst
-            .iter()
-            .map(|i| Turn::user(context::user_text(&i.message))),
-    );
+    turns.extend(burst.iter().map(|i| Turn::of_message(&i.message)));
     let cfg = &provider.cfg;
     let bpe = context::tokenizer_for(&cfg.model);
     let budget = cfg.max_context_tokens.saturating_sub(cfg.max_reply_tokens);
@@ -306,4 +330,52 @@ async fn figures(input: &TurnInput, f: TurnFigures) {
     if let Err(e) = agent_store::record_turn(&input.db, input.conversation_id, agent, &f).await {
         tracing::error!(error = %e, conversation_id = input.conversation_id, "cannot record the agent session figures");
     }
+}
+
+/// The notes as user turns: what a reaction was to (the text of the message it points at),
+/// what an edit says now, that a message was deleted (never what it said).
+async fn notes(input: &TurnInput) -> Vec<Turn> {
+    if input.notes.is_empty() {
+        return Vec::new();
+    }
+    let targets: Vec<(i64, String)> = input
+        .notes
+        .iter()
+        .filter(|n| matches!(n.kind, NoteKind::Reaction(_)))
+        .map(|n| (input.workspace_id, n.target.clone()))
+        .collect();
+    let texts = crate::store::messages::contents_in(&input.db, input.conversation_id, &targets)
+        .await
+        .unwrap_or_default();
+    let revoked = |target: &str| {
+        input
+            .notes
+            .iter()
+            .any(|n| n.target == target && matches!(n.kind, NoteKind::Revoke))
+    };
+    let snippet = |s: &str| {
+        let mut out: String = s.chars().take(80).collect();
+        if s.chars().count() > 80 {
+            out.push('…');
+        }
+        out
+    };
+    input
+        .notes
+        .iter()
+        .map(|n| {
+            Turn::user(match &n.kind {
+                NoteKind::Reaction(emoji) => match texts.get(&n.target) {
+                    Some(text) => format!("[reacted {emoji} to: {}]", snippet(text)),
+                    None => format!("[reacted {emoji} to a message]"),
+                },
+                // An edit of a message deleted since says nothing the customer took back.
+                NoteKind::Edit(Some(text)) if !revoked(&n.target) => {
+                    format!("[edited a message to: {}]", snippet(text))
+                }
+                NoteKind::Edit(_) => "[edited a message]".to_owned(),
+                NoteKind::Revoke => context::DELETED.to_owned(),
+            })
+        })
+        .collect()
 }

@@ -179,6 +179,22 @@ impl ContactKey {
         Self(format!("bsuid:{user_id}"))
     }
 
+    /// A WhatsApp group (Groups API): its conversation is with the group, each message
+    /// records which participant wrote it.
+    pub fn group(group_id: &str) -> Self {
+        Self(format!("group:{group_id}"))
+    }
+
+    /// The group id, when this is a group's key.
+    pub fn group_id(&self) -> Option<&str> {
+        self.0.strip_prefix("group:")
+    }
+
+    /// The business-scoped user id, when this key is one (a contact known by it alone).
+    pub fn bsuid(&self) -> Option<&str> {
+        self.0.strip_prefix("bsuid:")
+    }
+
     /// A sender id that is not a phone number, kept as given.
     pub fn raw(id: &str) -> Self {
         Self(format!("raw:{id}"))
@@ -207,6 +223,19 @@ pub struct MessageItem {
     pub metadata: String,
     /// The status it arrives with (Kapso's `sent`, our own send API's `accepted`).
     pub status: MessageStatus,
+    /// Who wrote it, for a group message (the conversation is the group's).
+    pub sender: Option<Sender>,
+}
+
+/// The participant who wrote a group message.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Sender {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl MessageItem {
@@ -293,6 +322,19 @@ pub enum AmendmentKind {
     Revoke,
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdentityChange {
+    /// `user_changed_number`, `customer_changed_number`, `user_changed_user_id`, `linked` (a
+    /// message named a phone and a user id first seen alone), `identity_changed`
+    /// (`customer_identity_changed`: the same contact, a new identity key).
+    pub kind: &'static str,
+    /// The identity the contact was known by (the same as the item's for `identity_changed`).
+    pub from: ContactKey,
+    /// The new business-scoped user id, when the change names one.
+    pub user_id: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lifecycle {
     Opened,
@@ -315,6 +357,10 @@ pub enum ItemKind {
     Lifecycle(Lifecycle),
     /// The platform's own id of the conversation (Kapso's `conversation.id`).
     ExternalId(String),
+    /// WhatsApp says who the conversation is with changed (a system message). The item goes
+    /// to the conversation of the new identity: the contact found under `from` moves there,
+    /// keeping its conversation (merged into one the new identity already has).
+    IdentityChange(IdentityChange),
     /// The contact asked to stop (`true`) or resume (`false`) marketing messages, at this time.
     MarketingPreference {
         opt_out: bool,

@@ -9,8 +9,8 @@ use serde_json::Value;
 use super::{
     Admit, content_of,
     event::{
-        Amendment, AmendmentKind, ContactKey, Direction, Item, ItemKind, MessageItem,
-        MessageStatus, Normalized, OrphanStatus, Pricing, StatusItem,
+        Amendment, AmendmentKind, ContactKey, Direction, IdentityChange, Item, ItemKind,
+        MessageItem, MessageStatus, Normalized, OrphanStatus, Pricing, Sender, StatusItem,
     },
     parse_timestamp,
 };
@@ -101,6 +101,9 @@ struct Status {
     recipient_id: Option<String>,
     #[serde(default)]
     recipient_user_id: Option<String>,
+    /// `group` for a message sent to a group (`recipient_id` is then the group's id).
+    #[serde(default)]
+    recipient_type: Option<String>,
     #[serde(default)]
     errors: Vec<Value>,
     #[serde(default)]
@@ -148,8 +151,29 @@ pub fn normalize(
             kind,
         };
 
-        // Profiles first: a message from a contact carries its current name.
+        let first_item = out.items.len();
+        // Profiles first: a message from a contact carries its current name. A participant
+        // who wrote only in a group is named on the group message, not given a conversation.
+        let group_only = |c: &Contact| {
+            let writes = |in_group: bool| {
+                value.messages.iter().any(|m| {
+                    group_of(m).is_some() == in_group
+                        && str_field(m, "from").map(str::trim) == c.wa_id.as_deref().map(str::trim)
+                })
+            };
+            // Or one whose number the change says is no longer theirs.
+            let moved = value.messages.iter().any(|m| {
+                m.get("system")
+                    .and_then(|s| str_field(s, "type"))
+                    .is_some_and(|t| t.ends_with("changed_number"))
+                    && str_field(m, "from").map(str::trim) == c.wa_id.as_deref().map(str::trim)
+            });
+            moved || (writes(true) && !writes(false))
+        };
         for c in &value.contacts {
+            if group_only(c) {
+                continue;
+            }
             let user_id = c.user_id.clone().filter(|u| !u.is_empty());
             let Some(key) = ContactKey::new(c.wa_id.as_deref(), user_id.as_deref()) else {
                 continue;
@@ -166,7 +190,7 @@ pub fn normalize(
         }
 
         for m in &value.messages {
-            let Some(kind) = message_kind(m, Direction::Inbound, received_at) else {
+            let Some(mut kind) = message_kind(m, Direction::Inbound, received_at) else {
                 out.unattributed
                     .push("a message without an id cannot be stored".into());
                 continue;
@@ -178,7 +202,47 @@ pub fn normalize(
                 ));
                 continue;
             };
+            // A group's message belongs to the group's conversation; it names its writer.
+            if let Some(group) = group_of(m) {
+                if let ItemKind::Message(msg) = &mut kind {
+                    msg.sender = Some(participant(m, &key, user_id.as_deref(), &value.contacts));
+                }
+                out.items.push(item(ContactKey::group(group), None, kind));
+                continue;
+            }
+            // A number or user-id change: the contact moves to its new identity, and the
+            // notice goes to that conversation (the one the next messages will come to).
+            if let Some(change) = identity_change(m, &key, user_id.as_deref(), received_at) {
+                let (to, to_user) = change;
+                out.items.push(item(
+                    to.0.clone(),
+                    to_user.clone(),
+                    ItemKind::IdentityChange(to.1),
+                ));
+                out.items.push(item(to.0, to_user, kind));
+                continue;
+            }
             out.items.push(item(key, user_id, kind));
+        }
+
+        // A number change in this change: everything of the old identity in it (before the
+        // notice and after) goes to the new one's conversation, in payload order, so the move
+        // and the messages around it apply in one change set.
+        let moves: Vec<(ContactKey, ContactKey)> = out.items[first_item..]
+            .iter()
+            .filter_map(|i| match &i.kind {
+                ItemKind::IdentityChange(c) if c.from != i.contact => {
+                    Some((c.from.clone(), i.contact.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (from, to) in &moves {
+            for i in &mut out.items[first_item..] {
+                if &i.contact == from {
+                    i.contact = to.clone();
+                }
+            }
         }
 
         for m in &value.message_echoes {
@@ -220,6 +284,18 @@ pub fn normalize(
                 pricing: s.pricing.as_ref().and_then(pricing_of),
             };
             let recipient_user = s.recipient_user_id.filter(|u| !u.is_empty());
+            // A group's statuses (delivered and read come several per webhook, one per
+            // participant) land on the group's message.
+            if s.recipient_type.as_deref() == Some("group")
+                && let Some(group) = s.recipient_id.as_deref().filter(|g| !g.is_empty())
+            {
+                out.items.push(item(
+                    ContactKey::group(group),
+                    None,
+                    ItemKind::Status(status_item),
+                ));
+                continue;
+            }
             match ContactKey::new(s.recipient_id.as_deref(), recipient_user.as_deref()) {
                 Some(key) => {
                     out.items
@@ -320,6 +396,82 @@ fn sender(m: &Value, contacts: &[Contact]) -> Option<(ContactKey, Option<String>
     }
 }
 
+/// The group a message was written in (`group_id`).
+fn group_of(m: &Value) -> Option<&str> {
+    str_field(m, "group_id").filter(|g| !g.is_empty())
+}
+
+/// Who wrote a group message: the phone, the user id, and the name the change's contacts give.
+fn participant(m: &Value, key: &ContactKey, user_id: Option<&str>, contacts: &[Contact]) -> Sender {
+    let phone =
+        ContactKey::phone(str_field(m, "from").unwrap_or_default()).map(|k| k.as_str().to_owned());
+    let from = str_field(m, "from").map(str::trim);
+    let name = contacts
+        .iter()
+        .find(|c| {
+            (from.is_some() && c.wa_id.as_deref().map(str::trim) == from)
+                || (user_id.is_some() && c.user_id.as_deref() == user_id)
+        })
+        .and_then(|c| c.profile.as_ref()?.name.clone())
+        .filter(|n| !n.is_empty());
+    Sender {
+        phone: phone.or_else(|| key.as_str().strip_prefix("raw:").map(str::to_owned)),
+        user_id: user_id.map(str::to_owned),
+        name,
+    }
+}
+
+/// A `system` message saying who the conversation is with changed: the new identity (its key
+/// and user id) and the change. `user_changed_number` / `customer_changed_number` name the new
+/// phone (`wa_id`, legacy `new_wa_id`); `user_changed_user_id` the new user id (the phone,
+/// where given, stays); `customer_identity_changed` / `user_identity_changed` keep both (the
+/// contact's identity key changed). Other system messages change nothing.
+#[allow(clippy::type_complexity)]
+fn identity_change(
+    m: &Value,
+    from: &ContactKey,
+    from_user: Option<&str>,
+    received_at: DateTime<Utc>,
+) -> Option<((ContactKey, IdentityChange), Option<String>)> {
+    if str_field(m, "type") != Some("system") {
+        return None;
+    }
+    let system = m.get("system")?;
+    let kind: &'static str = match str_field(system, "type")? {
+        "user_changed_number" => "user_changed_number",
+        "customer_changed_number" => "customer_changed_number",
+        "user_changed_user_id" => "user_changed_user_id",
+        "customer_identity_changed" | "user_identity_changed" => "identity_changed",
+        _ => return None,
+    };
+    let at = parse_timestamp(m.get("timestamp")).unwrap_or(received_at);
+    let text = |k: &str| {
+        str_field(system, k)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    };
+    let (to, to_user) = match kind {
+        "user_changed_number" | "customer_changed_number" => {
+            let phone = text("wa_id").or_else(|| text("new_wa_id"))?;
+            let user = text("user_id").map(str::to_owned);
+            (ContactKey::new(Some(phone), user.as_deref())?, user)
+        }
+        "user_changed_user_id" => {
+            let user = text("user_id")?.to_owned();
+            let phone = text("wa_id").or_else(|| from.bsuid().is_none().then_some(from.as_str()));
+            (ContactKey::new(phone, Some(&user))?, Some(user))
+        }
+        _ => (from.clone(), from_user.map(str::to_owned)),
+    };
+    let change = IdentityChange {
+        kind,
+        from: from.clone(),
+        user_id: to_user.clone(),
+        at,
+    };
+    Some(((to, change), to_user))
+}
+
 fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
@@ -408,6 +560,7 @@ pub(crate) fn message_item(
             Direction::Inbound => MessageStatus::Received,
             Direction::Outbound => MessageStatus::Accepted,
         },
+        sender: None,
     })
 }
 

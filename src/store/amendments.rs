@@ -156,8 +156,60 @@ pub async fn apply(
     for chunk in amended.chunks(CHUNK) {
         forget_revoked_edits(tx, chunk).await?;
     }
+    let revoked: Vec<(i64, &str)> = amendments
+        .iter()
+        .filter(|(.., kind, _, _)| *kind == "revoke")
+        .map(|(_, conv, a, ..)| (*conv, a.target.as_str()))
+        .collect();
+    forget_in_agent_contexts(tx, &revoked).await?;
     Ok(())
 }
+
+/// A revoked message's text leaves the agent's saved context too: its turn (kept with the
+/// message's wamid) says only that a message was deleted.
+async fn forget_in_agent_contexts(
+    tx: &DatabaseTransaction,
+    revoked: &[(i64, &str)],
+) -> Result<(), DbErr> {
+    if revoked.is_empty() {
+        return Ok(());
+    }
+    let backend = tx.get_database_backend();
+    let mut sql = Sql::new(
+        backend,
+        "SELECT id, conversation_id, messages FROM agent_contexts WHERE conversation_id IN ",
+    );
+    let convs: BTreeSet<i64> = revoked.iter().map(|(c, _)| *c).collect();
+    sql.tuple(convs);
+    for r in super::sql::query(tx, sql).await? {
+        let (id, conv): (i64, i64) = (r.try_get("", "id")?, r.try_get("", "conversation_id")?);
+        let text: String = r.try_get("", "messages")?;
+        let Ok(mut turns) = serde_json::from_str::<Vec<serde_json::Value>>(&text) else {
+            continue;
+        };
+        let mut changed = false;
+        for t in &mut turns {
+            let hit = t["wamid"]
+                .as_str()
+                .is_some_and(|w| revoked.contains(&(conv, w)));
+            if hit && t["content"] != DELETED_TURN {
+                t["content"] = DELETED_TURN.into();
+                changed = true;
+            }
+        }
+        if changed {
+            let mut sql = Sql::new(backend, "UPDATE agent_contexts SET messages = ");
+            sql.param(serde_json::Value::Array(turns).to_string())
+                .push(" WHERE id = ")
+                .param(id);
+            run(tx, sql).await?;
+        }
+    }
+    Ok(())
+}
+
+/// What a revoked message's turn in a saved agent context says (the agent's `DELETED`).
+pub const DELETED_TURN: &str = "[deleted a message]";
 
 type Reaction<'a> = (
     &'a &'a ChangeSet,

@@ -22,13 +22,14 @@ use sea_orm::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    amendments, contacts, conversations, dlq, inbox, messages, sql::count_statement, statuses,
-    transitions,
+    amendments, contacts, conversations, dlq, identities, inbox, messages, sql::count_statement,
+    statuses, transitions,
 };
 use crate::{
     config::DatabaseConfig,
     ingest::event::{
-        Amendment, ContactKey, ConversationState, Direction, Intent, MessageItem, StatusItem,
+        Amendment, ContactKey, ConversationState, Direction, IdentityChange, Intent, MessageItem,
+        StatusItem,
     },
     metrics as m,
 };
@@ -49,6 +50,9 @@ pub struct ChangeSet {
     pub statuses: Vec<StatusItem>,
     /// Reactions, edits and revokes of earlier messages.
     pub amendments: Vec<Amendment>,
+    /// Number, user-id and identity-key changes: the contact found under the old identity
+    /// moves to this set's (`store/identities.rs`).
+    pub identity: Vec<IdentityChange>,
     pub intents: Vec<Intent>,
     /// The platform's own id of the conversation (Kapso's), when the event names it.
     pub external_id: Option<String>,
@@ -122,6 +126,8 @@ pub struct Applied {
     pub state: ConversationState,
     /// The set's inbound messages this transaction stored for the first time.
     pub new_inbound: Vec<MessageItem>,
+    /// The set asked for `new_inbound` (its account has an agent).
+    pub reported: bool,
 }
 
 enum StoreMsg {
@@ -495,9 +501,15 @@ async fn apply_sets(
     if sets.is_empty() {
         return Ok(Vec::new());
     }
+    // 0. Identities: a contact known by an old number or a lone user id moves to the new one
+    //    (merged with a contact the new one already has).
+    let t = std::time::Instant::now();
+    let identity = identities::apply(tx, sets).await?;
+    m::step("identities", t);
     // 1. Contacts: one row per (workspace, contact), merged in set order.
     let t = std::time::Instant::now();
     let contacts = contacts::upsert(tx, sets, now).await?;
+    identities::record(tx, sets, &contacts, identity, now).await?;
     m::step("contacts", t);
     // 2. Conversations: create the missing ones; read those neither created nor known.
     let t = std::time::Instant::now();
@@ -532,6 +544,7 @@ async fn apply_sets(
         .zip(sets)
         .filter(|(_, s)| s.report_new_inbound)
     {
+        a.reported = true;
         a.new_inbound = set
             .messages
             .iter()

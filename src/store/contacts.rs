@@ -11,7 +11,7 @@ use super::{
     batch::ChangeSet,
     sql::{CHUNK, Sql, query},
 };
-use crate::ingest::event::Direction;
+use crate::ingest::event::{ContactKey, Direction};
 
 /// The contact id of every (workspace, contact key) the batch touched.
 pub struct ContactIds(HashMap<(i64, String), i64>);
@@ -147,4 +147,88 @@ pub async fn set_marketing(
         super::sql::run(tx, sql).await?;
     }
     Ok(())
+}
+
+/// The key of the contact each `(workspace, user id)` belongs to, where one holds that user id
+/// under another key (a phone): a message naming the user id alone goes to that contact.
+pub async fn keys_of_users(
+    db: &impl ConnectionTrait,
+    users: &[(i64, String)],
+) -> Result<HashMap<(i64, String), String>, DbErr> {
+    let mut out = HashMap::new();
+    for chunk in users.chunks(500) {
+        let mut sql = Sql::new(
+            db.get_database_backend(),
+            "SELECT workspace_id, user_id, phone FROM contacts WHERE (workspace_id, user_id) IN (",
+        );
+        sql.values(
+            chunk
+                .iter()
+                .map(|(ws, u)| vec![(*ws).into(), u.clone().into()]),
+        );
+        sql.push(") ORDER BY id");
+        for r in db.query_all_raw(sql.build()).await? {
+            let user: String = r.try_get("", "user_id")?;
+            let phone: String = r.try_get("", "phone")?;
+            // The oldest contact with the user id wins; its own lone-id key is no match.
+            if phone != ContactKey::user(&user).as_str() {
+                out.entry((r.try_get("", "workspace_id")?, user))
+                    .or_insert(phone);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One change of who a contact is (`contact_identity_changes`).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct IdentityChangeView {
+    /// `user_changed_number`, `customer_changed_number`, `user_changed_user_id`, `linked`,
+    /// `identity_changed`.
+    pub kind: String,
+    /// The key the contact was known by before (a phone, `bsuid:<user id>`).
+    pub from: Option<String>,
+    /// The key it is known by since.
+    pub to: Option<String>,
+    pub user_id: Option<String>,
+    /// The contact merged into this one (its messages are this contact's conversation's now).
+    pub merged_contact_id: Option<i64>,
+    pub event_id: Option<i64>,
+    pub at: DateTime<Utc>,
+}
+
+/// A contact's identity history, oldest first; `None` when the workspace has no such contact.
+pub async fn identity_changes(
+    db: &impl ConnectionTrait,
+    workspace_id: i64,
+    contact_id: i64,
+) -> Result<Option<Vec<IdentityChangeView>>, DbErr> {
+    let backend = db.get_database_backend();
+    let mut sql = Sql::new(backend, "SELECT id FROM contacts WHERE workspace_id = ");
+    sql.param(workspace_id).push(" AND id = ").param(contact_id);
+    if db.query_one_raw(sql.build()).await?.is_none() {
+        return Ok(None);
+    }
+    let mut sql = Sql::new(
+        backend,
+        "SELECT kind, from_key, to_key, user_id, merged_contact_id, event_id, at \
+         FROM contact_identity_changes WHERE workspace_id = ",
+    );
+    sql.param(workspace_id)
+        .push(" AND contact_id = ")
+        .param(contact_id)
+        .push(" ORDER BY at, id LIMIT 1000");
+    let mut out = Vec::new();
+    for r in db.query_all_raw(sql.build()).await? {
+        out.push(IdentityChangeView {
+            kind: r.try_get("", "kind")?,
+            from: r.try_get("", "from_key")?,
+            to: r.try_get("", "to_key")?,
+            user_id: r.try_get("", "user_id")?,
+            merged_contact_id: r.try_get("", "merged_contact_id")?,
+            event_id: r.try_get("", "event_id")?,
+            at: r.try_get("", "at")?,
+        });
+    }
+    Ok(Some(out))
 }

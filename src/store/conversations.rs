@@ -261,6 +261,9 @@ pub struct ConversationView {
     pub contact_id: i64,
     pub contact: String,
     pub contact_name: Option<String>,
+    /// A WhatsApp group's conversation (`contact` is then `group:<id>`; each message names
+    /// its `sender`).
+    pub group_id: Option<String>,
     pub state: String,
     pub message_count: i32,
     pub last_message_at: Option<DateTime<Utc>>,
@@ -294,10 +297,12 @@ pub async fn list(
     sql.push(" ORDER BY v.id LIMIT ").param(limit as i64);
     let mut out = Vec::new();
     for r in db.query_all_raw(sql.build()).await? {
+        let contact: String = r.try_get("", "phone")?;
         out.push(ConversationView {
             id: r.try_get("", "id")?,
             contact_id: r.try_get("", "contact_id")?,
-            contact: r.try_get("", "phone")?,
+            group_id: contact.strip_prefix("group:").map(str::to_owned),
+            contact,
             contact_name: r.try_get("", "name")?,
             state: r.try_get("", "status")?,
             message_count: r.try_get("", "message_count")?,

@@ -16,10 +16,10 @@ use super::{
 };
 use crate::ingest::event::MessageItem;
 
-/// The insert every message row goes through, placeholders (`statuses.rs`) included.
+/// The insert every message row goes through (`statuses.rs` has its own for placeholders).
 pub const INSERT: &str = "INSERT INTO messages (workspace_id, conversation_id, direction, wamid, \
      message_type, content, status, status_rank, status_error, timestamp, metadata, event_id, \
-     created_at, updated_at) VALUES ";
+     created_at, updated_at, sender) VALUES ";
 
 /// What step 3 added: per conversation, how many rows and the latest timestamp; and, when
 /// tracked, which `(wamid, event_id)` were inserted (a redelivered copy is not among them).
@@ -68,6 +68,10 @@ pub async fn insert(
                 (*event_id).into(),
                 now.into(),
                 now.into(),
+                msg.sender
+                    .as_ref()
+                    .and_then(|s| serde_json::to_string(s).ok())
+                    .into(),
             ]
         }));
         sql.push(
@@ -75,7 +79,8 @@ pub async fn insert(
              conversation_id = excluded.conversation_id, direction = excluded.direction, \
              message_type = excluded.message_type, content = excluded.content, \
              timestamp = excluded.timestamp, metadata = excluded.metadata, \
-             event_id = excluded.event_id, updated_at = excluded.updated_at \
+             event_id = excluded.event_id, updated_at = excluded.updated_at, \
+             sender = excluded.sender \
              WHERE messages.message_type = 'pending' \
              RETURNING conversation_id, timestamp, wamid, event_id",
         );
@@ -125,6 +130,33 @@ pub async fn contacts_of(
     Ok(out)
 }
 
+/// The text of each of these messages of one conversation (revoked ones have none).
+pub async fn contents_in(
+    db: &impl ConnectionTrait,
+    conversation_id: i64,
+    wamids: &[(i64, String)],
+) -> Result<HashMap<String, String>, DbErr> {
+    let mut out = HashMap::new();
+    for chunk in wamids.chunks(500) {
+        let mut sql = Sql::new(
+            db.get_database_backend(),
+            "SELECT wamid, content FROM messages WHERE content IS NOT NULL AND conversation_id = ",
+        );
+        sql.param(conversation_id)
+            .push(" AND (workspace_id, wamid) IN (");
+        sql.values(
+            chunk
+                .iter()
+                .map(|(ws, w)| vec![(*ws).into(), w.clone().into()]),
+        );
+        sql.push(")");
+        for r in db.query_all_raw(sql.build()).await? {
+            out.insert(r.try_get("", "wamid")?, r.try_get("", "content")?);
+        }
+    }
+    Ok(out)
+}
+
 /// A message as the operator API shows it.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct MessageView {
@@ -144,6 +176,17 @@ pub struct MessageView {
     pub edits: Vec<EditView>,
     /// Deleted for everyone: its text is gone.
     pub revoked: bool,
+    /// Who wrote it, in a group's conversation (the participant's phone, user id, name).
+    #[schema(value_type = Option<SenderView>)]
+    pub sender: Option<crate::ingest::event::Sender>,
+}
+
+/// The participant who wrote a group message.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct SenderView {
+    pub phone: Option<String>,
+    pub user_id: Option<String>,
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -170,7 +213,7 @@ pub async fn of_conversation(
     let mut sql = Sql::new(
         backend,
         "SELECT id, direction, wamid, message_type, content, status, status_error, timestamp, \
-         metadata, edited_at, revoked_at \
+         metadata, edited_at, revoked_at, sender \
          FROM messages WHERE message_type <> 'pending' AND conversation_id = ",
     );
     sql.param(conversation_id)
@@ -212,6 +255,9 @@ pub async fn of_conversation(
             edited: edited_at.is_some(),
             edits,
             revoked: revoked_at.is_some(),
+            sender: r
+                .try_get::<Option<String>>("", "sender")?
+                .and_then(|s| serde_json::from_str(&s).ok()),
         });
     }
     if out.is_empty() {

@@ -173,6 +173,7 @@ pub async fn unanswered(
                 content: r.try_get("", "content")?,
                 metadata: r.try_get("", "metadata")?,
                 status: MessageStatus::Received,
+                sender: None,
             },
         });
     }

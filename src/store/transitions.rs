@@ -67,6 +67,7 @@ pub async fn apply(
             conversation_id,
             state: *current,
             new_inbound: Vec::new(),
+            reported: false,
         });
     }
     conversations::set_states(tx, &changed).await?;

@@ -27,6 +27,7 @@ both_backends!(
     a_stop_between_send_and_record_never_sends_twice,
     a_burst_cut_short_by_a_stop_is_answered_after_the_restart,
     only_a_persons_words_start_a_turn,
+    a_real_conversation_keeps_one_answer_one_contact_and_one_conversation,
 );
 
 const CUSTOMER: &str = "4915112345678";
@@ -261,6 +262,7 @@ async fn a_long_context_is_cut_to_the_token_budget(backend: Backend) {
         .map(|m| Turn {
             role: m["role"].as_str().unwrap().into(),
             content: m["content"].as_str().unwrap().into(),
+            wamid: None,
         })
         .collect();
     let bpe = context::tokenizer_for("gpt-4o-mini");
@@ -635,8 +637,8 @@ fn message(msg: Value) -> String {
 
 /// The thing users fear most: a bot that answers when nobody spoke to it. A question gets one
 /// answer; a reaction to it, an edit, a revoke, a system notice, an unsupported type and a
-/// group message start no turn (and show no typing indicator); the next question is answered
-/// with only its own words.
+/// group message start no turn (and show no typing indicator); the next question is answered,
+/// the reaction and the edit shown to the model as context, the revoked text gone.
 async fn only_a_persons_words_start_a_turn(backend: Backend) {
     let (provider, graph) = (fakes::provider().await, fakes::graph().await);
     let app = agent_app(backend, &provider, &graph, |_| {}).await;
@@ -677,7 +679,7 @@ async fn only_a_persons_words_start_a_turn(backend: Backend) {
         from(
             "wamid.s.1",
             "system",
-            serde_json::json!({"body": "Ana changed her number", "wa_id": "4915100000999", "type": "user_changed_number"}),
+            serde_json::json!({"body": "Ana's security code changed", "identity": "b1c2", "type": "customer_identity_changed"}),
         ),
         from(
             "wamid.u.1",
@@ -703,17 +705,23 @@ async fn only_a_persons_words_start_a_turn(backend: Backend) {
     let calls = provider.requests();
     assert_eq!(calls.len(), 2, "one turn per question, none for the rest");
     let last = user_contents(&calls[1].1);
-    assert_eq!(last.last().map(String::as_str), Some("And to France?"));
-    for word in [
-        "👍",
-        "Portugal",
-        "changed her number",
-        "hello group",
-        "poll",
-    ] {
+    // The reaction and the edit reach the model as context before the question, never as a
+    // question; the revoked question no longer says anything it said.
+    assert_eq!(
+        last,
+        [
+            "[deleted a message]",
+            "[reacted 👍 to: Reply 1]",
+            "[edited a message]",
+            "[deleted a message]",
+            "And to France?",
+        ],
+        "{last:?}"
+    );
+    for word in ["Spain", "Portugal", "security code", "hello group", "poll"] {
         assert!(
             !last.iter().any(|c| c.contains(word)),
-            "{word} reached the model as a question: {last:?}"
+            "{word} reached the model: {last:?}"
         );
     }
     assert_eq!(sends(&graph), 2);
@@ -726,5 +734,216 @@ async fn only_a_persons_words_start_a_turn(backend: Backend) {
         .collect();
     assert_eq!(typing.len(), typing_before + 1);
     assert_eq!(typing.last().unwrap().1["message_id"], "wamid.q.2");
+    app.stop().await;
+}
+
+/// A Meta body carrying these message objects, with these contacts.
+fn messages_with(contacts: Value, msgs: Vec<Value>) -> String {
+    serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15551111111", "phone_number_id": ACME_PNID},
+        "contacts": contacts,
+        "messages": msgs}}]}]})
+    .to_string()
+}
+
+/// Issue 25's "must show": a customer who asks, reacts 👍, edits their question and deletes
+/// another message gets exactly one answer, and the conversation shows the edited question, the
+/// reply with the reaction and the deleted message, counting only the three; a group is one
+/// conversation of its own and gets no reply; a number change and a message naming only the
+/// user id keep one contact and one conversation.
+async fn a_real_conversation_keeps_one_answer_one_contact_and_one_conversation(backend: Backend) {
+    use reqwest::Method;
+    use serde_json::json;
+
+    use crate::api::{call, user_with_token};
+    let (provider, graph) = (fakes::provider().await, fakes::graph().await);
+    let app = agent_app(backend, &provider, &graph, |_| {}).await;
+    let ts = now_ts().to_string();
+    let from = |sender: &str, id: &str, ty: &str, body: Value| {
+        let mut m = json!({"from": sender, "id": id, "timestamp": ts, "type": ty});
+        m[ty] = body;
+        m
+    };
+    let ana = json!([{"profile": {"name": "Ana"}, "wa_id": CUSTOMER}]);
+    // A question and another message: one burst, one answer (`wamid.out.1`).
+    post(
+        &app,
+        messages_with(
+            ana.clone(),
+            vec![
+                from(
+                    CUSTOMER,
+                    "wamid.q.1",
+                    "text",
+                    json!({"body": "Do you ship to Spain?"}),
+                ),
+                from(
+                    CUSTOMER,
+                    "wamid.c.1",
+                    "text",
+                    json!({"body": "my card is 4242 4242 4242 4242"}),
+                ),
+            ],
+        ),
+    )
+    .await;
+    wait_outbound(&app, "sent", 1).await;
+    // 👍 to the answer, the question edited, the card number deleted.
+    post(
+        &app,
+        messages_with(
+            ana.clone(),
+            vec![
+                from(
+                    CUSTOMER,
+                    "wamid.r.1",
+                    "reaction",
+                    json!({"message_id": "wamid.out.1", "emoji": "👍"}),
+                ),
+                from(
+                    CUSTOMER,
+                    "wamid.e.1",
+                    "edit",
+                    json!({"original_message_id": "wamid.q.1",
+                    "message": {"type": "text", "text": {"body": "Do you ship to Portugal?"}}}),
+                ),
+                from(
+                    CUSTOMER,
+                    "wamid.d.1",
+                    "revoke",
+                    json!({"original_message_id": "wamid.c.1"}),
+                ),
+            ],
+        ),
+    )
+    .await;
+    // The group: the same person writes in a group of the business.
+    let mut in_group = from(CUSTOMER, "wamid.g.1", "text", json!({"body": "hello team"}));
+    in_group["group_id"] = json!("120363000000000042");
+    post(&app, messages_with(ana.clone(), vec![in_group])).await;
+    app.wait_processed(3).await;
+    assert_eq!(provider.requests().len(), 1, "one answer, none to the rest");
+    assert_eq!(sends(&graph), 1);
+
+    let (_, token) = user_with_token(
+        &app,
+        "acme",
+        "viewer@acme.test",
+        wahook::store::users::Role::Viewer,
+    )
+    .await;
+    let get = |path: String| {
+        let (app, token) = (&app, token.clone());
+        async move {
+            let (status, body) = call(app, Method::GET, &path, Some(&token), None).await;
+            assert_eq!(status, 200, "{path}: {body}");
+            body
+        }
+    };
+    let private = app
+        .scalar(&format!(
+            "SELECT v.id FROM conversations v JOIN contacts c ON c.id = v.contact_id WHERE c.phone = '{CUSTOMER}'"
+        ))
+        .await;
+    let conv = get(format!("/api/v1/conversations/{private}")).await;
+    let msgs = conv["messages"].as_array().unwrap();
+    let by = |w: &str| msgs.iter().find(|m| m["wamid"] == w).unwrap().clone();
+    assert_eq!(msgs.len(), 3, "{msgs:?}");
+    assert_eq!(by("wamid.q.1")["content"], "Do you ship to Portugal?");
+    assert_eq!(by("wamid.q.1")["edited"], true);
+    assert_eq!(by("wamid.out.1")["reactions"][0]["emoji"], "👍");
+    assert_eq!(by("wamid.out.1")["reactions"][0]["side"], "inbound");
+    assert_eq!(by("wamid.c.1")["revoked"], true);
+    assert_eq!(by("wamid.c.1")["content"], Value::Null);
+    assert_eq!(conv["conversation"]["message_count"], 3, "{conv}");
+
+    let group = app
+        .scalar("SELECT v.id FROM conversations v JOIN contacts c ON c.id = v.contact_id WHERE c.phone = 'group:120363000000000042'")
+        .await;
+    let g = get(format!("/api/v1/conversations/{group}")).await;
+    assert_eq!(g["conversation"]["group_id"], "120363000000000042");
+    assert_eq!(g["messages"][0]["sender"]["phone"], CUSTOMER);
+    assert_eq!(g["messages"][0]["sender"]["name"], "Ana");
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM conversations").await, 2);
+
+    // Ana changes her number (a system notice, no contacts), writes from the new one with her
+    // user id, then with the user id alone: one contact, one conversation, two more answers.
+    const NEW: &str = "4915100000999";
+    post(
+        &app,
+        messages_with(
+            json!([]),
+            vec![from(
+                CUSTOMER,
+                "wamid.s.1",
+                "system",
+                json!({"body": format!("User Ana changed from {CUSTOMER} to {NEW}"), "wa_id": NEW, "type": "user_changed_number"}),
+            )],
+        ),
+    )
+    .await;
+    let mut new_number = from(
+        NEW,
+        "wamid.n.1",
+        "text",
+        json!({"body": "I have a new phone"}),
+    );
+    new_number["from_user_id"] = json!("US.777");
+    post(
+        &app,
+        messages_with(
+            json!([{"profile": {"name": "Ana"}, "wa_id": NEW, "user_id": "US.777"}]),
+            vec![new_number],
+        ),
+    )
+    .await;
+    wait_outbound(&app, "sent", 2).await;
+    let mut by_id = from("", "wamid.b.1", "text", json!({"body": "still me"}));
+    by_id["from_user_id"] = json!("US.777");
+    post(
+        &app,
+        messages_with(
+            json!([{"profile": {"name": "Ana"}, "wa_id": "", "user_id": "US.777"}]),
+            vec![by_id],
+        ),
+    )
+    .await;
+    wait_outbound(&app, "sent", 3).await;
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM contacts WHERE phone NOT LIKE 'group:%'")
+            .await,
+        1,
+        "one contact for Ana"
+    );
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT COUNT(*) FROM contacts WHERE phone = '{NEW}' AND user_id = 'US.777'"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM conversations").await, 2);
+    let conv = get(format!("/api/v1/conversations/{private}")).await;
+    // The three, the notice, the new number's message, our answer to it, the last message
+    // and its answer.
+    assert_eq!(conv["conversation"]["message_count"], 8, "{conv}");
+    assert_eq!(conv["conversation"]["contact"], NEW);
+    let contact_id = conv["conversation"]["contact_id"].as_i64().unwrap();
+    let history = get(format!("/api/v1/contacts/{contact_id}/identity")).await;
+    assert_eq!(
+        history["items"][0]["kind"], "user_changed_number",
+        "{history}"
+    );
+    assert_eq!(history["items"][0]["from"], CUSTOMER);
+    assert_eq!(history["items"][0]["to"], NEW);
+    // The answers went to the new number; nobody was answered in the group.
+    let to: Vec<Value> = graph
+        .requests()
+        .into_iter()
+        .filter(|(p, b)| is_send(p, b))
+        .map(|(_, b)| b["to"].clone())
+        .collect();
+    assert_eq!(to, [json!(CUSTOMER), json!(NEW), json!(NEW)]);
     app.stop().await;
 }

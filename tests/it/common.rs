@@ -282,6 +282,15 @@ impl TestApp {
             .collect()
     }
 
+    /// The text of a one-row, one-column query (`None` for NULL).
+    pub async fn text(&self, sql: &str) -> Option<String> {
+        let rows = self.rows(sql).await;
+        assert_eq!(rows.len(), 1, "`{sql}` yields one row");
+        rows[0]
+            .try_get_by_index::<Option<String>>(0)
+            .expect("a text")
+    }
+
     /// The integer of a one-row query.
     pub async fn scalar(&self, sql: &str) -> i64 {
         let values = self.column(sql).await;

@@ -184,6 +184,12 @@ async fn the_console_works_in_a_real_browser(backend: Backend) {
             json!({"id": "wamid.console.e", "timestamp": (t + 80).to_string(), "type": "edit",
             "edit": {"original_message_id": "wamid.console.in", "message": {"type": "text", "text": {"body": "Do you ship to Munich?"}}}}),
         ),
+        // And write in a group of the business: the group's own conversation.
+        customer_says(
+            customer,
+            json!({"id": "wamid.console.g", "timestamp": (t + 90).to_string(), "type": "text",
+            "group_id": "120363000000000099", "text": {"body": "hi team"}}),
+        ),
     ] {
         assert_eq!(app.post_meta(body, ACME_SECRET).await.status(), 200);
     }
@@ -320,6 +326,25 @@ async fn the_console_works_in_a_real_browser(backend: Backend) {
         .await;
     b.find("#window-closed").await;
     b.shot("conversation").await;
+    // The group's conversation names who wrote each message.
+    app.wait_for(
+        "SELECT COUNT(*) FROM contacts WHERE phone = 'group:120363000000000099'",
+        1,
+    )
+    .await;
+    let group = app
+        .scalar("SELECT c.id FROM conversations c JOIN contacts k ON k.id = c.contact_id WHERE k.phone = 'group:120363000000000099'")
+        .await;
+    b.open(&app.url(&format!("/console#/conversations/{group}")))
+        .await;
+    b.xpath(&format!(
+        "//article[@data-wamid='wamid.console.g']//span[@class='sender' and starts-with(text(), 'Test User ({customer})')]"
+    ))
+    .await;
+    b.xpath("//h1[starts-with(text(), 'Group ')]").await;
+    b.open(&app.url(&format!("/console#/conversations/{conversation}")))
+        .await;
+    b.find("#thread").await;
     // Hand it to a person, then give it back.
     b.xpath("//button[text()='Hand to a person']")
         .await

@@ -14,6 +14,7 @@ mod costs;
 mod fakes;
 mod foundation;
 mod fuzz;
+mod identity;
 mod intake;
 mod observability;
 mod preferences;

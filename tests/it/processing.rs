@@ -476,11 +476,24 @@ async fn every_message_type_and_payload_shape_is_stored(backend: Backend) {
         ["Jürgen Ärger"],
         "escaped profile names decoded"
     );
+    // The fixture's `user_changed_number` moved the contact to the new number, with every
+    // message of the payload (those before the notice and those after).
     assert_eq!(
-        app.scalar("SELECT message_count FROM conversations c JOIN contacts k ON k.id = c.contact_id WHERE k.phone = '4917612345001'")
+        app.scalar("SELECT message_count FROM conversations c JOIN contacts k ON k.id = c.contact_id WHERE k.phone = '4917612345002'")
             .await,
         18,
         "22 message objects, of which two reactions, an edit and a revoke are not messages"
+    );
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM contacts WHERE phone = '4917612345001'")
+            .await,
+        0,
+        "no contact left under the old number"
+    );
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM contact_identity_changes WHERE kind = 'user_changed_number' AND from_key = '4917612345001' AND to_key = '4917612345002'")
+            .await,
+        1
     );
     app.stop().await;
 }

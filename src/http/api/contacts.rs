@@ -15,6 +15,7 @@ use super::{
 use crate::{
     http::AppState,
     store::{
+        contacts::{self, IdentityChangeView},
         leads::{self, ContactPatch},
         users::{Role, audit},
     },
@@ -24,6 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list))
         .routes(routes!(update))
+        .routes(routes!(identity))
         .routes(routes!(lead_filter))
 }
 
@@ -74,6 +76,22 @@ struct PatchBody {
     /// 0 to 100.
     #[schema(minimum = 0, maximum = 100)]
     lead_score: Option<i32>,
+}
+
+/// A contact's identity history: number and user-id changes, a phone linked to a user id
+/// first seen alone, merges of two contacts found to be one person, identity-key changes.
+#[utoipa::path(get, path = "/api/v1/contacts/{id}/identity", tag = "contacts", operation_id = "contacts_identity", params(("id" = i64, Path)),
+    responses((status = 200, body = Items<IdentityChangeView>), Errors))]
+async fn identity(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id,
+) -> Result<impl IntoResponse, Failure> {
+    caller.require(Role::Viewer)?;
+    let items = contacts::identity_changes(&state.db, caller.0.workspace_id, id)
+        .await?
+        .ok_or_else(|| Failure::not_found("contact"))?;
+    Ok(Json(Items { items }))
 }
 
 /// Edits a contact's name, lead status and score (operator).

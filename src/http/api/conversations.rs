@@ -179,6 +179,7 @@ async fn set_state(
         messages: Vec::new(),
         statuses: Vec::new(),
         amendments: Vec::new(),
+        identity: Vec::new(),
         intents: vec![Intent::Set(to)],
         external_id: None,
         marketing: None,
