@@ -85,8 +85,29 @@ pub struct AgentConfig {
     pub max_reply_tokens: usize,
     #[serde(default = "d::temperature")]
     pub temperature: f32,
+    /// Send `temperature` (off for models that take only their default, e.g. OpenAI's
+    /// reasoning models).
+    #[serde(default = "d::yes")]
+    pub send_temperature: bool,
+    /// The request field of the reply limit: `max_tokens` (most servers) or
+    /// `max_completion_tokens` (OpenAI's newer models).
+    #[serde(default)]
+    pub token_param: TokenParam,
+    /// The server's real context limit in its own tokens (llama.cpp's `n_ctx`, Ollama's
+    /// `num_ctx`), when it is smaller than `max_context_tokens`: the context is kept under it
+    /// with a margin, counted at the ratio learned from the server's `usage.prompt_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<usize>,
+    /// Send the system prompt as a `system` turn (off for chat templates that refuse the role:
+    /// it is then folded into the first user turn).
+    #[serde(default = "d::yes")]
+    pub system_role: bool,
     #[serde(default = "d::request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// The whole turn's time with the provider, retries included: a hung server cannot hold
+    /// a conversation longer.
+    #[serde(default = "d::turn_timeout_ms")]
+    pub turn_timeout_ms: u64,
     #[serde(default = "d::max_attempts")]
     pub max_attempts: u32,
     #[serde(default = "d::backoff_base_ms")]
@@ -110,8 +131,32 @@ pub struct AgentConfig {
     pub workspaces: Vec<String>,
 }
 
+/// The field a chat-completions request names its reply limit with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenParam {
+    #[default]
+    MaxTokens,
+    MaxCompletionTokens,
+}
+
+impl TokenParam {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenParam::MaxTokens => "max_tokens",
+            TokenParam::MaxCompletionTokens => "max_completion_tokens",
+        }
+    }
+}
+
 /// The agent defaults (an agent table is optional, so they live here, not in default.toml).
 mod d {
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn turn_timeout_ms() -> u64 {
+        45_000
+    }
     pub fn max_context_tokens() -> usize {
         4000
     }
@@ -171,7 +216,12 @@ impl AgentConfig {
             max_context_tokens: d::max_context_tokens(),
             max_reply_tokens: d::max_reply_tokens(),
             temperature: d::temperature(),
+            send_temperature: true,
+            token_param: TokenParam::MaxTokens,
+            context_window: None,
+            system_role: true,
             request_timeout_ms: d::request_timeout_ms(),
+            turn_timeout_ms: d::turn_timeout_ms(),
             max_attempts: d::max_attempts(),
             backoff_base_ms: d::backoff_base_ms(),
             backoff_max_ms: d::backoff_max_ms(),
@@ -436,6 +486,9 @@ pub enum ConfigError {
         origin: String,
         message: String,
     },
+    /// More than one problem, each on its own line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
 }
 
 impl Config {
@@ -488,7 +541,10 @@ impl Config {
         Ok(config)
     }
 
+    /// Every problem of the configuration, not only the first (`wahook config --check` lists
+    /// them all).
     fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
+        let mut errs: Vec<ConfigError> = Vec::new();
         let origin = |key: &str| origin_of(key, figment.find_metadata(key));
         let invalid = |key: &str, message: &str| ConfigError::Invalid {
             key: key.into(),
@@ -496,11 +552,11 @@ impl Config {
             message: message.into(),
         };
         if self.database.url.trim().is_empty() {
-            return Err(invalid("database.url", "must not be empty"));
-        }
-        if !(self.database.url.starts_with("sqlite:") || self.database.url.starts_with("postgres"))
+            errs.push(invalid("database.url", "must not be empty"));
+        } else if !(self.database.url.starts_with("sqlite:")
+            || self.database.url.starts_with("postgres"))
         {
-            return Err(invalid(
+            errs.push(invalid(
                 "database.url",
                 "must start with sqlite: or postgres:// (postgresql://)",
             ));
@@ -545,24 +601,24 @@ impl Config {
                 self.tenants.max_accounts_per_workspace as u64,
             ),
         ];
-        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
-            return Err(invalid(key, "must be at least 1"));
+        for (key, _) in positive.iter().filter(|(_, value)| *value == 0) {
+            errs.push(invalid(key, "must be at least 1"));
         }
         if self.cluster.enabled() {
             if !self.database.url.starts_with("postgres") {
-                return Err(invalid(
+                errs.push(invalid(
                     "cluster.mode",
                     "\"rabbitmq\" needs a shared PostgreSQL database (database.url = postgres://…)",
                 ));
             }
             if !self.cluster.amqp_url.starts_with("amqp://") {
-                return Err(invalid("cluster.amqp_url", "must start with amqp://"));
+                errs.push(invalid("cluster.amqp_url", "must start with amqp://"));
             }
             if self.cluster.partitions > 1024 {
-                return Err(invalid("cluster.partitions", "must be at most 1024"));
+                errs.push(invalid("cluster.partitions", "must be at most 1024"));
             }
             if self.cluster.tick_ms * 2 > self.cluster.lease_ms {
-                return Err(invalid(
+                errs.push(invalid(
                     "cluster.lease_ms",
                     "must be at least twice cluster.tick_ms (a lease is renewed every tick)",
                 ));
@@ -573,7 +629,7 @@ impl Config {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             {
-                return Err(invalid(
+                errs.push(invalid(
                     "cluster.queue_prefix",
                     "must be letters, digits, '-', '_' or '.'",
                 ));
@@ -585,7 +641,7 @@ impl Config {
             let n = per_workspace.entry(account.workspace.as_str()).or_default();
             *n += 1;
             if *n > self.tenants.max_accounts_per_workspace {
-                return Err(ConfigError::Invalid {
+                errs.push(ConfigError::Invalid {
                     key: format!("accounts[{i}].workspace"),
                     origin: origin("accounts"),
                     message: format!(
@@ -596,21 +652,21 @@ impl Config {
             }
             let key = |field: &str| format!("accounts[{i}].{field}");
             if account.phone_number_id.trim().is_empty() {
-                return Err(invalid(&key("phone_number_id"), "must not be empty"));
+                errs.push(invalid(&key("phone_number_id"), "must not be empty"));
             }
             if !seen.insert(account.phone_number_id.as_str()) {
-                return Err(invalid(&key("phone_number_id"), "is declared twice"));
+                errs.push(invalid(&key("phone_number_id"), "is declared twice"));
             }
             if account.workspace.trim().is_empty() {
-                return Err(invalid(&key("workspace"), "must not be empty"));
+                errs.push(invalid(&key("workspace"), "must not be empty"));
             }
             if account.verify_token.is_empty() {
-                return Err(invalid(&key("verify_token"), "must not be empty"));
+                errs.push(invalid(&key("verify_token"), "must not be empty"));
             }
             if let Some(agent) = &account.agent {
                 if !self.agents.contains_key(agent) {
                     let known: Vec<&str> = self.agents.keys().map(String::as_str).collect();
-                    return Err(ConfigError::Invalid {
+                    errs.push(ConfigError::Invalid {
                         key: key("agent"),
                         origin: origin("accounts"),
                         message: format!(
@@ -622,9 +678,8 @@ impl Config {
                             }
                         ),
                     });
-                }
-                if !self.agents[agent].allows(&account.workspace) {
-                    return Err(ConfigError::Invalid {
+                } else if !self.agents[agent].allows(&account.workspace) {
+                    errs.push(ConfigError::Invalid {
                         key: format!("agents.{agent}.workspaces"),
                         origin: origin("agents"),
                         message: format!(
@@ -634,7 +689,7 @@ impl Config {
                     });
                 }
                 if let Err(message) = account.resolve_access_token() {
-                    return Err(ConfigError::Invalid {
+                    errs.push(ConfigError::Invalid {
                         key: key("access_token_env"),
                         origin: origin("accounts"),
                         message,
@@ -642,7 +697,7 @@ impl Config {
                 }
             }
             if let Err(message) = account.resolve_app_secret() {
-                return Err(ConfigError::Invalid {
+                errs.push(ConfigError::Invalid {
                     key: key(if account.app_secret_env.is_some() {
                         "app_secret_env"
                     } else {
@@ -655,7 +710,7 @@ impl Config {
         }
         for (i, project) in self.kapso_projects.iter().enumerate() {
             if let Err(message) = project.resolve_secret() {
-                return Err(invalid(
+                errs.push(invalid(
                     &format!("kapso_projects[{i}].secret_env"),
                     &message,
                 ));
@@ -664,25 +719,36 @@ impl Config {
         for (name, agent) in &self.agents {
             let key = |field: &str| format!("agents.{name}.{field}");
             if let Err(message) = agent.resolve_api_key() {
-                return Err(invalid(&key("api_key_env"), &message));
+                errs.push(invalid(&key("api_key_env"), &message));
             }
             if !(agent.base_url.starts_with("http://") || agent.base_url.starts_with("https://")) {
-                return Err(invalid(
+                errs.push(invalid(
                     &key("base_url"),
                     "must start with http:// or https://",
                 ));
             }
             if agent.model.trim().is_empty() {
-                return Err(invalid(&key("model"), "must not be empty"));
+                errs.push(invalid(&key("model"), "must not be empty"));
             }
             if agent.max_reply_tokens == 0 || agent.max_reply_tokens >= agent.max_context_tokens {
-                return Err(invalid(
+                errs.push(invalid(
                     &key("max_reply_tokens"),
                     "must be at least 1 and below max_context_tokens",
                 ));
             }
+            if let Some(window) = agent.context_window
+                && window <= agent.max_reply_tokens
+            {
+                errs.push(invalid(
+                    &key("context_window"),
+                    "must be above max_reply_tokens (it is the server's whole window)",
+                ));
+            }
+            if agent.turn_timeout_ms == 0 {
+                errs.push(invalid(&key("turn_timeout_ms"), "must be at least 1"));
+            }
             if agent.max_attempts == 0 || agent.breaker_failures == 0 {
-                return Err(invalid(
+                errs.push(invalid(
                     &key(if agent.max_attempts == 0 {
                         "max_attempts"
                     } else {
@@ -692,7 +758,11 @@ impl Config {
                 ));
             }
         }
-        Ok(())
+        match errs.len() {
+            0 => Ok(()),
+            1 => Err(errs.remove(0)),
+            _ => Err(ConfigError::Several(errs)),
+        }
     }
 
     /// The effective configuration as TOML with every secret replaced.

@@ -23,6 +23,10 @@ pub struct Model {
     pub error: Option<String>,
     pub prompt_tokens: i32,
     pub completion_tokens: i32,
+    /// How the model's reply ended (`stop`, `length`, …).
+    pub finish_reason: Option<String>,
+    /// The model server's HTTP status of a failed turn.
+    pub provider_status: Option<i32>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -14,6 +14,7 @@ mod m20261202_000009_amendments;
 mod m20261202_000010_marketing_preferences;
 mod m20261202_000011_pricing;
 mod m20261202_000012_identity_groups;
+mod m20261202_000013_agent_turn_outcomes;
 
 pub struct Migrator;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000010_marketing_preferences::Migration),
             Box::new(m20261202_000011_pricing::Migration),
             Box::new(m20261202_000012_identity_groups::Migration),
+            Box::new(m20261202_000013_agent_turn_outcomes::Migration),
         ]
     }
 }

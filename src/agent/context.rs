@@ -86,8 +86,9 @@ pub fn request_tokens(bpe: &CoreBPE, system: &str, turns: &[Turn]) -> usize {
         + 3
 }
 
-/// Drops the oldest turns until the request fits `budget` tokens; the newest turn always
-/// stays. Returns the tokens of what is kept.
+/// Cuts the turns to fit `budget` tokens: the oldest go first, the window starts with a user
+/// turn, and the newest turn always stays — shortened (its end kept) when it alone is over.
+/// Returns the tokens of what is kept.
 pub fn truncate(bpe: &CoreBPE, system: &str, turns: &mut Vec<Turn>, budget: usize) -> usize {
     let costs: Vec<usize> = turns
         .iter()
@@ -104,8 +105,58 @@ pub fn truncate(bpe: &CoreBPE, system: &str, turns: &mut Vec<Turn>, budget: usiz
         total -= costs[drop];
         drop += 1;
     }
+    // Strict chat templates want the first turn after the system prompt to be the user's.
+    while drop + 1 < turns.len() && turns[drop].role != "user" {
+        total -= costs[drop];
+        drop += 1;
+    }
     turns.drain(..drop);
+    if total > budget
+        && let Some(last) = turns.last_mut()
+    {
+        let keep = budget.saturating_sub(total - message_tokens(bpe, &last.content));
+        last.content = shorten(bpe, &last.content, keep.saturating_sub(5).max(16));
+        total = total - costs[costs.len() - 1] + message_tokens(bpe, &last.content);
+    }
     total
+}
+
+/// The last `tokens` tokens of a text (a long message's end is what was asked), marked as cut.
+fn shorten(bpe: &CoreBPE, text: &str, tokens: usize) -> String {
+    let all = bpe.encode_with_special_tokens(text);
+    if all.len() <= tokens {
+        return text.to_owned();
+    }
+    let tail = &all[all.len() - tokens..];
+    match bpe.decode(tail.to_vec()) {
+        Ok(t) => format!("…{t}"),
+        Err(_) => {
+            let n = text.chars().count();
+            let keep: String = text.chars().skip(n.saturating_sub(tokens * 3)).collect();
+            format!("…{keep}")
+        }
+    }
+}
+
+/// The turns as the strictest chat templates take them: one `user` turn for each run of
+/// them (a burst's messages, the notes before it, joined by newlines), strictly alternating
+/// with `assistant`, starting with `user`.
+pub fn alternate(turns: &[Turn]) -> Vec<Turn> {
+    let mut out: Vec<Turn> = Vec::with_capacity(turns.len());
+    for t in turns.iter().skip_while(|t| t.role != "user") {
+        match out.last_mut() {
+            Some(last) if last.role == t.role => {
+                last.content.push('\n');
+                last.content.push_str(&t.content);
+            }
+            _ => out.push(Turn {
+                role: t.role.clone(),
+                content: t.content.clone(),
+                wamid: None,
+            }),
+        }
+    }
+    out
 }
 
 /// What the agent reads of an inbound message: text, button and interactive replies give their

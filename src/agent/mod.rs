@@ -8,6 +8,7 @@ pub mod context;
 pub mod graph;
 pub mod outbox;
 pub mod provider;
+pub mod reply;
 pub mod turn;
 
 use std::{collections::HashMap, sync::Arc};

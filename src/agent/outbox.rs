@@ -37,6 +37,8 @@ pub struct Outgoing<'a> {
     pub correlation_id: &'a str,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
+    /// How the model's reply ended (none for an operator's text).
+    pub finish_reason: Option<&'a str>,
 }
 
 #[derive(Debug)]
@@ -79,6 +81,9 @@ pub async fn send_once(o: Outgoing<'_>) -> Outcome {
         state: "pending_send",
         body: Some(o.body),
         error: None,
+        error_code: None,
+        provider_status: None,
+        finish_reason: o.finish_reason,
         prompt_tokens: o.prompt_tokens,
         completion_tokens: o.completion_tokens,
     };

@@ -1,15 +1,24 @@
 //! An OpenAI-compatible chat-completions provider (`POST {base_url}/chat/completions`): a
-//! timeout per request; retries with exponential backoff and jitter on timeouts, connection
-//! errors, 429 (honouring `Retry-After`) and 5xx, never on other 4xx; behind the agent type's
-//! circuit breaker.
+//! timeout per request and a time budget per turn; retries with exponential backoff and jitter
+//! on what is the server's passing trouble (timeouts, connection errors, 429 honouring
+//! `Retry-After`, 5xx), never on what is the request's (other 4xx, a chat-template error, a
+//! context too long). Only the server's trouble counts toward the agent type's circuit
+//! breaker: one conversation's bad request never silences the others.
+//!
+//! Requests take the shape the strictest chat templates accept (`context::alternate`), name
+//! the reply limit and temperature as the agent's dialect wants, and the server's
+//! `usage.prompt_tokens` teaches the provider how its tokenizer counts against ours.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use serde_json::{Value, json};
 
 use super::{
     breaker::{Breaker, Permit},
-    context::Turn,
+    context::{self, Turn},
 };
 use crate::{
     config::{AgentConfig, backoff},
@@ -25,6 +34,10 @@ pub struct Provider {
     api_key: Option<String>,
     http: reqwest::Client,
     pub breaker: Breaker,
+    /// The server's prompt tokens per token of ours, as last learned (1 until it answers).
+    ratio: Mutex<f64>,
+    /// The server's window as an overflow answer gave it (when `context_window` is not set).
+    window: Mutex<Option<usize>>,
 }
 
 /// A reply and what it cost.
@@ -34,6 +47,24 @@ pub struct Completion {
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
     pub attempts: u32,
+    /// `stop`, `length`, … as the server gave it.
+    pub finish_reason: Option<String>,
+}
+
+/// Whose trouble a failed call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The server's or the way to it (timeouts, connection errors, 429, 5xx, a refused key):
+    /// counts toward the agent type's breaker.
+    Server,
+    /// This conversation's request (400, 422, a chat-template error): never the breaker's.
+    Request,
+    /// The context is longer than the server takes; `server_tokens`: how many it counted,
+    /// `server_limit`: its window, when it said.
+    ContextOverflow {
+        server_tokens: Option<usize>,
+        server_limit: Option<usize>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -42,7 +73,26 @@ pub enum ProviderError {
     BreakerOpen,
     /// Every attempt failed (or one that must not be retried did); `opened`: this failure
     /// opened the breaker.
-    Failed { message: String, opened: bool },
+    Failed {
+        message: String,
+        opened: bool,
+        fault: Fault,
+        /// The HTTP status of the last answer, if one came.
+        status: Option<u16>,
+        /// The provider's error code (`context_length_exceeded`, …), else `http_<status>`,
+        /// `timeout` or `connect`.
+        code: String,
+    },
+}
+
+impl ProviderError {
+    /// The code recorded with the failed turn.
+    pub fn code(&self) -> &str {
+        match self {
+            ProviderError::BreakerOpen => "breaker_open",
+            ProviderError::Failed { code, .. } => code,
+        }
+    }
 }
 
 impl std::fmt::Display for ProviderError {
@@ -54,13 +104,22 @@ impl std::fmt::Display for ProviderError {
     }
 }
 
+/// A failed attempt: what happened, whose fault, the status and code.
+#[derive(Debug, Clone)]
+struct Failure {
+    message: String,
+    fault: Fault,
+    status: Option<u16>,
+    code: String,
+}
+
 enum Attempt {
     Done(Completion),
     Retry {
-        message: String,
+        failure: Failure,
         after: Option<Duration>,
     },
-    Fatal(String),
+    Fatal(Failure),
 }
 
 impl Provider {
@@ -78,30 +137,118 @@ impl Provider {
             cfg,
             api_key,
             http,
+            ratio: Mutex::new(1.0),
+            window: Mutex::new(None),
         })
     }
 
-    /// One completion for `turns` after the system prompt.
-    pub async fn complete(&self, turns: &[Turn]) -> Result<Completion, ProviderError> {
+    /// The server's prompt tokens per token of ours.
+    pub fn ratio(&self) -> f64 {
+        *self.ratio.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Learns from the server's count of a prompt we counted `ours`: a higher ratio is taken
+    /// at once, a lower one only slowly (a margin stays).
+    pub fn learn(&self, ours: usize, server: usize) {
+        if ours == 0 || server == 0 {
+            return;
+        }
+        let seen = server as f64 / ours as f64;
+        let mut ratio = self.ratio.lock().unwrap_or_else(|p| p.into_inner());
+        *ratio = if seen > *ratio {
+            seen
+        } else {
+            *ratio * 0.9 + seen * 0.1
+        };
+    }
+
+    /// Remembers the window a server said it has (the smallest it said).
+    pub fn learn_window(&self, limit: usize) {
+        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        *window = Some(window.map_or(limit, |w| w.min(limit)));
+    }
+
+    /// The tokens (ours) the context may take: the budget aimed for, and under the server's
+    /// real limit (`context_window`) with a tenth to spare, both at the learned ratio, less
+    /// the reply.
+    pub fn budget(&self) -> usize {
+        let ratio = self.ratio().max(0.01);
+        let reply = self.cfg.max_reply_tokens;
+        let aimed = self.cfg.max_context_tokens.saturating_sub(reply) as f64 / ratio;
+        let window = self
+            .cfg
+            .context_window
+            .or(*self.window.lock().unwrap_or_else(|p| p.into_inner()));
+        let limit = window.map_or(f64::MAX, |w| w.saturating_sub(reply) as f64 * 0.9 / ratio);
+        aimed.min(limit).max(1.0) as usize
+    }
+
+    /// One completion for `turns` after the system prompt, with at most `max_tokens` of reply,
+    /// within the turn's time budget.
+    pub async fn complete(
+        &self,
+        turns: &[Turn],
+        max_tokens: usize,
+    ) -> Result<Completion, ProviderError> {
         if self.breaker.permit() == Permit::Refused {
             metrics::counter!(m::AGENT_PROVIDER_REQUESTS, "agent" => self.name.clone(), "outcome" => "breaker_open").increment(1);
+            self.show_breaker();
             return Err(ProviderError::BreakerOpen);
         }
-        let result = self.attempts(turns).await;
+        let budget = Duration::from_millis(self.cfg.turn_timeout_ms);
+        let result = match tokio::time::timeout(budget, self.attempts(turns, max_tokens)).await {
+            Ok(result) => result,
+            // The request in flight is dropped (its connection closed).
+            Err(_) => Err(Failure {
+                message: format!(
+                    "the turn's {} ms with the provider ran out",
+                    self.cfg.turn_timeout_ms
+                ),
+                fault: Fault::Server,
+                status: None,
+                code: "turn_timeout".into(),
+            }),
+        };
         let opened = match &result {
             Ok(_) => {
                 self.breaker.success();
                 false
             }
-            Err(_) => self.breaker.failure(),
+            Err(f) if f.fault == Fault::Server => self.breaker.failure(),
+            // The server answered: it is up, whatever it thought of this request.
+            Err(_) => {
+                self.breaker.success();
+                false
+            }
         };
-        metrics::gauge!(m::AGENT_BREAKER_OPEN, "agent" => self.name.clone())
-            .set(self.breaker.level());
-        result.map_err(|message| ProviderError::Failed { message, opened })
+        self.show_breaker();
+        if opened {
+            // The gauge drops when the cool-down ends, not at the next call.
+            let (name, wait) = (
+                self.name.clone(),
+                Duration::from_millis(self.cfg.breaker_cooldown_ms),
+            );
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                metrics::gauge!(m::AGENT_BREAKER_OPEN, "agent" => name).set(0.5);
+            });
+        }
+        result.map_err(|f| ProviderError::Failed {
+            message: f.message,
+            opened,
+            fault: f.fault,
+            status: f.status,
+            code: f.code,
+        })
     }
 
-    async fn attempts(&self, turns: &[Turn]) -> Result<Completion, String> {
-        let body = self.request_body(turns);
+    fn show_breaker(&self) {
+        metrics::gauge!(m::AGENT_BREAKER_OPEN, "agent" => self.name.clone())
+            .set(self.breaker.level());
+    }
+
+    async fn attempts(&self, turns: &[Turn], max_tokens: usize) -> Result<Completion, Failure> {
+        let body = self.request_body(turns, max_tokens);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -117,41 +264,56 @@ impl Provider {
             metrics::counter!(m::AGENT_PROVIDER_REQUESTS, "agent" => self.name.clone(), "outcome" => label).increment(1);
             match outcome {
                 Attempt::Done(c) => return Ok(c),
-                Attempt::Fatal(message) => return Err(message),
-                Attempt::Retry { message, after } => {
+                Attempt::Fatal(failure) => return Err(failure),
+                Attempt::Retry { mut failure, after } => {
                     if attempt >= self.cfg.max_attempts {
-                        return Err(format!("{message} (after {attempt} attempts)"));
+                        failure.message = format!("{} (after {attempt} attempts)", failure.message);
+                        return Err(failure);
                     }
                     let wait = match after {
                         Some(after) if after > MAX_RETRY_AFTER => {
-                            return Err(format!("{message}; Retry-After {after:?} is too long"));
+                            failure.message =
+                                format!("{}; Retry-After {after:?} is too long", failure.message);
+                            return Err(failure);
                         }
                         Some(after) => after,
                         None => backoff(attempt, self.cfg.backoff_base_ms, self.cfg.backoff_max_ms),
                     };
-                    tracing::info!(agent = %self.name, attempt, ?wait, %message, "provider call failed; retrying");
+                    tracing::info!(agent = %self.name, attempt, ?wait, message = %failure.message, "provider call failed; retrying");
                     tokio::time::sleep(wait).await;
                 }
             }
         }
     }
 
-    fn request_body(&self, turns: &[Turn]) -> Value {
+    /// The request: roles alternating after the system prompt (or the prompt folded into
+    /// the first user turn), the reply limit under the agent's field name, the temperature
+    /// unless the agent leaves it to the server.
+    pub fn request_body(&self, turns: &[Turn], max_tokens: usize) -> Value {
+        let mut turns = context::alternate(turns);
+        let prompt = self.cfg.system_prompt.as_str();
         let mut messages = Vec::with_capacity(turns.len() + 1);
-        if !self.cfg.system_prompt.is_empty() {
-            messages.push(json!({"role": "system", "content": self.cfg.system_prompt}));
+        if !prompt.is_empty() {
+            if self.cfg.system_role {
+                messages.push(json!({"role": "system", "content": prompt}));
+            } else if let Some(first) = turns.first_mut() {
+                first.content = format!("{prompt}\n\n{}", first.content);
+            }
         }
         messages.extend(
             turns
                 .iter()
                 .map(|t| json!({"role": t.role, "content": t.content})),
         );
-        json!({
+        let mut body = json!({
             "model": self.cfg.model,
             "messages": messages,
-            "max_tokens": self.cfg.max_reply_tokens,
-            "temperature": self.cfg.temperature,
-        })
+        });
+        body[self.cfg.token_param.as_str()] = json!(max_tokens);
+        if self.cfg.send_temperature {
+            body["temperature"] = json!(self.cfg.temperature);
+        }
+        body
     }
 
     async fn attempt(&self, body: &Value, attempt: u32) -> Attempt {
@@ -167,16 +329,26 @@ impl Provider {
             Ok(res) => res,
             Err(e) if e.is_timeout() => {
                 return Attempt::Retry {
-                    message: format!(
-                        "the provider did not answer within {} ms",
-                        self.cfg.request_timeout_ms
-                    ),
+                    failure: Failure {
+                        message: format!(
+                            "the provider did not answer within {} ms",
+                            self.cfg.request_timeout_ms
+                        ),
+                        fault: Fault::Server,
+                        status: None,
+                        code: "timeout".into(),
+                    },
                     after: None,
                 };
             }
             Err(e) => {
                 return Attempt::Retry {
-                    message: format!("cannot reach the provider: {e}"),
+                    failure: Failure {
+                        message: format!("cannot reach the provider: {e}"),
+                        fault: Fault::Server,
+                        status: None,
+                        code: "connect".into(),
+                    },
                     after: None,
                 };
             }
@@ -192,42 +364,180 @@ impl Provider {
             Ok(t) => t,
             Err(e) => {
                 return Attempt::Retry {
-                    message: format!("reading the provider's answer failed: {e}"),
+                    failure: Failure {
+                        message: format!("reading the provider's answer failed: {e}"),
+                        fault: Fault::Server,
+                        status: Some(status.as_u16()),
+                        code: format!("http_{}", status.as_u16()),
+                    },
                     after: None,
                 };
             }
         };
-        if status.as_u16() == 429 || status.is_server_error() {
-            return Attempt::Retry {
-                message: format!("provider answered {status}: {}", snippet(&text)),
-                after: retry_after,
+        if !status.is_success() {
+            let failure = classify(status.as_u16(), &text);
+            return match failure.fault {
+                Fault::Server if status.as_u16() == 429 || status.is_server_error() => {
+                    Attempt::Retry {
+                        failure,
+                        after: retry_after,
+                    }
+                }
+                _ => Attempt::Fatal(failure),
             };
         }
-        if !status.is_success() {
-            return Attempt::Fatal(format!("provider answered {status}: {}", snippet(&text)));
-        }
+        let fatal = |message: String| {
+            Attempt::Fatal(Failure {
+                message,
+                fault: Fault::Request,
+                status: Some(status.as_u16()),
+                code: "bad_answer".into(),
+            })
+        };
         let v: Value = match serde_json::from_str(&text) {
             Ok(v) => v,
-            Err(e) => return Attempt::Fatal(format!("the provider's answer is not JSON: {e}")),
+            Err(e) => return fatal(format!("the provider's answer is not JSON: {e}")),
         };
         let Some(content) = v["choices"][0]["message"]["content"].as_str() else {
-            return Attempt::Fatal(format!(
+            return fatal(format!(
                 "the provider's answer has no choices[0].message.content: {}",
                 snippet(&text)
             ));
         };
-        if content.trim().is_empty() {
-            return Attempt::Fatal("the provider answered an empty reply".into());
-        }
+        // An empty reply (a model that stopped at once) is the turn's to judge: it asks again.
         Attempt::Done(Completion {
             content: content.to_owned(),
             prompt_tokens: v["usage"]["prompt_tokens"].as_i64().unwrap_or(0),
             completion_tokens: v["usage"]["completion_tokens"].as_i64().unwrap_or(0),
             attempts: attempt,
+            finish_reason: v["choices"][0]["finish_reason"].as_str().map(str::to_owned),
         })
     }
 }
 
+/// Whose trouble an error answer is. A context too long (OpenAI's and llama.cpp's
+/// `context_length_exceeded`, vLLM's "maximum context length"), a chat-template error (which
+/// llama.cpp answers with a 500) and any other 400/422 are the request's; 401/403/404 (a
+/// wrong key, model or URL) and the rest are the server's.
+fn classify(status: u16, text: &str) -> Failure {
+    let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let error = if v["error"].is_object() {
+        &v["error"]
+    } else {
+        &v
+    };
+    let message = error["message"]
+        .as_str()
+        .or_else(|| v["detail"].as_str())
+        .or_else(|| v["error"].as_str())
+        .unwrap_or(text);
+    let lower = message.to_ascii_lowercase();
+    let given_code = match &error["code"] {
+        Value::String(c) if !c.is_empty() => Some(c.clone()),
+        _ => None,
+    };
+    let overflow = given_code.as_deref() == Some("context_length_exceeded")
+        || ((lower.contains("context") || lower.contains("too many tokens"))
+            && (lower.contains("exceed")
+                || lower.contains("maximum")
+                || lower.contains("too long")
+                || lower.contains("too many")));
+    let template = lower.contains("template")
+        || lower.contains("roles must alternate")
+        || lower.contains("jinja");
+    let fault = if overflow {
+        Fault::ContextOverflow {
+            server_tokens: number_after(
+                &lower,
+                &[
+                    "requested tokens (",
+                    "you requested ",
+                    "requested ",
+                    "resulted in ",
+                ],
+            ),
+            server_limit: number_after(
+                &lower,
+                &[
+                    "context window of ",
+                    "maximum context length is ",
+                    "context length of ",
+                    "n_ctx = ",
+                    "n_ctx: ",
+                ],
+            ),
+        }
+    } else if template || matches!(status, 400 | 413 | 422) {
+        Fault::Request
+    } else {
+        Fault::Server
+    };
+    let code = given_code.unwrap_or_else(|| match fault {
+        Fault::ContextOverflow { .. } => "context_length_exceeded".into(),
+        Fault::Request if template => "chat_template".into(),
+        _ => format!("http_{status}"),
+    });
+    Failure {
+        message: format!("provider answered {status}: {}", snippet(message)),
+        fault,
+        status: Some(status),
+        code,
+    }
+}
+
+/// The number after the first of `markers` in an error message: how many tokens the request
+/// had ("Requested tokens (3515) exceed…", "you requested 9364 tokens") or the server's window
+/// ("context window of 2048", "maximum context length is 2048").
+fn number_after(lower: &str, markers: &[&str]) -> Option<usize> {
+    for marker in markers {
+        if let Some(i) = lower.find(marker) {
+            let digits: String = lower[i + marker.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            if let Ok(n) = digits.parse() {
+                return Some(n);
+            }
+        }
+    }
+    None
+}
+
 fn snippet(text: &str) -> String {
     text.chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified_by_whose_trouble_they_are() {
+        let llama = r#"{"error":{"message":"Requested tokens (3515) exceed context window of 2048","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
+        let f = classify(400, llama);
+        assert_eq!(
+            f.fault,
+            Fault::ContextOverflow {
+                server_tokens: Some(3515),
+                server_limit: Some(2048)
+            }
+        );
+        assert_eq!(f.code, "context_length_exceeded");
+        let vllm = r#"{"object":"error","message":"This model's maximum context length is 2048 tokens. However, you requested 9364 tokens in the messages.","type":"BadRequestError","code":400}"#;
+        assert_eq!(
+            classify(400, vllm).fault,
+            Fault::ContextOverflow {
+                server_tokens: Some(9364),
+                server_limit: Some(2048)
+            }
+        );
+        let template = r#"{"error":{"message":"Conversation roles must alternate user/assistant/user/assistant/...","type":"internal_server_error"}}"#;
+        let f = classify(500, template);
+        assert_eq!(f.fault, Fault::Request);
+        assert_eq!(f.code, "chat_template");
+        assert_eq!(classify(422, "{}").fault, Fault::Request);
+        assert_eq!(classify(503, "").fault, Fault::Server);
+        assert_eq!(classify(500, "oops").code, "http_500");
+        assert_eq!(classify(401, "{}").fault, Fault::Server);
+    }
 }

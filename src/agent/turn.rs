@@ -3,8 +3,12 @@
 //! 1. A turn already recorded for this burst (its key: conversation + newest inbound wamid) is
 //!    never run again: redeliveries, replays and restarts call neither the provider nor Meta.
 //! 2. The 24-hour window: no free-form reply when the burst's newest message is older.
-//! 3. The context gets the burst's user turns and is cut to the token budget.
-//! 4. The provider call (retries, breaker) — a failure is recorded, nothing is sent.
+//! 3. The context gets the burst's user turns and is cut to the token budget (at the ratio
+//!    learned from the server's own counts, under its real window).
+//! 4. The provider call (retries, breaker). A context the server finds too long is cut and
+//!    asked once more; a reply is made safe (`reply.rs`), and one cut at the token limit ends at
+//!    its last sentence. A failure is recorded with the provider's code and status; nothing is
+//!    sent.
 //! 5. The reply is recorded `pending_send` (unique per turn) before the send; after it,
 //!    `sent` + wamid (and the outbound message through the store, which moves
 //!    `last_contact_at`), `failed` + Graph code, or `unknown` (never resent).
@@ -18,7 +22,8 @@ use super::{
     Answerer,
     context::{self, Turn},
     outbox::{self, Outcome, Outgoing},
-    provider::ProviderError,
+    provider::{Fault, ProviderError},
+    reply,
 };
 use crate::{
     ingest::event::{ContactKey, ConversationState, MessageItem},
@@ -170,21 +175,106 @@ async fn turn(mut input: TurnInput) -> TurnReport {
     turns.extend(burst.iter().map(|i| Turn::of_message(&i.message)));
     let cfg = &provider.cfg;
     let bpe = context::tokenizer_for(&cfg.model);
-    let budget = cfg.max_context_tokens.saturating_sub(cfg.max_reply_tokens);
-    let mut tokens = context::truncate(bpe, &cfg.system_prompt, &mut turns, budget);
+    let mut tokens = context::truncate(bpe, &cfg.system_prompt, &mut turns, provider.budget());
 
     let called = Instant::now();
-    let completion = provider.complete(&turns).await;
+    let mut max_tokens = cfg.max_reply_tokens;
+    let (mut shrunk, mut reasked, mut empty_again) = (false, false, false);
+    let answer = loop {
+        match provider.complete(&turns, max_tokens).await {
+            // Too long for the server: learn how it counts, cut, ask once more.
+            Err(ProviderError::Failed {
+                fault:
+                    Fault::ContextOverflow {
+                        server_tokens,
+                        server_limit,
+                    },
+                ..
+            }) if !shrunk => {
+                shrunk = true;
+                if let Some(n) = server_tokens {
+                    provider.learn(tokens, n);
+                }
+                if let Some(limit) = server_limit {
+                    provider.learn_window(limit);
+                }
+                let budget = provider.budget().min(tokens * 2 / 3);
+                tokens = context::truncate(bpe, &cfg.system_prompt, &mut turns, budget);
+            }
+            Err(e) => break Err(e),
+            Ok(c) => {
+                provider.learn(tokens, c.prompt_tokens.max(0) as usize);
+                let mut text = reply::clean(&c.content);
+                if c.finish_reason.as_deref() == Some("length") {
+                    match reply::last_sentence(&text) {
+                        Some(t) => text = t,
+                        // Nothing complete: once more with room for it.
+                        None if !reasked => {
+                            reasked = true;
+                            max_tokens *= 2;
+                            continue;
+                        }
+                        None if !text.is_empty() => text = reply::last_word(&text),
+                        None => {}
+                    }
+                }
+                // Nothing to send (the model stopped at once, or said only what is never
+                // sent): once more.
+                if text.is_empty() && !empty_again {
+                    empty_again = true;
+                    continue;
+                }
+                break Ok((c, text));
+            }
+        }
+    };
     let latency_ms = called.elapsed().as_millis() as i64;
-    let completion = match completion {
-        Ok(c) => c,
+    let answer = match answer {
+        Ok((c, text)) if !text.is_empty() => Ok((c, text)),
+        Ok((c, _)) => Err(ProviderError::Failed {
+            message: format!(
+                "the model's reply had nothing to send once made safe ({} characters of control characters or reasoning)",
+                c.content.chars().count()
+            ),
+            opened: false,
+            fault: Fault::Request,
+            status: None,
+            code: "empty_reply".into(),
+        }),
+        Err(e) => Err(e),
+    };
+    let (completion, text) = match answer {
+        Ok(answer) => answer,
         Err(e) => {
             let (state, breaker_trip) = match &e {
                 ProviderError::BreakerOpen => ("breaker_open", false),
                 ProviderError::Failed { opened, .. } => ("provider_failed", *opened),
             };
-            tracing::warn!(correlation_id = %input.correlation_id, agent, turn = %key, error = %e, "the agent got no reply; the conversation waits for its next message or a person");
-            record_end(&input, &key, "failed", &format!("{state}: {e}")).await;
+            let status = match &e {
+                ProviderError::Failed { status, .. } => *status,
+                ProviderError::BreakerOpen => None,
+            };
+            tracing::warn!(correlation_id = %input.correlation_id, agent, turn = %key, error = %e, code = e.code(), "the agent got no reply; the conversation waits for its next message or a person");
+            record_end(
+                &input,
+                &key,
+                "failed",
+                &format!("{state}: {e}"),
+                Some(e.code()),
+                status,
+            )
+            .await;
+            // A context the server refused is never kept as it was: the next turn starts from
+            // half of it.
+            if matches!(
+                &e,
+                ProviderError::Failed {
+                    fault: Fault::ContextOverflow { .. },
+                    ..
+                }
+            ) {
+                tokens = context::truncate(bpe, &cfg.system_prompt, &mut turns, tokens / 2);
+            }
             save_context(&input, &turns, tokens).await;
             figures(
                 &input,
@@ -223,12 +313,13 @@ async fn turn(mut input: TurnInput) -> TurnReport {
         contact: &input.contact,
         to: &to,
         key: &key,
-        body: &completion.content,
+        body: &text,
         event_id: newest.event_id,
         sender: agent,
         correlation_id: &input.correlation_id,
         prompt_tokens: completion.prompt_tokens,
         completion_tokens: completion.completion_tokens,
+        finish_reason: completion.finish_reason.as_deref(),
     })
     .await;
     let mut f = TurnFigures {
@@ -239,8 +330,8 @@ async fn turn(mut input: TurnInput) -> TurnReport {
     };
     let outcome = match sent {
         Outcome::Sent(_) => {
-            turns.push(Turn::assistant(completion.content.clone()));
-            tokens += context::message_tokens(bpe, &completion.content);
+            tokens += context::message_tokens(bpe, &text);
+            turns.push(Turn::assistant(text));
             f.replied = true;
             "sent"
         }
@@ -281,7 +372,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
 async fn skip(input: &TurnInput, key: &str, reason: &'static str) -> TurnReport {
     let agent = input.answerer.provider.name.as_str();
     tracing::info!(correlation_id = %input.correlation_id, agent, turn = %key, reason, "agent turn skipped");
-    record_end(input, key, "skipped", reason).await;
+    record_end(input, key, "skipped", reason, None, None).await;
     figures(
         input,
         TurnFigures {
@@ -297,8 +388,16 @@ async fn skip(input: &TurnInput, key: &str, reason: &'static str) -> TurnReport 
     }
 }
 
-/// Records a turn that ends without a send (`failed` or `skipped`, with why).
-async fn record_end(input: &TurnInput, key: &str, state: &str, why: &str) {
+/// Records a turn that ends without a send (`failed` or `skipped`, with why, and for a failed
+/// provider call its code and HTTP status).
+async fn record_end(
+    input: &TurnInput,
+    key: &str,
+    state: &str,
+    why: &str,
+    code: Option<&str>,
+    provider_status: Option<u16>,
+) {
     let row = NewOutbound {
         workspace_id: input.workspace_id,
         conversation_id: input.conversation_id,
@@ -307,6 +406,9 @@ async fn record_end(input: &TurnInput, key: &str, state: &str, why: &str) {
         state,
         body: None,
         error: Some(why),
+        error_code: code,
+        provider_status,
+        finish_reason: None,
         prompt_tokens: 0,
         completion_tokens: 0,
     };

@@ -17,6 +17,12 @@ pub struct NewOutbound<'a> {
     pub state: &'a str,
     pub body: Option<&'a str>,
     pub error: Option<&'a str>,
+    /// A failed turn's provider error code (`context_length_exceeded`, `http_503`, …).
+    pub error_code: Option<&'a str>,
+    /// A failed turn's provider HTTP status.
+    pub provider_status: Option<u16>,
+    /// How the model's reply ended.
+    pub finish_reason: Option<&'a str>,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
 }
@@ -44,6 +50,9 @@ pub async fn reserve(
         state: Set(row.state.to_owned()),
         body: Set(row.body.map(str::to_owned)),
         error: Set(row.error.map(str::to_owned)),
+        error_code: Set(row.error_code.map(str::to_owned)),
+        provider_status: Set(row.provider_status.map(i32::from)),
+        finish_reason: Set(row.finish_reason.map(str::to_owned)),
         prompt_tokens: Set(row.prompt_tokens as i32),
         completion_tokens: Set(row.completion_tokens as i32),
         created_at: Set(now),

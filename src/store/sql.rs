@@ -25,8 +25,17 @@ impl Sql {
         self
     }
 
+    /// A parameter. Text never carries a NUL: PostgreSQL refuses it in `text` (a customer's
+    /// `\u0000`, valid JSON, would fail the whole transaction), so it is stored as U+FFFD on
+    /// both backends.
     pub fn param(&mut self, value: impl Into<Value>) -> &mut Self {
-        self.values.push(value.into());
+        let value = match value.into() {
+            Value::String(Some(s)) if s.contains('\0') => {
+                Value::String(Some(s.replace('\0', "\u{fffd}")))
+            }
+            v => v,
+        };
+        self.values.push(value);
         match self.backend {
             DatabaseBackend::Postgres => {
                 self.text.push('$');

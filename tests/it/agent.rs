@@ -30,22 +30,22 @@ both_backends!(
     a_real_conversation_keeps_one_answer_one_contact_and_one_conversation,
 );
 
-const CUSTOMER: &str = "4915112345678";
-const SYSTEM: &str = "You are the assistant of Acme. Answer briefly.";
+pub(crate) const CUSTOMER: &str = "4915112345678";
+pub(crate) const SYSTEM: &str = "You are the assistant of Acme. Answer briefly.";
 
-fn now_ts() -> i64 {
+pub(crate) fn now_ts() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
 /// A Meta text message sent `ts` (Unix seconds); `tag` makes the body bytes distinct (a
 /// redelivery in another envelope).
-fn text(wamid: &str, body: &str, ts: i64, tag: &str) -> String {
+pub(crate) fn text(wamid: &str, body: &str, ts: i64, tag: &str) -> String {
     format!(
         r#"{{"object":"whatsapp_business_account","entry":[{{"id":"{tag}","changes":[{{"value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15551111111","phone_number_id":"{ACME_PNID}"}},"contacts":[{{"profile":{{"name":"Ana"}},"wa_id":"{CUSTOMER}"}}],"messages":[{{"from":"{CUSTOMER}","id":"{wamid}","timestamp":"{ts}","type":"text","text":{{"body":"{body}"}}}}]}},"field":"messages"}}]}}]}}"#
     )
 }
 
-async fn agent_app(
+pub(crate) async fn agent_app(
     backend: Backend,
     provider: &Fake,
     graph: &Fake,
@@ -69,12 +69,12 @@ async fn agent_app(
     .await
 }
 
-async fn post(app: &TestApp, body: String) {
+pub(crate) async fn post(app: &TestApp, body: String) {
     let res = app.post_meta(body, ACME_SECRET).await;
     assert_eq!(res.status(), 200);
 }
 
-async fn wait_outbound(app: &TestApp, state: &str, n: i64) {
+pub(crate) async fn wait_outbound(app: &TestApp, state: &str, n: i64) {
     app.wait_for(
         &format!("SELECT COUNT(*) FROM outbound_messages WHERE state = '{state}'"),
         n,
@@ -83,7 +83,7 @@ async fn wait_outbound(app: &TestApp, state: &str, n: i64) {
 }
 
 /// Texts sent through the Graph API.
-fn sends(graph: &Fake) -> usize {
+pub(crate) fn sends(graph: &Fake) -> usize {
     graph
         .requests()
         .iter()
@@ -98,7 +98,7 @@ async fn window_of(app: &TestApp) -> wahook::store::conversations::ServiceWindow
         .unwrap()
 }
 
-fn user_contents(request: &Value) -> Vec<String> {
+pub(crate) fn user_contents(request: &Value) -> Vec<String> {
     request["messages"]
         .as_array()
         .unwrap()
@@ -203,10 +203,8 @@ async fn a_burst_of_three_messages_gets_one_turn_and_one_send(backend: Backend) 
     wait_outbound(&app, "sent", 1).await;
     let calls = provider.requests();
     assert_eq!(calls.len(), 1, "one provider call for the burst");
-    assert_eq!(
-        user_contents(&calls[0].1),
-        vec!["hi", "I want", "two pizzas"]
-    );
+    // The burst is one user turn, its messages joined in order.
+    assert_eq!(user_contents(&calls[0].1), vec!["hi\nI want\ntwo pizzas"]);
     assert_eq!(sends(&graph), 1);
     app.stop().await;
 }
@@ -599,10 +597,7 @@ async fn a_burst_cut_short_by_a_stop_is_answered_after_the_restart(backend: Back
     wait_outbound(&app, "sent", 1).await;
     let calls = provider.requests();
     assert_eq!(calls.len(), 1);
-    assert_eq!(
-        user_contents(&calls[0].1),
-        vec!["are you open", "on sunday?"]
-    );
+    assert_eq!(user_contents(&calls[0].1), vec!["are you open\non sunday?"]);
     assert_eq!(sends(&graph), 1);
     // Answered messages are not answered again at the next start: the recovery finds none
     // (asserted on its query: a resumed burst would otherwise merge, unseen, with the next one).
@@ -707,14 +702,13 @@ async fn only_a_persons_words_start_a_turn(backend: Backend) {
     let last = user_contents(&calls[1].1);
     // The reaction and the edit reach the model as context before the question, never as a
     // question; the revoked question no longer says anything it said.
+    // One user turn for the notes and the burst (strict chat templates want the roles to
+    // alternate).
     assert_eq!(
         last,
         [
             "[deleted a message]",
-            "[reacted 👍 to: Reply 1]",
-            "[edited a message]",
-            "[deleted a message]",
-            "And to France?",
+            "[reacted 👍 to: Reply 1]\n[edited a message]\n[deleted a message]\nAnd to France?",
         ],
         "{last:?}"
     );
@@ -738,7 +732,7 @@ async fn only_a_persons_words_start_a_turn(backend: Backend) {
 }
 
 /// A Meta body carrying these message objects, with these contacts.
-fn messages_with(contacts: Value, msgs: Vec<Value>) -> String {
+pub(crate) fn messages_with(contacts: Value, msgs: Vec<Value>) -> String {
     serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
         "messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "15551111111", "phone_number_id": ACME_PNID},

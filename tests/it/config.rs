@@ -143,6 +143,23 @@ fn config_check_validates_a_file_without_a_database() {
         .output()
         .unwrap();
     assert_refused(&out, &["intake.batch_max", "WAHOOK_INTAKE__BATCH_MAX"]);
+    // Every problem is listed, not only the first.
+    let out = wahook()
+        .args(["config", "--check"])
+        .arg(&good)
+        .env("WAHOOK_INTAKE__BATCH_MAX", "0")
+        .env("WAHOOK_PROCESSING__MAX_ATTEMPTS", "0")
+        .env("WAHOOK_CLUSTER__TICK_MS", "0")
+        .output()
+        .unwrap();
+    assert_refused(
+        &out,
+        &[
+            "intake.batch_max",
+            "processing.max_attempts",
+            "cluster.tick_ms",
+        ],
+    );
     let out = wahook()
         .args(["config", "--check"])
         .arg(dir.path().join("missing.toml"))

@@ -63,6 +63,15 @@ pub struct Fake {
 }
 
 impl Fake {
+    /// A handle on a real server at `base` (nothing is recorded or scripted).
+    pub fn at(base: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            inner: Default::default(),
+            seen: Arc::new(watch::channel(0).0),
+        }
+    }
+
     pub fn requests(&self) -> Vec<(String, Value)> {
         self.inner.lock().unwrap().requests.clone()
     }

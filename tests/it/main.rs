@@ -16,6 +16,8 @@ mod foundation;
 mod fuzz;
 mod identity;
 mod intake;
+mod llama;
+mod models;
 mod observability;
 mod preferences;
 mod processing;

@@ -168,6 +168,7 @@ async fn send(
         correlation_id: &correlation_id,
         prompt_tokens: 0,
         completion_tokens: 0,
+        finish_reason: None,
     })
     .await;
     audit(
