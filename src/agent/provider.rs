@@ -444,6 +444,7 @@ fn classify(status: u16, text: &str) -> Failure {
                 || lower.contains("too many")));
     let template = lower.contains("template")
         || lower.contains("roles must alternate")
+        || lower.contains("role not supported")
         || lower.contains("jinja");
     let fault = if overflow {
         Fault::ContextOverflow {
@@ -535,6 +536,8 @@ mod tests {
         let f = classify(500, template);
         assert_eq!(f.fault, Fault::Request);
         assert_eq!(f.code, "chat_template");
+        let gemma = r#"{"error":{"message":"System role not supported","type":"internal_server_error","param":null,"code":null}}"#;
+        assert_eq!(classify(500, gemma).code, "chat_template");
         assert_eq!(classify(422, "{}").fault, Fault::Request);
         assert_eq!(classify(503, "").fault, Fault::Server);
         assert_eq!(classify(500, "oops").code, "http_500");

@@ -199,7 +199,9 @@ async fn turn(mut input: TurnInput) -> TurnReport {
                     provider.learn_window(limit);
                 }
                 let budget = provider.budget().min(tokens * 2 / 3);
+                let before = tokens;
                 tokens = context::truncate(bpe, &cfg.system_prompt, &mut turns, budget);
+                tracing::info!(correlation_id = %input.correlation_id, agent, turn = %key, before, after = tokens, ?server_tokens, ?server_limit, ratio = provider.ratio(), "the server found the context too long; cut it and asking once more");
             }
             Err(e) => break Err(e),
             Ok(c) => {

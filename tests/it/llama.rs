@@ -228,14 +228,39 @@ async fn a_small_context_keeps_answering_and_blocks_no_one(backend: Backend) {
     app.stop().await;
 }
 
-/// A Gemma-style template refuses a system turn and two user turns in a row: with
-/// `system_role = false` a burst of two messages (one user turn, the prompt folded in) and the
-/// next single message are answered.
+/// A Gemma-style template refuses a system turn and two user turns in a row (llama.cpp answers
+/// 500): with a system turn the turn fails as the request's fault; with `system_role = false` a
+/// burst of two messages (one user turn, the prompt folded in) and the next single message are
+/// answered.
 async fn a_strict_template_answers_bursts(backend: Backend) {
     let Some(server) = llama(2048, "strict").await else {
         return;
     };
     let graph = fakes::graph().await;
+    // With a system turn the template refuses every request (a 500): the turn fails with the
+    // template's code, once, and the breaker (one server failure would open it) stays shut.
+    let app = app_on(backend, &server, &graph, |a| {
+        a.system_prompt = "You are Acme's assistant.".into();
+    })
+    .await;
+    post(&app, burst(CUSTOMER, "s0", &["hi".to_owned()])).await;
+    wait_outbound(&app, "failed", 1).await;
+    assert_eq!(
+        app.strings("SELECT error_code FROM outbound_messages")
+            .await,
+        ["chat_template"]
+    );
+    assert_eq!(
+        app.column("SELECT provider_status FROM outbound_messages")
+            .await,
+        [500]
+    );
+    assert_eq!(
+        app.scalar("SELECT COALESCE(SUM(breaker_trips), 0) FROM agent_sessions")
+            .await,
+        0
+    );
+    app.stop().await;
     let app = app_on(backend, &server, &graph, |a| {
         a.system_role = false;
         a.system_prompt = "You are Acme's assistant.".into();
