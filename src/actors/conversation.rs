@@ -209,7 +209,8 @@ fn new_inbound(
     };
     // Only a person's words start a turn; in a group only where the agent answers groups.
     let answer_groups = answerer.provider.cfg.answer_groups;
-    burst.retain(|i| i.message.is_spoken() && (answer_groups || i.message.group_id().is_none()));
+    let in_group = state.key.1.group_id().is_some();
+    burst.retain(|i| i.message.is_spoken() && (answer_groups || !in_group));
     if burst.is_empty() {
         return;
     }

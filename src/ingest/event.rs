@@ -260,19 +260,6 @@ impl MessageItem {
                 | "request_welcome"
         )
     }
-
-    /// The group it was written in (`group_id` of the message object), if any.
-    pub fn group_id(&self) -> Option<String> {
-        #[derive(serde::Deserialize)]
-        struct Probe {
-            #[serde(default)]
-            group_id: Option<String>,
-        }
-        serde_json::from_str::<Probe>(&self.metadata)
-            .ok()?
-            .group_id
-            .filter(|g| !g.is_empty())
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

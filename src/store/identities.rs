@@ -77,25 +77,16 @@ pub async fn apply(tx: &DatabaseTransaction, sets: &[&ChangeSet]) -> Result<Done
     };
     for (i, set) in sets.iter().enumerate() {
         for (kind, from, user_id, at) in wanted(set) {
-            if kind == "identity_changed" || from == set.contact {
-                if kind != "linked" {
-                    done.rows.push((
-                        i,
-                        Audit {
-                            kind,
-                            from: from.as_str().to_owned(),
-                            user_id,
-                            merged: None,
-                            at,
-                        },
-                    ));
-                }
-                continue;
-            }
             let ws = set.workspace_id;
-            let Some(old) = existing.remove(&(ws, from.as_str().to_owned())) else {
-                // Nothing stored under the old identity (first seen with the notice, or moved
-                // already): the contact is the new identity's; the change is still recorded.
+            // The contact stored under the old identity, if the change moves one. Nothing to
+            // move (a key-change notice, the same key, an identity first seen with the notice,
+            // or one moved already): the contact is the new identity's, the change is still
+            // recorded (a link only when it linked something).
+            let moves = kind != "identity_changed" && from != set.contact;
+            let Some(old) = moves
+                .then(|| existing.remove(&(ws, from.as_str().to_owned())))
+                .flatten()
+            else {
                 if kind != "linked" {
                     done.rows.push((
                         i,
