@@ -129,6 +129,29 @@ pub struct AgentConfig {
     /// carries its provider key and system prompt, so a tenant should not pick another's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workspaces: Vec<String>,
+    /// Follow up when the customer has not written for this long after our last message.
+    #[serde(default = "d::follow_up_after_ms")]
+    pub follow_up_after_ms: u64,
+    /// At most this many follow-ups in a row (until the customer writes); 0: none.
+    #[serde(default)]
+    pub follow_up_max: u32,
+    /// The template sent as a follow-up once the 24-hour window has closed (none: no
+    /// follow-up then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_up_template: Option<String>,
+    #[serde(default = "d::follow_up_template_language")]
+    pub follow_up_template_language: String,
+    /// The template's body values, in order (positional) — `{name}` becomes the contact's
+    /// name and `{phone}` its number.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub follow_up_template_parameters: Vec<String>,
+    /// What the model is asked for a follow-up inside the window.
+    #[serde(default = "d::follow_up_prompt")]
+    pub follow_up_prompt: String,
+    /// A conversation whose follow-up came due longer ago than this is left alone (turning
+    /// follow-ups on does not write to every old lead at once).
+    #[serde(default = "d::follow_up_within_ms")]
+    pub follow_up_within_ms: u64,
 }
 
 /// The field a chat-completions request names its reply limit with.
@@ -202,6 +225,20 @@ mod d {
     pub fn reply_max_wait_ms() -> u64 {
         8000
     }
+    pub fn follow_up_after_ms() -> u64 {
+        24 * 3_600_000
+    }
+    pub fn follow_up_template_language() -> String {
+        "en_US".into()
+    }
+    pub fn follow_up_prompt() -> String {
+        "The customer has not answered your last message. Write one short, friendly follow-up \
+         that picks up where the conversation left off. Do not repeat yourself."
+            .into()
+    }
+    pub fn follow_up_within_ms() -> u64 {
+        7 * 24 * 3_600_000
+    }
 }
 
 impl AgentConfig {
@@ -231,6 +268,13 @@ impl AgentConfig {
             reply_max_wait_ms: d::reply_max_wait_ms(),
             answer_groups: false,
             workspaces: Vec::new(),
+            follow_up_after_ms: d::follow_up_after_ms(),
+            follow_up_max: 0,
+            follow_up_template: None,
+            follow_up_template_language: d::follow_up_template_language(),
+            follow_up_template_parameters: Vec::new(),
+            follow_up_prompt: d::follow_up_prompt(),
+            follow_up_within_ms: d::follow_up_within_ms(),
         }
     }
 
@@ -746,6 +790,22 @@ impl Config {
             }
             if agent.turn_timeout_ms == 0 {
                 errs.push(invalid(&key("turn_timeout_ms"), "must be at least 1"));
+            }
+            if agent.follow_up_max > 0 && agent.follow_up_after_ms < 1000 {
+                errs.push(invalid(
+                    &key("follow_up_after_ms"),
+                    "must be at least 1000 when follow_up_max is above 0",
+                ));
+            }
+            if agent.follow_up_max > 20 {
+                errs.push(invalid(&key("follow_up_max"), "must be 0 to 20"));
+            }
+            if agent
+                .follow_up_template
+                .as_deref()
+                .is_some_and(|t| t.trim().is_empty())
+            {
+                errs.push(invalid(&key("follow_up_template"), "must not be empty"));
             }
             if agent.max_attempts == 0 || agent.breaker_failures == 0 {
                 errs.push(invalid(

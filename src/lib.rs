@@ -46,6 +46,8 @@ pub struct Running {
     store_writer: JoinHandle<()>,
     gauges: JoinHandle<()>,
     checkpointer: JoinHandle<()>,
+    /// The follow-up sweep and the start-up catalog sync.
+    background: Vec<JoinHandle<()>>,
     root: ActorRef<RootMsg>,
     /// Cluster mode: this node's part and its task (leases, consumers, sweeper).
     pub cluster: Option<(Arc<cluster::Cluster>, JoinHandle<()>)>,
@@ -118,6 +120,9 @@ impl Drop for Running {
         self.store_writer.abort();
         self.gauges.abort();
         self.checkpointer.abort();
+        for task in &self.background {
+            task.abort();
+        }
         if let Some((cluster, task)) = self.cluster.take() {
             task.abort();
             // As a crash: the broker takes back what this node held; the leases lapse.
@@ -135,6 +140,22 @@ impl Drop for Running {
 /// Connects, migrates, upserts the configured accounts, and serves until Ctrl-C / SIGTERM.
 pub async fn run(config: Config, listener: Option<TcpListener>) -> anyhow::Result<()> {
     start(config, listener).await?.until_signal().await
+}
+
+/// `wahook templates sync`: the catalog of every account's WhatsApp Business Account, read
+/// from the Graph API into the database (migrated first), without starting the server.
+pub async fn sync_templates(config: &Config) -> anyhow::Result<agent::templates::Synced> {
+    install_tls();
+    let agents = agent::Agents::new(config).context("setting up the Graph API client")?;
+    let db = store::connect(&config.database).await?;
+    store::migrate(&db).await.context("running migrations")?;
+    store::accounts::upsert_from_config(&db, &config.accounts).await?;
+    let directory = store::accounts::load_directory(&db).await?;
+    let wabas = agent::templates::wabas(&directory, |p| agents.token(p).map(str::to_owned), None);
+    if wabas.is_empty() {
+        anyhow::bail!("no account has both a waba_id and a Graph token (access_token_env)");
+    }
+    Ok(agent::templates::sync(&db, &agents.graph, &wabas).await)
 }
 
 /// Makes `ring` the process's TLS crypto provider (the HTTP clients of the agent use rustls;
@@ -219,6 +240,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         notes: Default::default(),
         agents,
         cluster: config.cluster.enabled(),
+        owned: RwLock::new(None),
     });
     // Every pending inbox event is re-dispatched before new traffic is taken in.
     let mut recovered = ctx.recovered.subscribe();
@@ -274,6 +296,28 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         state.config.health.max_pending_age_seconds,
         ctx.clone(),
     ));
+    let follow_ups = tokio::spawn(actors::followups::run(ctx.clone()));
+    // The template catalog, read once at start (it is kept current by the template webhooks).
+    let catalog = {
+        let (db, agents, directory) = (db.clone(), ctx.agents.clone(), ctx.directory());
+        tokio::spawn(async move {
+            let wabas =
+                agent::templates::wabas(&directory, |p| agents.token(p).map(str::to_owned), None);
+            if wabas.is_empty() {
+                return;
+            }
+            let synced = agent::templates::sync(&db, &agents.graph, &wabas).await;
+            if synced.errors.is_empty() {
+                tracing::info!(
+                    templates = synced.templates,
+                    accounts = synced.accounts,
+                    "template catalog synced"
+                );
+            } else {
+                tracing::warn!(errors = ?synced.errors, templates = synced.templates, "template catalog sync had errors");
+            }
+        })
+    };
     let limits = connection_limits(&state.config.server);
     let app = http::router(state);
     let (shutdown, rx) = watch::channel(false);
@@ -288,6 +332,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         writer,
         store_writer,
         checkpointer,
+        background: vec![follow_ups, catalog],
         root,
         cluster,
     })

@@ -56,6 +56,16 @@ enum Command {
     /// Operator API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Message templates.
+    #[command(subcommand)]
+    Templates(TemplatesCommand),
+}
+
+#[derive(Subcommand)]
+enum TemplatesCommand {
+    /// Read every page of the catalog of each account's WhatsApp Business Account (its
+    /// `waba_id` and Graph token) from the Graph API into the database.
+    Sync,
 }
 
 #[derive(Subcommand)]
@@ -171,6 +181,26 @@ fn main() -> ExitCode {
             match command {
                 Command::User(cmd) => runtime().block_on(people(&config, Err(cmd))),
                 Command::Token(cmd) => runtime().block_on(people(&config, Ok(cmd))),
+                Command::Templates(TemplatesCommand::Sync) => runtime().block_on(async {
+                    telemetry::init(&config.log);
+                    match wahook::sync_templates(&config).await {
+                        Ok(s) => {
+                            println!(
+                                "{} templates from {} WhatsApp Business Accounts ({} pages); {} no longer listed",
+                                s.templates, s.accounts, s.pages, s.gone
+                            );
+                            for e in &s.errors {
+                                eprintln!("error: {e}");
+                            }
+                            if s.errors.is_empty() {
+                                ExitCode::SUCCESS
+                            } else {
+                                ExitCode::FAILURE
+                            }
+                        }
+                        Err(e) => fail(format!("templates sync: {e:#}")),
+                    }
+                }),
                 Command::Migrate => runtime().block_on(async {
                     telemetry::init(&config.log);
                     let result = async {

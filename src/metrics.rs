@@ -40,6 +40,12 @@ pub const AGENT_PROVIDER_REQUESTS: &str = "wahook_agent_provider_requests_total"
 pub const AGENT_TOKENS: &str = "wahook_agent_tokens_total";
 pub const AGENT_BREAKER_OPEN: &str = "wahook_agent_breaker_open";
 pub const AGENT_REPLIES: &str = "wahook_agent_replies_total";
+/// Template sends by outcome (sent, failed, unknown) or the refusal's reason.
+pub const TEMPLATES_SENT: &str = "wahook_templates_sent_total";
+pub const TEMPLATE_SYNCS: &str = "wahook_template_syncs_total";
+pub const TEMPLATE_UPDATES: &str = "wahook_template_updates_total";
+/// Follow-ups by stage: due (found by the sweep), sent (text or template), cancelled (reason).
+pub const FOLLOW_UPS: &str = "wahook_follow_ups_total";
 /// Wall time of each step of the two hot writers' commits (`step`: inbox_append, inbox_flush, begin,
 /// contacts, conversations, messages, statuses, counts, transitions, mark_processed, commit).
 pub const DB_STEP_DURATION: &str = "wahook_db_step_duration_seconds";
@@ -282,7 +288,42 @@ fn describe() {
         AGENT_REPLIES,
         "Agent replies by outcome (sent, failed, unknown, skipped) and reason."
     );
+    describe_counter!(
+        TEMPLATES_SENT,
+        "Template sends by outcome: sent, failed, unknown, or the reason it was refused before leaving (template_not_approved, template_parameters, marketing_opted_out, template_not_found)."
+    );
+    describe_counter!(
+        TEMPLATE_SYNCS,
+        "Template catalog syncs from the Graph API, by outcome."
+    );
+    describe_counter!(
+        TEMPLATE_UPDATES,
+        "Template webhooks applied to the catalog, by outcome."
+    );
+    describe_counter!(
+        FOLLOW_UPS,
+        "Agent follow-ups by stage (due, sent, cancelled), kind (text, template) and reason."
+    );
     // Registered at zero, so dashboards and alerts see series before the first event.
+    for outcome in [
+        "sent",
+        "failed",
+        "unknown",
+        "template_not_approved",
+        "template_parameters",
+        "marketing_opted_out",
+        "template_not_found",
+    ] {
+        metrics::counter!(TEMPLATES_SENT, "outcome" => outcome).increment(0);
+    }
+    for (stage, kind) in [
+        ("due", "any"),
+        ("sent", "text"),
+        ("sent", "template"),
+        ("cancelled", "any"),
+    ] {
+        metrics::counter!(FOLLOW_UPS, "stage" => stage, "kind" => kind).increment(0);
+    }
     for source in ["meta", "kapso"] {
         for outcome in OUTCOMES {
             metrics::counter!(WEBHOOKS_RECEIVED, "source" => source, "outcome" => *outcome)

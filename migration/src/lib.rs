@@ -15,6 +15,7 @@ mod m20261202_000010_marketing_preferences;
 mod m20261202_000011_pricing;
 mod m20261202_000012_identity_groups;
 mod m20261202_000013_agent_turn_outcomes;
+mod m20261202_000014_message_templates;
 
 pub struct Migrator;
 
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000011_pricing::Migration),
             Box::new(m20261202_000012_identity_groups::Migration),
             Box::new(m20261202_000013_agent_turn_outcomes::Migration),
+            Box::new(m20261202_000014_message_templates::Migration),
         ]
     }
 }

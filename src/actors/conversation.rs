@@ -69,6 +69,8 @@ struct AgentState {
     /// The customer's reactions, edits and revokes since the last turn: shown to the model as
     /// context in the next one, never a turn of their own.
     notes: Vec<Note>,
+    /// The key of the follow-up running now, if the running task is one.
+    follow_up: Option<String>,
 }
 
 /// At most this many amendments are kept for the next turn (the newest).
@@ -156,6 +158,25 @@ impl Actor for Conversation {
                 amend_context(agent);
                 state.ctx.store.bump();
                 // Messages that came during the turn are the next burst.
+                if !agent.burst.is_empty() {
+                    schedule_turn(&myself, state);
+                }
+            }
+            ConversationMsg::FollowUp(due) => {
+                state.last_active = Instant::now();
+                state.known.get_or_insert(due.known);
+                follow_up(&myself, state, *due);
+            }
+            ConversationMsg::FollowUpDone(report) => {
+                state.last_active = Instant::now();
+                let agent = &mut state.agent;
+                agent.turn_running = false;
+                agent.follow_up = None;
+                if report.context.is_some() {
+                    agent.context = report.context;
+                }
+                amend_context(agent);
+                state.ctx.store.bump();
                 if !agent.burst.is_empty() {
                     schedule_turn(&myself, state);
                 }
@@ -321,6 +342,64 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut Live) {
         let report = turn::run(input).await;
         // If the actor is gone (idle stop, restart), the next one reloads the saved context.
         let _ = myself.cast(ConversationMsg::TurnDone(Box::new(report)));
+    });
+}
+
+/// A follow-up found due: run it as a task (one at a time with turns), unless the customer
+/// has just written (their burst is waiting or being answered) or a person has it.
+fn follow_up(
+    myself: &ActorRef<ConversationMsg>,
+    state: &mut Live,
+    due: super::messages::FollowUpDue,
+) {
+    let cancel = |reason: &'static str| {
+        metrics::counter!(m::FOLLOW_UPS, "stage" => "cancelled", "kind" => "any", "reason" => reason)
+            .increment(1);
+        tracing::debug!(
+            conversation_id = due.known.conversation_id,
+            reason,
+            "follow-up cancelled"
+        );
+    };
+    // The sweep found it again while it runs.
+    if state.agent.follow_up.as_deref() == Some(due.due.key().as_str()) {
+        return;
+    }
+    if state.agent.turn_running || !state.agent.burst.is_empty() {
+        return cancel("customer_wrote");
+    }
+    if state.conv_state == ConversationState::Human {
+        return cancel("handed_to_person");
+    }
+    let directory = state.ctx.directory();
+    let account = directory.get(&due.phone_number_id);
+    let Some(answerer) = account
+        .and_then(|a| a.agent_type.as_deref())
+        .and_then(|agent| state.ctx.agents.answerer(agent, &due.phone_number_id))
+    else {
+        return cancel("no_agent");
+    };
+    let known = state.known.unwrap_or(due.known);
+    state.agent.turn_running = true;
+    state.agent.follow_up = Some(due.due.key());
+    let input = crate::agent::followup::FollowUpInput {
+        answerer,
+        db: state.ctx.db.clone(),
+        store: state.ctx.store.clone(),
+        workspace_id: state.key.0,
+        contact_id: known.contact_id,
+        conversation_id: known.conversation_id,
+        contact: state.key.1.clone(),
+        contact_name: due.due.contact_name.clone(),
+        waba_id: account.and_then(|a| a.waba_id.clone()),
+        anchor: due.due.anchor,
+        key: due.due.key(),
+        context: state.agent.context.take(),
+    };
+    let myself = myself.clone();
+    tokio::spawn(async move {
+        let report = crate::agent::followup::run(input).await;
+        let _ = myself.cast(ConversationMsg::FollowUpDone(Box::new(report)));
     });
 }
 

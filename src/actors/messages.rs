@@ -73,6 +73,14 @@ pub struct Resume {
     pub burst: Vec<crate::agent::turn::Inbound>,
 }
 
+/// A follow-up found due by the sweep (`actors/followups.rs`).
+#[derive(Debug)]
+pub struct FollowUpDue {
+    pub phone_number_id: String,
+    pub known: crate::store::batch::Known,
+    pub due: crate::store::followups::Due,
+}
+
 pub enum RootMsg {}
 
 pub enum RouterMsg {
@@ -80,6 +88,8 @@ pub enum RouterMsg {
     Dispatch(CommittedEvent),
     /// Unanswered inbound messages of a conversation with an agent, found at start.
     Resume(ConversationKey, Box<Resume>),
+    /// A conversation's follow-up is due.
+    FollowUp(ConversationKey, Box<FollowUpDue>),
     /// A conversation actor finished (applied or parked) a slice.
     SliceDone {
         key: ConversationKey,
@@ -100,6 +110,10 @@ pub enum ConversationMsg {
     TurnDue(u64),
     /// An agent turn finished.
     TurnDone(Box<crate::agent::turn::TurnReport>),
+    /// The customer has been quiet since our last message: a follow-up is due.
+    FollowUp(Box<FollowUpDue>),
+    /// A follow-up finished (sent or cancelled).
+    FollowUpDone(Box<crate::agent::followup::FollowUpReport>),
     /// Stop if nothing happened for `actors.idle_timeout_ms`.
     IdleCheck,
     /// `actors.max_live` are alive: stop now unless an agent turn is waiting or running.

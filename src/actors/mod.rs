@@ -14,6 +14,7 @@
 
 pub mod conversation;
 pub mod dead_letter;
+pub mod followups;
 pub mod messages;
 pub mod router;
 pub mod supervisor;
@@ -62,6 +63,9 @@ pub struct Ctx {
     /// Cluster mode: events come from the broker's partition queues, not from this node's
     /// inbox (no inbox recovery at start).
     pub cluster: bool,
+    /// Cluster mode: the partition count and the partitions this node consumes (set by the
+    /// cluster's rebalance); timed work (follow-ups) runs only for conversations in them.
+    pub owned: RwLock<Option<(u32, Arc<Vec<u32>>)>>,
 }
 
 /// Lines normalisation reported since start: notes (value-level errors, parts stored but not
@@ -98,6 +102,20 @@ impl Ctx {
 
     pub fn directory(&self) -> Arc<Directory> {
         read(&self.accounts)
+    }
+
+    /// Whether this node runs the timed work of a conversation: always on a single node; in
+    /// cluster mode only for the partitions it consumes.
+    pub fn owns(&self, workspace_id: i64, contact: &crate::ingest::event::ContactKey) -> bool {
+        if !self.cluster {
+            return true;
+        }
+        match read(&self.owned) {
+            Some((n, owned)) => {
+                owned.contains(&crate::ingest::partition_of(workspace_id, contact, n))
+            }
+            None => false,
+        }
     }
 
     pub fn in_flight(&self) -> usize {

@@ -169,28 +169,12 @@ impl Actor for Router {
                 }
             }
             RouterMsg::Resume(key, resume) => {
-                let actor = match state.conversations.get_mut(&key) {
-                    Some(conv) => {
-                        conv.last_used = Instant::now();
-                        conv.actor.clone()
-                    }
-                    None => {
-                        make_room(state, 1);
-                        let actor = spawn_conversation(&myself, state, key.clone()).await?;
-                        state.conversations.insert(
-                            key,
-                            Conv {
-                                actor: actor.clone(),
-                                in_flight: VecDeque::new(),
-                                last_used: Instant::now(),
-                            },
-                        );
-                        metrics::gauge!(m::LIVE_CONVERSATIONS)
-                            .set(state.conversations.len() as f64);
-                        actor
-                    }
-                };
+                let actor = actor_for(&myself, state, key).await?;
                 let _ = actor.cast(ConversationMsg::Resume(resume));
+            }
+            RouterMsg::FollowUp(key, due) => {
+                let actor = actor_for(&myself, state, key).await?;
+                let _ = actor.cast(ConversationMsg::FollowUp(due));
             }
             RouterMsg::SliceDone {
                 key,
@@ -273,6 +257,30 @@ impl Actor for Router {
     }
 }
 
+/// The conversation's live actor, started if it is not alive.
+async fn actor_for(
+    myself: &ActorRef<RouterMsg>,
+    state: &mut RouterState,
+    key: ConversationKey,
+) -> Result<ActorRef<ConversationMsg>, ActorProcessingErr> {
+    if let Some(conv) = state.conversations.get_mut(&key) {
+        conv.last_used = Instant::now();
+        return Ok(conv.actor.clone());
+    }
+    make_room(state, 1);
+    let actor = spawn_conversation(myself, state, key.clone()).await?;
+    state.conversations.insert(
+        key,
+        Conv {
+            actor: actor.clone(),
+            in_flight: VecDeque::new(),
+            last_used: Instant::now(),
+        },
+    );
+    metrics::gauge!(m::LIVE_CONVERSATIONS).set(state.conversations.len() as f64);
+    Ok(actor)
+}
+
 async fn dispatch(
     myself: &ActorRef<RouterMsg>,
     state: &mut RouterState,
@@ -311,6 +319,7 @@ async fn dispatch(
         if !p.primary {
             normalized.orphan_statuses.clear();
             normalized.handoffs.clear();
+            normalized.templates.clear();
             normalized.unattributed.clear();
             normalized.notes.clear();
         }
@@ -318,6 +327,7 @@ async fn dispatch(
     attribute_orphan_statuses(&ctx, &mut normalized).await;
     resolve_users(&ctx, &mut state.user_keys, &mut normalized).await;
     attribute_handoffs(&ctx, &event, &mut normalized).await;
+    apply_templates(&ctx, &event, &mut normalized).await;
     report_notes(&ctx, &event, &normalized);
     // Something in the event belongs to no conversation: what can be applied is, but the
     // event is never `processed`; the DLQ keeps it with the reason (and the raw payload).
@@ -659,6 +669,66 @@ async fn attribute_handoffs(
             Err(e) => normalized.unattributed.push(format!(
                 "handoff for Kapso conversation {external} could not be looked up: {e}"
             )),
+        }
+    }
+}
+
+/// Template webhooks name a WhatsApp Business Account: they change the catalog of each
+/// workspace whose accounts of that WABA the signer may act on, and nowhere else.
+async fn apply_templates(
+    ctx: &Ctx,
+    event: &inbox::CommittedEvent,
+    normalized: &mut ingest::Normalized,
+) {
+    let updates = std::mem::take(&mut normalized.templates);
+    if updates.is_empty() {
+        return;
+    }
+    let directory = ctx.directory();
+    for u in updates {
+        let accounts: Vec<_> = directory
+            .of_waba(&u.waba_id)
+            .iter()
+            .filter_map(|p| directory.get(p))
+            .collect();
+        let mut workspaces: Vec<i64> = accounts
+            .iter()
+            .filter(|a| event.tenant.admits(a.id, a.workspace_id))
+            .map(|a| a.workspace_id)
+            .collect();
+        workspaces.dedup();
+        if workspaces.is_empty() {
+            if accounts.is_empty() {
+                normalized.notes.push(format!(
+                    "template update for unknown WhatsApp Business Account {:?} skipped",
+                    u.waba_id
+                ));
+            } else {
+                normalized.unattributed.push(format!(
+                    "WhatsApp Business Account {:?} belongs to another tenant than the one whose secret signed the event: not applied",
+                    u.waba_id
+                ));
+            }
+            continue;
+        }
+        for ws in workspaces {
+            match crate::store::templates::apply_update(&ctx.db, ws, &u).await {
+                Ok(true) => {
+                    tracing::info!(correlation_id = %event.correlation_id, waba_id = %u.waba_id, template = ?u.name, change = ?u.change, "template catalog updated");
+                    metrics::counter!(m::TEMPLATE_UPDATES, "outcome" => "applied").increment(1);
+                }
+                Ok(false) => {
+                    metrics::counter!(m::TEMPLATE_UPDATES, "outcome" => "unknown_template")
+                        .increment(1);
+                    normalized.notes.push(format!(
+                        "template update for a template the catalog does not have (id {:?}): run a sync",
+                        u.template_id
+                    ));
+                }
+                Err(e) => normalized
+                    .unattributed
+                    .push(format!("template update could not be stored: {e}")),
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The WhatsApp Cloud API (Graph API) send side: a text reply, and "mark read + typing
-//! indicator" for the inbound message being answered.
+//! The WhatsApp Cloud API (Graph API): text and template sends, "mark read + typing
+//! indicator" for the inbound message being answered, and the template catalog.
 
 use std::time::Duration;
 
@@ -49,12 +49,35 @@ impl Graph {
         to: &Recipient,
         body: &str,
     ) -> Result<String, SendError> {
-        let mut payload = json!({
-            "messaging_product": "whatsapp",
-            "recipient_type": "individual",
+        let payload = json!({
             "type": "text",
             "text": {"body": truncate_chars(body, 4096), "preview_url": false},
         });
+        self.send(phone_number_id, token, to, payload).await
+    }
+
+    /// Sends a template (`template`: the Graph API's object with name, language and
+    /// components); the wamid Meta gave it.
+    pub async fn send_template(
+        &self,
+        phone_number_id: &str,
+        token: &str,
+        to: &Recipient,
+        template: &Value,
+    ) -> Result<String, SendError> {
+        let payload = json!({"type": "template", "template": template});
+        self.send(phone_number_id, token, to, payload).await
+    }
+
+    async fn send(
+        &self,
+        phone_number_id: &str,
+        token: &str,
+        to: &Recipient,
+        mut payload: Value,
+    ) -> Result<String, SendError> {
+        payload["messaging_product"] = json!("whatsapp");
+        payload["recipient_type"] = json!("individual");
         match to {
             Recipient::Phone(p) => payload["to"] = json!(p),
             Recipient::User(u) => payload["recipient"] = json!(u),
@@ -73,6 +96,66 @@ impl Graph {
                 // A 200 means Meta took it; without its id we cannot know what it became.
                 unknown: true,
             })
+    }
+
+    /// Every template of a WhatsApp Business Account, following the paging cursors (never
+    /// the `next` URL, so the token goes to the configured Graph host only); with the number
+    /// of pages read.
+    pub async fn list_templates(
+        &self,
+        waba_id: &str,
+        token: &str,
+    ) -> Result<(Vec<Value>, usize), SendError> {
+        const FIELDS: &str = "name,language,status,category,components,parameter_format,quality_score,rejected_reason,id";
+        let url = format!("{}/{waba_id}/message_templates", self.base);
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        for page in 1..=MAX_PAGES {
+            let mut page_url = reqwest::Url::parse(&url).map_err(|e| SendError {
+                code: "bad_url".into(),
+                message: e.to_string(),
+                unknown: false,
+            })?;
+            page_url
+                .query_pairs_mut()
+                .append_pair("fields", FIELDS)
+                .append_pair("limit", "100");
+            if let Some(a) = &after {
+                page_url.query_pairs_mut().append_pair("after", a);
+            }
+            let res = self
+                .http
+                .get(page_url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(|e| SendError {
+                    code: if e.is_timeout() {
+                        "timeout"
+                    } else {
+                        "transport"
+                    }
+                    .into(),
+                    message: e.to_string(),
+                    unknown: false,
+                })?;
+            let status = res.status();
+            let v: Value = res.json().await.unwrap_or(Value::Null);
+            if !status.is_success() {
+                return Err(graph_error(status.as_u16(), &v, ""));
+            }
+            out.extend(v["data"].as_array().cloned().unwrap_or_default());
+            let next = v["paging"]["cursors"]["after"].as_str().map(str::to_owned);
+            if v["paging"]["next"].is_null() || next.is_none() || next == after {
+                return Ok((out, page));
+            }
+            after = next;
+        }
+        Err(SendError {
+            code: "too_many_pages".into(),
+            message: format!("the catalog has more than {MAX_PAGES} pages; stopped"),
+            unknown: false,
+        })
     }
 
     /// Marks the inbound message read and shows the typing indicator (best effort).
@@ -150,18 +233,25 @@ impl Graph {
         if status.is_success() {
             return Ok(v);
         }
-        let error = &v["error"];
-        Err(SendError {
-            code: error["code"]
-                .as_i64()
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| format!("http_{}", status.as_u16())),
-            message: error["message"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| text.chars().take(300).collect()),
-            unknown: false,
-        })
+        Err(graph_error(status.as_u16(), &v, &text))
+    }
+}
+
+/// At most this many catalog pages (of 100) are read.
+const MAX_PAGES: usize = 100;
+
+fn graph_error(status: u16, v: &Value, text: &str) -> SendError {
+    let error = &v["error"];
+    SendError {
+        code: error["code"]
+            .as_i64()
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| format!("http_{status}")),
+        message: error["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| text.chars().take(300).collect()),
+        unknown: false,
     }
 }
 

@@ -5,10 +5,13 @@
 
 pub mod breaker;
 pub mod context;
+pub mod followup;
 pub mod graph;
+pub mod leads;
 pub mod outbox;
 pub mod provider;
 pub mod reply;
+pub mod templates;
 pub mod turn;
 
 use std::{collections::HashMap, sync::Arc};
@@ -79,6 +82,15 @@ impl Agents {
     /// The Graph API token of an account, if one is configured.
     pub fn token(&self, phone_number_id: &str) -> Option<&str> {
         self.tokens.get(phone_number_id).map(String::as_str)
+    }
+
+    /// An agent type's configuration.
+    pub fn config(&self, agent: &str) -> Option<&crate::config::AgentConfig> {
+        self.providers.get(agent).map(|p| &p.cfg)
+    }
+
+    pub fn configs(&self) -> impl Iterator<Item = &crate::config::AgentConfig> {
+        self.providers.values().map(|p| &p.cfg)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &String> {

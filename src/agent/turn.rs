@@ -316,6 +316,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
         to: &to,
         key: &key,
         body: &text,
+        template: None,
         event_id: newest.event_id,
         sender: agent,
         correlation_id: &input.correlation_id,

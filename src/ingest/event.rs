@@ -375,6 +375,42 @@ pub struct OrphanStatus {
     pub status: StatusItem,
 }
 
+/// A template webhook (keyed by the WhatsApp Business Account, no phone number): what changed
+/// of one template of the catalog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemplateUpdate {
+    pub waba_id: String,
+    /// Meta's id of the template (an integer in the payload).
+    pub template_id: Option<String>,
+    pub name: Option<String>,
+    pub language: Option<String>,
+    pub change: TemplateChange,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TemplateChange {
+    /// `message_template_status_update`: the new status (`event`) and why.
+    Status {
+        status: String,
+        reason: Option<String>,
+        category: Option<String>,
+    },
+    /// `message_template_quality_update`: the new score.
+    Quality(String),
+    /// `message_template_components_update`: the new texts and buttons.
+    Components {
+        body: Option<String>,
+        header: Option<String>,
+        footer: Option<String>,
+        buttons: Option<Vec<serde_json::Value>>,
+    },
+    /// `template_category_update`: the category now, and the one it will become.
+    Category {
+        category: String,
+        upcoming: Option<String>,
+    },
+}
+
 /// Everything one inbox event says, in payload order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Normalized {
@@ -384,6 +420,9 @@ pub struct Normalized {
     /// Hand-offs to a person, by the platform's conversation id (processing looks it up in
     /// the event's workspace).
     pub handoffs: Vec<String>,
+    /// Template catalog changes, by WhatsApp Business Account (processing applies them in the
+    /// workspaces of the accounts of that WABA the signer may act on).
+    pub templates: Vec<TemplateUpdate>,
     /// What could not be attributed to any conversation, with the reason: the event is parked
     /// in the dead-letter queue with these, never marked processed.
     pub unattributed: Vec<String>,

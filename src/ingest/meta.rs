@@ -11,6 +11,7 @@ use super::{
     event::{
         Amendment, AmendmentKind, ContactKey, Direction, IdentityChange, Item, ItemKind,
         MessageItem, MessageStatus, Normalized, OrphanStatus, Pricing, Sender, StatusItem,
+        TemplateChange, TemplateUpdate,
     },
     parse_timestamp,
 };
@@ -23,6 +24,9 @@ struct Payload {
 
 #[derive(Deserialize)]
 struct Entry {
+    /// The WhatsApp Business Account (a string, or a number in some samples).
+    #[serde(default)]
+    id: Option<Value>,
     #[serde(default)]
     changes: Vec<Change>,
 }
@@ -32,7 +36,7 @@ struct Change {
     #[serde(default)]
     field: String,
     #[serde(default)]
-    value: Option<ChangeValue>,
+    value: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -120,17 +124,116 @@ pub fn normalize(
     let payload: Payload =
         serde_json::from_str(body).map_err(|e| format!("not a Meta webhook payload: {e}"))?;
     let mut out = Normalized::default();
-    for change in payload.entry.into_iter().flat_map(|e| e.changes) {
+    for entry in payload.entry {
+        let waba_id = entry.id.as_ref().and_then(|v| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        });
+        for change in entry.changes {
+            change_of(change, waba_id.as_deref(), received_at, scope, &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+/// A template webhook, told apart by its value's keys (Meta's own samples mislabel the
+/// field: a quality update sent as `message_template_status_update`).
+fn template_update(waba_id: Option<&str>, v: &Value) -> Option<TemplateUpdate> {
+    let s = |k: &str| -> Option<String> {
+        match v.get(k)? {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    };
+    let change = if let Some(q) = s("new_quality_score") {
+        TemplateChange::Quality(q.to_ascii_uppercase())
+    } else if v.get("message_template_element").is_some()
+        || v.get("message_template_buttons").is_some()
+    {
+        TemplateChange::Components {
+            body: s("message_template_element"),
+            header: s("message_template_title"),
+            footer: s("message_template_footer"),
+            buttons: v["message_template_buttons"].as_array().cloned(),
+        }
+    } else if let Some(new) = s("new_category") {
+        TemplateChange::Category {
+            category: new.to_ascii_uppercase(),
+            // Impending: `new_category` is the current one, `correct_category` what it becomes.
+            upcoming: s("correct_category")
+                .filter(|_| v.get("previous_category").is_none())
+                .map(|c| c.to_ascii_uppercase()),
+        }
+    } else if let Some(event) = s("event") {
+        let reason = s("reason")
+            .filter(|r| r != "NONE")
+            .or_else(|| v["rejection_info"]["reason"].as_str().map(str::to_owned))
+            .or_else(|| v["other_info"]["description"].as_str().map(str::to_owned))
+            .or_else(|| {
+                v["disable_info"]["disable_date"]
+                    .as_str()
+                    .map(|d| format!("disabled on {d}"))
+            });
+        TemplateChange::Status {
+            status: event.to_ascii_uppercase(),
+            reason,
+            category: s("message_template_category").map(|c| c.to_ascii_uppercase()),
+        }
+    } else {
+        return None;
+    };
+    Some(TemplateUpdate {
+        waba_id: waba_id?.to_owned(),
+        template_id: s("message_template_id"),
+        name: s("message_template_name"),
+        language: s("message_template_language"),
+        change,
+    })
+}
+
+fn change_of(
+    change: Change,
+    waba_id: Option<&str>,
+    received_at: DateTime<Utc>,
+    scope: &dyn Fn(&str) -> Admit,
+    out: &mut Normalized,
+) -> Result<(), String> {
+    {
+        if change.field.starts_with("message_template")
+            || change.field == "template_category_update"
+        {
+            match change
+                .value
+                .as_ref()
+                .and_then(|v| template_update(waba_id, v))
+            {
+                Some(u) => out.templates.push(u),
+                None => out.notes.push(format!(
+                    "field {:?}: not a template change this version reads",
+                    change.field
+                )),
+            }
+            return Ok(());
+        }
+        let value: Option<ChangeValue> = match change.value {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                serde_json::from_value(v)
+                    .map_err(|e| format!("not a Meta webhook payload: {e}"))?,
+            ),
+        };
         if change.field == "user_preferences" {
-            user_preferences(change.value, received_at, scope, &mut out);
-            continue;
+            user_preferences(value, received_at, scope, out);
+            return Ok(());
         }
         if !matches!(change.field.as_str(), "messages" | "smb_message_echoes") {
             out.notes
                 .push(format!("field {:?} stored, not processed", change.field));
-            continue;
+            return Ok(());
         }
-        let Some(value) = change.value else { continue };
+        let Some(value) = value else { return Ok(()) };
         for e in &value.errors {
             out.notes
                 .push(format!("value-level error: {}", error_text(e)));
@@ -140,8 +243,8 @@ pub fn normalize(
             .as_ref()
             .and_then(|m| m.phone_number_id.as_deref())
             .unwrap_or("");
-        let Some(workspace_id) = super::admitted(scope, pnid, "change", &mut out) else {
-            continue;
+        let Some(workspace_id) = super::admitted(scope, pnid, "change", out) else {
+            return Ok(());
         };
         let item = |contact: ContactKey, user_id: Option<String>, kind: ItemKind| Item {
             workspace_id,
@@ -309,7 +412,7 @@ pub fn normalize(
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// `user_preferences`: a contact's marketing `stop` or `resume` (other categories and values

@@ -84,6 +84,13 @@ impl Directory {
         self.by_phone_number_id.get(phone_number_id)
     }
 
+    /// Every account, by id.
+    pub fn all(&self) -> Vec<&Account> {
+        let mut all: Vec<&Account> = self.by_phone_number_id.values().collect();
+        all.sort_by_key(|a| a.id);
+        all
+    }
+
     /// The `phone_number_id`s of a WhatsApp Business Account.
     pub fn of_waba(&self, waba_id: &str) -> &[String] {
         self.by_waba.get(waba_id).map_or(&[], Vec::as_slice)

@@ -232,3 +232,43 @@ pub async fn identity_changes(
     }
     Ok(Some(out))
 }
+
+/// The Graph API refused a marketing template because the person stopped marketing messages
+/// (131050): the contact is marked opted out from now on, unless a newer preference says
+/// otherwise.
+pub async fn mark_opted_out(
+    db: &impl ConnectionTrait,
+    contact_id: i64,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), DbErr> {
+    let mut sql = Sql::new(
+        db.get_database_backend(),
+        "UPDATE contacts SET marketing_opt_out = ",
+    );
+    sql.param(true)
+        .push(", marketing_opt_out_at = ")
+        .param(at)
+        .push(", marketing_preference_at = ")
+        .param(at)
+        .push(" WHERE id = ")
+        .param(contact_id)
+        .push(" AND (marketing_preference_at IS NULL OR marketing_preference_at <= ")
+        .param(at)
+        .push(")");
+    db.execute_raw(sql.build()).await.map(|_| ())
+}
+
+/// Whether the contact asked to stop marketing messages.
+pub async fn opted_out(db: &impl ConnectionTrait, contact_id: i64) -> Result<bool, DbErr> {
+    let mut sql = Sql::new(
+        db.get_database_backend(),
+        "SELECT marketing_opt_out FROM contacts WHERE id = ",
+    );
+    sql.param(contact_id);
+    Ok(match db.query_one_raw(sql.build()).await? {
+        Some(row) => row
+            .try_get::<bool>("", "marketing_opt_out")
+            .unwrap_or(false),
+        None => false,
+    })
+}

@@ -342,3 +342,24 @@ pub async fn state_of(
         None => None,
     })
 }
+
+/// The conversation of each of these contacts of a workspace (those that have one).
+pub async fn of_contacts(
+    db: &impl ConnectionTrait,
+    workspace_id: i64,
+    contact_ids: &[i64],
+) -> Result<std::collections::HashMap<i64, i64>, DbErr> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let mut out = std::collections::HashMap::new();
+    for chunk in contact_ids.chunks(500) {
+        for c in entity::conversations::Entity::find()
+            .filter(entity::conversations::Column::WorkspaceId.eq(workspace_id))
+            .filter(entity::conversations::Column::ContactId.is_in(chunk.iter().copied()))
+            .all(db)
+            .await?
+        {
+            out.entry(c.contact_id).or_insert(c.id);
+        }
+    }
+    Ok(out)
+}

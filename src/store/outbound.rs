@@ -188,3 +188,14 @@ pub async fn unanswered(
     }
     Ok(out)
 }
+
+/// Forgets a send the Graph API refused (`failed`) so the same key may be sent again: only
+/// for refusals that prove nothing left (a throughput limit), never for `unknown`.
+pub async fn release_failed(db: &impl ConnectionTrait, turn_key: &str) -> Result<u64, DbErr> {
+    outbound_messages::Entity::delete_many()
+        .filter(outbound_messages::Column::TurnKey.eq(turn_key))
+        .filter(outbound_messages::Column::State.eq("failed"))
+        .exec(db)
+        .await
+        .map(|r| r.rows_affected)
+}

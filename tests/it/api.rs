@@ -100,7 +100,18 @@ async fn every_documented_route_checks_the_role(backend: Backend) {
         Some(match op {
             "accounts_list" | "contacts_list" | "conversations_list" | "conversations_one"
             | "dlq_list" | "dlq_one" | "events_list" | "events_one" | "stats_view"
-            | "users_list" | "users_one" | "users_me" | "stats_live" => (V, "", None),
+            | "users_list" | "users_one" | "users_me" | "stats_live" | "templates_list" => {
+                (V, "", None)
+            }
+            "templates_sync" => (A, "", None),
+            "leads_follow_up" => (
+                O,
+                "",
+                Some(
+                    json!({"phone_number_id": ACME_PNID, "leads": {"filter": "needs_follow_up"},
+                            "template": {"name": "none", "language": "en_US"}, "key": "k", "dry_run": true}),
+                ),
+            ),
             "contacts_lead_filter" => (V, "?filter=needs_follow_up", None),
             "accounts_create" => (
                 A,
@@ -175,7 +186,7 @@ async fn every_documented_route_checks_the_role(backend: Backend) {
             checked += 1;
         }
     }
-    assert_eq!(checked, 31, "every documented operation was checked");
+    assert_eq!(checked, 34, "every documented operation was checked");
     app.stop().await;
 }
 

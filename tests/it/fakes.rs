@@ -52,6 +52,8 @@ struct Inner {
     script: VecDeque<Reply>,
     /// Answer once the script is used up; `None`: the default success.
     fallback: Option<Reply>,
+    /// Graph: the template catalog `GET /{version}/{waba}/message_templates` pages through.
+    catalog: Vec<Value>,
 }
 
 /// A fake server: its base URL and what it was asked.
@@ -79,6 +81,11 @@ impl Fake {
     /// Answers to give, in order, before the fallback.
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.inner.lock().unwrap().script.extend(replies);
+    }
+
+    /// Graph: the templates the catalog endpoint lists.
+    pub fn catalog(&self, templates: Vec<Value>) {
+        self.inner.lock().unwrap().catalog = templates;
     }
 
     pub fn always(&self, reply: Reply) {
@@ -213,9 +220,62 @@ pub async fn graph() -> Fake {
                 .into_response()
         }
     }
+    /// `GET /{version}/{waba}/message_templates?limit=&after=`: the catalog in pages, with
+    /// Graph's cursors and `next` (absent on the last page); a wrong token gets Graph's 190.
+    async fn templates(
+        State(fake): State<Fake>,
+        Path((version, waba)): Path<(String, String)>,
+        axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+        headers: HeaderMap,
+    ) -> Response {
+        let token = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("")
+            .to_owned();
+        fake.take(
+            format!("GET /{version}/{waba}/message_templates"),
+            json!({"token": token, "query": q}),
+        );
+        if token.is_empty() || token == "bad-token" {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": {"message": "Error validating access token", "type": "OAuthException", "code": 190}})),
+            )
+                .into_response();
+        }
+        let limit: usize = q
+            .get("limit")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(25)
+            .clamp(1, 100);
+        // The fake pages in twos whatever the limit, so paging is exercised.
+        let limit = limit.min(2);
+        let start: usize = q
+            .get("after")
+            .and_then(|a| a.strip_prefix("cur-"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let all = fake.inner.lock().unwrap().catalog.clone();
+        let page: Vec<Value> = all.iter().skip(start).take(limit).cloned().collect();
+        let end = start + page.len();
+        let mut paging =
+            json!({"cursors": {"before": format!("cur-{start}"), "after": format!("cur-{end}")}});
+        if end < all.len() {
+            paging["next"] = json!(format!(
+                "https://graph.facebook.com/{version}/{waba}/message_templates?limit={limit}&after=cur-{end}"
+            ));
+        }
+        Json(json!({"data": page, "paging": paging})).into_response()
+    }
     start(
         Router::new()
             .route("/{version}/{pnid}/messages", post(messages))
+            .route(
+                "/{version}/{waba}/message_templates",
+                axum::routing::get(templates),
+            )
             .route("/{version}/{pnid}", axum::routing::get(number)),
     )
     .await
@@ -226,6 +286,10 @@ pub const OWNER_TOKEN: &str = "owner-token";
 
 pub fn is_send(_: &str, body: &Value) -> bool {
     body.get("type").and_then(Value::as_str) == Some("text")
+}
+
+pub fn is_template(_: &str, body: &Value) -> bool {
+    body.get("type").and_then(Value::as_str) == Some("template")
 }
 
 pub fn is_typing(_: &str, body: &Value) -> bool {

@@ -17,7 +17,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{Body, Caller, ErrorBody, Errors, Failure, sane_time};
 use crate::{
-    agent::outbox::{self, Outcome, Outgoing},
+    agent::{
+        outbox::{self, Outcome, Outgoing},
+        templates::{self, NotSent, Refusal, TemplateRequest, TemplateSend},
+    },
     http::AppState,
     ingest::event::{ContactKey, Direction, MessageItem, MessageStatus},
     store::{
@@ -60,8 +63,11 @@ struct SendBody {
     /// The business number to send from (one of the workspace's accounts).
     #[schema(pattern = "^[0-9]{1,64}$")]
     phone_number_id: String,
+    /// A text (inside the 24-hour window); give `text` or `template`.
     #[schema(min_length = 1, max_length = 4096, pattern = "\\S")]
-    text: String,
+    text: Option<String>,
+    /// A template (any time): checked against the catalog before it leaves.
+    template: Option<TemplateRequest>,
     /// The same key twice sends once.
     #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     idempotency_key: Option<String>,
@@ -92,13 +98,17 @@ impl Sent {
     }
 }
 
-/// Sends a text to a conversation through the Graph API (operator): recorded before it leaves,
-/// sent once per idempotency key, refused outside the 24-hour window.
+/// Sends a text or a template to a conversation through the Graph API (operator): recorded
+/// before it leaves, sent once per idempotency key. A text is refused outside the 24-hour
+/// window; a template is checked first (it exists, is `APPROVED`, its parameters match its
+/// placeholders, a marketing one never goes to a contact who opted out).
 #[utoipa::path(post, path = "/api/v1/messages", tag = "messages", operation_id = "messages_send", request_body = SendBody,
     responses(
         (status = 201, body = Sent, description = "sent"),
         (status = 200, body = Sent, description = "already sent with this idempotency key"),
         (status = 202, body = Sent, description = "the outcome is unknown; not retried"),
+        (status = 404, body = ErrorBody, description = "no such conversation, account or template"),
+        (status = 409, body = ErrorBody, description = "outside the window (text), template not approved, or the contact opted out of marketing"),
         (status = 502, body = ErrorBody, description = "the Graph API refused it"),
         Errors))]
 async fn send(
@@ -107,7 +117,11 @@ async fn send(
     Body(body): Body<SendBody>,
 ) -> Result<Response, Failure> {
     caller.require(Role::Operator)?;
-    check_text(&body.text)?;
+    match (&body.text, &body.template) {
+        (Some(text), None) => check_text(text)?,
+        (None, Some(_)) => {}
+        _ => return Err(Failure::bad_request("give either text or template")),
+    }
     let ws = caller.0.workspace_id;
     let conv = conversation(&state, &caller, body.conversation_id).await?;
     let directory = state.directory();
@@ -125,7 +139,7 @@ async fn send(
         ));
     };
     let window = conversations::service_window(&state.db, conv.id, Utc::now()).await?;
-    if !window.service_window_open {
+    if body.template.is_none() && !window.service_window_open {
         return Err(Failure::new(
             StatusCode::CONFLICT,
             "service_window_closed",
@@ -150,6 +164,63 @@ async fn send(
         None => format!("api:{ws}:{}", uuid::Uuid::now_v7()),
     };
     let correlation_id = format!("api:user:{}", caller.0.user_id);
+    if let Some(request) = &body.template {
+        let waba_id = directory
+            .get(&body.phone_number_id)
+            .and_then(|a| a.waba_id.clone());
+        let outcome = templates::send(TemplateSend {
+            db: &state.db,
+            store: &state.processing.store,
+            graph: &state.processing.agents.graph,
+            token,
+            phone_number_id: &body.phone_number_id,
+            waba_id: waba_id.as_deref(),
+            workspace_id: ws,
+            conversation_id: conv.id,
+            contact_id: conv.contact_id,
+            contact: &contact,
+            request,
+            key: &key,
+            sender: "operator",
+            correlation_id: &correlation_id,
+        })
+        .await;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(NotSent::Refused(r)) => return Err(refusal(r)),
+            Err(NotSent::Store(e)) => {
+                return Err(Failure::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    format!("not sent: {e}"),
+                ));
+            }
+            Err(NotSent::NoAddress) => {
+                return Err(Failure::new(
+                    StatusCode::CONFLICT,
+                    "no_address",
+                    "the contact has no address to send to",
+                ));
+            }
+        };
+        audit(
+            &state.db,
+            ws,
+            &caller.0.actor,
+            "message.send_template",
+            &format!("conversation:{}", conv.id),
+            None,
+            Some(&format!(
+                "{} {}: {}",
+                request.name,
+                request.language,
+                outcome.label()
+            )),
+        )
+        .await?;
+        return Ok(respond(outcome));
+    }
+    let text = body.text.as_deref().unwrap_or_default();
     let outcome = outbox::send_once(Outgoing {
         db: &state.db,
         store: &state.processing.store,
@@ -162,7 +233,8 @@ async fn send(
         contact: &contact,
         to: &to,
         key: &key,
-        body: &body.text,
+        body: text,
+        template: None,
         event_id: 0,
         sender: "operator",
         correlation_id: &correlation_id,
@@ -181,7 +253,22 @@ async fn send(
         Some(outcome.label()),
     )
     .await?;
-    Ok(match outcome {
+    Ok(respond(outcome))
+}
+
+/// A refused template send: 404 for a template the catalog lacks, 409 for one that may not be
+/// sent (not approved, opted out), 400 for parameters that do not match.
+fn refusal(r: Refusal) -> Failure {
+    let status = match r {
+        Refusal::NotFound => StatusCode::NOT_FOUND,
+        Refusal::Parameters(_) => StatusCode::BAD_REQUEST,
+        Refusal::NotApproved(_) | Refusal::OptedOut => StatusCode::CONFLICT,
+    };
+    Failure::new(status, r.reason(), r.message())
+}
+
+fn respond(outcome: Outcome) -> Response {
+    match outcome {
         Outcome::Sent(wamid) => (
             StatusCode::CREATED,
             Json(Sent {
@@ -218,7 +305,7 @@ async fn send(
             "the outcome is unknown",
         )
         .into_response(),
-    })
+    }
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -15,8 +15,10 @@ pub mod contacts;
 pub mod conversations;
 pub mod dlq;
 pub mod events;
+pub mod leads;
 pub mod messages;
 pub mod stats;
+pub mod templates;
 pub mod tokens;
 pub mod users;
 
@@ -94,6 +96,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(stats::router())
         .merge(conversations::router())
         .merge(tokens::router())
+        .merge(templates::router())
+        .merge(leads::router())
 }
 
 /// The OpenAPI 3.1 document of the operator API.
