@@ -105,7 +105,8 @@ function main() { return document.getElementById("main"); }
 
 function show(...nodes) {
   const m = main();
-  m.replaceChildren(...nodes);
+  // A missing part (null) is left out, never shown as the word "null".
+  m.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined && n !== false));
 }
 
 function errorBox(e) {
@@ -219,6 +220,7 @@ const VIEWS = {
   dlq: renderDlq,
   conversations: renderConversations,
   leads: renderLeads,
+  templates: renderTemplates,
 };
 
 async function route() {
@@ -560,7 +562,114 @@ async function renderConversation(id) {
       "The 24-hour window is closed: the customer has not written since " +
       (data.service_window_closes_at ? when(new Date(new Date(data.service_window_closes_at) - 864e5)) : "— (never)") +
       ". Only a template message may be sent."),
+    !data.service_window_open && can("operator") ? await templateComposer(c, () => renderConversation(id)) : null,
     thread.length ? el("div", { class: "thread", id: "thread" }, thread) : el("p", { class: "muted" }, "No messages yet."));
+}
+
+// ---------- templates ----------
+
+/// A key per draft: a double click, a retry after a lost answer, sends once.
+function draftKey() {
+  return "console-" + (crypto.randomUUID ? crypto.randomUUID() : Date.now() + "-" + Math.random().toString(36).slice(2));
+}
+
+/// The text a template renders to with these values (as the server renders it).
+function renderTemplateText(t, values) {
+  let text = t.body || "";
+  for (const [k, v] of Object.entries(values)) text = text.split(`{{${k}}}`).join(v || `{{${k}}}`);
+  return text;
+}
+
+/// Outside the window: pick an approved template, fill its placeholders, send it once.
+async function templateComposer(c, done) {
+  const [templates, accounts] = await Promise.all([api("GET", "/templates"), api("GET", "/accounts")]);
+  const approved = templates.items.filter((t) => t.status === "APPROVED");
+  const numbers = accounts.items.filter((a) => a.waba_id);
+  if (!approved.length || !numbers.length) {
+    return el("p", { class: "muted", id: "template-composer" },
+      numbers.length ? "No approved template: sync the catalog on the Templates screen." : "No number of this workspace has a WhatsApp Business Account (waba_id): templates cannot be sent.");
+  }
+  const key = draftKey();
+  const pick = el("select", { id: "template-pick", name: "template" },
+    approved.map((t) => el("option", { value: String(t.id) }, `${t.name} (${t.language}) · ${t.category.toLowerCase()}`)));
+  const from = el("select", { id: "template-from", name: "from" },
+    numbers.map((a) => el("option", { value: a.phone_number_id }, a.display_phone_number || a.phone_number_id)));
+  const fields = el("div", { class: "template-fields" });
+  const preview = el("p", { class: "preview", id: "template-preview", "aria-live": "polite" });
+  const send = el("button", { type: "submit", id: "template-send" }, "Send template");
+  const chosen = () => approved.find((t) => String(t.id) === pick.value);
+  const values = () => {
+    const out = {};
+    for (const i of fields.querySelectorAll("input[data-ph]")) out[i.dataset.ph] = i.value;
+    return out;
+  };
+  const refresh = () => { preview.textContent = renderTemplateText(chosen(), values()); };
+  const build = () => {
+    const t = chosen();
+    const inputs = t.placeholders.body.map((ph) => field(t.parameter_format === "NAMED" ? ph : `{{${ph}}}`,
+      el("input", { type: "text", required: true, maxlength: 1024, "data-ph": ph, oninput: refresh })));
+    if (t.placeholders.header_media) inputs.push(field(`Header ${t.placeholders.header_media.toLowerCase()} (media id or https link)`, el("input", { type: "text", required: true, name: "header" })));
+    for (const i of t.placeholders.url_buttons) inputs.push(field(`Button ${i + 1} link text`, el("input", { type: "text", required: true, "data-button": String(i) })));
+    fields.replaceChildren(...inputs);
+    refresh();
+  };
+  pick.addEventListener("change", build);
+  build();
+  const form = el("form", { class: "composer", id: "template-composer", "aria-label": "Send a template" },
+    el("h2", {}, "Send a template"),
+    el("div", { class: "bar" }, field("Template", pick), numbers.length > 1 ? field("From", from) : null),
+    fields, preview, el("div", {}, send));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    if (!form.reportValidity() || send.disabled) return;
+    const t = chosen();
+    const v = values();
+    const template = { name: t.name, language: t.language };
+    if (t.placeholders.body.length) template.parameters = t.parameter_format === "NAMED" ? v : t.placeholders.body.map((ph) => v[ph]);
+    const header = form.querySelector("input[name=header]");
+    if (header) template.header = header.value.startsWith("https://") ? { link: header.value } : { id: header.value };
+    const buttons = [...form.querySelectorAll("input[data-button]")].map((b) => ({ index: Number(b.dataset.button), text: b.value }));
+    if (buttons.length) template.buttons = buttons;
+    send.disabled = true;
+    try {
+      const r = await api("POST", "/messages", { conversation_id: c.id, phone_number_id: from.value || numbers[0].phone_number_id, template, idempotency_key: key });
+      toast(r.state === "already_recorded" ? "Already sent" : r.state === "unknown" ? "Sent, outcome unknown: not retried" : "Template sent");
+      done();
+    } catch (e) {
+      toast(e.message, true);
+      send.disabled = false;
+    }
+  });
+  return form;
+}
+
+async function renderTemplates() {
+  const list = el("div", {});
+  const load = async () => {
+    list.replaceChildren(loading());
+    try {
+      const data = await api("GET", "/templates");
+      const rows = data.items.map((t) => el("tr", { "data-template": t.name + ":" + t.language },
+        el("td", {}, t.name), el("td", {}, t.language),
+        el("td", {}, t.category.toLowerCase()),
+        el("td", {}, el("span", { class: "badge status-" + t.status, title: t.reason || "" }, t.status.toLowerCase())),
+        el("td", {}, t.quality ? el("span", { class: "badge quality-" + t.quality }, t.quality.toLowerCase()) : "—"),
+        el("td", {}, [...t.placeholders.body.map((p) => t.parameter_format === "NAMED" ? p : `{{${p}}}`),
+          ...(t.placeholders.header_media ? ["header " + t.placeholders.header_media.toLowerCase()] : [])].join(", ") || "—"),
+        el("td", {}, t.body || "")));
+      list.replaceChildren(table("Templates", ["Name", "Language", "Category", "Status", "Quality", "Placeholders", "Body"], rows,
+        "No templates yet: an admin can sync them from Meta."));
+    } catch (e) { list.replaceChildren(errorBox(e)); }
+  };
+  const sync = can("admin") ? el("button", { type: "button", id: "templates-sync", onclick: async () => {
+    try {
+      const r = await api("POST", "/templates/sync");
+      toast(r.errors.length ? `Synced with errors: ${r.errors.join("; ")}` : `${r.templates} templates synced`, r.errors.length > 0);
+      load();
+    } catch (e) { toast(e.message, true); }
+  } }, "Sync from Meta") : null;
+  show(el("div", { class: "bar" }, el("h1", { class: "grow" }, "Templates"), sync), list);
+  await load();
 }
 
 // ---------- leads ----------

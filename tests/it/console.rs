@@ -21,7 +21,10 @@ use crate::{
     common::{ACME_PNID, ACME_SECRET, Backend, FAILPOINTS, TestApp, meta_text},
 };
 
-both_backends!(the_console_works_in_a_real_browser);
+both_backends!(
+    the_console_works_in_a_real_browser,
+    a_template_goes_from_the_console_once,
+);
 
 /// chromedriver on a free port, and a headless Chromium session through it.
 struct Browser {
@@ -444,6 +447,79 @@ async fn the_console_works_in_a_real_browser(backend: Backend) {
 }
 
 /// A Meta body with one message object from `customer`.
+/// A lead whose window closed gets a template from the conversation screen: an approved
+/// template picked, its placeholders filled (the preview shows the text), sent once however
+/// often the button is pressed; the templates screen shows status and quality.
+async fn a_template_goes_from_the_console_once(backend: Backend) {
+    use crate::fakes::{self, is_template};
+    let graph = fakes::graph().await;
+    let app = crate::templates::template_app(backend, &graph).await;
+    crate::templates::wait_catalog(&app, 5).await;
+    let customer = "4917612340011";
+    assert_eq!(
+        app.post_meta(
+            meta_text(
+                ACME_PNID,
+                customer,
+                "wamid.console.t1",
+                "Any news on my order?"
+            ),
+            ACME_SECRET
+        )
+        .await
+        .status(),
+        200
+    );
+    app.wait_processed(1).await;
+    let conversation = app.scalar("SELECT id FROM conversations").await;
+    let (_, operator) = user_with_token(&app, "acme", "otto@acme.test", Role::Operator).await;
+    let b = Browser::start(backend == Backend::Sqlite).await;
+    b.sign_in(&app, &operator).await;
+    b.open(&app.url(&format!("/console#/conversations/{conversation}")))
+        .await;
+    b.find("#window-closed").await;
+    b.find("#template-composer").await;
+    b.xpath("//select[@id='template-pick']/option[contains(., 'reengage')]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.fill("#template-composer input[data-ph='1']", "Ana").await;
+    b.fill("#template-composer input[data-ph='2']", "the blue bike")
+        .await;
+    let preview = b.find("#template-preview").await.text().await.unwrap();
+    assert_eq!(preview, "Hi Ana, still interested in the blue bike?");
+    b.shot("conversation-template").await;
+    // A double click: one send.
+    let send = b.find("#template-send").await;
+    send.click().await.unwrap();
+    let _ = send.click().await;
+    graph.wait_for(1, is_template).await;
+    b.xpath("//article[contains(@class,'outbound') and contains(., 'still interested in the blue bike')]")
+        .await;
+    let sent: Vec<_> = graph
+        .requests()
+        .into_iter()
+        .filter(|(p, v)| is_template(p, v))
+        .collect();
+    assert_eq!(sent.len(), 1, "one send");
+    assert_eq!(sent[0].1["to"], customer);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM outbound_messages WHERE state = 'sent' AND turn_key LIKE 'api:%:console-%'").await,
+        1
+    );
+    // The templates screen: status and quality at a glance.
+    b.open(&app.url("/console#/templates")).await;
+    b.find("tr[data-template='spring_sale:en_US'] .badge.status-PAUSED")
+        .await;
+    b.find("tr[data-template='reengage:en_US'] .badge.quality-GREEN")
+        .await;
+    assert_eq!(b.count("#templates-sync").await, 0, "syncing is for admins");
+    b.shot("templates").await;
+    drop(b);
+    app.stop().await;
+}
+
 fn customer_says(customer: &str, mut message: Value) -> String {
     message["from"] = json!(customer);
     json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
