@@ -70,8 +70,12 @@ pub async fn sweep_at(ctx: &Ctx, now: chrono::DateTime<Utc>) -> Result<usize, se
         let Some(cfg) = ctx.agents.config(agent) else {
             continue;
         };
-        // One number per workspace follows up (a conversation belongs to the workspace).
-        if cfg.follow_up_max == 0 || seen_workspaces.contains(&account.workspace_id) {
+        // One number per workspace follows up (a conversation belongs to the workspace), one
+        // that can send.
+        if cfg.follow_up_max == 0
+            || seen_workspaces.contains(&account.workspace_id)
+            || ctx.agents.token(&account.phone_number_id).is_none()
+        {
             continue;
         }
         seen_workspaces.push(account.workspace_id);

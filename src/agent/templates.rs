@@ -522,6 +522,20 @@ pub async fn send(s: TemplateSend<'_>) -> Result<super::outbox::Outcome, NotSent
     {
         tracing::error!(error = %e, contact_id = s.contact_id, "cannot mark the contact opted out after 131050");
     }
+    // Meta says the template is paused (132015) or disabled (132016): the catalog learns it
+    // now, so the next send is refused before it leaves (the webhook may come later).
+    if let (Outcome::Failed { code, message }, Some(t)) = (&outcome, &template) {
+        let status = match code.as_str() {
+            "132015" => Some("PAUSED"),
+            "132016" => Some("DISABLED"),
+            _ => None,
+        };
+        if let Some(status) = status
+            && let Err(e) = store::set_status(s.db, t.id, status, message).await
+        {
+            tracing::error!(error = %e, template = %t.name, "cannot record the template's status");
+        }
+    }
     metrics::counter!(crate::metrics::TEMPLATES_SENT, "outcome" => outcome.label()).increment(1);
     Ok(outcome)
 }

@@ -286,3 +286,29 @@ pub async fn apply_update(
     message_templates::Entity::update(row).exec(db).await?;
     Ok(true)
 }
+
+/// A template's status as a send's Graph error revealed it (132015 paused, 132016 disabled).
+pub async fn set_status(
+    db: &impl ConnectionTrait,
+    id: i64,
+    status: &str,
+    reason: &str,
+) -> Result<(), DbErr> {
+    message_templates::Entity::update_many()
+        .col_expr(
+            message_templates::Column::Status,
+            sea_orm::sea_query::Expr::value(status),
+        )
+        .col_expr(
+            message_templates::Column::Reason,
+            sea_orm::sea_query::Expr::value(reason.chars().take(500).collect::<String>()),
+        )
+        .col_expr(
+            message_templates::Column::UpdatedAt,
+            sea_orm::sea_query::Expr::value(Utc::now()),
+        )
+        .filter(message_templates::Column::Id.eq(id))
+        .exec(db)
+        .await
+        .map(|_| ())
+}

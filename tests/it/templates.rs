@@ -456,6 +456,23 @@ async fn a_template_send_is_checked_before_it_leaves_and_sent_once(backend: Back
     let (status, _) = call(&app, Method::POST, "/api/v1/messages", Some(&op),
         Some(send_body(conv, json!({"name": "order_update", "language": "en_US", "parameters": {"order_id": "42", "state": "shipped"}}), "order-42"))).await;
     assert_eq!(status, StatusCode::CREATED);
+    // Meta says the template is paused (132015): the catalog learns it at once, and the next
+    // send is refused before it leaves.
+    graph.script([Reply::status(400, json!({"error": {"message": "(#132015) Cannot send message as the template has been paused", "type": "OAuthException", "code": 132015}}))]);
+    let (status, _) = call(&app, Method::POST, "/api/v1/messages", Some(&op),
+        Some(send_body(conv, json!({"name": "order_update", "language": "en_US", "parameters": {"order_id": "43", "state": "late"}}), "order-43"))).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        app.text("SELECT status FROM message_templates WHERE name = 'order_update'")
+            .await
+            .unwrap(),
+        "PAUSED"
+    );
+    let before = template_sends(&graph).len();
+    let (status, body) = call(&app, Method::POST, "/api/v1/messages", Some(&op),
+        Some(send_body(conv, json!({"name": "order_update", "language": "en_US", "parameters": {"order_id": "44", "state": "late"}}), "order-44"))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(template_sends(&graph).len(), before);
     // Another workspace's operator cannot send into this conversation.
     let (_, globex) = user_with_token(&app, "globex", "gus@globex.test", Role::Operator).await;
     let (status, _) = call(&app, Method::POST, "/api/v1/messages", Some(&globex),
