@@ -35,8 +35,9 @@ struct Entry {
 struct Change {
     #[serde(default)]
     field: String,
+    /// Read once, as the type its field calls for (a message change or a template change).
     #[serde(default)]
-    value: Option<Value>,
+    value: Option<Box<serde_json::value::RawValue>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -204,11 +205,11 @@ fn change_of(
         if change.field.starts_with("message_template")
             || change.field == "template_category_update"
         {
-            match change
+            let value: Option<Value> = change
                 .value
                 .as_ref()
-                .and_then(|v| template_update(waba_id, v))
-            {
+                .and_then(|raw| serde_json::from_str(raw.get()).ok());
+            match value.as_ref().and_then(|v| template_update(waba_id, v)) {
                 Some(u) => out.templates.push(u),
                 None => out.notes.push(format!(
                     "field {:?}: not a template change this version reads",
@@ -218,11 +219,9 @@ fn change_of(
             return Ok(());
         }
         let value: Option<ChangeValue> = match change.value {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(
-                serde_json::from_value(v)
-                    .map_err(|e| format!("not a Meta webhook payload: {e}"))?,
-            ),
+            None => None,
+            Some(raw) => serde_json::from_str(raw.get())
+                .map_err(|e| format!("not a Meta webhook payload: {e}"))?,
         };
         if change.field == "user_preferences" {
             user_preferences(value, received_at, scope, out);
