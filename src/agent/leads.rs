@@ -94,10 +94,21 @@ pub async fn plan(
         return Ok(Err(r.clone()));
     }
     let marketing = prepared.is_ok_and(|p| p.category == "MARKETING");
+    // Three queries for the whole list, not two per lead.
     let ids: Vec<i64> = leads.iter().map(|c| c.id).collect();
     let convs = conversations::of_contacts(db, workspace_id, &ids).await?;
+    let keys: Vec<String> = ids
+        .iter()
+        .map(|id| key(workspace_id, campaign, *id))
+        .collect();
+    let sent = outbound::existing(db, &keys).await?;
+    let conv_ids: Vec<i64> = convs.values().copied().collect();
+    let open = if skip_open_window {
+        conversations::open_windows(db, &conv_ids, Utc::now()).await?
+    } else {
+        Default::default()
+    };
     let mut plan = Plan::default();
-    let now = Utc::now();
     for c in leads {
         let mut lead = Lead {
             contact_id: c.id,
@@ -106,24 +117,20 @@ pub async fn plan(
             conversation_id: convs.get(&c.id).copied(),
             reason: None,
         };
-        let skip = |why: &str| Some(why.to_owned());
         lead.reason = if marketing && c.marketing_opt_out {
-            skip("marketing_opted_out")
+            Some("marketing_opted_out")
         } else if c.phone.starts_with("group:") || c.phone.starts_with("raw:") {
-            skip("no_address")
+            Some("no_address")
         } else if lead.conversation_id.is_none() {
-            skip("no_conversation")
-        } else if outbound::exists(db, &key(workspace_id, campaign, c.id)).await? {
-            skip("already_sent")
-        } else if skip_open_window
-            && conversations::service_window(db, lead.conversation_id.unwrap_or(0), now)
-                .await?
-                .service_window_open
-        {
-            skip("service_window_open")
+            Some("no_conversation")
+        } else if sent.contains(&key(workspace_id, campaign, c.id)) {
+            Some("already_sent")
+        } else if lead.conversation_id.is_some_and(|id| open.contains(&id)) {
+            Some("service_window_open")
         } else {
             None
-        };
+        }
+        .map(str::to_owned);
         if lead.reason.is_some() {
             plan.skipped.push(lead);
         } else {

@@ -363,3 +363,27 @@ pub async fn of_contacts(
     }
     Ok(out)
 }
+
+/// Which of these conversations have their 24-hour window open at `now` (the customer wrote
+/// within 24 hours): [`service_window`] for many, one query per 500.
+pub async fn open_windows(
+    db: &impl ConnectionTrait,
+    conversation_ids: &[i64],
+    now: DateTime<Utc>,
+) -> Result<HashSet<i64>, DbErr> {
+    let mut out = HashSet::new();
+    let since = now - chrono::Duration::hours(24);
+    for chunk in conversation_ids.chunks(500) {
+        let mut sql = Sql::new(
+            db.get_database_backend(),
+            "SELECT DISTINCT conversation_id FROM messages WHERE direction = 'inbound' AND timestamp > ",
+        );
+        sql.param(since)
+            .push(" AND conversation_id IN ")
+            .tuple(chunk.iter().copied());
+        for row in db.query_all_raw(sql.build()).await? {
+            out.insert(row.try_get::<i64>("", "conversation_id")?);
+        }
+    }
+    Ok(out)
+}

@@ -199,3 +199,21 @@ pub async fn release_failed(db: &impl ConnectionTrait, turn_key: &str) -> Result
         .await
         .map(|r| r.rows_affected)
 }
+
+/// Which of these keys are recorded (one query per 500).
+pub async fn existing(
+    db: &impl ConnectionTrait,
+    keys: &[String],
+) -> Result<std::collections::HashSet<String>, DbErr> {
+    let mut out = std::collections::HashSet::new();
+    for chunk in keys.chunks(500) {
+        for row in outbound_messages::Entity::find()
+            .filter(outbound_messages::Column::TurnKey.is_in(chunk.iter().cloned()))
+            .all(db)
+            .await?
+        {
+            out.insert(row.turn_key);
+        }
+    }
+    Ok(out)
+}
