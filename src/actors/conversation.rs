@@ -153,6 +153,7 @@ impl Actor for Conversation {
                 state.last_active = Instant::now();
                 let agent = &mut state.agent;
                 agent.turn_running = false;
+                agent.follow_up = None;
                 agent.context = report.context;
                 // Edits and revokes that came during the turn.
                 amend_context(agent);
@@ -166,20 +167,6 @@ impl Actor for Conversation {
                 state.last_active = Instant::now();
                 state.known.get_or_insert(due.known);
                 follow_up(&myself, state, *due);
-            }
-            ConversationMsg::FollowUpDone(report) => {
-                state.last_active = Instant::now();
-                let agent = &mut state.agent;
-                agent.turn_running = false;
-                agent.follow_up = None;
-                if report.context.is_some() {
-                    agent.context = report.context;
-                }
-                amend_context(agent);
-                state.ctx.store.bump();
-                if !agent.burst.is_empty() {
-                    schedule_turn(&myself, state);
-                }
             }
             ConversationMsg::Evict => {
                 // A burst or a turn keeps the actor (the router evicts another).
@@ -399,7 +386,7 @@ fn follow_up(
     let myself = myself.clone();
     tokio::spawn(async move {
         let report = crate::agent::followup::run(input).await;
-        let _ = myself.cast(ConversationMsg::FollowUpDone(Box::new(report)));
+        let _ = myself.cast(ConversationMsg::TurnDone(Box::new(report)));
     });
 }
 

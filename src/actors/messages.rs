@@ -108,12 +108,10 @@ pub enum ConversationMsg {
     Resume(Box<Resume>),
     /// The burst's quiet time may be over (the generation it was scheduled for).
     TurnDue(u64),
-    /// An agent turn finished.
+    /// An agent turn or a follow-up finished.
     TurnDone(Box<crate::agent::turn::TurnReport>),
     /// The customer has been quiet since our last message: a follow-up is due.
     FollowUp(Box<FollowUpDue>),
-    /// A follow-up finished (sent or cancelled).
-    FollowUpDone(Box<crate::agent::followup::FollowUpReport>),
     /// Stop if nothing happened for `actors.idle_timeout_ms`.
     IdleCheck,
     /// `actors.max_live` are alive: stop now unless an agent turn is waiting or running.

@@ -14,6 +14,7 @@ use super::{
     outbox::{self, Outcome, Outgoing},
     reply,
     templates::{self, NotSent, TemplateRequest, TemplateSend},
+    turn::TurnReport,
 };
 use crate::{
     ingest::event::{ContactKey, ConversationState},
@@ -43,23 +44,20 @@ pub struct FollowUpInput {
     pub context: Option<Vec<Turn>>,
 }
 
-/// What became of it: `sent` (`text` or `template`), or `cancelled` with why.
-pub struct FollowUpReport {
-    pub context: Option<Vec<Turn>>,
-    pub outcome: &'static str,
-}
-
-fn cancelled(reason: &'static str) -> &'static str {
+/// Counts a follow-up that ends without a send, with why; its report's outcome.
+pub fn cancelled(reason: &'static str) -> &'static str {
     metrics::counter!(m::FOLLOW_UPS, "stage" => "cancelled", "kind" => "any", "reason" => reason)
         .increment(1);
     "cancelled"
 }
 
-pub async fn run(mut input: FollowUpInput) -> FollowUpReport {
+/// What became of it (`sent`, `cancelled`, `error`) is reported like a turn's: the actor
+/// treats both alike.
+pub async fn run(mut input: FollowUpInput) -> TurnReport {
     let agent = input.answerer.provider.name.clone();
     let cid = format!("followup-{}", input.conversation_id);
     let context = input.context.take();
-    let done = |context, outcome| FollowUpReport { context, outcome };
+    let done = |context, outcome| TurnReport { context, outcome };
     // Still due? The customer may have written, a person may have taken over, the key may be
     // recorded (another node, an earlier life of this one).
     match followups::anchor_of(&input.db, input.conversation_id).await {

@@ -36,11 +36,6 @@ impl Due {
     }
 }
 
-/// Prefix of every follow-up key of a conversation since the customer's message `anchor`.
-pub fn prefix(conversation_id: i64, anchor: i64) -> String {
-    format!("followup:{conversation_id}:{anchor}:")
-}
-
 /// Up to `limit` due conversations of a workspace, oldest first: our last message (and our
 /// last follow-up attempt) at or before `due_before`, after `not_before`, the customer silent
 /// since, not in `human` state, not a group, under `max` follow-ups since their last message.
@@ -53,7 +48,6 @@ pub async fn due(
     limit: u64,
 ) -> Result<Vec<Due>, DbErr> {
     let backend = db.get_database_backend();
-    let cast = "CAST(v.id AS TEXT)";
     let anchor = "COALESCE((SELECT MAX(m.id) FROM messages m WHERE m.conversation_id = v.id AND m.direction = 'inbound'), 0)";
     let mut sql = Sql::new(
         backend,
@@ -61,7 +55,7 @@ pub async fn due(
             "SELECT * FROM (SELECT c.id AS contact_id, c.phone AS phone, c.name AS name, v.id AS conversation_id, \
              v.status AS state, c.last_contact_at AS last_contact_at, {anchor} AS anchor, \
              (SELECT COUNT(*) FROM outbound_messages o WHERE o.conversation_id = v.id \
-               AND o.turn_key LIKE 'followup:' || {cast} || ':' || CAST({anchor} AS TEXT) || ':%') AS sent, \
+               AND o.turn_key LIKE 'followup:' || CAST(v.id AS TEXT) || ':' || CAST({anchor} AS TEXT) || ':%') AS sent, \
              (SELECT MAX(o.created_at) FROM outbound_messages o WHERE o.conversation_id = v.id \
                AND o.turn_key LIKE 'followup:%') AS last_try \
              FROM contacts c JOIN conversations v ON v.contact_id = c.id \
