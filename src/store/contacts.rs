@@ -130,23 +130,28 @@ pub async fn set_marketing(
             continue;
         };
         let id = contacts.of(set)?;
-        let mut sql = Sql::new(
-            tx.get_database_backend(),
-            "UPDATE contacts SET marketing_opt_out = ",
-        );
-        sql.param(opt_out)
-            .push(", marketing_opt_out_at = ")
-            .param(opt_out.then_some(at))
-            .push(", marketing_preference_at = ")
-            .param(at)
-            .push(" WHERE id = ")
-            .param(id)
-            .push(" AND (marketing_preference_at IS NULL OR marketing_preference_at <= ")
-            .param(at)
-            .push(")");
-        super::sql::run(tx, sql).await?;
+        super::sql::run(tx, preference(tx, id, opt_out, at)).await?;
     }
     Ok(())
+}
+
+/// The newest marketing preference wins: `opt_out` as of `at`, unless a later one is stored.
+fn preference(db: &impl ConnectionTrait, id: i64, opt_out: bool, at: DateTime<Utc>) -> Sql {
+    let mut sql = Sql::new(
+        db.get_database_backend(),
+        "UPDATE contacts SET marketing_opt_out = ",
+    );
+    sql.param(opt_out)
+        .push(", marketing_opt_out_at = ")
+        .param(opt_out.then_some(at))
+        .push(", marketing_preference_at = ")
+        .param(at)
+        .push(" WHERE id = ")
+        .param(id)
+        .push(" AND (marketing_preference_at IS NULL OR marketing_preference_at <= ")
+        .param(at)
+        .push(")");
+    sql
 }
 
 /// The key of the contact each `(workspace, user id)` belongs to, where one holds that user id
@@ -241,21 +246,9 @@ pub async fn mark_opted_out(
     contact_id: i64,
     at: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), DbErr> {
-    let mut sql = Sql::new(
-        db.get_database_backend(),
-        "UPDATE contacts SET marketing_opt_out = ",
-    );
-    sql.param(true)
-        .push(", marketing_opt_out_at = ")
-        .param(at)
-        .push(", marketing_preference_at = ")
-        .param(at)
-        .push(" WHERE id = ")
-        .param(contact_id)
-        .push(" AND (marketing_preference_at IS NULL OR marketing_preference_at <= ")
-        .param(at)
-        .push(")");
-    db.execute_raw(sql.build()).await.map(|_| ())
+    db.execute_raw(preference(db, contact_id, true, at).build())
+        .await
+        .map(|_| ())
 }
 
 /// Whether the contact asked to stop marketing messages.
