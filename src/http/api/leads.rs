@@ -16,7 +16,7 @@ use super::{Body, Caller, Errors, Failure};
 use crate::{
     agent::{
         leads::{self, Campaign, Lead},
-        templates::{Refusal, TemplateRequest},
+        templates::TemplateRequest,
     },
     http::AppState,
     store::{
@@ -124,13 +124,7 @@ async fn follow_up(
     else {
         return Err(Failure::not_found("account"));
     };
-    let Some(token) = state.processing.agents.token(&body.phone_number_id) else {
-        return Err(Failure::new(
-            StatusCode::CONFLICT,
-            "no_graph_token",
-            "the account has no Graph API token configured (access_token_env)",
-        ));
-    };
+    let token = super::messages::graph_token(&state, &body.phone_number_id)?;
     let mut contacts = match body.leads.filter.as_str() {
         "not_contacted" => {
             let days = body
@@ -162,17 +156,7 @@ async fn follow_up(
         body.skip_open_window.unwrap_or(true),
     )
     .await?;
-    let plan = match plan {
-        Ok(p) => p,
-        Err(r) => {
-            let status = match r {
-                Refusal::NotFound => StatusCode::NOT_FOUND,
-                Refusal::Parameters(_) => StatusCode::BAD_REQUEST,
-                _ => StatusCode::CONFLICT,
-            };
-            return Err(Failure::new(status, r.reason(), r.message()));
-        }
-    };
+    let plan = plan.map_err(super::messages::refusal)?;
     let answer = FollowUpPlan {
         dry_run: body.dry_run,
         send: plan.send.clone(),

@@ -131,13 +131,7 @@ async fn send(
     {
         return Err(Failure::not_found("account"));
     }
-    let Some(token) = state.processing.agents.token(&body.phone_number_id) else {
-        return Err(Failure::new(
-            StatusCode::CONFLICT,
-            "no_graph_token",
-            "the account has no Graph API token configured (access_token_env)",
-        ));
-    };
+    let token = graph_token(&state, &body.phone_number_id)?;
     let window = conversations::service_window(&state.db, conv.id, Utc::now()).await?;
     if body.template.is_none() && !window.service_window_open {
         return Err(Failure::new(
@@ -256,9 +250,27 @@ async fn send(
     Ok(respond(outcome))
 }
 
+/// The Graph API token of an account, or 409 `no_graph_token`.
+pub(super) fn graph_token<'a>(
+    state: &'a AppState,
+    phone_number_id: &str,
+) -> Result<&'a str, Failure> {
+    state
+        .processing
+        .agents
+        .token(phone_number_id)
+        .ok_or_else(|| {
+            Failure::new(
+                StatusCode::CONFLICT,
+                "no_graph_token",
+                "the account has no Graph API token configured (access_token_env)",
+            )
+        })
+}
+
 /// A refused template send: 404 for a template the catalog lacks, 409 for one that may not be
 /// sent (not approved, opted out), 400 for parameters that do not match.
-fn refusal(r: Refusal) -> Failure {
+pub(super) fn refusal(r: Refusal) -> Failure {
     let status = match r {
         Refusal::NotFound => StatusCode::NOT_FOUND,
         Refusal::Parameters(_) => StatusCode::BAD_REQUEST,
