@@ -203,12 +203,7 @@ pub async fn graph() -> Fake {
         Path((version, pnid)): Path<(String, String)>,
         headers: HeaderMap,
     ) -> Response {
-        let token = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("")
-            .to_owned();
+        let token = bearer(&headers);
         fake.take(format!("GET /{version}/{pnid}"), json!({"token": token}));
         if token == OWNER_TOKEN {
             Json(json!({"id": pnid, "display_phone_number": "+1 555 000 0000", "verified_name": "Owner"})).into_response()
@@ -228,12 +223,7 @@ pub async fn graph() -> Fake {
         axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
         headers: HeaderMap,
     ) -> Response {
-        let token = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("")
-            .to_owned();
+        let token = bearer(&headers);
         fake.take(
             format!("GET /{version}/{waba}/message_templates"),
             json!({"token": token, "query": q}),
@@ -279,6 +269,16 @@ pub async fn graph() -> Fake {
             .route("/{version}/{pnid}", axum::routing::get(number)),
     )
     .await
+}
+
+/// The request's bearer token ("" for none).
+fn bearer(headers: &HeaderMap) -> String {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_owned()
 }
 
 /// The Graph token the fake treats as the owner of every number.
