@@ -133,9 +133,7 @@ async fn accept_meta(
                 .iter()
                 .flat_map(|w| directory.of_waba(w).iter().cloned())
                 .collect();
-            verify_accounts(&directory, &pnids, body, &expected, |a: &Account| {
-                Some(a.app_secret.as_str())
-            })?
+            verify_waba_accounts(&directory, &pnids, body, &expected)?
         }
         // Naming neither: each distinct app secret once (accounts of one Meta app share one),
         // for a body small enough to be an account-level webhook.
@@ -276,6 +274,37 @@ fn verify_accounts<'d>(
         return Err(ApiError::Forbidden("bad_signature"));
     }
     Ok(directory.tenant_of(ids))
+}
+
+/// At most this many distinct secrets are tried for a body that names only a WABA.
+const MAX_WABA_SECRETS: usize = 8;
+
+/// A body that names only WhatsApp Business Accounts. Their accounts may have several signers
+/// (a WABA id is not proven: another tenant can give its own number any WABA id), so the body
+/// is tried against each distinct app secret of those accounts, oldest account first, and may
+/// act only on the accounts of the secret that verifies it. One signer can therefore never
+/// make another's account-level webhooks fail (as requiring one secret for all did).
+fn verify_waba_accounts(
+    directory: &Directory,
+    ids: &[String],
+    body: &[u8],
+    expected: &signature::Digest32,
+) -> Result<Tenant, ApiError> {
+    let mut accounts: Vec<&Account> = ids.iter().filter_map(|id| directory.get(id)).collect();
+    accounts.sort_by_key(|a| a.id);
+    let mut secrets: Vec<(&str, Vec<String>)> = Vec::new();
+    for a in accounts {
+        match secrets.iter_mut().find(|(s, _)| *s == a.app_secret) {
+            Some((_, ids)) => ids.push(a.phone_number_id.clone()),
+            None => secrets.push((a.app_secret.as_str(), vec![a.phone_number_id.clone()])),
+        }
+    }
+    for (secret, ids) in secrets.iter().take(MAX_WABA_SECRETS) {
+        if signature::verify(secret.as_bytes(), body, expected) {
+            return Ok(directory.tenant_of(ids));
+        }
+    }
+    Err(ApiError::Forbidden("bad_signature"))
 }
 
 /// UTF-8 without NUL: what a text column holds on both backends (PostgreSQL refuses NUL).

@@ -21,6 +21,7 @@ both_backends!(
     a_template_send_is_checked_before_it_leaves_and_sent_once,
     leads_get_one_template_each_per_campaign_key,
     the_templates_sync_command_reads_the_catalog,
+    a_tenant_claiming_another_tenants_waba_changes_only_its_own_catalog,
 );
 
 pub(crate) const WABA: &str = "102290129340398";
@@ -452,6 +453,10 @@ async fn a_template_send_is_checked_before_it_leaves_and_sent_once(backend: Back
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["error"]["code"], "marketing_opted_out");
     assert_eq!(template_sends(&graph).len(), before);
+    // A wrong type is a 400, not a send.
+    let (status, _) = call(&app, Method::POST, "/api/v1/messages", Some(&op),
+        Some(send_body(conv, json!({"name": "order_update", "language": "en_US", "parameters": {"order_id": 42, "state": ["x"]}}), "typed"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     // A utility template still goes.
     let (status, _) = call(&app, Method::POST, "/api/v1/messages", Some(&op),
         Some(send_body(conv, json!({"name": "order_update", "language": "en_US", "parameters": {"order_id": "42", "state": "shipped"}}), "order-42"))).await;
@@ -616,6 +621,12 @@ async fn leads_get_one_template_each_per_campaign_key(backend: Backend) {
         sent[1]["template"]["components"][0]["parameters"][0]["text"],
         "Bea"
     );
+    // Her message row (which moves last_contact_at) is stored right after the send's record.
+    app.wait_for(
+        "SELECT COUNT(*) FROM messages WHERE message_type = 'template'",
+        1,
+    )
+    .await;
     // Bea was contacted now: "not contacted in 2 days" no longer finds her.
     let (_, plan) = call(
         &app,
@@ -703,5 +714,65 @@ access_token = "graph-token"
     config.accounts.truncate(1);
     let app = TestApp::start_on(test_db, config).await;
     assert_eq!(app.count("message_templates").await, 5);
+    app.stop().await;
+}
+
+/// Globex's admin gives Globex's number Acme's WABA id (nothing checks a WABA id) and signs a
+/// status update for it with Globex's own secret: it is applied in Globex's workspace only,
+/// Acme's catalog does not move, and Acme's own template webhooks still pass (one secret for
+/// all of a WABA's accounts used to refuse them all as cross-tenant).
+async fn a_tenant_claiming_another_tenants_waba_changes_only_its_own_catalog(backend: Backend) {
+    let graph = fakes::graph().await;
+    graph.catalog(catalog());
+    let base = graph.base.clone();
+    let app = TestApp::start_with(backend, move |c| {
+        c.graph.base_url = base;
+        c.accounts[0].waba_id = Some(WABA.into());
+        c.accounts[0].access_token = Some("graph-token".into());
+        c.accounts[2].waba_id = Some(WABA.into());
+    })
+    .await;
+    wait_catalog(&app, 5).await;
+    let forged = template_webhook(
+        WABA,
+        "message_template_status_update",
+        json!({
+        "event": "DISABLED", "message_template_id": 9002, "message_template_name": "order_update",
+        "message_template_language": "en_US", "reason": "NONE", "message_template_category": "UTILITY"}),
+    );
+    let res = app.post_meta(forged, GLOBEX_SECRET).await;
+    assert_eq!(
+        res.status(),
+        200,
+        "validly signed by Globex for its own number's WABA"
+    );
+    app.wait_processed(1).await;
+    let acme = app
+        .text("SELECT w.name FROM message_templates t JOIN workspaces w ON w.id = t.workspace_id WHERE t.status = 'DISABLED'")
+        .await;
+    assert_eq!(
+        acme.as_deref(),
+        Some("globex"),
+        "only Globex's catalog has it"
+    );
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM message_templates t JOIN workspaces w ON w.id = t.workspace_id WHERE w.name = 'acme' AND t.status = 'APPROVED'").await,
+        4,
+        "Acme's catalog is as the Graph API gave it"
+    );
+    // And Acme's own webhooks for its WABA still pass and act in Acme's catalog.
+    let paused = template_webhook(
+        WABA,
+        "message_template_status_update",
+        json!({
+        "event": "PAUSED", "message_template_id": 9001, "message_template_name": "reengage",
+        "message_template_language": "en_US", "reason": "NONE"}),
+    );
+    assert_eq!(app.post_meta(paused, ACME_SECRET).await.status(), 200);
+    app.wait_processed(2).await;
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM message_templates t JOIN workspaces w ON w.id = t.workspace_id WHERE w.name = 'acme' AND t.status = 'PAUSED' AND t.name = 'reengage'").await,
+        1
+    );
     app.stop().await;
 }
