@@ -26,6 +26,19 @@ fn text(v: &Value, key: &str) -> Option<String> {
 /// Stores one page's templates as the Graph API lists them; the catalog's templates of that
 /// WABA the list no longer has become `DELETED`. How many did.
 pub async fn replace_catalog(
+    db: &sea_orm::DatabaseConnection,
+    workspace_id: i64,
+    waba_id: &str,
+    list: &[Value],
+) -> Result<usize, DbErr> {
+    // One transaction: a reader sees the old catalog or the new one, never half of it.
+    let tx = sea_orm::TransactionTrait::begin(db).await?;
+    let gone = replace_in(&tx, workspace_id, waba_id, list).await?;
+    tx.commit().await?;
+    Ok(gone)
+}
+
+async fn replace_in(
     db: &impl ConnectionTrait,
     workspace_id: i64,
     waba_id: &str,

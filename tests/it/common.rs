@@ -298,7 +298,8 @@ impl TestApp {
         values[0]
     }
 
-    /// Waits (on processing progress, never a fixed sleep) until `sql` yields `expected`.
+    /// Waits until `sql` yields `expected`: re-checked on processing progress, and every
+    /// 50 ms for work that commits outside the store writer (catalog syncs, media jobs).
     pub async fn wait_for(&self, sql: &str, expected: i64) {
         let mut progress = self.running().progress();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -308,12 +309,11 @@ impl TestApp {
             if now == expected {
                 return;
             }
-            if tokio::time::timeout_at(deadline, progress.changed())
-                .await
-                .is_err()
-            {
+            if tokio::time::Instant::now() >= deadline {
                 panic!("timed out waiting for `{sql}` to be {expected}; it is {now}");
             }
+            let poll = tokio::time::Instant::now() + Duration::from_millis(50);
+            let _ = tokio::time::timeout_at(poll.min(deadline), progress.changed()).await;
         }
     }
 
