@@ -123,6 +123,7 @@ pub async fn run(config: Config, args: Args) -> anyhow::Result<String> {
                             metadata: "{}".into(),
                             status: MessageStatus::Received,
                             sender: None,
+                            media: None,
                         }],
                         statuses: Vec::new(),
                         amendments: Vec::new(),

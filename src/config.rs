@@ -26,6 +26,7 @@ pub struct Config {
     pub graph: GraphConfig,
     pub cluster: ClusterConfig,
     pub tenants: TenantsConfig,
+    pub media: MediaConfig,
     /// AI agent types by name.
     #[serde(default)]
     pub agents: std::collections::BTreeMap<String, AgentConfig>,
@@ -152,6 +153,21 @@ pub struct AgentConfig {
     /// follow-ups on does not write to every old lead at once).
     #[serde(default = "d::follow_up_within_ms")]
     pub follow_up_within_ms: u64,
+    /// Images of the burst go to the model as `image_url` parts (a model that sees).
+    #[serde(default)]
+    pub vision: bool,
+    /// An image larger than this (bytes, or pixels on its longer side) is scaled down first.
+    #[serde(default = "d::vision_max_bytes")]
+    pub vision_max_bytes: usize,
+    #[serde(default = "d::vision_max_side")]
+    pub vision_max_side: u32,
+    /// Voice notes and audio are transcribed with this model (`POST /audio/transcriptions`)
+    /// and the transcript put in the context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcribe_model: Option<String>,
+    /// How long a turn waits for the burst's files to be fetched before it goes on without.
+    #[serde(default = "d::media_wait_ms")]
+    pub media_wait_ms: u64,
 }
 
 /// The field a chat-completions request names its reply limit with.
@@ -239,6 +255,15 @@ mod d {
     pub fn follow_up_within_ms() -> u64 {
         7 * 24 * 3_600_000
     }
+    pub fn vision_max_bytes() -> usize {
+        1_000_000
+    }
+    pub fn vision_max_side() -> u32 {
+        1536
+    }
+    pub fn media_wait_ms() -> u64 {
+        15_000
+    }
 }
 
 impl AgentConfig {
@@ -275,6 +300,11 @@ impl AgentConfig {
             follow_up_template_parameters: Vec::new(),
             follow_up_prompt: d::follow_up_prompt(),
             follow_up_within_ms: d::follow_up_within_ms(),
+            vision: false,
+            vision_max_bytes: d::vision_max_bytes(),
+            vision_max_side: d::vision_max_side(),
+            transcribe_model: None,
+            media_wait_ms: d::media_wait_ms(),
         }
     }
 
@@ -406,6 +436,67 @@ pub struct HealthConfig {
     pub max_pending_age_seconds: u64,
     pub stuck_after_seconds: u64,
     pub gauge_interval_ms: u64,
+}
+
+/// Where the files customers send are kept, and how their jobs fetch them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// `fs` (a folder) or `s3` (a bucket, `[media.s3]`).
+    pub store: MediaStoreKind,
+    /// The folder of the `fs` store (created if missing).
+    pub path: String,
+    /// Files stored longer ago are deleted (and their rows marked `deleted`); 0: kept.
+    pub keep_days: u64,
+    /// Downloads at once.
+    pub concurrency: usize,
+    /// How often due jobs are looked for (also after every store commit).
+    pub poll_ms: u64,
+    /// A worker holds a job this long; one that died holding it gives it up then.
+    pub lease_ms: u64,
+    /// A failed fetch is tried again after this, doubling up to `retry_max_ms`, until the
+    /// media id expires (7 days after the message).
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// One fetch (metadata and download) may take this long.
+    pub download_timeout_ms: u64,
+    /// No file is larger (on top of WhatsApp's limits per type).
+    pub max_bytes: u64,
+    /// How often old files are looked for when `keep_days` is set.
+    pub retention_every_ms: u64,
+    #[serde(default)]
+    pub s3: S3Config,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaStoreKind {
+    Fs,
+    S3,
+}
+
+/// An S3 bucket (AWS or any S3-protocol server). Credentials come from the environment
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, …) unless given here.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    #[serde(default)]
+    pub bucket: String,
+    /// Keys start with this (e.g. `wahook/`).
+    #[serde(default)]
+    pub prefix: String,
+    /// Another S3-protocol server (MinIO, moto, …); empty: AWS.
+    #[serde(default)]
+    pub endpoint: String,
+    #[serde(default)]
+    pub region: String,
+    /// Allow an `http://` endpoint.
+    #[serde(default)]
+    pub allow_http: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
 }
 
 /// What one workspace may hold.
@@ -644,9 +735,46 @@ impl Config {
                 "tenants.max_accounts_per_workspace",
                 self.tenants.max_accounts_per_workspace as u64,
             ),
+            ("media.concurrency", self.media.concurrency as u64),
+            ("media.poll_ms", self.media.poll_ms),
+            ("media.lease_ms", self.media.lease_ms),
+            ("media.retry_base_ms", self.media.retry_base_ms),
+            ("media.retry_max_ms", self.media.retry_max_ms),
+            ("media.download_timeout_ms", self.media.download_timeout_ms),
+            ("media.max_bytes", self.media.max_bytes),
+            ("media.retention_every_ms", self.media.retention_every_ms),
         ];
         for (key, _) in positive.iter().filter(|(_, value)| *value == 0) {
             errs.push(invalid(key, "must be at least 1"));
+        }
+        match self.media.store {
+            MediaStoreKind::Fs if self.media.path.trim().is_empty() => {
+                errs.push(invalid(
+                    "media.path",
+                    "must name a folder for store = \"fs\"",
+                ));
+            }
+            MediaStoreKind::S3 => {
+                if self.media.s3.bucket.trim().is_empty() {
+                    errs.push(invalid(
+                        "media.s3.bucket",
+                        "must name a bucket for store = \"s3\"",
+                    ));
+                }
+                let e = &self.media.s3.endpoint;
+                if !(e.is_empty() || e.starts_with("http://") || e.starts_with("https://")) {
+                    errs.push(invalid(
+                        "media.s3.endpoint",
+                        "must start with http:// or https://",
+                    ));
+                } else if e.starts_with("http://") && !self.media.s3.allow_http {
+                    errs.push(invalid(
+                        "media.s3.endpoint",
+                        "is http://: set media.s3.allow_http = true to allow it",
+                    ));
+                }
+            }
+            MediaStoreKind::Fs => {}
         }
         if self.cluster.enabled() {
             if !self.database.url.starts_with("postgres") {
@@ -840,6 +968,9 @@ impl Config {
             if a.access_token.is_some() {
                 a.access_token = Some("<redacted>".into());
             }
+        }
+        if copy.media.s3.secret_access_key.is_some() {
+            copy.media.s3.secret_access_key = Some("<redacted>".into());
         }
         for p in &mut copy.kapso_projects {
             if p.secret.is_some() {

@@ -13,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod ingest;
 pub mod loadgen;
+pub mod media;
 pub mod metrics;
 pub mod store;
 pub mod telemetry;
@@ -46,7 +47,7 @@ pub struct Running {
     store_writer: JoinHandle<()>,
     gauges: JoinHandle<()>,
     checkpointer: JoinHandle<()>,
-    /// The follow-up sweep and the start-up catalog sync.
+    /// The follow-up sweep, the start-up catalog sync and the media worker.
     background: Vec<JoinHandle<()>>,
     root: ActorRef<RootMsg>,
     /// Cluster mode: this node's part and its task (leases, consumers, sweeper).
@@ -297,6 +298,23 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         ctx.clone(),
     ));
     let follow_ups = tokio::spawn(actors::followups::run(ctx.clone()));
+    // Media jobs: on a single node nobody else can hold one, so a dead process's leases go.
+    if !ctx.cluster {
+        let released = store::media::release_leases(&db)
+            .await
+            .context("releasing media jobs held by a previous process")?;
+        if released > 0 {
+            tracing::info!(
+                released,
+                "media jobs a previous process held are taken up again"
+            );
+        }
+    }
+    let media_jobs = tokio::spawn(media::worker::run(
+        ctx.agents.media.clone(),
+        db.clone(),
+        ctx.store.progress(),
+    ));
     // The template catalog, read once at start (it is kept current by the template webhooks).
     let catalog = {
         let (db, agents, directory) = (db.clone(), ctx.agents.clone(), ctx.directory());
@@ -332,7 +350,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         writer,
         store_writer,
         checkpointer,
-        background: vec![follow_ups, catalog],
+        background: vec![follow_ups, catalog, media_jobs],
         root,
         cluster,
     })

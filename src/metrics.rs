@@ -44,6 +44,15 @@ pub const AGENT_REPLIES: &str = "wahook_agent_replies_total";
 pub const TEMPLATES_SENT: &str = "wahook_templates_sent_total";
 pub const TEMPLATE_SYNCS: &str = "wahook_template_syncs_total";
 pub const TEMPLATE_UPDATES: &str = "wahook_template_updates_total";
+/// Media jobs by outcome: stored, failed, retry, deleted (retention).
+pub const MEDIA_JOBS: &str = "wahook_media_jobs_total";
+/// Bytes of files stored, by store (fs, s3).
+pub const MEDIA_BYTES: &str = "wahook_media_bytes_stored_total";
+/// One fetch of a file (Graph metadata and download).
+pub const MEDIA_FETCH_SECONDS: &str = "wahook_media_fetch_duration_seconds";
+/// What the agent did with the burst's files: image (sent as a part), transcript (made by the
+/// provider, or Kapso's), marker (neither), by outcome.
+pub const AGENT_MEDIA: &str = "wahook_agent_media_total";
 /// Follow-ups by stage: due (found by the sweep), sent (text or template), cancelled (reason).
 pub const FOLLOW_UPS: &str = "wahook_follow_ups_total";
 /// Wall time of each step of the two hot writers' commits (`step`: inbox_append, inbox_flush, begin,
@@ -81,6 +90,7 @@ pub const HISTOGRAMS: &[&str] = &[
     DB_STEP_DURATION,
     WRITE_GATE_WAIT,
     CLUSTER_PUBLISH_DURATION,
+    MEDIA_FETCH_SECONDS,
 ];
 
 /// Webhook outcomes, registered at zero so dashboards and alerts see series before the first
@@ -362,6 +372,27 @@ fn describe() {
         CLUSTER_REBALANCES,
         "Cluster mode: partitions taken (claimed) or handed back (released) by this node."
     );
+    describe_counter!(
+        MEDIA_JOBS,
+        "Media jobs by outcome: stored, failed (with the reason on the row), retry, deleted (media.keep_days)."
+    );
+    describe_counter!(MEDIA_BYTES, "Bytes of files stored, by store (fs, s3).");
+    describe_histogram!(
+        MEDIA_FETCH_SECONDS,
+        Unit::Seconds,
+        "One fetch of a file from the Graph API: the media id's URL and the download."
+    );
+    describe_counter!(
+        AGENT_MEDIA,
+        "Files of a burst as the agent used them: kind (image, transcript), outcome (sent, made, kapso, unsupported, failed, not_stored)."
+    );
+    let _ = metrics::histogram!(MEDIA_FETCH_SECONDS);
+    for outcome in ["stored", "failed", "retry", "deleted"] {
+        metrics::counter!(MEDIA_JOBS, "outcome" => outcome).increment(0);
+    }
+    for store in ["fs", "s3"] {
+        metrics::counter!(MEDIA_BYTES, "store" => store).increment(0);
+    }
     // Registered (no observation) so its series exist on a single node too.
     let _ = metrics::histogram!(CLUSTER_PUBLISH_DURATION);
     metrics::gauge!(CLUSTER_PARTITIONS_OWNED).set(0.0);

@@ -7,6 +7,7 @@ pub mod audit_log;
 pub mod contacts;
 pub mod conversation_state_transitions;
 pub mod conversations;
+pub mod media;
 pub mod message_templates;
 pub mod messages;
 pub mod outbound_messages;
@@ -24,6 +25,7 @@ pub mod prelude {
     pub use super::contacts::Entity as Contacts;
     pub use super::conversation_state_transitions::Entity as ConversationStateTransitions;
     pub use super::conversations::Entity as Conversations;
+    pub use super::media::Entity as Media;
     pub use super::message_templates::Entity as MessageTemplates;
     pub use super::messages::Entity as Messages;
     pub use super::outbound_messages::Entity as OutboundMessages;

@@ -16,6 +16,7 @@ mod m20261202_000011_pricing;
 mod m20261202_000012_identity_groups;
 mod m20261202_000013_agent_turn_outcomes;
 mod m20261202_000014_message_templates;
+mod m20261202_000015_media;
 
 pub struct Migrator;
 
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000012_identity_groups::Migration),
             Box::new(m20261202_000013_agent_turn_outcomes::Migration),
             Box::new(m20261202_000014_message_templates::Migration),
+            Box::new(m20261202_000015_media::Migration),
         ]
     }
 }

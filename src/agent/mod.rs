@@ -26,6 +26,8 @@ pub struct Agents {
     /// Graph API access token per `phone_number_id` of an account with an agent.
     tokens: HashMap<String, String>,
     pub graph: Arc<Graph>,
+    /// The media store and its fetcher (files a model sees or hears are read from it).
+    pub media: Arc<crate::media::Media>,
 }
 
 /// What a conversation needs to answer through an account.
@@ -33,6 +35,7 @@ pub struct Agents {
 pub struct Answerer {
     pub provider: Arc<Provider>,
     pub graph: Arc<Graph>,
+    pub media: Arc<crate::media::Media>,
     pub phone_number_id: String,
     pub token: String,
 }
@@ -56,6 +59,7 @@ impl Agents {
             providers,
             tokens,
             graph: Arc::new(Graph::new(&config.graph)?),
+            media: Arc::new(crate::media::Media::new(config)?),
         })
     }
 
@@ -73,6 +77,7 @@ impl Agents {
         };
         Some(Answerer {
             provider,
+            media: self.media.clone(),
             graph: self.graph.clone(),
             phone_number_id: phone_number_id.to_owned(),
             token: token.clone(),

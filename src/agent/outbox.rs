@@ -131,6 +131,7 @@ pub async fn send_once(o: Outgoing<'_>) -> Outcome {
                 .to_string(),
                 status: MessageStatus::Accepted,
                 sender: None,
+                media: None,
             };
             let set = ChangeSet {
                 event_id: o.event_id,

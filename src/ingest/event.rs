@@ -225,6 +225,69 @@ pub struct MessageItem {
     pub status: MessageStatus,
     /// Who wrote it, for a group message (the conversation is the group's).
     pub sender: Option<Sender>,
+    /// The file it carries (image, audio, video, document, sticker), fetched by a media job.
+    pub media: Option<MediaRef>,
+}
+
+/// A file a message names: what the webhook says of it. The bytes are fetched later from the
+/// Graph API by the media id (the download URL lives minutes, the id 7 days).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MediaRef {
+    /// The message type: `image`, `audio`, `video`, `document` or `sticker`.
+    pub kind: String,
+    pub media_id: String,
+    pub mime_type: Option<String>,
+    /// As the webhook gives it (hex or base64).
+    pub sha256: Option<String>,
+    pub filename: Option<String>,
+    /// A voice note (`audio.voice`).
+    pub voice: bool,
+    /// Kapso's own transcript of a voice note (`kapso.transcript.text`).
+    pub transcript: Option<String>,
+}
+
+/// The message types that carry a file.
+pub const MEDIA_TYPES: [&str; 5] = ["image", "audio", "video", "document", "sticker"];
+
+impl MediaRef {
+    /// The file of a message object `m` of type `message_type`; `None` for other types, or
+    /// when the media id is missing or not an id (it goes into a Graph URL path: only ASCII
+    /// letters, digits, `_` and `-`, at most 128).
+    pub fn of(message_type: &str, m: &serde_json::Value) -> Option<Self> {
+        if !MEDIA_TYPES.contains(&message_type) {
+            return None;
+        }
+        let obj = m.get(message_type)?;
+        let text = |v: Option<&serde_json::Value>, max: usize| {
+            v.and_then(serde_json::Value::as_str)
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| s.chars().take(max).collect::<String>())
+        };
+        let media_id = obj.get("id")?.as_str()?;
+        if media_id.is_empty()
+            || media_id.len() > 128
+            || !media_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return None;
+        }
+        Some(Self {
+            kind: message_type.to_owned(),
+            media_id: media_id.to_owned(),
+            mime_type: text(obj.get("mime_type"), 128),
+            sha256: text(obj.get("sha256"), 128),
+            filename: text(obj.get("filename"), 255),
+            voice: obj.get("voice").and_then(serde_json::Value::as_bool) == Some(true),
+            transcript: text(
+                m.get("kapso")
+                    .and_then(|k| k.get("transcript"))
+                    .and_then(|t| t.get("text")),
+                20_000,
+            ),
+        })
+    }
 }
 
 /// The participant who wrote a group message.

@@ -22,8 +22,8 @@ use sea_orm::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    amendments, contacts, conversations, dlq, identities, inbox, messages, sql::count_statement,
-    statuses, transitions,
+    amendments, contacts, conversations, dlq, identities, inbox, media, messages,
+    sql::count_statement, statuses, transitions,
 };
 use crate::{
     config::DatabaseConfig,
@@ -522,6 +522,13 @@ async fn apply_sets(
     let t = std::time::Instant::now();
     let inserted = messages::insert(tx, sets, &contacts, &conversations, report, now).await?;
     m::step("messages", t);
+    // 3b. Media: a fetch job for each stored message that carries a file.
+    if sets
+        .iter()
+        .any(|s| s.messages.iter().any(|m| m.media.is_some()))
+    {
+        media::enqueue(tx, sets, now).await?;
+    }
     // 4. Statuses: the highest rank per wamid; placeholders for wamids not stored yet.
     let t = std::time::Instant::now();
     statuses::apply(tx, sets, &contacts, &conversations, now).await?;

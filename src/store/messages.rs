@@ -179,6 +179,82 @@ pub struct MessageView {
     /// Who wrote it, in a group's conversation (the participant's phone, user id, name).
     #[schema(value_type = Option<SenderView>)]
     pub sender: Option<crate::ingest::event::Sender>,
+    /// The file it carries (image, audio, video, document, sticker) and where it stands.
+    pub media: Option<MediaView>,
+    /// A shared location.
+    pub location: Option<LocationView>,
+}
+
+/// A message's file: `pending` (being fetched), `stored` (at `url`), `failed` (with
+/// `error`), or `deleted` (after `media.keep_days`).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct MediaView {
+    pub id: i64,
+    /// `image`, `audio`, `video`, `document`, `sticker`.
+    pub kind: String,
+    pub status: String,
+    pub mime_type: Option<String>,
+    pub size: Option<i64>,
+    /// Hex sha256 of the stored bytes.
+    pub sha256: Option<String>,
+    pub filename: Option<String>,
+    /// A voice note.
+    pub voice: bool,
+    /// `GET` it with the same token (`/api/v1/media/{id}`), once stored.
+    pub url: Option<String>,
+    pub error: Option<String>,
+    /// What a voice note or audio says, once transcribed.
+    pub transcript: Option<String>,
+}
+
+impl From<super::media::Media> for MediaView {
+    fn from(m: super::media::Media) -> Self {
+        Self {
+            url: (m.status == super::media::STORED).then(|| format!("/api/v1/media/{}", m.id)),
+            id: m.id,
+            kind: m.kind,
+            status: m.status,
+            mime_type: m.mime_type,
+            size: m.size,
+            sha256: m.sha256,
+            filename: m.filename,
+            voice: m.voice,
+            error: m.error,
+            transcript: m.transcript,
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct LocationView {
+    pub latitude: f64,
+    pub longitude: f64,
+    pub name: Option<String>,
+    pub address: Option<String>,
+}
+
+impl LocationView {
+    fn of(metadata: &str) -> Option<Self> {
+        let m: serde_json::Value = serde_json::from_str(metadata).ok()?;
+        let loc = m.get("location")?;
+        let num = |k: &str| {
+            loc.get(k).and_then(|v| {
+                v.as_f64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            })
+        };
+        let (latitude, longitude) = (num("latitude")?, num("longitude")?);
+        if !(-90.0..=90.0).contains(&latitude) || !(-180.0..=180.0).contains(&longitude) {
+            return None;
+        }
+        let text = |k: &str| loc.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        Some(Self {
+            latitude,
+            longitude,
+            name: text("name"),
+            address: text("address"),
+        })
+    }
 }
 
 /// The participant who wrote a group message.
@@ -242,6 +318,10 @@ pub async fn of_conversation(
             _ => Vec::new(),
         };
         index.insert(wamid.clone(), out.len());
+        let location = match message_type.as_str() {
+            "location" => LocationView::of(&r.try_get::<String>("", "metadata")?),
+            _ => None,
+        };
         out.push(MessageView {
             id: r.try_get("", "id")?,
             direction: r.try_get("", "direction")?,
@@ -258,10 +338,23 @@ pub async fn of_conversation(
             sender: r
                 .try_get::<Option<String>>("", "sender")?
                 .and_then(|s| serde_json::from_str(&s).ok()),
+            media: None,
+            location,
         });
     }
     if out.is_empty() {
         return Ok(out);
+    }
+    let with_files: Vec<i64> = out
+        .iter()
+        .filter(|m| crate::ingest::event::MEDIA_TYPES.contains(&m.message_type.as_str()))
+        .map(|m| m.id)
+        .collect();
+    if !with_files.is_empty() {
+        let mut files = super::media::of_messages(db, &with_files).await?;
+        for m in &mut out {
+            m.media = files.remove(&m.id).map(MediaView::from);
+        }
     }
     let mut sql = Sql::new(
         backend,

@@ -183,6 +183,7 @@ pub async fn unanswered(
                 metadata: r.try_get("", "metadata")?,
                 status: MessageStatus::Received,
                 sender: None,
+                media: None,
             },
         });
     }

@@ -87,6 +87,8 @@ pub struct TestDb {
     pub url: String,
     pub schema: String,
     _dir: Option<tempfile::TempDir>,
+    /// The `fs` media store's folder (kept across a test's restarts, like the database).
+    pub media: tempfile::TempDir,
 }
 
 impl TestDb {
@@ -100,6 +102,7 @@ impl TestDb {
                     url,
                     schema: String::new(),
                     _dir: Some(dir),
+                    media: tempfile::tempdir().expect("temp dir"),
                 }
             }
             Backend::Postgres => {
@@ -122,6 +125,7 @@ impl TestDb {
                     url,
                     schema,
                     _dir: None,
+                    media: tempfile::tempdir().expect("temp dir"),
                 }
             }
         }
@@ -131,6 +135,7 @@ impl TestDb {
         config.database.url = self.url.clone();
         config.database.schema = self.schema.clone();
         config.database.max_connections = 4;
+        config.media.path = self.media.path().display().to_string();
     }
 }
 

@@ -54,6 +54,46 @@ struct Inner {
     fallback: Option<Reply>,
     /// Graph: the template catalog `GET /{version}/{waba}/message_templates` pages through.
     catalog: Vec<Value>,
+    /// Graph: files by media id (`GET /{version}/{media_id}`, then its download URL).
+    media: std::collections::HashMap<String, FakeMedia>,
+    /// Graph: download URLs handed out (each works once, like Meta's short-lived ones).
+    urls_used: std::collections::HashSet<String>,
+    urls_issued: usize,
+    /// Media ids downloaded at least once.
+    downloads: std::collections::HashSet<String>,
+    /// URLs handed out per media id.
+    issued: std::collections::HashMap<String, usize>,
+}
+
+/// A file the Graph fake serves.
+#[derive(Clone, Default)]
+pub struct FakeMedia {
+    pub bytes: Vec<u8>,
+    pub mime_type: String,
+    /// The sha256 the Graph API claims (hex); `None`: the real one.
+    pub sha256: Option<String>,
+    /// The first URL handed out has already expired (404 on download).
+    pub first_url_expired: bool,
+    /// The media id no longer exists (Graph's 400, code 100).
+    pub gone: bool,
+    /// The first download never finishes (one in flight when the server dies).
+    pub hold_first: bool,
+}
+
+impl FakeMedia {
+    pub fn new(bytes: &[u8], mime_type: &str) -> Self {
+        Self {
+            bytes: bytes.to_vec(),
+            mime_type: mime_type.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The hex sha256 of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// A fake server: its base URL and what it was asked.
@@ -86,6 +126,19 @@ impl Fake {
     /// Graph: the templates the catalog endpoint lists.
     pub fn catalog(&self, templates: Vec<Value>) {
         self.inner.lock().unwrap().catalog = templates;
+    }
+
+    /// Graph: a file under a media id.
+    pub fn media(&self, id: &str, file: FakeMedia) {
+        self.inner.lock().unwrap().media.insert(id.into(), file);
+    }
+
+    /// Graph: requests whose path starts with `prefix`.
+    pub fn count(&self, prefix: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|(p, _)| p.starts_with(prefix))
+            .count()
     }
 
     pub fn always(&self, reply: Reply) {
@@ -205,6 +258,10 @@ pub async fn graph() -> Fake {
     ) -> Response {
         let token = bearer(&headers);
         fake.take(format!("GET /{version}/{pnid}"), json!({"token": token}));
+        let file = fake.inner.lock().unwrap().media.get(&pnid).cloned();
+        if let Some(file) = file {
+            return media_info(&fake, &pnid, &token, file);
+        }
         if token == OWNER_TOKEN {
             Json(json!({"id": pnid, "display_phone_number": "+1 555 000 0000", "verified_name": "Owner"})).into_response()
         } else {
@@ -261,6 +318,7 @@ pub async fn graph() -> Fake {
     }
     start(
         Router::new()
+            .route("/files/{id}/{n}", axum::routing::get(download))
             .route("/{version}/{pnid}/messages", post(messages))
             .route(
                 "/{version}/{waba}/message_templates",
@@ -269,6 +327,79 @@ pub async fn graph() -> Fake {
             .route("/{version}/{pnid}", axum::routing::get(number)),
     )
     .await
+}
+
+/// `GET /{version}/{media_id}`: the file's URL (new each time), type, sha256 and size.
+fn media_info(fake: &Fake, id: &str, token: &str, file: FakeMedia) -> Response {
+    if token.is_empty() {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": {"message": "An access token is required", "type": "OAuthException", "code": 190}})),
+        )
+            .into_response();
+    }
+    if file.gone {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"message": format!("Unsupported get request. Object with ID '{id}' does not exist"), "type": "GraphMethodException", "code": 100, "error_subcode": 33}})),
+        )
+            .into_response();
+    }
+    let n = {
+        let mut inner = fake.inner.lock().unwrap();
+        inner.urls_issued += 1;
+        let n = inner.urls_issued;
+        let first = *inner.issued.entry(id.to_owned()).or_default() == 0;
+        *inner.issued.get_mut(id).unwrap() += 1;
+        // Expired before its first use: as if the job had waited past its minutes.
+        if first && file.first_url_expired {
+            inner.urls_used.insert(format!("{id}/{n}"));
+        }
+        n
+    };
+    Json(json!({
+        "messaging_product": "whatsapp",
+        "url": format!("{}/files/{id}/{n}", fake.base),
+        "mime_type": file.mime_type,
+        "sha256": file.sha256.clone().unwrap_or_else(|| sha256_hex(&file.bytes)),
+        "file_size": file.bytes.len().to_string(),
+        "id": id,
+    }))
+    .into_response()
+}
+
+/// A download URL: the bytes once, with the bearer token; 404 when used or expired.
+async fn download(
+    State(fake): State<Fake>,
+    Path((id, n)): Path<(String, usize)>,
+    headers: HeaderMap,
+) -> Response {
+    let token = bearer(&headers);
+    fake.take(format!("GET /files/{id}/{n}"), json!({"token": token}));
+    let (file, used, first) = {
+        let mut inner = fake.inner.lock().unwrap();
+        let file = inner.media.get(&id).cloned();
+        let used = !inner.urls_used.insert(format!("{id}/{n}"));
+        let first = inner.downloads.insert(id.clone());
+        (file, used, first)
+    };
+    let Some(file) = file else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if token.is_empty() {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if used {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    if file.hold_first && first {
+        std::future::pending::<()>().await;
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, file.mime_type.clone())],
+        file.bytes.clone(),
+    )
+        .into_response()
 }
 
 /// The request's bearer token ("" for none).

@@ -18,6 +18,7 @@ mod fuzz;
 mod identity;
 mod intake;
 mod llama;
+mod media;
 mod models;
 mod observability;
 mod preferences;

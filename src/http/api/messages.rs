@@ -371,6 +371,7 @@ async fn record(
             metadata: json!({"recorded_by": caller.0.actor}).to_string(),
             status: MessageStatus::Sent,
             sender: None,
+            media: None,
         }],
         statuses: Vec::new(),
         amendments: Vec::new(),

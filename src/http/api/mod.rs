@@ -16,6 +16,7 @@ pub mod conversations;
 pub mod dlq;
 pub mod events;
 pub mod leads;
+pub mod media;
 pub mod messages;
 pub mod stats;
 pub mod templates;
@@ -98,6 +99,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(tokens::router())
         .merge(templates::router())
         .merge(leads::router())
+        .merge(media::router())
 }
 
 /// The OpenAPI 3.1 document of the operator API.
