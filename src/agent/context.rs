@@ -14,6 +14,10 @@ pub struct Turn {
     /// a revoke removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wamid: Option<String>,
+    /// Images the model is shown with this turn (`data:` URLs), for this request only: never
+    /// kept in the stored context.
+    #[serde(skip)]
+    pub images: Vec<String>,
 }
 
 /// What a revoked message's turn says instead of its text.
@@ -25,6 +29,7 @@ impl Turn {
             role: "user".into(),
             content: content.into(),
             wamid: None,
+            images: Vec::new(),
         }
     }
 
@@ -41,6 +46,7 @@ impl Turn {
             role: "assistant".into(),
             content: content.into(),
             wamid: None,
+            images: Vec::new(),
         }
     }
 }
@@ -148,11 +154,13 @@ pub fn alternate(turns: &[Turn]) -> Vec<Turn> {
             Some(last) if last.role == t.role => {
                 last.content.push('\n');
                 last.content.push_str(&t.content);
+                last.images.extend(t.images.iter().cloned());
             }
             _ => out.push(Turn {
                 role: t.role.clone(),
                 content: t.content.clone(),
                 wamid: None,
+                images: t.images.clone(),
             }),
         }
     }

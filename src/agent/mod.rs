@@ -5,6 +5,7 @@
 
 pub mod breaker;
 pub mod context;
+pub mod files;
 pub mod followup;
 pub mod graph;
 pub mod leads;

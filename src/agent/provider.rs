@@ -38,6 +38,17 @@ pub struct Provider {
     ratio: Mutex<f64>,
     /// The server's window as an overflow answer gave it (when `context_window` is not set).
     window: Mutex<Option<usize>>,
+    /// The server answered that it has no `/audio/transcriptions` (said once in the log; not
+    /// asked again).
+    no_transcriptions: std::sync::atomic::AtomicBool,
+}
+
+/// Why a voice note has no transcript.
+#[derive(Debug)]
+pub enum TranscribeError {
+    /// The server has no transcription endpoint (Ollama, llama.cpp's server).
+    Unsupported,
+    Failed(String),
 }
 
 /// A reply and what it cost.
@@ -139,7 +150,80 @@ impl Provider {
             http,
             ratio: Mutex::new(1.0),
             window: Mutex::new(None),
+            no_transcriptions: Default::default(),
         })
+    }
+
+    /// What a voice note or audio file says: `POST {base_url}/audio/transcriptions`
+    /// (multipart `file` and `model`, OpenAI's shape), once, within the request timeout.
+    pub async fn transcribe(
+        &self,
+        model: &str,
+        bytes: Vec<u8>,
+        mime: &str,
+    ) -> Result<String, TranscribeError> {
+        use std::sync::atomic::Ordering;
+        if self.no_transcriptions.load(Ordering::Relaxed) {
+            return Err(TranscribeError::Unsupported);
+        }
+        let essence = crate::media::essence(mime);
+        // The format is read from the file name (whisper-1 and its peers).
+        let name = match essence.as_str() {
+            "audio/mpeg" | "audio/mp3" => "audio.mp3",
+            "audio/mp4" | "audio/m4a" | "audio/x-m4a" => "audio.m4a",
+            "audio/wav" | "audio/x-wav" => "audio.wav",
+            "audio/webm" => "audio.webm",
+            "audio/flac" => "audio.flac",
+            "audio/aac" => "audio.aac",
+            "audio/amr" => "audio.amr",
+            _ => "voice.ogg",
+        };
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name(name)
+            .mime_str(if essence.contains('/') {
+                &essence
+            } else {
+                "audio/ogg"
+            })
+            .map_err(|e| TranscribeError::Failed(e.to_string()))?;
+        let form = reqwest::multipart::Form::new()
+            .text("model", model.to_owned())
+            .text("response_format", "json")
+            .part("file", part);
+        let url = format!(
+            "{}/audio/transcriptions",
+            self.cfg.base_url.trim_end_matches('/')
+        );
+        let mut req = self.http.post(&url).multipart(form);
+        if let Some(key) = &self.api_key {
+            req = req.bearer_auth(key);
+        }
+        let res = req.send().await.map_err(|e| {
+            TranscribeError::Failed(format!("the provider could not be reached: {e}"))
+        })?;
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap_or_default();
+        match status {
+            200..=299 => {}
+            404 | 405 | 501 => {
+                if !self.no_transcriptions.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(agent = %self.name, url, status, "the provider has no /audio/transcriptions endpoint: voice notes stay markers in the context (unset transcribe_model, or point the agent at a server that transcribes)");
+                }
+                return Err(TranscribeError::Unsupported);
+            }
+            _ => {
+                return Err(TranscribeError::Failed(format!(
+                    "the provider answered {status}: {}",
+                    snippet(&text)
+                )));
+            }
+        }
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|_| TranscribeError::Failed(format!("not JSON: {}", snippet(&text))))?;
+        v["text"]
+            .as_str()
+            .map(|t| t.trim().chars().take(20_000).collect())
+            .ok_or_else(|| TranscribeError::Failed("the answer has no text".into()))
     }
 
     /// The server's prompt tokens per token of ours.
@@ -300,11 +384,19 @@ impl Provider {
                 first.content = format!("{prompt}\n\n{}", first.content);
             }
         }
-        messages.extend(
-            turns
-                .iter()
-                .map(|t| json!({"role": t.role, "content": t.content})),
-        );
+        // A turn with images is OpenAI's content parts: the text, then each image.
+        messages.extend(turns.iter().map(|t| match t.images.is_empty() {
+            true => json!({"role": t.role, "content": t.content}),
+            false => {
+                let mut parts = vec![json!({"type": "text", "text": t.content})];
+                parts.extend(
+                    t.images
+                        .iter()
+                        .map(|url| json!({"type": "image_url", "image_url": {"url": url}})),
+                );
+                json!({"role": t.role, "content": parts})
+            }
+        }));
         let mut body = json!({
             "model": self.cfg.model,
             "messages": messages,

@@ -172,7 +172,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
     turns.extend(notes(&input).await);
     let mut burst = input.burst.clone();
     burst.sort_by_key(|i| i.message.timestamp);
-    turns.extend(burst.iter().map(|i| Turn::of_message(&i.message)));
+    turns.extend(super::files::burst_turns(&input, &burst).await);
     let cfg = &provider.cfg;
     let bpe = context::tokenizer_for(&cfg.model);
     let mut tokens = context::truncate(bpe, &cfg.system_prompt, &mut turns, provider.budget());
@@ -231,6 +231,10 @@ async fn turn(mut input: TurnInput) -> TurnReport {
         }
     };
     let latency_ms = called.elapsed().as_millis() as i64;
+    // Images go with this request only: the kept context (and the next turn) has the markers.
+    for t in &mut turns {
+        t.images.clear();
+    }
     let answer = match answer {
         Ok((c, text)) if !text.is_empty() => Ok((c, text)),
         Ok((c, _)) => Err(ProviderError::Failed {

@@ -492,3 +492,37 @@ pub struct Normalized {
     /// Value-level errors and things stored but not processed (kept with the event).
     pub notes: Vec<String>,
 }
+
+#[cfg(test)]
+mod media_tests {
+    use super::*;
+
+    #[test]
+    fn a_file_reference_is_read_from_meta_and_kapso_messages() {
+        let meta = serde_json::json!({"type": "document", "document": {"id": "622684793477189",
+            "mime_type": "application/pdf", "sha256": "V5OPpLD/gEG6Xjg0MbmQDLFgcKsL+j5LfY4ny/pZ4MY=",
+            "filename": "receipt.pdf", "caption": "my receipt"}});
+        let f = MediaRef::of("document", &meta).unwrap();
+        assert_eq!(f.media_id, "622684793477189");
+        assert_eq!(f.filename.as_deref(), Some("receipt.pdf"));
+        assert!(!f.voice);
+        // Kapso's voice note with its own transcript.
+        let kapso = serde_json::json!({"type": "audio", "audio": {"id": "media_id_456", "voice": true},
+            "kapso": {"transcript": {"text": "Hello, I need help with my order"}}});
+        let f = MediaRef::of("audio", &kapso).unwrap();
+        assert!(f.voice);
+        assert_eq!(
+            f.transcript.as_deref(),
+            Some("Hello, I need help with my order")
+        );
+        // Not a file, or an id that is not an id (it goes into a URL path).
+        assert_eq!(
+            MediaRef::of("text", &serde_json::json!({"text": {"body": "hi"}})),
+            None
+        );
+        for bad in ["../../me", "1/2", "", "a b"] {
+            let m = serde_json::json!({"type": "image", "image": {"id": bad}});
+            assert_eq!(MediaRef::of("image", &m), None, "{bad}");
+        }
+    }
+}

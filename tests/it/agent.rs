@@ -261,6 +261,7 @@ async fn a_long_context_is_cut_to_the_token_budget(backend: Backend) {
             role: m["role"].as_str().unwrap().into(),
             content: m["content"].as_str().unwrap().into(),
             wamid: None,
+            images: Vec::new(),
         })
         .collect();
     let bpe = context::tokenizer_for("gpt-4o-mini");

@@ -59,6 +59,8 @@ struct Inner {
     /// Graph: download URLs handed out (each works once, like Meta's short-lived ones).
     urls_used: std::collections::HashSet<String>,
     urls_issued: usize,
+    /// Provider: answer 404 on `/audio/transcriptions`.
+    no_transcriptions: bool,
     /// Media ids downloaded at least once.
     downloads: std::collections::HashSet<String>,
     /// URLs handed out per media id.
@@ -133,7 +135,12 @@ impl Fake {
         self.inner.lock().unwrap().media.insert(id.into(), file);
     }
 
-    /// Graph: requests whose path starts with `prefix`.
+    /// Provider: behave as a server without `/audio/transcriptions`.
+    pub fn no_transcriptions(&self) {
+        self.inner.lock().unwrap().no_transcriptions = true;
+    }
+
+    /// Requests whose path starts with `prefix`.
     pub fn count(&self, prefix: &str) -> usize {
         self.requests()
             .iter()
@@ -165,6 +172,12 @@ impl Fake {
                 );
             }
         }
+    }
+
+    /// Records a request without using the script.
+    fn record(&self, path: String, body: Value) {
+        self.inner.lock().unwrap().requests.push((path, body));
+        self.seen.send_modify(|n| *n += 1);
     }
 
     fn take(&self, path: String, body: Value) -> Option<Reply> {
@@ -219,7 +232,27 @@ pub async fn provider() -> Fake {
             .into_response(),
         }
     }
-    start(Router::new().route("/v1/chat/completions", post(completions))).await
+    /// `POST /v1/audio/transcriptions` (multipart): "Transcript N", or 404 like a server
+    /// that has no such endpoint once `no_transcriptions` is set.
+    async fn transcriptions(State(fake): State<Fake>, headers: HeaderMap, body: Bytes) -> Response {
+        let raw = String::from_utf8_lossy(&body).into_owned();
+        let n = fake.count("/v1/audio/transcriptions") + 1;
+        let missing = fake.inner.lock().unwrap().no_transcriptions;
+        fake.record(
+            "/v1/audio/transcriptions".into(),
+            json!({"content_type": headers.get("content-type").and_then(|v| v.to_str().ok()), "raw": raw}),
+        );
+        if missing {
+            return (StatusCode::NOT_FOUND, Json(json!({"detail": "Not Found"}))).into_response();
+        }
+        Json(json!({"text": format!("I need a new pump, part {n}")})).into_response()
+    }
+    start(
+        Router::new()
+            .route("/v1/chat/completions", post(completions))
+            .route("/v1/audio/transcriptions", post(transcriptions)),
+    )
+    .await
 }
 
 /// The Graph API's `/{version}/{phone_number_id}/messages`: sends get `wamid.out.N`, the

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use wahook::{config::MediaStoreKind, store::users::Role};
 
 use crate::{
-    agent::{CUSTOMER, messages_with, now_ts},
+    agent::{CUSTOMER, agent_app, messages_with, now_ts, wait_outbound},
     api::{call, user_with_token},
     both_backends,
     common::{ACME_SECRET, Backend, TestApp, test_config},
@@ -26,6 +26,8 @@ both_backends!(
     the_same_files_go_to_s3_on_a_real_s3_server,
     a_corrupt_or_vanished_file_fails_with_its_reason_and_the_conversation_goes_on,
     a_download_cut_by_a_crash_is_fetched_once_after_the_restart,
+    the_model_sees_the_photo_and_hears_the_voice_note,
+    a_provider_without_transcriptions_keeps_the_marker_and_answers,
 );
 
 pub(crate) const PHOTO_ID: &str = "880001";
@@ -448,4 +450,150 @@ async fn a_download_cut_by_a_crash_is_fetched_once_after_the_restart(backend: Ba
     let key = app.text("SELECT storage_key FROM media").await.unwrap();
     let (db, _) = app.stop().await;
     assert_eq!(std::fs::read(db.media.path().join(key)).unwrap(), photo);
+}
+
+/// The chat-completions requests the provider got.
+fn completions(provider: &Fake) -> Vec<Value> {
+    provider
+        .requests()
+        .into_iter()
+        .filter(|(p, _)| p == "/v1/chat/completions")
+        .map(|(_, b)| b)
+        .collect()
+}
+
+async fn the_model_sees_the_photo_and_hears_the_voice_note(backend: Backend) {
+    use base64::Engine;
+    let (provider, graph) = (fakes::provider().await, fakes::graph().await);
+    let (photo, mut voice) = (photo(), voice());
+    voice.extend_from_slice(b"VOICE-NOTE-BYTES");
+    graph.media(PHOTO_ID, FakeMedia::new(&photo, "image/png"));
+    graph.media(VOICE_ID, FakeMedia::new(&voice, "audio/ogg; codecs=opus"));
+    let app = agent_app(backend, &provider, &graph, |a| {
+        a.vision = true;
+        a.transcribe_model = Some("whisper-1".into());
+    })
+    .await;
+    // One burst: the photo with its caption, then the voice note.
+    post(
+        &app,
+        body_of(vec![
+            media_message("wamid.photo", "image", PHOTO_ID, None),
+            media_message("wamid.voice", "audio", VOICE_ID, None),
+        ]),
+    )
+    .await;
+    wait_outbound(&app, "sent", 1).await;
+    let requests = completions(&provider);
+    assert_eq!(requests.len(), 1);
+    let user = requests[0]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rfind(|m| m["role"] == "user")
+        .unwrap()
+        .clone();
+    // Content parts: the text of the burst, then the image as a data: URL of the stored bytes.
+    let parts = user["content"].as_array().expect("content parts");
+    assert_eq!(parts[0]["type"], "text");
+    let text = parts[0]["text"].as_str().unwrap();
+    assert!(text.contains("[image] the broken part"), "{text}");
+    assert!(
+        text.contains("[voice note] I need a new pump, part 1"),
+        "{text}"
+    );
+    assert_eq!(parts[1]["type"], "image_url");
+    let url = parts[1]["image_url"]["url"].as_str().unwrap();
+    let b64 = url
+        .strip_prefix("data:image/png;base64,")
+        .expect("a PNG data URL");
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+        photo
+    );
+    // The transcription request: multipart, the model, the file named for its format.
+    let t: Vec<Value> = provider
+        .requests()
+        .into_iter()
+        .filter(|(p, _)| p == "/v1/audio/transcriptions")
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(t.len(), 1);
+    assert!(
+        t[0]["content_type"]
+            .as_str()
+            .unwrap()
+            .starts_with("multipart/form-data")
+    );
+    let raw = t[0]["raw"].as_str().unwrap();
+    assert!(
+        raw.contains("whisper-1") && raw.contains("filename=\"voice.ogg\""),
+        "{raw}"
+    );
+    assert!(raw.contains("VOICE-NOTE-BYTES"));
+    // The transcript is kept on the file and shown by the API.
+    assert_eq!(
+        app.text("SELECT transcript FROM media WHERE kind = 'audio'")
+            .await
+            .as_deref(),
+        Some("I need a new pump, part 1")
+    );
+    // The next turn's context has the markers and the transcript, not the image again.
+    post(
+        &app,
+        crate::agent::text("wamid.q2", "and the price?", now_ts(), "q2"),
+    )
+    .await;
+    wait_outbound(&app, "sent", 2).await;
+    let second = &completions(&provider)[1];
+    assert!(
+        second["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["content"].is_string())
+    );
+    let all = second.to_string();
+    assert!(
+        all.contains("I need a new pump") && !all.contains("base64"),
+        "{all}"
+    );
+    app.stop().await;
+}
+
+async fn a_provider_without_transcriptions_keeps_the_marker_and_answers(backend: Backend) {
+    let (provider, graph) = (fakes::provider().await, fakes::graph().await);
+    provider.no_transcriptions();
+    graph.media(VOICE_ID, FakeMedia::new(&voice(), "audio/ogg"));
+    graph.media("880003", FakeMedia::new(&voice(), "audio/ogg"));
+    let app = agent_app(backend, &provider, &graph, |a| {
+        a.transcribe_model = Some("whisper-1".into());
+    })
+    .await;
+    post(
+        &app,
+        body_of(vec![media_message("wamid.v1", "audio", VOICE_ID, None)]),
+    )
+    .await;
+    wait_outbound(&app, "sent", 1).await;
+    post(
+        &app,
+        body_of(vec![media_message("wamid.v2", "audio", "880003", None)]),
+    )
+    .await;
+    wait_outbound(&app, "sent", 2).await;
+    // Asked once: the 404 is remembered; both turns answered with the marker.
+    assert_eq!(provider.count("/v1/audio/transcriptions"), 1);
+    let requests = completions(&provider);
+    let last = requests[1]["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["content"], "[audio]");
+    assert_eq!(app.count("media").await, 2);
+    app.stop().await;
 }
