@@ -67,6 +67,56 @@ class ApiError extends Error {
   }
 }
 
+// A stored file, fetched with the token (an <img src> cannot carry it) and shown from a blob URL.
+async function mediaBlobUrl(url) {
+  const res = await fetch(url, { headers: { Authorization: "Bearer " + sessionStorage.getItem(TOKEN_KEY) } });
+  if (!res.ok) throw new Error(`the file answered ${res.status}`);
+  return URL.createObjectURL(await res.blob());
+}
+
+function fileSize(n) {
+  if (n == null) return "";
+  return n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(0)} KB` : `${(n / 1048576).toFixed(1)} MB`;
+}
+
+// A message's file: the image or sticker inline, audio and video with a player, a document as a
+// download link with its name; pending and failed files say so (failed with the reason).
+function mediaView(m) {
+  const f = m.media;
+  if (!f) return null;
+  const box = el("div", { class: "media " + f.status, "data-media-status": f.status, "data-media-id": String(f.id) });
+  if (f.status !== "stored") {
+    const label = f.status === "pending" ? `${f.kind}: being fetched…` :
+      f.status === "deleted" ? `${f.kind}: deleted (${f.error || "retention"})` : `${f.kind} could not be fetched: ${f.error || "unknown reason"}`;
+    box.append(el("span", { class: "mark " + (f.status === "failed" ? "failed" : ""), role: f.status === "failed" ? "alert" : null }, label));
+    return box;
+  }
+  const name = f.filename || `${f.kind}-${f.id}`;
+  mediaBlobUrl(f.url).then((src) => {
+    let node;
+    if (f.kind === "image" || f.kind === "sticker") {
+      node = el("img", { src, alt: m.content || f.kind, class: f.kind === "sticker" ? "sticker" : "photo" });
+    } else if (f.kind === "audio") {
+      node = el("audio", { src, controls: "", "aria-label": f.voice ? "voice note" : "audio" });
+    } else if (f.kind === "video") {
+      node = el("video", { src, controls: "", class: "photo" });
+    } else {
+      node = el("a", { href: src, download: name, class: "download" }, `⬇ ${name} (${fileSize(f.size)})`);
+    }
+    box.replaceChildren(node, f.transcript ? el("div", { class: "transcript" }, `“${f.transcript}”`) : "");
+  }).catch((e) => box.replaceChildren(el("span", { class: "mark failed" }, `${f.kind}: ${e.message}`)));
+  box.append(el("span", { class: "meta" }, `${f.kind} · ${fileSize(f.size)} · loading…`));
+  return box;
+}
+
+function locationView(m) {
+  const l = m.location;
+  if (!l) return null;
+  const href = `https://www.openstreetmap.org/?mlat=${l.latitude}&mlon=${l.longitude}#map=16/${l.latitude}/${l.longitude}`;
+  return el("a", { href, target: "_blank", rel: "noopener noreferrer", class: "map" },
+    `📍 ${l.name || "Location"} (${l.latitude}, ${l.longitude}) — open the map`);
+}
+
 async function api(method, path, body) {
   const headers = { Authorization: "Bearer " + sessionStorage.getItem(TOKEN_KEY) };
   if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -542,7 +592,9 @@ async function renderConversation(id) {
     const tick = TICKS[m.status] || null;
     const edits = m.edits || [];
     return el("article", { class: "msg " + m.direction + (m.revoked ? " revoked" : ""), "data-wamid": m.wamid, "aria-label": `${m.direction} message` },
-      el("div", {}, m.revoked ? "This message was deleted" : (m.content ?? `[${m.message_type}]`)),
+      el("div", {}, m.revoked ? "This message was deleted" : (m.content ?? (m.media ? "" : `[${m.message_type}]`))),
+      m.revoked ? null : mediaView(m),
+      m.revoked ? null : locationView(m),
       el("div", { class: "meta" },
         el("span", { class: m.sender ? "sender" : null }, m.direction === "outbound" ? "sent by us" : senderName(m, c)),
         m.edited && !m.revoked ? el("span", { class: "mark edited", title: edits.map((e) => `${when(e.at)}: ${e.content ?? ""}`).join("\n") }, "edited") : null,

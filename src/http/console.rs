@@ -15,7 +15,7 @@ const SCRIPT: &str = include_str!("../../console/app.js");
 const STYLE: &str = include_str!("../../console/app.css");
 
 /// Only our own files run on the page; nothing is framed, nothing leaks as a referrer.
-const POLICY: &str = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+const POLICY: &str = "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 pub fn router() -> Router<AppState> {
     Router::new()

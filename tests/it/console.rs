@@ -24,6 +24,7 @@ use crate::{
 both_backends!(
     the_console_works_in_a_real_browser,
     a_template_goes_from_the_console_once,
+    the_console_shows_a_conversations_files,
 );
 
 /// chromedriver on a free port, and a headless Chromium session through it.
@@ -528,4 +529,96 @@ fn customer_says(customer: &str, mut message: Value) -> String {
         "contacts": [{"profile": {"name": "Test User"}, "wa_id": customer}],
         "messages": [message]}}]}]})
     .to_string()
+}
+
+/// Issue 28: the photo inline (decoded by the browser), the voice note with a player, the
+/// document as a named download, a failed file with its reason, a location with a map link.
+async fn the_console_shows_a_conversations_files(backend: Backend) {
+    use crate::{
+        fakes::{self, FakeMedia},
+        media::{body_of, media_app, media_message, photo, voice, wait_media},
+    };
+    let graph = fakes::graph().await;
+    graph.media("990001", FakeMedia::new(&photo(), "image/png"));
+    graph.media("990002", FakeMedia::new(&voice(), "audio/ogg"));
+    graph.media(
+        "990003",
+        FakeMedia::new(b"%PDF-1.4 invoice", "application/pdf"),
+    );
+    graph.media(
+        "990004",
+        FakeMedia {
+            gone: true,
+            ..FakeMedia::new(b"x", "image/jpeg")
+        },
+    );
+    let app = media_app(backend, &graph, |_| {}).await;
+    let mut location = media_message("wamid.c.loc", "text", "0", None);
+    location["type"] = json!("location");
+    location["location"] = json!({"latitude": 52.52, "longitude": 13.405, "name": "Shop"});
+    let body = body_of(vec![
+        media_message("wamid.c.photo", "image", "990001", None),
+        media_message("wamid.c.voice", "audio", "990002", None),
+        media_message("wamid.c.doc", "document", "990003", None),
+        media_message("wamid.c.gone", "image", "990004", None),
+        location,
+    ]);
+    assert_eq!(app.post_meta(body, ACME_SECRET).await.status(), 200);
+    wait_media(&app, "stored", 3).await;
+    wait_media(&app, "failed", 1).await;
+    let conversation = app.scalar("SELECT id FROM conversations").await;
+    let (_, viewer) = user_with_token(&app, "acme", "vera@acme.test", Role::Viewer).await;
+    let b = Browser::start(backend == Backend::Sqlite).await;
+    b.sign_in(&app, &viewer).await;
+    b.open(&app.url(&format!("/console#/conversations/{conversation}")))
+        .await;
+    b.find("article[data-wamid='wamid.c.photo'] .media img.photo")
+        .await;
+    // Decoded: the bytes the browser got are an image of the photo's size.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let w = b
+            .client
+            .execute(
+                "const i = document.querySelector(\"article[data-wamid='wamid.c.photo'] img.photo\"); return i ? i.naturalWidth : 0",
+                vec![],
+            )
+            .await
+            .unwrap();
+        if w == json!(64) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the photo did not load: {w}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.find("article[data-wamid='wamid.c.voice'] .media audio[controls]")
+        .await;
+    let link = b
+        .find("article[data-wamid='wamid.c.doc'] .media a.download")
+        .await;
+    assert_eq!(
+        link.attr("download").await.unwrap().as_deref(),
+        Some("invoice.pdf")
+    );
+    let failed = b
+        .find("article[data-wamid='wamid.c.gone'] .media.failed .mark.failed")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(failed.contains("media id not found"), "{failed}");
+    let map = b.find("article[data-wamid='wamid.c.loc'] a.map").await;
+    assert!(
+        map.attr("href")
+            .await
+            .unwrap()
+            .unwrap()
+            .contains("mlat=52.52")
+    );
+    b.shot("conversation-media").await;
+    drop(b);
+    app.stop().await;
 }
