@@ -462,6 +462,9 @@ pub struct MediaConfig {
     pub download_timeout_ms: u64,
     /// No file is larger (on top of WhatsApp's limits per type).
     pub max_bytes: u64,
+    /// No file an operator uploads (`POST /api/v1/media`, held in memory while it goes to the
+    /// Graph API) is larger (on top of WhatsApp's limits per type).
+    pub upload_max_bytes: u64,
     /// How often old files are looked for when `keep_days` is set.
     pub retention_every_ms: u64,
     #[serde(default)]
@@ -742,6 +745,7 @@ impl Config {
             ("media.retry_max_ms", self.media.retry_max_ms),
             ("media.download_timeout_ms", self.media.download_timeout_ms),
             ("media.max_bytes", self.media.max_bytes),
+            ("media.upload_max_bytes", self.media.upload_max_bytes),
             ("media.retention_every_ms", self.media.retention_every_ms),
         ];
         for (key, _) in positive.iter().filter(|(_, value)| *value == 0) {

@@ -208,6 +208,7 @@ pub async fn run(mut input: FollowUpInput) -> TurnReport {
         key: &input.key,
         body: &text,
         template: None,
+        media: None,
         event_id: 0,
         sender: &agent,
         correlation_id: &cid,

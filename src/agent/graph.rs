@@ -1,5 +1,5 @@
-//! The WhatsApp Cloud API (Graph API): text and template sends, "mark read + typing
-//! indicator" for the inbound message being answered, and the template catalog.
+//! The WhatsApp Cloud API (Graph API): text, template and media sends, media uploads, "mark
+//! read + typing indicator" for the inbound message being answered, and the template catalog.
 
 use std::time::Duration;
 
@@ -67,6 +67,77 @@ impl Graph {
     ) -> Result<String, SendError> {
         let payload = json!({"type": "template", "template": template});
         self.send(phone_number_id, token, to, payload).await
+    }
+
+    /// Sends a file (`kind`: `image`, `audio`, `video`, `document` or `sticker`; `object`:
+    /// the Graph API's media object, `{id | link, caption?, filename?}`); the wamid Meta gave it.
+    pub async fn send_media(
+        &self,
+        phone_number_id: &str,
+        token: &str,
+        to: &Recipient,
+        kind: &str,
+        object: &Value,
+    ) -> Result<String, SendError> {
+        let mut payload = json!({"type": kind});
+        payload[kind] = object.clone();
+        self.send(phone_number_id, token, to, payload).await
+    }
+
+    /// Uploads a file for a later send (`POST /{phone_number_id}/media`, multipart: `file`,
+    /// `type`, `messaging_product`); the media id Meta gave it (usable for 30 days).
+    pub async fn upload_media(
+        &self,
+        phone_number_id: &str,
+        token: &str,
+        bytes: Vec<u8>,
+        mime_type: &str,
+        filename: &str,
+    ) -> Result<String, SendError> {
+        let fail = |code: &str, message: String| SendError {
+            code: code.into(),
+            message,
+            unknown: false,
+        };
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name(filename.to_owned())
+            .mime_str(mime_type)
+            .map_err(|e| fail("bad_type", e.to_string()))?;
+        let form = reqwest::multipart::Form::new()
+            .text("messaging_product", "whatsapp")
+            .text("type", mime_type.to_owned())
+            .part("file", part);
+        let url = format!("{}/{phone_number_id}/media", self.base);
+        let res = self
+            .http
+            .post(&url)
+            .bearer_auth(token)
+            .multipart(form)
+            .send()
+            .await
+            .map_err(|e| {
+                fail(
+                    if e.is_connect() {
+                        "connect"
+                    } else if e.is_timeout() {
+                        "timeout"
+                    } else {
+                        "transport"
+                    },
+                    e.to_string(),
+                )
+            })?;
+        let status = res.status();
+        let text = res.text().await.unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(graph_error(status.as_u16(), &v, &text));
+        }
+        v["id"]
+            .as_str()
+            .filter(|id| crate::ingest::event::MediaRef::is_media_id(id))
+            .map(str::to_owned)
+            .ok_or_else(|| fail("no_id", format!("the upload answered without an id: {v}")))
     }
 
     async fn send(

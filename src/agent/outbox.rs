@@ -1,4 +1,4 @@
-//! Sending a text or a template at most once: the reply is recorded `pending_send` under its key (unique in
+//! Sending a text, a template or a file at most once: the reply is recorded `pending_send` under its key (unique in
 //! `outbound_messages`) before it leaves; after the Graph API answers it becomes `sent` with its
 //! wamid (and an outbound `messages` row through the store, which moves `last_contact_at` and
 //! lets the status webhooks find it), `failed` with the Graph code, or `unknown`. Used by the
@@ -9,7 +9,7 @@ use sea_orm::DatabaseConnection;
 
 use super::graph::{Graph, Recipient};
 use crate::{
-    ingest::event::{ContactKey, Direction, MessageItem, MessageStatus},
+    ingest::event::{ContactKey, Direction, MediaRef, MessageItem, MessageStatus},
     store::{
         batch::{ChangeSet, Known, Store},
         outbound::{self, NewOutbound},
@@ -33,6 +33,8 @@ pub struct Outgoing<'a> {
     pub body: &'a str,
     /// A template send: the Graph API's `template` object (name, language, components).
     pub template: Option<&'a serde_json::Value>,
+    /// A file send (an operator's): `body` is its caption or marker.
+    pub media: Option<&'a OutMedia>,
     /// The inbox event it answers (for the message row), if any.
     pub event_id: i64,
     /// `agent_type` of the row: the agent's name, or `operator`.
@@ -42,6 +44,20 @@ pub struct Outgoing<'a> {
     pub completion_tokens: i64,
     /// How the model's reply ended (none for an operator's text).
     pub finish_reason: Option<&'a str>,
+}
+
+/// A file to send: by the media id of an upload, or by a link Meta fetches itself.
+#[derive(Debug, Clone)]
+pub struct OutMedia {
+    /// `image`, `audio`, `video`, `document` or `sticker`.
+    pub kind: String,
+    /// The Graph API's media object: `{id | link, caption?, filename?}`.
+    pub object: serde_json::Value,
+    /// What the conversation shows as its text.
+    pub caption: Option<String>,
+    /// For a media id: the file, fetched back into the media store like a customer's (so the
+    /// conversation shows what was sent).
+    pub file: Option<MediaRef>,
 }
 
 #[derive(Debug)]
@@ -95,13 +111,18 @@ pub async fn send_once(o: Outgoing<'_>) -> Outcome {
         Ok(None) => return Outcome::AlreadyRecorded,
         Err(e) => return Outcome::NotRecorded(e.to_string()),
     };
-    let sent = match o.template {
-        Some(t) => {
+    let sent = match (o.template, o.media) {
+        (Some(t), _) => {
             o.graph
                 .send_template(o.phone_number_id, o.token, o.to, t)
                 .await
         }
-        None => {
+        (None, Some(m)) => {
+            o.graph
+                .send_media(o.phone_number_id, o.token, o.to, &m.kind, &m.object)
+                .await
+        }
+        (None, None) => {
             o.graph
                 .send_text(o.phone_number_id, o.token, o.to, o.body)
                 .await
@@ -122,16 +143,24 @@ pub async fn send_once(o: Outgoing<'_>) -> Outcome {
                 direction: Direction::Outbound,
                 wamid: wamid.clone(),
                 timestamp: Utc::now(),
-                message_type: if o.template.is_some() { "template" } else { "text" }.into(),
-                content: Some(o.body.to_owned()),
-                metadata: match o.template {
-                    Some(t) => serde_json::json!({"sender": o.sender, "key": o.key, "template": {"name": t["name"], "language": t["language"]["code"]}}),
-                    None => serde_json::json!({"sender": o.sender, "key": o.key}),
+                message_type: match (o.template, o.media) {
+                    (Some(_), _) => "template".into(),
+                    (None, Some(m)) => m.kind.clone(),
+                    (None, None) => "text".into(),
+                },
+                content: match o.media {
+                    Some(m) => m.caption.clone(),
+                    None => Some(o.body.to_owned()),
+                },
+                metadata: match (o.template, o.media) {
+                    (Some(t), _) => serde_json::json!({"sender": o.sender, "key": o.key, "template": {"name": t["name"], "language": t["language"]["code"]}}),
+                    (None, Some(m)) => serde_json::json!({"sender": o.sender, "key": o.key, m.kind.as_str(): m.object}),
+                    (None, None) => serde_json::json!({"sender": o.sender, "key": o.key}),
                 }
                 .to_string(),
                 status: MessageStatus::Accepted,
                 sender: None,
-                media: None,
+                media: o.media.and_then(|m| m.file.clone()).map(Box::new),
             };
             let set = ChangeSet {
                 event_id: o.event_id,

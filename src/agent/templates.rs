@@ -507,6 +507,7 @@ pub async fn send(s: TemplateSend<'_>) -> Result<super::outbox::Outcome, NotSent
         key: s.key,
         body: &prepared.rendered,
         template: Some(&prepared.payload),
+        media: None,
         event_id: 0,
         sender: s.sender,
         correlation_id: s.correlation_id,

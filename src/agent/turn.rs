@@ -321,6 +321,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
         key: &key,
         body: &text,
         template: None,
+        media: None,
         event_id: newest.event_id,
         sender: agent,
         correlation_id: &input.correlation_id,

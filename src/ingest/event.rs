@@ -226,7 +226,7 @@ pub struct MessageItem {
     /// Who wrote it, for a group message (the conversation is the group's).
     pub sender: Option<Sender>,
     /// The file it carries (image, audio, video, document, sticker), fetched by a media job.
-    pub media: Option<MediaRef>,
+    pub media: Option<Box<MediaRef>>,
 }
 
 /// A file a message names: what the webhook says of it. The bytes are fetched later from the
@@ -244,12 +244,25 @@ pub struct MediaRef {
     pub voice: bool,
     /// Kapso's own transcript of a voice note (`kapso.transcript.text`).
     pub transcript: Option<String>,
+    /// The number whose token fetches it when no webhook brought it (a file we sent); a
+    /// webhook's file is fetched with its event's account.
+    pub phone_number_id: Option<String>,
 }
 
 /// The message types that carry a file.
 pub const MEDIA_TYPES: [&str; 5] = ["image", "audio", "video", "document", "sticker"];
 
 impl MediaRef {
+    /// Whether `id` may be a media id (it goes into a Graph URL path): 1 to 128 ASCII letters,
+    /// digits, `_` and `-`.
+    pub fn is_media_id(id: &str) -> bool {
+        !id.is_empty()
+            && id.len() <= 128
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    }
+
     /// The file of a message object `m` of type `message_type`; `None` for other types, or
     /// when the media id is missing or not an id (it goes into a Graph URL path: only ASCII
     /// letters, digits, `_` and `-`, at most 128).
@@ -265,12 +278,7 @@ impl MediaRef {
                 .map(|s| s.chars().take(max).collect::<String>())
         };
         let media_id = obj.get("id")?.as_str()?;
-        if media_id.is_empty()
-            || media_id.len() > 128
-            || !media_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
+        if !Self::is_media_id(media_id) {
             return None;
         }
         Some(Self {
@@ -286,6 +294,7 @@ impl MediaRef {
                     .and_then(|t| t.get("text")),
                 20_000,
             ),
+            phone_number_id: None,
         })
     }
 }

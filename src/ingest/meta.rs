@@ -656,7 +656,7 @@ pub(crate) fn message_item(
         wamid,
         timestamp: parse_timestamp(m.get("timestamp")).unwrap_or(received_at),
         content: content_of(&message_type, m),
-        media: super::event::MediaRef::of(&message_type, m),
+        media: super::event::MediaRef::of(&message_type, m).map(Box::new),
         message_type,
         metadata,
         status: match direction {

@@ -31,7 +31,8 @@ pub const MEDIA_ID_LIFETIME_DAYS: i64 = 7;
 
 /// Step 3b of a store transaction: a `pending` job for every message of the sets that carries
 /// a file and was stored (a message already there keeps its one job: `ON CONFLICT DO
-/// NOTHING` on the message). The account is the event's, whose token may fetch it.
+/// NOTHING` on the message). The account is the event's, whose token may fetch it, or for a
+/// file we sent (no event) the number it was sent from.
 pub async fn enqueue(
     tx: &DatabaseTransaction,
     sets: &[&ChangeSet],
@@ -47,9 +48,13 @@ pub async fn enqueue(
                 "INSERT INTO media (workspace_id, message_id, account_id, media_id, kind, status, \
                  mime_type, filename, voice, expected_sha256, transcript, attempts, \
                  next_attempt_at, expires_at, created_at, updated_at) \
-                 SELECT m.workspace_id, m.id, e.account_id, ",
+                 SELECT m.workspace_id, m.id, COALESCE(e.account_id, (SELECT a.id FROM \
+                 whatsapp_accounts a WHERE a.workspace_id = m.workspace_id AND \
+                 a.phone_number_id = ",
             );
-            sql.param(file.media_id.clone())
+            sql.param(file.phone_number_id.clone())
+                .push(")), ")
+                .param(file.media_id.clone())
                 .push(", ")
                 .param(file.kind.clone())
                 .push(", ")

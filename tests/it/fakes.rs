@@ -353,6 +353,7 @@ pub async fn graph() -> Fake {
         Router::new()
             .route("/files/{id}/{n}", axum::routing::get(download))
             .route("/{version}/{pnid}/messages", post(messages))
+            .route("/{version}/{pnid}/media", post(upload))
             .route(
                 "/{version}/{waba}/message_templates",
                 axum::routing::get(templates),
@@ -360,6 +361,131 @@ pub async fn graph() -> Fake {
             .route("/{version}/{pnid}", axum::routing::get(number)),
     )
     .await
+}
+
+/// `POST /{version}/{phone_number_id}/media` (multipart: `messaging_product`, `type`, `file`):
+/// the file is kept under a new media id (`99000N`), which `GET /{version}/{media_id}` then
+/// serves like any other; Graph's errors for no token, a missing field or a type that does
+/// not match the file part's.
+async fn upload(
+    State(fake): State<Fake>,
+    Path((version, pnid)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let token = bearer(&headers);
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let parts = multipart(&content_type, &body);
+    let field = |name: &str| parts.iter().find(|p| p.name == name);
+    let text = |name: &str| field(name).map(|p| String::from_utf8_lossy(&p.bytes).into_owned());
+    fake.record(
+        format!("/{version}/{pnid}/media"),
+        json!({
+            "token": token,
+            "messaging_product": text("messaging_product"),
+            "type": text("type"),
+            "filename": field("file").and_then(|p| p.filename.clone()),
+            "file_type": field("file").and_then(|p| p.content_type.clone()),
+            "sha256": field("file").map(|p| sha256_hex(&p.bytes)),
+        }),
+    );
+    let refuse = |status: StatusCode, code: i64, message: &str| {
+        (
+            status,
+            Json(json!({"error": {"message": message, "type": "OAuthException", "code": code}})),
+        )
+            .into_response()
+    };
+    if token.is_empty() {
+        return refuse(StatusCode::UNAUTHORIZED, 190, "An access token is required");
+    }
+    let (Some(file), Some(mime)) = (field("file"), text("type")) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            100,
+            "(#100) The parameter file is required",
+        );
+    };
+    if text("messaging_product").as_deref() != Some("whatsapp")
+        || file.content_type.as_deref() != Some(mime.as_str())
+    {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            100,
+            "(#100) Param type must match the file",
+        );
+    }
+    let id = {
+        let mut inner = fake.inner.lock().unwrap();
+        let id = format!("99000{}", inner.media.len() + 1);
+        inner
+            .media
+            .insert(id.clone(), FakeMedia::new(&file.bytes, &mime));
+        id
+    };
+    Json(json!({"id": id})).into_response()
+}
+
+/// One part of a `multipart/form-data` body.
+struct Part {
+    name: String,
+    filename: Option<String>,
+    content_type: Option<String>,
+    bytes: Vec<u8>,
+}
+
+/// The parts of a `multipart/form-data` body (RFC 7578), by its boundary.
+fn multipart(content_type: &str, body: &[u8]) -> Vec<Part> {
+    let Some(boundary) = content_type
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("boundary="))
+    else {
+        return Vec::new();
+    };
+    let delimiter = format!("--{}", boundary.trim_matches('"')).into_bytes();
+    let find = |hay: &[u8], needle: &[u8], from: usize| {
+        hay.get(from..)
+            .and_then(|h| h.windows(needle.len()).position(|w| w == needle))
+            .map(|i| i + from)
+    };
+    let mut out = Vec::new();
+    let mut at = match find(body, &delimiter, 0) {
+        Some(i) => i + delimiter.len(),
+        None => return out,
+    };
+    while let Some(next) = find(body, &delimiter, at) {
+        // Each part: CRLF, headers, CRLF CRLF, bytes, CRLF before the next delimiter.
+        let part = &body[at..next];
+        let part = part.strip_prefix(b"\r\n").unwrap_or(part);
+        let part = part.strip_suffix(b"\r\n").unwrap_or(part);
+        if let Some(split) = find(part, b"\r\n\r\n", 0) {
+            let head = String::from_utf8_lossy(&part[..split]).into_owned();
+            let param = |key: &str| {
+                head.split([';', '\r', '\n']).find_map(|p| {
+                    p.trim()
+                        .strip_prefix(&format!("{key}=\""))
+                        .map(|v| v.trim_end_matches('"').to_owned())
+                })
+            };
+            let content_type = head.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("content-type:")
+                    .then(|| l[13..].trim().to_owned())
+            });
+            out.push(Part {
+                name: param("name").unwrap_or_default(),
+                filename: param("filename"),
+                content_type,
+                bytes: part[split + 4..].to_vec(),
+            });
+        }
+        at = next + delimiter.len();
+    }
+    out
 }
 
 /// `GET /{version}/{media_id}`: the file's URL (new each time), type, sha256 and size.

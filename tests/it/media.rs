@@ -17,7 +17,7 @@ use crate::{
     agent::{CUSTOMER, agent_app, messages_with, now_ts, wait_outbound},
     api::{call, user_with_token},
     both_backends,
-    common::{ACME_SECRET, Backend, TestApp, test_config},
+    common::{ACME_PNID, ACME_SECRET, Backend, GLOBEX_PNID, TestApp, test_config},
     fakes::{self, Fake, FakeMedia, sha256_hex},
 };
 
@@ -28,6 +28,8 @@ both_backends!(
     a_download_cut_by_a_crash_is_fetched_once_after_the_restart,
     the_model_sees_the_photo_and_hears_the_voice_note,
     a_provider_without_transcriptions_keeps_the_marker_and_answers,
+    old_files_are_deleted_after_keep_days,
+    an_operator_sends_a_file_by_upload_and_by_link_once,
 );
 
 pub(crate) const PHOTO_ID: &str = "880001";
@@ -595,5 +597,264 @@ async fn a_provider_without_transcriptions_keeps_the_marker_and_answers(backend:
         .clone();
     assert_eq!(last["content"], "[audio]");
     assert_eq!(app.count("media").await, 2);
+    app.stop().await;
+}
+
+async fn old_files_are_deleted_after_keep_days(backend: Backend) {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+    let graph = fakes::graph().await;
+    graph.media(PHOTO_ID, FakeMedia::new(&photo(), "image/png"));
+    graph.media(VOICE_ID, FakeMedia::new(&voice(), "audio/ogg"));
+    let app = media_app(backend, &graph, |c| {
+        c.media.keep_days = 30;
+        c.media.retention_every_ms = 50;
+        c.media.poll_ms = 50;
+    })
+    .await;
+    post(
+        &app,
+        body_of(vec![
+            media_message("wamid.old", "image", PHOTO_ID, None),
+            media_message("wamid.new", "audio", VOICE_ID, None),
+        ]),
+    )
+    .await;
+    wait_media(&app, "stored", 2).await;
+    let old_key = app
+        .text("SELECT storage_key FROM media WHERE kind = 'image'")
+        .await
+        .unwrap();
+    let new_key = app
+        .text("SELECT storage_key FROM media WHERE kind = 'audio'")
+        .await
+        .unwrap();
+    let dir = app.test_db.media.path().to_owned();
+    assert!(dir.join(&old_key).exists());
+    // The photo was stored 31 days ago.
+    entity::media::Entity::update_many()
+        .col_expr(
+            entity::media::Column::StoredAt,
+            Expr::value(chrono::Utc::now() - chrono::Duration::days(31)),
+        )
+        .filter(entity::media::Column::Kind.eq("image"))
+        .exec(&app.db)
+        .await
+        .unwrap();
+    wait_media(&app, "deleted", 1).await;
+    assert!(!dir.join(&old_key).exists(), "the old file is gone");
+    assert!(dir.join(&new_key).exists(), "the new one stays");
+    let reason = app
+        .text("SELECT error FROM media WHERE kind = 'image'")
+        .await
+        .unwrap();
+    assert!(reason.contains("keep_days = 30"), "{reason}");
+    app.stop().await;
+}
+
+async fn upload(
+    app: &TestApp,
+    token: &str,
+    query: &str,
+    content_type: &str,
+    bytes: Vec<u8>,
+) -> (StatusCode, Value) {
+    let res = app
+        .client
+        .post(app.url(&format!("/api/v1/media?{query}")))
+        .bearer_auth(token)
+        .header("content-type", content_type)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// An operator uploads a photo (it reaches the Graph API byte for byte as multipart), sends it
+/// by its media id with a caption (once for one idempotency key), and it comes back into the
+/// media store so the conversation shows it; a document goes by an https link. Wrong types,
+/// sizes, accounts, roles and links are refused before anything leaves.
+async fn an_operator_sends_a_file_by_upload_and_by_link_once(backend: Backend) {
+    let graph = fakes::graph().await;
+    let app = media_app(backend, &graph, |_| {}).await;
+    // The customer writes: the window is open.
+    post(
+        &app,
+        crate::agent::text("wamid.hi", "Can you send me the manual?", now_ts(), "t"),
+    )
+    .await;
+    app.wait_for("SELECT COUNT(*) FROM messages", 1).await;
+    let conversation = app.scalar("SELECT id FROM conversations").await;
+    let (_, op) = user_with_token(&app, "acme", "otto@acme.test", Role::Operator).await;
+    let (_, viewer) = user_with_token(&app, "acme", "vera@acme.test", Role::Viewer).await;
+    let photo = photo();
+    let query = format!("phone_number_id={ACME_PNID}&filename=part.png");
+
+    // Refused before anything leaves.
+    let (status, body) = upload(&app, &op, &query, "text/html", b"<script>".to_vec()).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("image/png")
+    );
+    let (status, _) = upload(&app, &viewer, &query, "image/png", photo.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = upload(
+        &app,
+        &op,
+        &format!("phone_number_id={GLOBEX_PNID}"),
+        "image/png",
+        photo.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another workspace's number");
+    let (status, body) = upload(&app, &op, &query, "image/webp", vec![0; 600 * 1024]).await;
+    assert_eq!(
+        status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "a sticker over 500 KB: {body}"
+    );
+    assert!(graph.requests().is_empty(), "nothing reached the Graph API");
+
+    // The upload: multipart with the file's type and bytes, the account's token.
+    let (status, up) = upload(&app, &op, &query, "image/png", photo.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{up}");
+    assert_eq!(up["type"], "image");
+    assert_eq!(up["sha256"], sha256_hex(&photo));
+    assert_eq!(up["size"], photo.len());
+    let sent_file = graph
+        .requests()
+        .into_iter()
+        .find(|(p, _)| p.ends_with("/media"))
+        .unwrap()
+        .1;
+    assert_eq!(sent_file["token"], "graph-token");
+    assert_eq!(sent_file["messaging_product"], "whatsapp");
+    assert_eq!(sent_file["type"], "image/png");
+    assert_eq!(sent_file["file_type"], "image/png");
+    assert_eq!(sent_file["filename"], "part.png");
+    assert_eq!(sent_file["sha256"], sha256_hex(&photo));
+    let media_id = up["id"].as_str().unwrap().to_owned();
+
+    // Bad sends are refused with the reason.
+    let send = |media: Value, key: &str| {
+        let (app, op) = (&app, op.clone());
+        let body = json!({"conversation_id": conversation, "phone_number_id": ACME_PNID,
+            "media": media, "idempotency_key": key});
+        async move { call(app, Method::POST, "/api/v1/messages", Some(&op), Some(body)).await }
+    };
+    for (bad, why) in [
+        (
+            json!({"type": "image", "link": "http://example.com/a.png"}),
+            "https",
+        ),
+        (
+            json!({"type": "image", "link": "https://u:p@example.com/a.png"}),
+            "credentials",
+        ),
+        (json!({"type": "image"}), "either id or link"),
+        (
+            json!({"type": "image", "id": "../../me"}),
+            "letters, digits",
+        ),
+        (
+            json!({"type": "audio", "id": media_id, "caption": "hi"}),
+            "no caption",
+        ),
+        (
+            json!({"type": "image", "id": media_id, "filename": "a.png"}),
+            "only a document",
+        ),
+    ] {
+        let (status, body) = send(bad.clone(), "bad").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        let msg = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(why), "{bad}: {msg}");
+    }
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        "/api/v1/messages",
+        Some(&op),
+        Some(
+            json!({"conversation_id": conversation, "phone_number_id": ACME_PNID,
+            "text": "hi", "media": {"type": "image", "id": media_id}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "text and media at once");
+
+    // The send, twice with one key: one Graph send.
+    let photo_send = json!({"type": "image", "id": media_id, "caption": "Here is the part"});
+    let (status, body) = send(photo_send.clone(), "photo-1").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, again) = send(photo_send, "photo-1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["state"], "already_recorded");
+    let sends: Vec<Value> = graph
+        .requests()
+        .into_iter()
+        .filter(|(p, b)| p.ends_with("/messages") && b.get("status").is_none())
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    assert_eq!(sends[0]["type"], "image");
+    assert_eq!(sends[0]["image"]["id"], media_id.as_str());
+    assert_eq!(sends[0]["image"]["caption"], "Here is the part");
+    assert_eq!(sends[0]["to"], CUSTOMER);
+
+    // A document by link: Meta fetches it, so nothing is stored here.
+    let (status, body) = send(
+        json!({"type": "document", "link": "https://files.example.com/manual.pdf",
+            "filename": "manual.pdf", "caption": "The manual"}),
+        "doc-1",
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let doc = graph.requests().last().unwrap().1.clone();
+    assert_eq!(
+        doc["document"]["link"],
+        "https://files.example.com/manual.pdf"
+    );
+    assert_eq!(doc["document"]["filename"], "manual.pdf");
+
+    // The photo we sent is fetched back and shown with the outbound message.
+    wait_media(&app, "stored", 1).await;
+    let (status, detail) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/conversations/{conversation}"),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let sent: Vec<&Value> = detail["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["direction"] == "outbound")
+        .collect();
+    assert_eq!(sent.len(), 2, "{detail}");
+    assert_eq!(sent[0]["message_type"], "image");
+    assert_eq!(sent[0]["content"], "Here is the part");
+    assert_eq!(sent[0]["media"]["status"], "stored");
+    let url = sent[0]["media"]["url"].as_str().unwrap();
+    let res = get_bytes(&app, url, Some(&viewer)).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.unwrap().as_ref(), photo.as_slice());
+    assert_eq!(sent[1]["message_type"], "document");
+    assert!(sent[1]["media"].is_null(), "{}", sent[1]);
+    assert_eq!(
+        app.scalar(
+            "SELECT COUNT(*) FROM audit_log WHERE action IN ('media.upload', 'message.send_media')"
+        )
+        .await,
+        4,
+        "one upload, three sends (one of them already recorded)"
+    );
     app.stop().await;
 }

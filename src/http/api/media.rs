@@ -1,24 +1,227 @@
-//! `/api/v1/media/{id}`: a stored file of the workspace, streamed from the media store with
-//! its type. Files come from customers, so nothing is trusted: only images, audio and video
+//! `/api/v1/media`: an operator's file uploaded to the Graph API for a send (its media id then
+//! goes into `POST /api/v1/messages`), and `/api/v1/media/{id}`: a stored file of the
+//! workspace, streamed from the media store with its type. Files come from customers, so nothing is trusted: only images, audio and video
 //! of known types are shown inline, everything else is a download; the answer may never be
 //! sniffed or run as a page (`nosniff`, a sandboxing CSP).
 
 use axum::{
+    Json,
     body::Body,
     extract::State,
-    http::{HeaderValue, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{Caller, Errors, Failure, Id};
+use super::{Caller, ErrorBody, Errors, Failure, Id, Params, messages::graph_token};
 use crate::{
     http::AppState,
-    store::{media as store, users::Role},
+    media::{essence, fetch::limit_of},
+    store::{
+        media as store,
+        users::{Role, audit},
+    },
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(get_file))
+    OpenApiRouter::new()
+        .routes(routes!(get_file))
+        .routes(routes!(upload))
+}
+
+/// The file types the Cloud API takes, and the message type each is sent as.
+const UPLOAD_TYPES: [(&str, &str); 16] = [
+    ("image/jpeg", "image"),
+    ("image/png", "image"),
+    ("image/webp", "sticker"),
+    ("audio/aac", "audio"),
+    ("audio/amr", "audio"),
+    ("audio/mpeg", "audio"),
+    ("audio/mp4", "audio"),
+    ("audio/ogg", "audio"),
+    ("video/mp4", "video"),
+    ("video/3gpp", "video"),
+    ("application/pdf", "document"),
+    ("text/plain", "document"),
+    ("application/msword", "document"),
+    (
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "document",
+    ),
+    ("application/vnd.ms-excel", "document"),
+    (
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "document",
+    ),
+];
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct UploadQuery {
+    /// The business number whose Graph API token uploads it (one of the workspace's accounts).
+    #[param(pattern = "^[0-9]{1,64}$")]
+    phone_number_id: String,
+    /// The file's type, when the request's `Content-Type` does not give it.
+    #[param(max_length = 128)]
+    mime_type: Option<String>,
+    /// The file's name (a document is shown with it).
+    #[param(min_length = 1, max_length = 240)]
+    filename: Option<String>,
+}
+
+/// A file's bytes.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+struct FileBytes(Vec<u8>);
+
+/// An uploaded file: its media id (for `POST /api/v1/messages`, `media.id`; Meta keeps it 30
+/// days), the message type it goes as, its type, size and sha256.
+#[derive(Serialize, ToSchema)]
+struct Uploaded {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    mime_type: String,
+    size: u64,
+    sha256: String,
+}
+
+/// Uploads a file to the Graph API for a send (operator): the body is the file, its type the
+/// request's `Content-Type` (or `mime_type`): one the Cloud API takes (JPEG and PNG images,
+/// WebP stickers, AAC/AMR/MP3/MP4/Ogg audio, MP4/3GPP video, PDF, text and Office documents),
+/// within WhatsApp's size for it and `media.upload_max_bytes`.
+#[utoipa::path(post, path = "/api/v1/media", tag = "media", operation_id = "media_upload",
+    params(UploadQuery),
+    request_body(content = FileBytes, content_type = "application/octet-stream", description = "The file's bytes"),
+    responses(
+        (status = 201, body = Uploaded, description = "uploaded"),
+        (status = 404, body = ErrorBody, description = "no such account in the workspace"),
+        (status = 409, body = ErrorBody, description = "the account has no Graph API token"),
+        (status = 413, body = ErrorBody, description = "larger than WhatsApp or media.upload_max_bytes allow"),
+        (status = 415, body = ErrorBody, description = "a type the Cloud API does not take"),
+        (status = 502, body = ErrorBody, description = "the Graph API refused it"),
+        Errors))]
+async fn upload(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(q): Params<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Failure> {
+    caller.require(Role::Operator)?;
+    let ws = caller.0.workspace_id;
+    if state
+        .directory()
+        .get(&q.phone_number_id)
+        .is_none_or(|a| a.workspace_id != ws)
+    {
+        return Err(Failure::not_found("account"));
+    }
+    let token = graph_token(&state, &q.phone_number_id)?.to_owned();
+    let declared = q
+        .mime_type
+        .clone()
+        .or_else(|| {
+            headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let mime = essence(&declared);
+    let Some(&(mime, kind)) = UPLOAD_TYPES.iter().find(|(m, _)| *m == mime) else {
+        return Err(Failure::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_type",
+            format!(
+                "the Cloud API does not take {:?}; give one of: {}",
+                declared.chars().take(128).collect::<String>(),
+                UPLOAD_TYPES.map(|(m, _)| m).join(", ")
+            ),
+        ));
+    };
+    let filename = match &q.filename {
+        Some(f)
+            if f.trim().is_empty()
+                || f.chars().count() > 240
+                || f.chars().any(char::is_control) =>
+        {
+            return Err(Failure::bad_request(
+                "filename must have 1 to 240 characters and no control characters",
+            ));
+        }
+        Some(f) => f.clone(),
+        None => format!(
+            "{kind}.{}",
+            mime.rsplit(['/', '.', '-']).next().unwrap_or("bin")
+        ),
+    };
+    let limit = limit_of(kind).min(state.config.media.upload_max_bytes);
+    let too_large = || {
+        Failure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("a {kind} may have at most {limit} bytes"),
+        )
+    };
+    let declared_len = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_len.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .await
+        .map_err(|_| too_large())?;
+    if bytes.is_empty() {
+        return Err(Failure::bad_request("the file is empty"));
+    }
+    let size = bytes.len() as u64;
+    let sha256 = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    let graph = &state.processing.agents.graph;
+    let id = graph
+        .upload_media(&q.phone_number_id, &token, bytes.to_vec(), mime, &filename)
+        .await
+        .map_err(|e| {
+            tracing::warn!(code = %e.code, error = %e.message, "a media upload was refused");
+            Failure::new(
+                StatusCode::BAD_GATEWAY,
+                "graph_refused",
+                format!(
+                    "the Graph API did not take the file ({}): {}",
+                    e.code, e.message
+                ),
+            )
+        })?;
+    audit(
+        &state.db,
+        ws,
+        &caller.0.actor,
+        "media.upload",
+        &format!("account:{}", q.phone_number_id),
+        None,
+        Some(&format!("{id} {mime} {size} bytes")),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Uploaded {
+            id,
+            kind: kind.into(),
+            mime_type: mime.into(),
+            size,
+            sha256,
+        }),
+    )
+        .into_response())
 }
 
 /// A stored file of the workspace (viewer), byte for byte, with its content type and a

@@ -1,4 +1,4 @@
-//! `/api/v1/messages`: operators send a text to a conversation through the Graph API under the
+//! `/api/v1/messages`: operators send a text, a template or a file to a conversation through the Graph API under the
 //! agent's rules (recorded before it leaves, never sent twice for one idempotency key, not
 //! outside the 24-hour window), and record messages another system sent (which moves
 //! `last_contact_at` like any outbound message).
@@ -18,11 +18,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{Body, Caller, ErrorBody, Errors, Failure, sane_time};
 use crate::{
     agent::{
-        outbox::{self, Outcome, Outgoing},
+        outbox::{self, OutMedia, Outcome, Outgoing},
         templates::{self, NotSent, Refusal, TemplateRequest, TemplateSend},
     },
     http::AppState,
-    ingest::event::{ContactKey, Direction, MessageItem, MessageStatus},
+    ingest::event::{ContactKey, Direction, MediaRef, MessageItem, MessageStatus},
     store::{
         batch::{ChangeSet, Known},
         conversations::{self, ConversationView},
@@ -68,9 +68,132 @@ struct SendBody {
     text: Option<String>,
     /// A template (any time): checked against the catalog before it leaves.
     template: Option<TemplateRequest>,
+    /// A file (inside the 24-hour window): a media id from `POST /api/v1/media`, or an
+    /// `https` link Meta fetches itself.
+    media: Option<MediaSend>,
     /// The same key twice sends once.
     #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     idempotency_key: Option<String>,
+}
+
+/// A file to send: `id` (of an upload) or `link`, with a caption (image, video, document) and
+/// a filename (document).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct MediaSend {
+    #[serde(rename = "type")]
+    kind: MediaKind,
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
+    id: Option<String>,
+    /// An `https` URL of the file (Meta downloads it when the message is sent).
+    #[schema(max_length = 2000)]
+    link: Option<String>,
+    #[schema(min_length = 1, max_length = 1024)]
+    caption: Option<String>,
+    #[schema(min_length = 1, max_length = 240)]
+    filename: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum MediaKind {
+    Image,
+    Audio,
+    Video,
+    Document,
+    Sticker,
+}
+
+impl MediaKind {
+    fn name(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image",
+            MediaKind::Audio => "audio",
+            MediaKind::Video => "video",
+            MediaKind::Document => "document",
+            MediaKind::Sticker => "sticker",
+        }
+    }
+}
+
+/// The checked file of a send, or 400 naming what is wrong.
+fn media_of(m: &MediaSend, phone_number_id: &str) -> Result<OutMedia, Failure> {
+    let kind = m.kind.name();
+    let mut object = json!({});
+    let file = match (&m.id, &m.link) {
+        (Some(id), None) => {
+            if !MediaRef::is_media_id(id) {
+                return Err(Failure::bad_request(
+                    "media.id must be 1 to 128 letters, digits, '_' or '-'",
+                ));
+            }
+            object["id"] = json!(id);
+            Some(MediaRef {
+                kind: kind.into(),
+                media_id: id.clone(),
+                filename: m.filename.clone(),
+                voice: false,
+                phone_number_id: Some(phone_number_id.to_owned()),
+                ..Default::default()
+            })
+        }
+        (None, Some(link)) => {
+            let ok = link.len() <= 2000
+                && reqwest::Url::parse(link).is_ok_and(|u| {
+                    u.scheme() == "https"
+                        && u.host_str().is_some()
+                        && u.username().is_empty()
+                        && u.password().is_none()
+                });
+            if !ok {
+                return Err(Failure::bad_request(
+                    "media.link must be an https URL (at most 2000 characters, no credentials)",
+                ));
+            }
+            object["link"] = json!(link);
+            None
+        }
+        _ => return Err(Failure::bad_request("media needs either id or link")),
+    };
+    let caption = match &m.caption {
+        Some(_)
+            if !matches!(
+                m.kind,
+                MediaKind::Image | MediaKind::Video | MediaKind::Document
+            ) =>
+        {
+            return Err(Failure::bad_request(format!("a {kind} has no caption")));
+        }
+        Some(c) => {
+            let n = c.chars().count();
+            if c.trim().is_empty() || n > 1024 {
+                return Err(Failure::bad_request(format!(
+                    "media.caption must have 1 to 1024 characters, not {n}"
+                )));
+            }
+            object["caption"] = json!(c);
+            Some(c.clone())
+        }
+        None => None,
+    };
+    if let Some(f) = &m.filename {
+        let n = f.chars().count();
+        if m.kind != MediaKind::Document {
+            return Err(Failure::bad_request("only a document has a filename"));
+        }
+        if f.trim().is_empty() || n > 240 || f.chars().any(char::is_control) {
+            return Err(Failure::bad_request(
+                "media.filename must have 1 to 240 characters and no control characters",
+            ));
+        }
+        object["filename"] = json!(f);
+    }
+    Ok(OutMedia {
+        kind: kind.into(),
+        object,
+        caption,
+        file,
+    })
 }
 
 /// What became of a send: `sent` (with its wamid), `already_recorded` (this idempotency key was
@@ -98,9 +221,10 @@ impl Sent {
     }
 }
 
-/// Sends a text or a template to a conversation through the Graph API (operator): recorded
-/// before it leaves, sent once per idempotency key. A text is refused outside the 24-hour
-/// window; a template is checked first (it exists, is `APPROVED`, its parameters match its
+/// Sends a text, a template or a file to a conversation through the Graph API (operator):
+/// recorded before it leaves, sent once per idempotency key. A text or a file is refused
+/// outside the 24-hour window (a file sent by media id is fetched back into the media store,
+/// so the conversation shows it); a template is checked first (it exists, is `APPROVED`, its parameters match its
 /// placeholders, a marketing one never goes to a contact who opted out).
 #[utoipa::path(post, path = "/api/v1/messages", tag = "messages", operation_id = "messages_send", request_body = SendBody,
     responses(
@@ -108,7 +232,7 @@ impl Sent {
         (status = 200, body = Sent, description = "already sent with this idempotency key"),
         (status = 202, body = Sent, description = "the outcome is unknown; not retried"),
         (status = 404, body = ErrorBody, description = "no such conversation, account or template"),
-        (status = 409, body = ErrorBody, description = "outside the window (text), template not approved, or the contact opted out of marketing"),
+        (status = 409, body = ErrorBody, description = "outside the window (text, media), template not approved, or the contact opted out of marketing"),
         (status = 502, body = ErrorBody, description = "the Graph API refused it"),
         Errors))]
 async fn send(
@@ -117,11 +241,17 @@ async fn send(
     Body(body): Body<SendBody>,
 ) -> Result<Response, Failure> {
     caller.require(Role::Operator)?;
-    match (&body.text, &body.template) {
-        (Some(text), None) => check_text(text)?,
-        (None, Some(_)) => {}
-        _ => return Err(Failure::bad_request("give either text or template")),
-    }
+    let media = match (&body.text, &body.template, &body.media) {
+        (Some(text), None, None) => {
+            check_text(text)?;
+            None
+        }
+        (None, Some(_), None) => None,
+        (None, None, Some(m)) => Some(media_of(m, &body.phone_number_id)?),
+        _ => {
+            return Err(Failure::bad_request("give one of text, template or media"));
+        }
+    };
     let ws = caller.0.workspace_id;
     let conv = conversation(&state, &caller, body.conversation_id).await?;
     let directory = state.directory();
@@ -214,7 +344,14 @@ async fn send(
         .await?;
         return Ok(respond(outcome));
     }
-    let text = body.text.as_deref().unwrap_or_default();
+    let marker = media.as_ref().map(|m| match &m.caption {
+        Some(c) => c.clone(),
+        None => format!("[{}]", m.kind),
+    });
+    let text = marker
+        .as_deref()
+        .or(body.text.as_deref())
+        .unwrap_or_default();
     let outcome = outbox::send_once(Outgoing {
         db: &state.db,
         store: &state.processing.store,
@@ -229,6 +366,7 @@ async fn send(
         key: &key,
         body: text,
         template: None,
+        media: media.as_ref(),
         event_id: 0,
         sender: "operator",
         correlation_id: &correlation_id,
@@ -241,7 +379,11 @@ async fn send(
         &state.db,
         ws,
         &caller.0.actor,
-        "message.send",
+        if media.is_some() {
+            "message.send_media"
+        } else {
+            "message.send"
+        },
         &format!("conversation:{}", conv.id),
         None,
         Some(outcome.label()),
