@@ -124,6 +124,7 @@ pub async fn run(config: Config, args: Args) -> anyhow::Result<String> {
                             status: MessageStatus::Received,
                             sender: None,
                             media: None,
+                            author: crate::ingest::event::Author::Customer,
                         }],
                         statuses: Vec::new(),
                         amendments: Vec::new(),

@@ -168,6 +168,15 @@ pub struct AgentConfig {
     /// How long a turn waits for the burst's files to be fetched before it goes on without.
     #[serde(default = "d::media_wait_ms")]
     pub media_wait_ms: u64,
+    /// After a person replies (an operator through the API or console, or the business phone's
+    /// WhatsApp Business app) the agent keeps quiet in that conversation this long; each human
+    /// reply starts it again. 0: the agent never yields.
+    #[serde(default = "d::human_silence_ms")]
+    pub human_silence_ms: u64,
+    /// A customer message with one of these words (whole words, any case) hands the
+    /// conversation to a person (`human`) instead of a reply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub handoff_keywords: Vec<String>,
 }
 
 /// The field a chat-completions request names its reply limit with.
@@ -264,6 +273,9 @@ mod d {
     pub fn media_wait_ms() -> u64 {
         15_000
     }
+    pub fn human_silence_ms() -> u64 {
+        30 * 60_000
+    }
 }
 
 impl AgentConfig {
@@ -305,6 +317,8 @@ impl AgentConfig {
             vision_max_side: d::vision_max_side(),
             transcribe_model: None,
             media_wait_ms: d::media_wait_ms(),
+            human_silence_ms: d::human_silence_ms(),
+            handoff_keywords: Vec::new(),
         }
     }
 

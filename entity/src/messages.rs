@@ -34,6 +34,10 @@ pub struct Model {
     /// Who wrote a group message: `{"phone", "user_id", "name"}` as JSON.
     #[sea_orm(column_type = "Text", nullable)]
     pub sender: Option<String>,
+    /// Who wrote it: `customer`, `agent`, `operator`, `business_app` or `api`.
+    pub author: Option<String>,
+    /// The operator's user, for `operator`.
+    pub author_user_id: Option<i64>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -17,6 +17,7 @@ mod m20261202_000012_identity_groups;
 mod m20261202_000013_agent_turn_outcomes;
 mod m20261202_000014_message_templates;
 mod m20261202_000015_media;
+mod m20261203_000016_authors;
 
 pub struct Migrator;
 
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000013_agent_turn_outcomes::Migration),
             Box::new(m20261202_000014_message_templates::Migration),
             Box::new(m20261202_000015_media::Migration),
+            Box::new(m20261203_000016_authors::Migration),
         ]
     }
 }

@@ -132,6 +132,7 @@ pub async fn run(mut input: FollowUpInput) -> TurnReport {
             request: &request,
             key: &input.key,
             sender: &agent,
+            author: crate::ingest::event::Author::Agent,
             correlation_id: &cid,
         })
         .await;
@@ -211,6 +212,7 @@ pub async fn run(mut input: FollowUpInput) -> TurnReport {
         media: None,
         event_id: 0,
         sender: &agent,
+        author: crate::ingest::event::Author::Agent,
         correlation_id: &cid,
         prompt_tokens: completion.prompt_tokens,
         completion_tokens: completion.completion_tokens,

@@ -195,6 +195,7 @@ pub async fn run(c: Campaign, leads: Vec<Lead>) -> Report {
                 request: &request,
                 key: &key,
                 sender: "leads",
+                author: crate::ingest::event::Author::Api,
                 correlation_id: &format!("leads:{}", c.campaign),
             })
             .await;

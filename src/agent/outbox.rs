@@ -9,7 +9,7 @@ use sea_orm::DatabaseConnection;
 
 use super::graph::{Graph, Recipient};
 use crate::{
-    ingest::event::{ContactKey, Direction, MediaRef, MessageItem, MessageStatus},
+    ingest::event::{Author, ContactKey, Direction, MediaRef, MessageItem, MessageStatus},
     store::{
         batch::{ChangeSet, Known, Store},
         outbound::{self, NewOutbound},
@@ -39,6 +39,8 @@ pub struct Outgoing<'a> {
     pub event_id: i64,
     /// `agent_type` of the row: the agent's name, or `operator`.
     pub sender: &'a str,
+    /// Who the message is by (the agent, an operator, a campaign through the API).
+    pub author: Author,
     pub correlation_id: &'a str,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
@@ -161,6 +163,7 @@ pub async fn send_once(o: Outgoing<'_>) -> Outcome {
                 status: MessageStatus::Accepted,
                 sender: None,
                 media: o.media.and_then(|m| m.file.clone()).map(Box::new),
+                author: o.author,
             };
             let set = ChangeSet {
                 event_id: o.event_id,

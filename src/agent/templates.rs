@@ -454,6 +454,7 @@ pub struct TemplateSend<'a> {
     pub key: &'a str,
     /// `agent_type` of the outbound row: `operator`, `leads` or the agent's name.
     pub sender: &'a str,
+    pub author: crate::ingest::event::Author,
     pub correlation_id: &'a str,
 }
 
@@ -510,6 +511,7 @@ pub async fn send(s: TemplateSend<'_>) -> Result<super::outbox::Outcome, NotSent
         media: None,
         event_id: 0,
         sender: s.sender,
+        author: s.author,
         correlation_id: s.correlation_id,
         prompt_tokens: 0,
         completion_tokens: 0,

@@ -26,12 +26,12 @@ use super::{
     reply,
 };
 use crate::{
-    ingest::event::{ContactKey, ConversationState, MessageItem},
+    ingest::event::{ContactKey, ConversationState, Intent, MessageItem},
     metrics as m,
     store::{
         agent::{self as agent_store, TurnFigures},
-        batch::Store,
-        conversations,
+        batch::{ChangeSet, Known, Store},
+        conversations, messages,
         outbound::{self, NewOutbound},
     },
 };
@@ -137,6 +137,48 @@ async fn turn(mut input: TurnInput) -> TurnReport {
         );
     if handed_off {
         return skip(&input, &key, "handed_to_person").await;
+    }
+    // The customer asked for a person: the conversation is handed over instead of answered.
+    if asks_for_a_person(&provider.cfg.handoff_keywords, &input.burst) {
+        let set = ChangeSet {
+            intents: vec![Intent::Set(ConversationState::Human)],
+            ..ChangeSet::ours(
+                input.workspace_id,
+                input.contact.clone(),
+                Known {
+                    contact_id: input.contact_id,
+                    conversation_id: input.conversation_id,
+                },
+                input.correlation_id.clone(),
+            )
+        };
+        if let Err(e) = input.store.apply(set).await {
+            log("cannot hand the conversation to a person", &e);
+            return TurnReport {
+                context: input.context,
+                outcome: "error",
+            };
+        }
+        return skip(&input, &key, "handoff_keyword").await;
+    }
+    // A person replied (console, API, the business app) less than `human_silence_ms` before
+    // the customer's newest message, or after it: the agent keeps quiet. Each human reply
+    // starts the quiet again; a customer message after it is answered again.
+    let silence = chrono::Duration::milliseconds(provider.cfg.human_silence_ms as i64);
+    if silence > chrono::Duration::zero() {
+        match messages::last_human_reply(&input.db, input.conversation_id).await {
+            Ok(Some(at)) if newest.message.timestamp - at < silence => {
+                return skip(&input, &key, "human_replied").await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                log("cannot read the conversation's human replies", &e);
+                return TurnReport {
+                    context: input.context,
+                    outcome: "error",
+                };
+            }
+        }
     }
     // The customer-service window: free-form replies only within 24 h of the last inbound.
     if Utc::now() - newest.message.timestamp > chrono::Duration::hours(24) {
@@ -324,6 +366,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
         media: None,
         event_id: newest.event_id,
         sender: agent,
+        author: crate::ingest::event::Author::Agent,
         correlation_id: &input.correlation_id,
         prompt_tokens: completion.prompt_tokens,
         completion_tokens: completion.completion_tokens,
@@ -488,4 +531,38 @@ async fn notes(input: &TurnInput) -> Vec<Turn> {
             })
         })
         .collect()
+}
+
+/// Whether a message of the burst has one of the hand-off words (whole words, any case).
+fn asks_for_a_person(keywords: &[String], burst: &[Inbound]) -> bool {
+    if keywords.is_empty() {
+        return false;
+    }
+    let words: Vec<String> = keywords
+        .iter()
+        .map(|k| k.trim().to_lowercase())
+        .filter(|k| !k.is_empty())
+        .collect();
+    burst.iter().any(|i| {
+        let text = i
+            .message
+            .content
+            .as_deref()
+            .unwrap_or_default()
+            .to_lowercase();
+        let tokens: Vec<&str> = text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|t| !t.is_empty())
+            .collect();
+        words.iter().any(|w| {
+            let parts: Vec<&str> = w
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|t| !t.is_empty())
+                .collect();
+            !parts.is_empty()
+                && tokens
+                    .windows(parts.len())
+                    .any(|win| win == parts.as_slice())
+        })
+    })
 }

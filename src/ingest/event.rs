@@ -17,6 +17,57 @@ impl Direction {
     }
 }
 
+/// Who wrote a message: the customer, or on the business's side the agent, an operator (with
+/// their user id, through wahook's API or console), the WhatsApp Business app (an
+/// `smb_message_echoes` echo, Kapso's `business_app` or `history_sync` origin), or another
+/// system (recorded through the API, Kapso's `cloud_api` origin). Stored by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Author {
+    #[default]
+    Customer,
+    Agent,
+    Operator(Option<i64>),
+    BusinessApp,
+    Api,
+}
+
+impl Author {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Author::Customer => "customer",
+            Author::Agent => "agent",
+            Author::Operator(_) => "operator",
+            Author::BusinessApp => "business_app",
+            Author::Api => "api",
+        }
+    }
+
+    /// The operator's user id, if any.
+    pub fn user_id(self) -> Option<i64> {
+        match self {
+            Author::Operator(u) => u,
+            _ => None,
+        }
+    }
+
+    /// A person on the business's side wrote it: the agent keeps quiet for a while after.
+    pub fn is_human_reply(self) -> bool {
+        matches!(self, Author::Operator(_) | Author::BusinessApp)
+    }
+
+    /// As stored (`author`, `author_user_id`); `None` for a name it does not know.
+    pub fn from_stored(name: &str, user_id: Option<i64>) -> Option<Self> {
+        Some(match name {
+            "customer" => Author::Customer,
+            "agent" => Author::Agent,
+            "operator" => Author::Operator(user_id),
+            "business_app" => Author::BusinessApp,
+            "api" => Author::Api,
+            _ => return None,
+        })
+    }
+}
+
 /// A message's delivery status, ordered: a status only ever moves to a higher rank.
 /// `failed` outranks only a message not yet delivered; after that it is recorded with its
 /// error without changing the status.
@@ -227,6 +278,8 @@ pub struct MessageItem {
     pub sender: Option<Sender>,
     /// The file it carries (image, audio, video, document, sticker), fetched by a media job.
     pub media: Option<Box<MediaRef>>,
+    /// Who wrote it.
+    pub author: Author,
 }
 
 /// A file a message names: what the webhook says of it. The bytes are fetched later from the

@@ -7,7 +7,8 @@ use serde_json::Value;
 use super::{
     Admit,
     event::{
-        ContactKey, Direction, Item, ItemKind, Lifecycle, MessageStatus, Normalized, StatusItem,
+        Author, ContactKey, Direction, Item, ItemKind, Lifecycle, MessageStatus, Normalized,
+        StatusItem,
     },
     meta::{error_text, message_kind},
 };
@@ -151,6 +152,13 @@ fn normalize_one(
             };
             if let Some(content) = text(m.get("kapso"), "content").filter(|c| !c.is_empty()) {
                 item.content = Some(content);
+            }
+            // Who sent an outbound message: the business app (or its history), or an API.
+            if direction == Direction::Outbound {
+                item.author = match text(m.get("kapso"), "origin").as_deref() {
+                    Some("business_app" | "history_sync") => Author::BusinessApp,
+                    _ => Author::Api,
+                };
             }
             let status = match event_type {
                 "whatsapp.message.sent" => Some(MessageStatus::Sent),

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::{
     Admit, content_of,
     event::{
-        Amendment, AmendmentKind, ContactKey, Direction, IdentityChange, Item, ItemKind,
+        Amendment, AmendmentKind, Author, ContactKey, Direction, IdentityChange, Item, ItemKind,
         MessageItem, MessageStatus, Normalized, OrphanStatus, Pricing, Sender, StatusItem,
         TemplateChange, TemplateUpdate,
     },
@@ -664,6 +664,11 @@ pub(crate) fn message_item(
             Direction::Outbound => MessageStatus::Accepted,
         },
         sender: None,
+        // An echo is what the business wrote in the WhatsApp Business app.
+        author: match direction {
+            Direction::Inbound => Author::Customer,
+            Direction::Outbound => Author::BusinessApp,
+        },
     })
 }
 

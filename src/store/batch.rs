@@ -65,6 +65,35 @@ pub struct ChangeSet {
     pub known: Option<Known>,
 }
 
+impl ChangeSet {
+    /// A set of ours (no inbox event) for a conversation already known: nothing in it yet.
+    pub fn ours(
+        workspace_id: i64,
+        contact: ContactKey,
+        known: Known,
+        correlation_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            event_id: 0,
+            marks_event: false,
+            correlation_id: correlation_id.into(),
+            workspace_id,
+            contact,
+            user_id: None,
+            contact_name: None,
+            messages: Vec::new(),
+            statuses: Vec::new(),
+            amendments: Vec::new(),
+            identity: Vec::new(),
+            intents: Vec::new(),
+            external_id: None,
+            marketing: None,
+            report_new_inbound: false,
+            known: Some(known),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Known {
     pub contact_id: i64,

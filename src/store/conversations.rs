@@ -264,53 +264,149 @@ pub struct ConversationView {
     /// A WhatsApp group's conversation (`contact` is then `group:<id>`; each message names
     /// its `sender`).
     pub group_id: Option<String>,
+    /// The contact's business-scoped user id (BSUID), when known.
+    pub user_id: Option<String>,
     pub state: String,
     pub message_count: i32,
     pub last_message_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// The newest message is the customer's: nobody answered it yet.
+    pub needs_reply: bool,
 }
 
-/// A workspace's conversations by id after the cursor, by state and activity since.
+/// Which conversations a list shows, and in what order.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub state: Option<String>,
+    pub active_since: Option<DateTime<Utc>>,
+    /// Phone (digits), name or business-scoped user id, in part, any case.
+    pub search: Option<String>,
+    /// Only those whose newest message is the customer's (nobody answered yet).
+    pub needs_reply: bool,
+    pub order: Order,
+}
+
+/// Newest activity first (after the cursor's activity and id), or by id (after the cursor's).
+#[derive(Debug, Clone)]
+pub enum Order {
+    Activity(Option<(DateTime<Utc>, i64)>),
+    Id(Option<i64>),
+}
+
+impl Default for Order {
+    fn default() -> Self {
+        Order::Activity(None)
+    }
+}
+
+/// What a conversation's newest activity is: its last message, or its creation.
+const ACTIVITY: &str = "COALESCE(v.last_message_at, v.created_at)";
+
+/// A workspace's conversations by the filter, up to `limit`.
 pub async fn list(
     db: &impl ConnectionTrait,
     workspace_id: i64,
-    state: Option<&str>,
-    active_since: Option<DateTime<Utc>>,
-    after: Option<i64>,
+    filter: &Filter,
     limit: u64,
 ) -> Result<Vec<ConversationView>, DbErr> {
     let mut sql = Sql::new(
         db.get_database_backend(),
-        "SELECT v.id, v.contact_id, c.phone, c.name, v.status, v.message_count, v.last_message_at, \
-         v.created_at FROM conversations v JOIN contacts c ON c.id = v.contact_id WHERE v.workspace_id = ",
+        "SELECT v.id, v.contact_id, c.phone, c.name, c.user_id, v.status, v.message_count, \
+         v.last_message_at, v.created_at, \
+         (SELECT m.direction FROM messages m WHERE m.conversation_id = v.id \
+          AND m.message_type <> 'pending' ORDER BY m.timestamp DESC, m.id DESC LIMIT 1) AS last_direction \
+         FROM conversations v JOIN contacts c ON c.id = v.contact_id WHERE v.workspace_id = ",
     );
     sql.param(workspace_id);
-    if let Some(state) = state {
-        sql.push(" AND v.status = ").param(state.to_owned());
+    if let Some(state) = &filter.state {
+        sql.push(" AND v.status = ").param(state.clone());
     }
-    if let Some(since) = active_since {
+    if let Some(since) = filter.active_since {
         sql.push(" AND v.last_message_at >= ").param(since);
     }
-    if let Some(after) = after {
-        sql.push(" AND v.id > ").param(after);
+    if let Some(term) = filter
+        .search
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        let like = |t: &str| {
+            let escaped: String = t
+                .chars()
+                .flat_map(|ch| match ch {
+                    '%' | '_' | '\\' => vec!['\\', ch],
+                    _ => vec![ch],
+                })
+                .collect();
+            format!("%{}%", escaped.to_lowercase())
+        };
+        sql.push(" AND (LOWER(c.name) LIKE ")
+            .param(like(term))
+            .push(" ESCAPE '\\' OR LOWER(c.user_id) LIKE ")
+            .param(like(term))
+            .push(" ESCAPE '\\' OR LOWER(c.phone) LIKE ")
+            .param(like(term))
+            .push(" ESCAPE '\\'");
+        // A phone number as people write it: +49 151 1234-5678.
+        let digits: String = term.chars().filter(char::is_ascii_digit).collect();
+        if digits.len() >= 3 && digits != term {
+            sql.push(" OR c.phone LIKE ").param(format!("%{digits}%"));
+        }
+        sql.push(")");
     }
-    sql.push(" ORDER BY v.id LIMIT ").param(limit as i64);
+    if filter.needs_reply {
+        sql.push(
+            " AND (SELECT m.direction FROM messages m WHERE m.conversation_id = v.id \
+             AND m.message_type <> 'pending' ORDER BY m.timestamp DESC, m.id DESC LIMIT 1) = 'inbound'",
+        );
+    }
+    match filter.order {
+        Order::Id(after) => {
+            if let Some(after) = after {
+                sql.push(" AND v.id > ").param(after);
+            }
+            sql.push(" ORDER BY v.id");
+        }
+        Order::Activity(after) => {
+            if let Some((at, id)) = after {
+                sql.push(&format!(" AND ({ACTIVITY} < "))
+                    .param(at)
+                    .push(&format!(" OR ({ACTIVITY} = "))
+                    .param(at)
+                    .push(" AND v.id < ")
+                    .param(id)
+                    .push("))");
+            }
+            sql.push(&format!(" ORDER BY {ACTIVITY} DESC, v.id DESC"));
+        }
+    }
+    sql.push(" LIMIT ").param(limit as i64);
     let mut out = Vec::new();
     for r in db.query_all_raw(sql.build()).await? {
         let contact: String = r.try_get("", "phone")?;
+        let last_direction: Option<String> = r.try_get("", "last_direction")?;
         out.push(ConversationView {
             id: r.try_get("", "id")?,
             contact_id: r.try_get("", "contact_id")?,
             group_id: contact.strip_prefix("group:").map(str::to_owned),
             contact,
             contact_name: r.try_get("", "name")?,
+            user_id: r.try_get("", "user_id")?,
             state: r.try_get("", "status")?,
             message_count: r.try_get("", "message_count")?,
             last_message_at: r.try_get("", "last_message_at")?,
             created_at: r.try_get("", "created_at")?,
+            needs_reply: last_direction.as_deref() == Some("inbound"),
         });
     }
     Ok(out)
+}
+
+impl ConversationView {
+    /// Where a list ordered by activity goes on after this one.
+    pub fn activity(&self) -> DateTime<Utc> {
+        self.last_message_at.unwrap_or(self.created_at)
+    }
 }
 
 /// One conversation of the workspace.
@@ -323,7 +419,11 @@ pub async fn get(
     if id < 1 {
         return Ok(None);
     }
-    let mut rows = list(db, workspace_id, None, None, Some(id - 1), 1).await?;
+    let filter = Filter {
+        order: Order::Id(Some(id - 1)),
+        ..Filter::default()
+    };
+    let mut rows = list(db, workspace_id, &filter, 1).await?;
     Ok(rows.pop().filter(|c| c.id == id))
 }
 

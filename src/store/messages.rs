@@ -19,7 +19,7 @@ use crate::ingest::event::MessageItem;
 /// The insert every message row goes through (`statuses.rs` has its own for placeholders).
 pub const INSERT: &str = "INSERT INTO messages (workspace_id, conversation_id, direction, wamid, \
      message_type, content, status, status_rank, status_error, timestamp, metadata, event_id, \
-     created_at, updated_at, sender) VALUES ";
+     created_at, updated_at, sender, author, author_user_id) VALUES ";
 
 /// What step 3 added: per conversation, how many rows and the latest timestamp; and, when
 /// tracked, which `(wamid, event_id)` were inserted (a redelivered copy is not among them).
@@ -72,6 +72,8 @@ pub async fn insert(
                     .as_ref()
                     .and_then(|s| serde_json::to_string(s).ok())
                     .into(),
+                msg.author.as_str().into(),
+                msg.author.user_id().into(),
             ]
         }));
         sql.push(
@@ -80,7 +82,8 @@ pub async fn insert(
              message_type = excluded.message_type, content = excluded.content, \
              timestamp = excluded.timestamp, metadata = excluded.metadata, \
              event_id = excluded.event_id, updated_at = excluded.updated_at, \
-             sender = excluded.sender \
+             sender = excluded.sender, author = excluded.author, \
+             author_user_id = excluded.author_user_id \
              WHERE messages.message_type = 'pending' \
              RETURNING conversation_id, timestamp, wamid, event_id",
         );
@@ -183,6 +186,12 @@ pub struct MessageView {
     pub media: Option<MediaView>,
     /// A shared location.
     pub location: Option<LocationView>,
+    /// Who wrote it: `customer`, `agent`, `operator`, `business_app` (the WhatsApp Business
+    /// app) or `api` (another system).
+    pub author: String,
+    /// The operator's user id and name, for `operator`.
+    pub author_user_id: Option<i64>,
+    pub author_name: Option<String>,
 }
 
 /// A message's file: `pending` (being fetched), `stored` (at `url`), `failed` (with
@@ -288,12 +297,16 @@ pub async fn of_conversation(
     let backend = db.get_database_backend();
     let mut sql = Sql::new(
         backend,
-        "SELECT id, direction, wamid, message_type, content, status, status_error, timestamp, \
-         metadata, edited_at, revoked_at, sender \
-         FROM messages WHERE message_type <> 'pending' AND conversation_id = ",
+        "SELECT m.id AS id, m.direction AS direction, m.wamid AS wamid, \
+         m.message_type AS message_type, m.content AS content, m.status AS status, \
+         m.status_error AS status_error, m.timestamp AS timestamp, m.metadata AS metadata, \
+         m.edited_at AS edited_at, m.revoked_at AS revoked_at, m.sender AS sender, \
+         m.author AS author, m.author_user_id AS author_user_id, u.name AS author_name \
+         FROM messages m LEFT JOIN users u ON u.id = m.author_user_id \
+         WHERE m.message_type <> 'pending' AND m.conversation_id = ",
     );
     sql.param(conversation_id)
-        .push(" ORDER BY timestamp, id LIMIT ")
+        .push(" ORDER BY m.timestamp, m.id LIMIT ")
         .param(limit as i64);
     let mut out = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
@@ -340,6 +353,11 @@ pub async fn of_conversation(
                 .and_then(|s| serde_json::from_str(&s).ok()),
             media: None,
             location,
+            author: r
+                .try_get::<Option<String>>("", "author")?
+                .unwrap_or_else(|| "customer".into()),
+            author_user_id: r.try_get("", "author_user_id")?,
+            author_name: r.try_get("", "author_name")?,
         });
     }
     if out.is_empty() {
@@ -395,4 +413,22 @@ pub async fn of_conversation(
         }
     }
     Ok(out)
+}
+
+/// When a person last replied in a conversation (an operator, or the business app).
+pub async fn last_human_reply(
+    db: &impl ConnectionTrait,
+    conversation_id: i64,
+) -> Result<Option<DateTime<Utc>>, DbErr> {
+    let mut sql = Sql::new(
+        db.get_database_backend(),
+        "SELECT timestamp FROM messages WHERE author IN ('operator', 'business_app') \
+         AND conversation_id = ",
+    );
+    sql.param(conversation_id)
+        .push(" ORDER BY timestamp DESC LIMIT 1");
+    Ok(match db.query_one_raw(sql.build()).await? {
+        Some(r) => Some(r.try_get("", "timestamp")?),
+        None => None,
+    })
 }

@@ -184,6 +184,7 @@ pub async fn unanswered(
                 status: MessageStatus::Received,
                 sender: None,
                 media: None,
+                author: crate::ingest::event::Author::Customer,
             },
         });
     }

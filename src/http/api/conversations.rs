@@ -17,7 +17,7 @@ use crate::{
     ingest::event::{ContactKey, ConversationState, Intent},
     store::{
         batch::{ChangeSet, Known},
-        conversations::{self, ConversationView},
+        conversations::{self, ConversationView, Filter, Order},
         messages::{self, MessageView},
         users::{Role, audit},
     },
@@ -41,6 +41,16 @@ struct ListQuery {
     state: Option<String>,
     /// Last message at or after (RFC 3339).
     active_since: Option<DateTime<Utc>>,
+    /// Phone (any digits of it, `+49 151…` as people write it), name or business-scoped user
+    /// id, in part, any case.
+    #[param(max_length = 200)]
+    search: Option<String>,
+    /// Only conversations whose newest message is the customer's (unanswered).
+    needs_reply: Option<bool>,
+    /// `activity` (newest activity first, the default) or `id` (oldest first, for a full
+    /// export).
+    #[param(pattern = "^(activity|id)$")]
+    order: Option<String>,
     /// The `next` cursor of the previous page.
     after: Option<String>,
     /// 1 to 200 (default 50).
@@ -48,7 +58,8 @@ struct ListQuery {
     limit: Option<u64>,
 }
 
-/// The workspace's conversations by id, by state and last activity.
+/// The workspace's conversations, newest activity first (or by id), by state, activity,
+/// search and whether they need a reply.
 #[utoipa::path(get, path = "/api/v1/conversations", tag = "conversations", operation_id = "conversations_list", params(ListQuery),
     responses((status = 200, body = Page<ConversationView>), Errors))]
 async fn list(
@@ -60,16 +71,54 @@ async fn list(
     sane_time("active_since", q.active_since)?;
     one_of("state", q.state.as_deref(), STATES)?;
     let limit = limit(q.limit)?;
-    let rows = conversations::list(
-        &state.db,
-        caller.0.workspace_id,
-        q.state.as_deref(),
-        q.active_since,
-        cursor(q.after.as_deref())?,
-        limit,
-    )
-    .await?;
-    Ok(page(rows, limit, |r| r.id))
+    if q.search.as_ref().is_some_and(|s| s.chars().count() > 200) {
+        return Err(Failure::bad_request(
+            "search must have at most 200 characters",
+        ));
+    }
+    let by_id = match q.order.as_deref() {
+        None | Some("activity") => false,
+        Some("id") => true,
+        Some(other) => {
+            return Err(Failure::bad_request(format!(
+                "order `{other}` is not one of activity, id"
+            )));
+        }
+    };
+    let order = if by_id {
+        Order::Id(cursor(q.after.as_deref())?)
+    } else {
+        Order::Activity(activity_cursor(q.after.as_deref())?)
+    };
+    let filter = Filter {
+        state: q.state.clone(),
+        active_since: q.active_since,
+        search: q.search.clone(),
+        needs_reply: q.needs_reply.unwrap_or(false),
+        order,
+    };
+    let rows = conversations::list(&state.db, caller.0.workspace_id, &filter, limit).await?;
+    if by_id {
+        return Ok(page(rows, limit, |r| r.id));
+    }
+    let next = (rows.len() as u64 == limit)
+        .then(|| rows.last())
+        .flatten()
+        .map(|r| format!("{}_{}", r.activity().timestamp_micros(), r.id));
+    Ok(Json(Page { items: rows, next }))
+}
+
+/// An activity cursor: `<microseconds>_<id>` of the last row of the previous page.
+fn activity_cursor(after: Option<&str>) -> Result<Option<(DateTime<Utc>, i64)>, Failure> {
+    let Some(a) = after else { return Ok(None) };
+    let bad = || Failure::bad_request(format!("`{a}` is not a cursor"));
+    let (micros, id) = a.split_once('_').ok_or_else(bad)?;
+    let at = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or_else(bad)?;
+    Ok(Some((at, id.parse::<i64>().map_err(|_| bad())?)))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -169,25 +218,16 @@ async fn set_state(
     // The store's writer is the one writer of conversation rows: the change is a change set
     // with an intent, applied in its order with everything else, with its audit transition.
     let set = ChangeSet {
-        event_id: 0,
-        marks_event: false,
-        correlation_id: format!("api:user:{}", caller.0.user_id),
-        workspace_id: ws,
-        contact: ContactKey::stored(before.contact.clone()),
-        user_id: None,
-        contact_name: None,
-        messages: Vec::new(),
-        statuses: Vec::new(),
-        amendments: Vec::new(),
-        identity: Vec::new(),
         intents: vec![Intent::Set(to)],
-        external_id: None,
-        marketing: None,
-        report_new_inbound: false,
-        known: Some(Known {
-            contact_id: before.contact_id,
-            conversation_id: id,
-        }),
+        ..ChangeSet::ours(
+            ws,
+            ContactKey::stored(before.contact.clone()),
+            Known {
+                contact_id: before.contact_id,
+                conversation_id: id,
+            },
+            format!("api:user:{}", caller.0.user_id),
+        )
     };
     let applied = state.processing.store.apply(set).await.map_err(|e| {
         Failure::new(

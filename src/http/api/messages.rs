@@ -22,7 +22,7 @@ use crate::{
         templates::{self, NotSent, Refusal, TemplateRequest, TemplateSend},
     },
     http::AppState,
-    ingest::event::{ContactKey, Direction, MediaRef, MessageItem, MessageStatus},
+    ingest::event::{Author, ContactKey, Direction, MediaRef, MessageItem, MessageStatus},
     store::{
         batch::{ChangeSet, Known},
         conversations::{self, ConversationView},
@@ -306,6 +306,7 @@ async fn send(
             request,
             key: &key,
             sender: "operator",
+            author: Author::Operator(Some(caller.0.user_id)),
             correlation_id: &correlation_id,
         })
         .await;
@@ -369,6 +370,7 @@ async fn send(
         media: media.as_ref(),
         event_id: 0,
         sender: "operator",
+        author: Author::Operator(Some(caller.0.user_id)),
         correlation_id: &correlation_id,
         prompt_tokens: 0,
         completion_tokens: 0,
@@ -514,6 +516,7 @@ async fn record(
             status: MessageStatus::Sent,
             sender: None,
             media: None,
+            author: Author::Api,
         }],
         statuses: Vec::new(),
         amendments: Vec::new(),
