@@ -28,6 +28,7 @@ function el(tag, attrs, ...children) {
 const ICONS = {
   edit: "M4 20h4L19 9l-4-4L4 16v4zm11-17 4 4",
   trash: "M5 7h14M10 7V4h4v3m-7 0 1 13h8l1-13M10 11v6m4-6v6",
+  send: "M3 20 21 12 3 4v6l12 2-12 2z",
 };
 
 /// A small line icon (the page's own SVG: no icon font, no emoji font needed).
@@ -141,6 +142,18 @@ async function api(method, path, body) {
     const err = (data && data.error) || {};
     throw new ApiError(res.status, err.code || "error", err.message || res.statusText);
   }
+  return data;
+}
+
+/// Uploads a file (its bytes, its type) through wahook to the Graph API: its media id.
+async function uploadFile(phoneNumberId, file) {
+  const res = await fetch("/api/v1/media" + qs({ phone_number_id: phoneNumberId, filename: file.name }), {
+    method: "POST",
+    headers: { Authorization: "Bearer " + sessionStorage.getItem(TOKEN_KEY), "Content-Type": file.type || "application/octet-stream" },
+    body: file,
+  });
+  const data = await res.json().catch(() => null);
+  if (!res.ok) throw new ApiError(res.status, (data && data.error && data.error.code) || "error", (data && data.error && data.error.message) || res.statusText);
   return data;
 }
 
@@ -544,22 +557,30 @@ async function renderConversations(id) {
   if (id) return renderConversation(id);
   const state = el("select", { id: "conversation-state" }, ["", "open", "human", "inactive", "closed"].map((s) => el("option", { value: s }, s || "any")));
   const since = el("input", { type: "datetime-local", id: "conversation-since" });
+  const search = el("input", { type: "search", id: "conversation-search", placeholder: "phone, name or user id", maxlength: 200 });
+  const waiting = el("input", { type: "checkbox", id: "conversation-needs-reply" });
   const list = el("div", {});
   const load = async () => {
     list.replaceChildren(loading());
     try {
       const sinceIso = since.value ? new Date(since.value).toISOString() : "";
-      const page = await api("GET", "/conversations" + qs({ state: state.value, active_since: sinceIso, limit: 200 }));
+      const page = await api("GET", "/conversations" + qs({ state: state.value, active_since: sinceIso, search: search.value.trim(),
+        needs_reply: waiting.checked ? "true" : "", limit: 200 }));
       const rows = page.items.map((c) => el("tr", { "data-conversation": c.id },
-        el("td", {}, el("a", { href: "#/conversations/" + c.id }, conversationTitle(c))),
+        el("td", {}, el("a", { href: "#/conversations/" + c.id }, conversationTitle(c)),
+          c.needs_reply ? el("span", { class: "mark needs-reply", title: "the customer's message is unanswered" }, "needs reply") : null),
         el("td", {}, c.contact), el("td", {}, el("span", { class: "badge" }, c.state)),
         el("td", {}, c.message_count), el("td", {}, when(c.last_message_at))));
-      list.replaceChildren(table("Conversations", ["Contact", "Address", "State", "Messages", "Last activity"], rows, "No conversations match."));
+      list.replaceChildren(table("Conversations, newest activity first", ["Contact", "Address", "State", "Messages", "Last activity"], rows, "No conversations match."));
     } catch (e) { list.replaceChildren(errorBox(e)); }
   };
+  let typing = null;
+  search.addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(load, 250); });
   state.addEventListener("change", load);
   since.addEventListener("change", load);
-  show(el("h1", {}, "Conversations"), el("div", { class: "bar" }, field("State", state), field("Active since", since)), list);
+  waiting.addEventListener("change", load);
+  show(el("h1", {}, "Conversations"), el("div", { class: "bar" }, field("Search", search), field("State", state), field("Active since", since),
+    el("label", { class: "check" }, waiting, "Needs a reply")), list);
   await load();
 }
 
@@ -567,6 +588,16 @@ async function renderConversations(id) {
 function senderName(m, c) {
   if (m.sender) return m.sender.name ? `${m.sender.name} (${m.sender.phone || m.sender.user_id || "?"})` : (m.sender.phone || m.sender.user_id || "a participant");
   return c.contact_name || c.contact;
+}
+
+const AUTHORS = { agent: "agent", business_app: "business phone", api: "another system" };
+
+// Who wrote a message: the customer (a group's participant), the agent, an operator by name,
+// the business phone's WhatsApp Business app, or another system.
+function authorName(m, c) {
+  if (m.direction === "inbound") return senderName(m, c);
+  if (m.author === "operator") return m.author_name ? `${m.author_name} (operator)` : "operator";
+  return AUTHORS[m.author] || "sent by us";
 }
 
 function conversationTitle(c) {
@@ -596,7 +627,7 @@ async function renderConversation(id) {
       m.revoked ? null : mediaView(m),
       m.revoked ? null : locationView(m),
       el("div", { class: "meta" },
-        el("span", { class: m.sender ? "sender" : null }, m.direction === "outbound" ? "sent by us" : senderName(m, c)),
+        el("span", { class: m.sender ? "sender" : "author " + (m.author || m.direction), "data-author": m.author || "" }, authorName(m, c)),
         m.edited && !m.revoked ? el("span", { class: "mark edited", title: edits.map((e) => `${when(e.at)}: ${e.content ?? ""}`).join("\n") }, "edited") : null,
         m.revoked ? el("span", { class: "mark deleted" }, "deleted") : null,
         el("time", { datetime: m.timestamp }, when(m.timestamp)),
@@ -605,6 +636,11 @@ async function renderConversation(id) {
         ...m.reactions.map((r) => el("span", { class: "reaction", title: r.side === "outbound" ? "our reaction" : "their reaction" }, r.emoji))) : null,
       m.status_error ? el("div", { class: "error" }, m.status_error) : null);
   });
+  // The agent's turns that sent nothing, where they happened, with why.
+  const turns = (data.turns || []).map((t) => ({ at: t.created_at, node: el("div", { class: "turn " + t.state, role: "note", "data-turn": t.state, "data-reason": t.error || "" },
+    `${t.agent} ${t.state === "skipped" ? "kept quiet" : t.state}: ${TURN_REASONS[t.error] || t.error || "—"}`, el("time", { datetime: t.created_at }, " · " + when(t.created_at))) }));
+  const timeline = thread.map((node, i) => ({ at: data.messages[i].timestamp, node }))
+    .concat(turns).sort((a, b) => new Date(a.at) - new Date(b.at)).map((x) => x.node);
   show(
     el("p", {}, el("a", { href: "#/conversations" }, "← Conversations")),
     el("div", { class: "bar" },
@@ -614,8 +650,66 @@ async function renderConversation(id) {
       "The 24-hour window is closed: the customer has not written since " +
       (data.service_window_closes_at ? when(new Date(new Date(data.service_window_closes_at) - 864e5)) : "— (never)") +
       ". Only a template message may be sent."),
+    timeline.length ? el("div", { class: "thread", id: "thread" }, timeline) : el("p", { class: "muted" }, "No messages yet."),
     !data.service_window_open && can("operator") ? await templateComposer(c, () => renderConversation(id)) : null,
-    thread.length ? el("div", { class: "thread", id: "thread" }, thread) : el("p", { class: "muted" }, "No messages yet."));
+    data.service_window_open && can("operator") ? await replyComposer(c, () => renderConversation(id)) : null);
+}
+
+const TURN_REASONS = {
+  human_replied: "a person replied lately",
+  handed_to_person: "a person has the conversation",
+  handoff_keyword: "the customer asked for a person",
+  service_window_closed: "the 24-hour window is closed",
+  no_sendable_address: "no address to send to",
+};
+
+const UPLOAD_KINDS = { "image/jpeg": "image", "image/png": "image", "image/webp": "sticker", "video/mp4": "video", "video/3gpp": "video" };
+
+function kindOf(type) {
+  if (UPLOAD_KINDS[type]) return UPLOAD_KINDS[type];
+  return type.startsWith("audio/") ? "audio" : "document";
+}
+
+/// Inside the window: a text, or a file with a caption, sent once per draft.
+async function replyComposer(c, done) {
+  const accounts = await api("GET", "/accounts");
+  const numbers = accounts.items;
+  if (!numbers.length) return el("p", { class: "muted", id: "reply-composer" }, "This workspace has no number to reply from.");
+  let key = draftKey();
+  const text = el("textarea", { id: "reply-text", name: "text", rows: 3, maxlength: 4096, placeholder: "Write a reply…", "aria-label": "Reply" });
+  const file = el("input", { type: "file", id: "reply-file", accept: "image/jpeg,image/png,image/webp,audio/aac,audio/amr,audio/mpeg,audio/mp4,audio/ogg,video/mp4,video/3gpp,application/pdf,text/plain" });
+  const from = el("select", { id: "reply-from", name: "from" },
+    numbers.map((a) => el("option", { value: a.phone_number_id }, a.display_phone_number || a.phone_number_id)));
+  const send = el("button", { type: "submit", id: "reply-send" }, icon("send"), "Send");
+  const form = el("form", { class: "composer reply", id: "reply-composer", "aria-label": "Reply" },
+    text, el("div", { class: "bar" }, field("Attach", file), numbers.length > 1 ? field("From", from) : null, send));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    if (send.disabled) return;
+    const f = file.files[0];
+    const body = text.value.trim();
+    if (!f && !body) { toast("Write something or attach a file", true); return; }
+    send.disabled = true;
+    const pnid = from.value || numbers[0].phone_number_id;
+    try {
+      let message;
+      if (f) {
+        const up = await uploadFile(pnid, f);
+        const media = { type: up.type || kindOf(f.type), id: up.id };
+        if (body && ["image", "video", "document"].includes(media.type)) media.caption = body;
+        if (media.type === "document") media.filename = f.name;
+        message = { media };
+      } else message = { text: body };
+      const r = await api("POST", "/messages", { conversation_id: c.id, phone_number_id: pnid, ...message, idempotency_key: key });
+      toast(r.state === "already_recorded" ? "Already sent" : r.state === "unknown" ? "Sent, outcome unknown: not retried" : "Sent");
+      key = draftKey();
+      done();
+    } catch (e) {
+      toast(e.message, true);
+      send.disabled = false;
+    }
+  });
+  return form;
 }
 
 // ---------- templates ----------

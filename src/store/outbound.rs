@@ -219,3 +219,44 @@ pub async fn existing(
     }
     Ok(out)
 }
+
+/// A turn of the agent that sent nothing (`skipped`, `failed`, `unknown`), as the conversation
+/// timeline shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct TurnView {
+    pub agent: String,
+    pub state: String,
+    /// Why: `human_replied`, `handed_to_person`, `handoff_keyword`, `service_window_closed`,
+    /// or the failure.
+    pub error: Option<String>,
+    pub error_code: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A conversation's agent turns that sent nothing, oldest first (at most `limit`, the newest).
+pub async fn quiet_turns(
+    db: &impl ConnectionTrait,
+    conversation_id: i64,
+    limit: u64,
+) -> Result<Vec<TurnView>, DbErr> {
+    use sea_orm::{QueryOrder, QuerySelect};
+    let mut rows = outbound_messages::Entity::find()
+        .filter(outbound_messages::Column::ConversationId.eq(conversation_id))
+        .filter(outbound_messages::Column::State.is_in(["skipped", "failed", "unknown"]))
+        .filter(outbound_messages::Column::AgentType.is_not_in(["operator", "leads"]))
+        .order_by_desc(outbound_messages::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?;
+    rows.reverse();
+    Ok(rows
+        .into_iter()
+        .map(|r| TurnView {
+            agent: r.agent_type,
+            state: r.state,
+            error: r.error,
+            error_code: r.error_code,
+            created_at: r.created_at,
+        })
+        .collect())
+}

@@ -25,6 +25,7 @@ both_backends!(
     the_console_works_in_a_real_browser,
     a_template_goes_from_the_console_once,
     the_console_shows_a_conversations_files,
+    an_operator_finds_a_customer_and_replies_once,
 );
 
 /// chromedriver on a free port, and a headless Chromium session through it.
@@ -620,5 +621,94 @@ async fn the_console_shows_a_conversations_files(backend: Backend) {
     );
     b.shot("conversation-media").await;
     drop(b);
+    app.stop().await;
+}
+
+/// Issue 29's heart: an operator finds a customer by phone as people write it, reads who wrote
+/// each line (the customer, the agent), replies from the console (a double click: one Graph
+/// send), and sees the agent keep quiet after that reply, with why.
+async fn an_operator_finds_a_customer_and_replies_once(backend: Backend) {
+    use crate::{
+        agent::{agent_app, messages_with, now_ts, post, text, wait_outbound},
+        fakes,
+    };
+    let (provider, graph) = (fakes::provider().await, fakes::graph().await);
+    let app = agent_app(backend, &provider, &graph, |_| {}).await;
+    post(
+        &app,
+        text("wamid.ana.1", "is the blue bike in stock?", now_ts(), "a1"),
+    )
+    .await;
+    wait_outbound(&app, "sent", 1).await;
+    // Another customer, so the search has something to leave out.
+    post(
+        &app,
+        messages_with(
+            json!([{"profile": {"name": "Bruno"}, "wa_id": "5511999990000"}]),
+            vec![json!({"from": "5511999990000", "id": "wamid.bruno.1", "timestamp": now_ts().to_string(),
+                "type": "text", "text": {"body": "hola"}})],
+        ),
+    )
+    .await;
+    wait_outbound(&app, "sent", 2).await;
+    let (_, op) = user_with_token(&app, "acme", "otto@acme.test", Role::Operator).await;
+    app.exec("UPDATE users SET name = 'Otto' WHERE email = 'otto@acme.test'")
+        .await;
+    let b = Browser::start(backend == Backend::Sqlite).await;
+    b.sign_in(&app, &op).await;
+    b.open(&app.url("/console#/conversations")).await;
+    b.find("tr[data-conversation]").await;
+    assert_eq!(b.count("tr[data-conversation]").await, 2);
+    // The phone as a person types it.
+    b.fill("#conversation-search", "+49 151 123").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.count("tr[data-conversation]").await != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the search did not narrow the list"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.click("tr[data-conversation] a").await;
+    // Who wrote what.
+    b.find("article[data-wamid='wamid.ana.1'] .author[data-author='customer']")
+        .await;
+    b.xpath("//article[contains(@class,'outbound')]//span[@data-author='agent']")
+        .await;
+    // The reply: a double click sends once.
+    b.fill("#reply-text", "Yes! Otto here, I keep one for you.")
+        .await;
+    b.shot("conversation-reply").await;
+    let send = b.find("#reply-send").await;
+    send.click().await.unwrap();
+    let _ = send.click().await;
+    let mine = |_: &str, v: &Value| v["text"]["body"] == "Yes! Otto here, I keep one for you.";
+    graph.wait_for(1, mine).await;
+    b.xpath("//article[contains(@class,'outbound')]//span[@data-author='operator' and contains(., 'Otto')]")
+        .await;
+    assert_eq!(
+        graph.requests().iter().filter(|(p, v)| mine(p, v)).count(),
+        1,
+        "one send"
+    );
+    // The customer answers the person: the agent keeps quiet, and the timeline says why.
+    post(
+        &app,
+        text("wamid.ana.2", "great, thanks Otto", now_ts(), "a2"),
+    )
+    .await;
+    wait_outbound(&app, "skipped", 1).await;
+    b.client.refresh().await.unwrap();
+    b.find("article[data-wamid='wamid.ana.2']").await;
+    let turn = b.find(".turn[data-reason='human_replied']").await;
+    assert!(
+        turn.text()
+            .await
+            .unwrap()
+            .contains("a person replied lately"),
+        "the reason in words"
+    );
+    b.shot("conversation-authors").await;
+    assert_eq!(provider.requests().len(), 2, "the agent's two answers only");
     app.stop().await;
 }

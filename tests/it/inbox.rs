@@ -17,8 +17,10 @@ both_backends!(conversations_are_found_and_listed_by_activity);
 fn from(phone: &str, name: &str, wamid: &str, ts: i64) -> String {
     messages_with(
         json!([{"profile": {"name": name}, "wa_id": phone}]),
-        vec![json!({"from": phone, "id": wamid, "timestamp": ts.to_string(), "type": "text",
-            "text": {"body": format!("hello from {name}")}})],
+        vec![
+            json!({"from": phone, "id": wamid, "timestamp": ts.to_string(), "type": "text",
+            "text": {"body": format!("hello from {name}")}}),
+        ],
     )
 }
 
@@ -39,7 +41,9 @@ async fn conversations_are_found_and_listed_by_activity(backend: Backend) {
         ("5511999990000", "Bruno", "wamid.b", t0 + 10),
         ("34600111222", "Carla", "wamid.c", t0 + 20),
     ] {
-        let res = app.post_meta(from(phone, name, wamid, ts), ACME_SECRET).await;
+        let res = app
+            .post_meta(from(phone, name, wamid, ts), ACME_SECRET)
+            .await;
         assert_eq!(res.status(), 200);
     }
     app.wait_for("SELECT COUNT(*) FROM messages", 3).await;

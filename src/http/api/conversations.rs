@@ -19,6 +19,7 @@ use crate::{
         batch::{ChangeSet, Known},
         conversations::{self, ConversationView, Filter, Order},
         messages::{self, MessageView},
+        outbound::{self, TurnView},
         users::{Role, audit},
     },
 };
@@ -138,6 +139,9 @@ struct ConversationDetail {
     service_window_open: bool,
     service_window_closes_at: Option<DateTime<Utc>>,
     messages: Vec<MessageView>,
+    /// The agent's turns that sent nothing (`skipped`, `failed`, `unknown`) with why, oldest
+    /// first (the newest 200).
+    turns: Vec<TurnView>,
 }
 
 /// One conversation with its messages in order.
@@ -164,11 +168,13 @@ async fn one(
     };
     let messages = messages::of_conversation(&state.db, id, max).await?;
     let window = conversations::service_window(&state.db, id, Utc::now()).await?;
+    let turns = outbound::quiet_turns(&state.db, id, 200).await?;
     Ok(Json(ConversationDetail {
         conversation,
         service_window_open: window.service_window_open,
         service_window_closes_at: window.service_window_closes_at,
         messages,
+        turns,
     }))
 }
 
