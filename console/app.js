@@ -231,7 +231,94 @@ function field(label, input) {
 
 // ---------- sign in ----------
 
+// ---------- live updates ----------
+
+// GET /api/v1/stream read with fetch (so the token stays in a header, never in a URL), parsed
+// as server-sent events; reconnects with Last-Event-ID, backing off; the open screen's handler
+// gets each event.
+let live = null;
+let liveId = null;
+let onLive = null;
+
+function liveMark(state) {
+  const mark = document.getElementById("live");
+  mark.hidden = false;
+  mark.dataset.state = state;
+  mark.textContent = state === "live" ? "● live" : "○ reconnecting…";
+  mark.title = state === "live" ? "Updates as they happen" : "The live connection dropped: reconnecting";
+}
+
+function startLive() {
+  if (live) return;
+  const ctl = new AbortController();
+  live = ctl;
+  (async () => {
+    let wait = 500;
+    while (!ctl.signal.aborted) {
+      try {
+        const headers = { Authorization: "Bearer " + sessionStorage.getItem(TOKEN_KEY) };
+        if (liveId) headers["Last-Event-ID"] = liveId;
+        const res = await fetch("/api/v1/stream", { headers, signal: ctl.signal });
+        if (res.status === 401) { signOut("Your token is no longer valid: sign in again."); return; }
+        if (!res.ok || !res.body) throw new Error("HTTP " + res.status);
+        liveMark("live");
+        wait = 500;
+        const reader = res.body.getReader();
+        const decoder = new TextDecoder();
+        let buf = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf += decoder.decode(value, { stream: true }).replace(/\r\n/g, "\n");
+          let end;
+          while ((end = buf.indexOf("\n\n")) >= 0) {
+            const raw = buf.slice(0, end);
+            buf = buf.slice(end + 2);
+            const ev = { event: "message", data: "", id: null };
+            for (const line of raw.split("\n")) {
+              if (!line || line.startsWith(":")) continue;
+              const at = line.indexOf(":");
+              const key = at < 0 ? line : line.slice(0, at);
+              const val = at < 0 ? "" : line.slice(at + 1).replace(/^ /, "");
+              if (key === "event") ev.event = val;
+              else if (key === "data") ev.data += val;
+              else if (key === "id") ev.id = val;
+            }
+            if (ev.id) liveId = ev.id;
+            let data = {};
+            try { data = JSON.parse(ev.data || "{}"); } catch (_) { data = {}; }
+            if (onLive && ev.event !== "ready") onLive(ev.event, data);
+          }
+        }
+      } catch (_) {
+        if (ctl.signal.aborted) return;
+      }
+      liveMark("reconnecting");
+      await new Promise((r) => setTimeout(r, wait));
+      wait = Math.min(wait * 2, 10000);
+    }
+  })();
+}
+
+function stopLive() {
+  if (live) live.abort();
+  live = null;
+  liveId = null;
+  onLive = null;
+  document.getElementById("live").hidden = true;
+}
+
+/// Runs `fn` once after a burst of calls has been quiet for `ms`.
+function debounced(fn, ms) {
+  let t = null;
+  return () => { clearTimeout(t); t = setTimeout(fn, ms); };
+}
+
+// A reply being written survives the screen's live refreshes (and keeps its idempotency key).
+const drafts = {};
+
 function signOut(message) {
+  stopLive();
   sessionStorage.removeItem(TOKEN_KEY);
   me = null;
   renderSignIn(message);
@@ -288,6 +375,7 @@ const VIEWS = {
 
 async function route() {
   stopTimers();
+  onLive = null;
   if (!sessionStorage.getItem(TOKEN_KEY)) return renderSignIn();
   if (!me) {
     try { me = await api("GET", "/me"); } catch (e) { return renderSignIn(e.status === 401 ? "" : e.message); }
@@ -295,6 +383,7 @@ async function route() {
   document.getElementById("nav").hidden = false;
   document.getElementById("sign-out").hidden = false;
   document.getElementById("who").textContent = me.actor + " · " + me.role;
+  startLive();
   const [, name, arg] = (location.hash || "#/overview").split("/");
   for (const a of document.querySelectorAll("#nav a")) {
     if (a.getAttribute("href") === "#/" + name) a.setAttribute("aria-current", "page");
@@ -579,6 +668,7 @@ async function renderConversations(id) {
   state.addEventListener("change", load);
   since.addEventListener("change", load);
   waiting.addEventListener("change", load);
+  onLive = debounced(load, 300);
   show(el("h1", {}, "Conversations"), el("div", { class: "bar" }, field("Search", search), field("State", state), field("Active since", since),
     el("label", { class: "check" }, waiting, "Needs a reply")), list);
   await load();
@@ -604,21 +694,9 @@ function conversationTitle(c) {
   return c.group_id ? `Group ${c.contact_name || c.group_id}` : (c.contact_name || c.contact);
 }
 
-async function renderConversation(id) {
-  const data = await api("GET", "/conversations/" + id);
+// A conversation's messages and the agent's silent turns, in time order.
+function timelineOf(data) {
   const c = data.conversation;
-  const setState = async (to, label) => {
-    try {
-      await api("POST", `/conversations/${id}/state`, { state: to, reason: "from the console" });
-      toast(label);
-      renderConversation(id);
-    } catch (e) { toast(e.message, true); }
-  };
-  const actions = can("operator") ? [
-    c.state !== "human" ? el("button", { type: "button", onclick: () => setState("human", "Handed to a person: the agent is silent") }, "Hand to a person") : null,
-    c.state === "human" || c.state === "closed" ? el("button", { type: "button", class: "secondary", onclick: () => setState("open", "Given back to the agent") }, "Give back to the agent") : null,
-    c.state !== "closed" ? el("button", { type: "button", class: "secondary", onclick: () => setState("closed", "Conversation closed") }, "Close") : null,
-  ] : [];
   const thread = data.messages.map((m) => {
     const tick = TICKS[m.status] || null;
     const edits = m.edits || [];
@@ -641,6 +719,43 @@ async function renderConversation(id) {
     `${t.agent} ${t.state === "skipped" ? "kept quiet" : t.state}: ${TURN_REASONS[t.error] || t.error || "—"}`, el("time", { datetime: t.created_at }, " · " + when(t.created_at))) }));
   const timeline = thread.map((node, i) => ({ at: data.messages[i].timestamp, node }))
     .concat(turns).sort((a, b) => new Date(a.at) - new Date(b.at)).map((x) => x.node);
+  return timeline.length ? el("div", { class: "thread", id: "thread" }, timeline) : el("p", { class: "muted", id: "thread" }, "No messages yet.");
+}
+
+async function renderConversation(id) {
+  const here = () => location.hash === "#/conversations/" + id;
+  const data = await api("GET", "/conversations/" + id);
+  // The operator went elsewhere meanwhile: nothing to show.
+  if (!here()) return;
+  const c = data.conversation;
+  // Live: a change to this conversation (or a reset) redraws its timeline in place (the
+  // reply box, its draft and its focus untouched); a new state or window redraws the screen.
+  const refresh = debounced(async () => {
+    if (!here()) return;
+    try {
+      const now = await api("GET", "/conversations/" + id);
+      if (!here()) return;
+      if (now.conversation.state !== c.state || now.service_window_open !== data.service_window_open) return renderConversation(id);
+      const old = document.getElementById("thread");
+      if (old) old.replaceWith(timelineOf(now));
+    } catch (_) { /* the next change tries again */ }
+  }, 150);
+  onLive = (event, d) => { if (event === "reset" || d.conversation_id === Number(id)) refresh(); };
+  const setState = async (to, label) => {
+    try {
+      await api("POST", `/conversations/${id}/state`, { state: to, reason: "from the console" });
+      toast(label);
+      renderConversation(id);
+    } catch (e) { toast(e.message, true); }
+  };
+  const actions = can("operator") ? [
+    c.state !== "human" ? el("button", { type: "button", onclick: () => setState("human", "Handed to a person: the agent is silent") }, "Hand to a person") : null,
+    c.state === "human" || c.state === "closed" ? el("button", { type: "button", class: "secondary", onclick: () => setState("open", "Given back to the agent") }, "Give back to the agent") : null,
+    c.state !== "closed" ? el("button", { type: "button", class: "secondary", onclick: () => setState("closed", "Conversation closed") }, "Close") : null,
+  ] : [];
+  const composer = !data.service_window_open && can("operator") ? await templateComposer(c, () => renderConversation(id))
+    : data.service_window_open && can("operator") ? await replyComposer(c, () => renderConversation(id)) : null;
+  if (!here()) return;
   show(
     el("p", {}, el("a", { href: "#/conversations" }, "← Conversations")),
     el("div", { class: "bar" },
@@ -650,9 +765,8 @@ async function renderConversation(id) {
       "The 24-hour window is closed: the customer has not written since " +
       (data.service_window_closes_at ? when(new Date(new Date(data.service_window_closes_at) - 864e5)) : "— (never)") +
       ". Only a template message may be sent."),
-    timeline.length ? el("div", { class: "thread", id: "thread" }, timeline) : el("p", { class: "muted" }, "No messages yet."),
-    !data.service_window_open && can("operator") ? await templateComposer(c, () => renderConversation(id)) : null,
-    data.service_window_open && can("operator") ? await replyComposer(c, () => renderConversation(id)) : null);
+    timelineOf(data),
+    composer);
 }
 
 const TURN_REASONS = {
@@ -675,8 +789,10 @@ async function replyComposer(c, done) {
   const accounts = await api("GET", "/accounts");
   const numbers = accounts.items;
   if (!numbers.length) return el("p", { class: "muted", id: "reply-composer" }, "This workspace has no number to reply from.");
-  let key = draftKey();
+  const draft = drafts[c.id] || (drafts[c.id] = { text: "", key: draftKey() });
   const text = el("textarea", { id: "reply-text", name: "text", rows: 3, maxlength: 4096, placeholder: "Write a reply…", "aria-label": "Reply" });
+  text.value = draft.text;
+  text.addEventListener("input", () => { draft.text = text.value; });
   const file = el("input", { type: "file", id: "reply-file", accept: "image/jpeg,image/png,image/webp,audio/aac,audio/amr,audio/mpeg,audio/mp4,audio/ogg,video/mp4,video/3gpp,application/pdf,text/plain" });
   const from = el("select", { id: "reply-from", name: "from" },
     numbers.map((a) => el("option", { value: a.phone_number_id }, a.display_phone_number || a.phone_number_id)));
@@ -700,9 +816,9 @@ async function replyComposer(c, done) {
         if (media.type === "document") media.filename = f.name;
         message = { media };
       } else message = { text: body };
-      const r = await api("POST", "/messages", { conversation_id: c.id, phone_number_id: pnid, ...message, idempotency_key: key });
+      const r = await api("POST", "/messages", { conversation_id: c.id, phone_number_id: pnid, ...message, idempotency_key: draft.key });
       toast(r.state === "already_recorded" ? "Already sent" : r.state === "unknown" ? "Sent, outcome unknown: not retried" : "Sent");
-      key = draftKey();
+      delete drafts[c.id];
       done();
     } catch (e) {
       toast(e.message, true);

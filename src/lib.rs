@@ -57,6 +57,8 @@ pub struct Running {
 impl Running {
     /// Stops accepting, lets in-flight requests finish, and waits for the server.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        // Live streams end, so the server's graceful stop does not wait on them.
+        self.ctx.store.live().close();
         let _ = self.shutdown.send(true);
         (&mut self.server).await.context("server task")??;
         // The writer drains what was queued once every handler (and so every sender) is gone.

@@ -155,6 +155,13 @@ impl Actor for Conversation {
                 agent.turn_running = false;
                 agent.follow_up = None;
                 agent.context = report.context;
+                if let Some(k) = state.known {
+                    state.ctx.store.live().publish(
+                        state.key.0,
+                        k.conversation_id,
+                        crate::store::live::Kind::Turn,
+                    );
+                }
                 // Edits and revokes that came during the turn.
                 amend_context(agent);
                 state.ctx.store.bump();

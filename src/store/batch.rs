@@ -182,6 +182,7 @@ enum StoreMsg {
 pub struct Store {
     tx: mpsc::Sender<StoreMsg>,
     progress: std::sync::Arc<watch::Sender<u64>>,
+    live: super::live::Live,
 }
 
 impl Store {
@@ -194,7 +195,9 @@ impl Store {
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(65_536);
         let progress = std::sync::Arc::new(watch::channel(0).0);
+        let live = super::live::Live::new();
         let writer = Writer {
+            live: live.clone(),
             committer: Committer::new(db, gate, cfg),
             rx,
             batch_max,
@@ -204,7 +207,12 @@ impl Store {
             abandoned: HashSet::new(),
             processed: progress.clone(),
         };
-        (Self { tx, progress }, tokio::spawn(writer.run()))
+        (Self { tx, progress, live }, tokio::spawn(writer.run()))
+    }
+
+    /// What the writer committed, as it commits (`GET /api/v1/stream`).
+    pub fn live(&self) -> &super::live::Live {
+        &self.live
     }
 
     pub async fn apply(&self, set: ChangeSet) -> Result<Applied, ApplyError> {
@@ -255,6 +263,7 @@ impl Store {
 }
 
 struct Writer {
+    live: super::live::Live,
     committer: Committer,
     rx: mpsc::Receiver<StoreMsg>,
     batch_max: usize,
@@ -352,7 +361,8 @@ impl Writer {
                 metrics::counter!(m::EVENTS_PROCESSED, "outcome" => "processed")
                     .increment(done.len() as u64);
                 self.processed.send_modify(|n| *n += done.len() as u64);
-                for ((_, reply), a) in batch.into_iter().zip(applied) {
+                for ((set, reply), a) in batch.into_iter().zip(applied) {
+                    self.announce(&set, &a);
                     let _ = reply.send(Ok(a));
                 }
             }
@@ -381,6 +391,9 @@ impl Writer {
                         .await
                     {
                         Ok(mut applied) => {
+                            if let Some(a) = applied.first() {
+                                self.announce(&set, a);
+                            }
                             self.settle(remaining);
                             self.processed.send_modify(|n| *n += done.len() as u64);
                             metrics::counter!(m::EVENTS_PROCESSED, "outcome" => "processed")
@@ -414,6 +427,25 @@ impl Writer {
             }
         }
         self.processed.send_modify(|n| *n += 1);
+    }
+
+    /// Tells the live stream what a committed set changed.
+    fn announce(&self, set: &ChangeSet, a: &Applied) {
+        use super::live::Kind;
+        let (ws, conv) = (set.workspace_id, a.conversation_id);
+        if !set.messages.is_empty() || !set.amendments.is_empty() {
+            self.live.publish(ws, conv, Kind::Message);
+        }
+        if !set.statuses.is_empty() {
+            self.live.publish(ws, conv, Kind::Status);
+        }
+        let changes_state = set
+            .intents
+            .iter()
+            .any(|i| !matches!(i, crate::ingest::event::Intent::InboundMessage));
+        if changes_state || !set.identity.is_empty() {
+            self.live.publish(ws, conv, Kind::Conversation);
+        }
     }
 
     fn settle(&mut self, remaining: HashMap<i64, usize>) {

@@ -14,6 +14,7 @@ pub mod health;
 mod identities;
 pub mod inbox;
 pub mod leads;
+pub mod live;
 pub mod media;
 pub mod messages;
 pub mod outbound;

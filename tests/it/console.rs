@@ -691,15 +691,17 @@ async fn an_operator_finds_a_customer_and_replies_once(backend: Backend) {
         1,
         "one send"
     );
-    // The customer answers the person: the agent keeps quiet, and the timeline says why.
+    // The customer answers the person: the message appears by itself (the live stream, no
+    // reload), the agent keeps quiet, and the timeline says why.
+    b.find("#live[data-state='live']").await;
+    b.fill("#reply-text", "a draft in progress").await;
     post(
         &app,
         text("wamid.ana.2", "great, thanks Otto", now_ts(), "a2"),
     )
     .await;
-    wait_outbound(&app, "skipped", 1).await;
-    b.client.refresh().await.unwrap();
     b.find("article[data-wamid='wamid.ana.2']").await;
+    wait_outbound(&app, "skipped", 1).await;
     let turn = b.find(".turn[data-reason='human_replied']").await;
     assert!(
         turn.text()
@@ -707,6 +709,16 @@ async fn an_operator_finds_a_customer_and_replies_once(backend: Backend) {
             .unwrap()
             .contains("a person replied lately"),
         "the reason in words"
+    );
+    assert_eq!(
+        b.find("#reply-text")
+            .await
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("a draft in progress"),
+        "the draft survives the live refreshes"
     );
     b.shot("conversation-authors").await;
     assert_eq!(provider.requests().len(), 2, "the agent's two answers only");

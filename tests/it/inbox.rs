@@ -9,10 +9,13 @@ use crate::{
     agent::{messages_with, now_ts},
     api::{call, user_with_token},
     both_backends,
-    common::{ACME_SECRET, Backend, TestApp},
+    common::{ACME_SECRET, Backend, GLOBEX_PNID, GLOBEX_SECRET, TestApp},
 };
 
-both_backends!(conversations_are_found_and_listed_by_activity);
+both_backends!(
+    conversations_are_found_and_listed_by_activity,
+    the_stream_tells_a_workspace_what_changed_and_what_it_missed,
+);
 
 fn from(phone: &str, name: &str, wamid: &str, ts: i64) -> String {
     messages_with(
@@ -120,5 +123,124 @@ async fn conversations_are_found_and_listed_by_activity(backend: Backend) {
         .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{q}: {body}");
     }
+    app.stop().await;
+}
+
+/// An open `GET /api/v1/stream`: what it has sent so far.
+struct Stream {
+    res: reqwest::Response,
+    text: String,
+}
+
+impl Stream {
+    async fn open(app: &TestApp, token: &str, last_event_id: Option<&str>) -> Self {
+        let mut req = app.client.get(app.url("/api/v1/stream")).bearer_auth(token);
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(
+            res.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        Self {
+            res,
+            text: String::new(),
+        }
+    }
+
+    /// Reads until the stream has sent `what` (waiting on its bytes, never a fixed sleep).
+    async fn until(&mut self, what: &str) -> &str {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !self.text.contains(what) {
+            let chunk = tokio::time::timeout_at(deadline, self.res.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("no {what:?} in the stream: {}", self.text))
+                .unwrap()
+                .unwrap_or_else(|| panic!("the stream ended before {what:?}: {}", self.text));
+            self.text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        &self.text
+    }
+
+    /// The id of the last event whose data names `conversation_id`.
+    fn id_of(&self, event: &str, conversation_id: i64) -> String {
+        let data = format!("data: {{\"conversation_id\":{conversation_id}}}");
+        self.text
+            .split("\n\n")
+            .filter(|e| e.contains(&format!("event: {event}")) && e.contains(&data))
+            .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("id: ")))
+            .last()
+            .unwrap_or_else(|| panic!("no {event} of {conversation_id} in {}", self.text))
+            .to_owned()
+    }
+}
+
+async fn the_stream_tells_a_workspace_what_changed_and_what_it_missed(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let (_, acme) = user_with_token(&app, "acme", "vera@acme.test", Role::Viewer).await;
+    let (_, globex) = user_with_token(&app, "globex", "gus@globex.test", Role::Viewer).await;
+    let mut stream = Stream::open(&app, &acme, None).await;
+    let mut theirs = Stream::open(&app, &globex, None).await;
+    stream.until("event: ready").await;
+    theirs.until("event: ready").await;
+    // A customer writes to Acme: Acme's stream says so at once, with the conversation.
+    let res = app
+        .post_meta(
+            from("4915112345678", "Ana Lima", "wamid.s.1", now_ts()),
+            ACME_SECRET,
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let conversation = {
+        app.wait_for("SELECT COUNT(*) FROM messages", 1).await;
+        app.scalar("SELECT id FROM conversations").await
+    };
+    stream
+        .until(&format!("data: {{\"conversation_id\":{conversation}}}"))
+        .await;
+    let first = stream.id_of("message", conversation);
+    // Globex hears nothing of it, only of its own.
+    let globex_body = from("4915112345678", "Ana Lima", "wamid.s.g", now_ts())
+        .replace(crate::common::ACME_PNID, GLOBEX_PNID);
+    assert_eq!(
+        app.post_meta(globex_body, GLOBEX_SECRET).await.status(),
+        200
+    );
+    app.wait_for("SELECT COUNT(*) FROM messages", 2).await;
+    let globex_conversation = app.scalar("SELECT MAX(id) FROM conversations").await;
+    theirs
+        .until(&format!(
+            "data: {{\"conversation_id\":{globex_conversation}}}"
+        ))
+        .await;
+    assert!(
+        !theirs
+            .text
+            .contains(&format!("\"conversation_id\":{conversation}}}")),
+        "another workspace's change: {}",
+        theirs.text
+    );
+    // Away for a while: the client comes back with its last id and gets what it missed.
+    drop(stream);
+    let res = app
+        .post_meta(
+            from("4915112345678", "Ana Lima", "wamid.s.2", now_ts()),
+            ACME_SECRET,
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    app.wait_for("SELECT COUNT(*) FROM messages", 3).await;
+    let mut back = Stream::open(&app, &acme, Some(&first)).await;
+    back.until("event: ready").await;
+    back.until(&format!("data: {{\"conversation_id\":{conversation}}}"))
+        .await;
+    assert_ne!(back.id_of("message", conversation), first);
+    // An id of another life of the server: start over.
+    let mut other = Stream::open(&app, &acme, Some("0123456789ab-7")).await;
+    other.until("event: reset").await;
     app.stop().await;
 }

@@ -19,6 +19,7 @@ pub mod leads;
 pub mod media;
 pub mod messages;
 pub mod stats;
+pub mod stream;
 pub mod templates;
 pub mod tokens;
 pub mod users;
@@ -100,6 +101,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(templates::router())
         .merge(leads::router())
         .merge(media::router())
+        .merge(stream::router())
 }
 
 /// The OpenAPI 3.1 document of the operator API.
