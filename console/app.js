@@ -181,6 +181,8 @@ function loading() { return el("p", { class: "muted", "aria-busy": "true" }, "Lo
 /// A table of rows, or the empty message.
 function table(caption, headers, rows, empty) {
   if (!rows.length) return el("p", { class: "muted", "data-empty": "" }, empty);
+  // On a phone a row is a card: each cell says which column it is.
+  for (const row of rows) [...row.children].forEach((td, i) => { if (headers[i]) td.dataset.label = headers[i]; });
   return el("table", {},
     el("caption", { class: "muted" }, caption),
     el("thead", {}, el("tr", {}, headers.map((h) => el("th", { scope: "col" }, h)))),
@@ -327,6 +329,7 @@ function signOut(message) {
 function renderSignIn(message) {
   stopTimers();
   document.getElementById("nav").hidden = true;
+  document.getElementById("global-search").hidden = true;
   document.getElementById("sign-out").hidden = true;
   document.getElementById("who").textContent = "";
   const input = el("input", { id: "token", name: "token", type: "password", required: true, autocomplete: "off" });
@@ -371,6 +374,7 @@ const VIEWS = {
   conversations: renderConversations,
   leads: renderLeads,
   templates: renderTemplates,
+  search: renderSearch,
 };
 
 async function route() {
@@ -381,10 +385,12 @@ async function route() {
     try { me = await api("GET", "/me"); } catch (e) { return renderSignIn(e.status === 401 ? "" : e.message); }
   }
   document.getElementById("nav").hidden = false;
+  document.getElementById("global-search").hidden = false;
   document.getElementById("sign-out").hidden = false;
   document.getElementById("who").textContent = me.actor + " · " + me.role;
   startLive();
-  const [, name, arg] = (location.hash || "#/overview").split("/");
+  const [, name, ...rest] = (location.hash || "#/overview").split("/");
+  const arg = rest.join("/");
   for (const a of document.querySelectorAll("#nav a")) {
     if (a.getAttribute("href") === "#/" + name) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
@@ -547,54 +553,75 @@ async function renderUsers() {
 
 // ---------- events ----------
 
-async function renderEvents() {
+async function renderEvents(id) {
   const status = el("select", { id: "event-status" }, ["", "pending", "processed", "failed", "dead"].map((s) => el("option", { value: s }, s || "any")));
   const source = el("select", { id: "event-source" }, ["", "meta", "kapso"].map((s) => el("option", { value: s }, s || "any")));
+  const search = el("input", { type: "search", id: "event-search", placeholder: "wamid, phone or correlation id", maxlength: 200 });
+  const from = el("input", { type: "datetime-local", id: "event-from" });
+  const to = el("input", { type: "datetime-local", id: "event-to" });
   const list = el("div", {});
-  const detail = el("div", {});
+  const detail = el("div", { id: "event-detail" });
+  // Newest first; "Older" follows the cursor, "Newer" goes back the way it came.
+  let cursors = [];
+  let cursor = "";
+  const iso = (input) => input.value ? new Date(input.value).toISOString() : "";
   const load = async () => {
     list.replaceChildren(loading());
     try {
-      const page = await api("GET", "/events" + qs({ status: status.value, source: source.value, limit: 100 }));
-      const rows = page.items.slice().reverse().map((e) => el("tr", {},
-        el("td", {}, e.id), el("td", {}, e.source), el("td", {}, e.event_type || "—"),
+      const page = await api("GET", "/events" + qs({ status: status.value, source: source.value, search: search.value.trim(),
+        from: iso(from), to: iso(to), after: cursor, limit: 50 }));
+      const rows = page.items.map((e) => el("tr", { "data-event": e.id },
+        el("td", {}, el("a", { href: "#/events/" + e.id }, e.id)), el("td", {}, e.source), el("td", { class: "type" }, e.event_type || "—"),
         el("td", {}, el("span", { class: e.status === "processed" ? "badge ok" : e.status === "pending" ? "badge warn" : "badge bad" }, e.status)),
         el("td", {}, e.attempts), el("td", {}, when(e.received_at)), el("td", {}, e.last_error || e.notes || ""),
         el("td", { class: "actions" },
-          el("button", { type: "button", class: "secondary", onclick: () => openEvent(e.id) }, "Open"),
+          el("a", { href: "#/events/" + e.id, class: "button secondary" }, "Open"),
           can("operator") ? el("button", { type: "button", class: "secondary", onclick: () => replay([e.id]) }, "Replay") : null)));
-      list.replaceChildren(table("Events, newest first", ["Id", "Source", "Type", "Status", "Attempts", "Received", "Error or notes", ""], rows, "No events match."));
+      list.replaceChildren(table("Events, newest first", ["Id", "Source", "Type", "Status", "Attempts", "Received", "Error or notes", ""], rows, "No events match."),
+        el("div", { class: "pager bar" },
+          cursors.length ? el("button", { type: "button", class: "secondary", id: "events-newer", onclick: () => { cursor = cursors.pop(); load(); } }, "← Newer") : null,
+          page.next ? el("button", { type: "button", class: "secondary", id: "events-older", onclick: () => { cursors.push(cursor); cursor = page.next; load(); } }, "Older →") : null));
     } catch (e) { list.replaceChildren(errorBox(e)); }
   };
-  const replay = async (ids) => {
-    try {
-      const r = await api("POST", "/events/replay", { ids });
-      toast(`${r.replayed} event(s) replayed`);
-      load();
-    } catch (e) { toast(e.message, true); }
-  };
-  const openEvent = async (id) => {
+  const reload = () => { cursors = []; cursor = ""; load(); };
+  const replay = (ids) => confirmDialog("Replay event", `Process event ${ids.join(", ")} again? Nothing already applied changes twice.`, "Replay", async () => {
+    const r = await api("POST", "/events/replay", { ids });
+    toast(`${r.replayed} event(s) replayed`);
+    load();
+  });
+  const openEvent = async (eid) => {
     detail.replaceChildren(loading());
     try {
-      const e = await api("GET", "/events/" + id);
-      detail.replaceChildren(el("section", { "aria-label": "Event " + id },
-        el("h2", {}, `Event ${id} · ${e.status}`),
-        e.dlq ? el("p", {}, `DLQ: ${e.dlq.resolution_status}, ${e.dlq.attempts} attempt(s), next retry ${when(e.dlq.next_retry_at)} — ${e.dlq.error}`) : el("p", { class: "muted" }, "Never parked in the DLQ."),
+      const e = await api("GET", "/events/" + eid);
+      detail.replaceChildren(el("section", { "aria-label": "Event " + eid },
+        el("h2", {}, `Event ${eid} · ${e.event_type || e.source} · ${e.status}`),
+        el("p", {}, "Correlation id: ", el("code", { id: "event-correlation" }, e.correlation_id), ` · received ${when(e.received_at)}`),
+        e.dlq ? el("p", { id: "event-dlq" }, el("a", { href: "#/dlq/" + e.dlq.id }, `DLQ row ${e.dlq.id}`), `: ${e.dlq.resolution_status}, parked ${e.dlq.attempts} time(s), next retry ${when(e.dlq.next_retry_at)} — ${e.dlq.error}`)
+          : el("p", { class: "muted" }, "Never parked in the DLQ."),
+        (e.conversations || []).length ? el("p", { id: "event-conversations" }, "Conversations: ", ...e.conversations.map((c) => el("a", { href: "#/conversations/" + c, class: "chip" }, "#" + c))) : null,
         e.notes ? el("p", {}, "Notes: " + e.notes) : null,
+        can("operator") ? el("p", {}, el("button", { type: "button", class: "secondary", id: "event-replay", onclick: () => replay([eid]) }, "Replay")) : null,
+        el("h3", {}, "Headers"),
+        el("pre", { tabindex: "0", "aria-label": "Headers" }, JSON.stringify(e.headers, null, 2)),
+        el("h3", {}, "Payload"),
         el("pre", { tabindex: "0", "aria-label": "Payload" }, JSON.stringify(e.payload, null, 2))));
       detail.scrollIntoView();
     } catch (err) { detail.replaceChildren(errorBox(err)); }
   };
-  status.addEventListener("change", load);
-  source.addEventListener("change", load);
-  show(el("h1", {}, "Events"), el("div", { class: "bar" }, field("Status", status), field("Source", source)), list, detail);
+  let typing = null;
+  search.addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(reload, 250); });
+  for (const f of [status, source, from, to]) f.addEventListener("change", reload);
+  show(el("h1", {}, "Events"), el("div", { class: "bar" }, field("Search", search), field("Status", status), field("Source", source),
+    field("Received from", from), field("to", to)), list, detail);
   await load();
+  if (id) await openEvent(Number(id));
 }
 
 // ---------- DLQ ----------
 
-async function renderDlq() {
-  const status = el("select", { id: "dlq-status" }, ["pending", "retrying", "resolved", "discarded", ""].map((s) => el("option", { value: s }, s || "any")));
+async function renderDlq(id) {
+  const status = el("select", { id: "dlq-status" }, ["pending", "retrying", "dead", "resolved", "discarded", ""].map((s) => el("option", { value: s }, s || "any")));
+  if (id) status.value = "";
   const needle = el("input", { type: "text", id: "dlq-error-filter", placeholder: "error contains…" });
   const list = el("div", {});
   const act = async (row, action) => {
@@ -604,20 +631,23 @@ async function renderDlq() {
       load();
     } catch (e) { toast(e.message, true); }
   };
+  const BADGES = { resolved: "badge ok", discarded: "badge", pending: "badge warn", retrying: "badge warn", dead: "badge bad" };
   const load = async () => {
     list.replaceChildren(loading());
     try {
       const page = await api("GET", "/dlq" + qs({ status: status.value, limit: 200 }));
-      const rows = page.items.map((r) => el("tr", { "data-dlq": r.id },
-        el("td", {}, r.id), el("td", {}, `${r.source} · event ${r.event_id}`), el("td", {}, r.error),
-        el("td", {}, r.attempts), el("td", {}, when(r.next_retry_at)),
-        el("td", {}, el("span", { class: r.resolution_status === "resolved" ? "badge ok" : r.resolution_status === "discarded" ? "badge" : "badge bad", "data-status": "" }, r.resolution_status)),
-        el("td", { class: "actions" }, can("operator") && r.resolution_status === "pending" ? [
-          el("button", { type: "button", class: "secondary", onclick: () => act(r, "retry") }, "Retry"),
-          el("button", { type: "button", class: "secondary", onclick: () => act(r, "resolve") }, "Resolve"),
-          el("button", { type: "button", class: "secondary", onclick: () => confirmDialog("Discard DLQ row", `Discard row ${r.id}? Its event will never be processed.`, "Discard", () => act(r, "discard")) }, "Discard"),
+      const rows = page.items.map((r) => el("tr", { "data-dlq": r.id, class: Number(id) === r.id ? "picked" : null },
+        el("td", {}, r.id), el("td", {}, el("a", { href: "#/events/" + r.event_id }, `${r.source} · event ${r.event_id}`), r.event_type ? el("div", { class: "muted" }, r.event_type) : null),
+        el("td", {}, r.error),
+        el("td", {}, r.attempts), el("td", {}, r.resolution_status === "dead" ? "never (dead)" : when(r.next_retry_at)),
+        el("td", {}, el("span", { class: BADGES[r.resolution_status] || "badge", "data-status": "" }, r.resolution_status)),
+        el("td", { class: "actions" }, can("operator") && (r.resolution_status === "pending" || r.resolution_status === "dead") ? [
+          r.resolution_status === "pending" ? el("button", { type: "button", class: "secondary", onclick: () => act(r, "retry") }, "Retry") : null,
+          el("button", { type: "button", class: "secondary", onclick: () => confirmDialog("Resolve DLQ row", `Mark row ${r.id} resolved (fixed elsewhere)? It will not be retried.`, "Resolve", () => act(r, "resolve")) }, "Resolve"),
+          el("button", { type: "button", class: "danger", onclick: () => confirmDialog("Discard DLQ row", `Discard row ${r.id}? Its event will never be processed.`, "Discard", () => act(r, "discard")) }, "Discard"),
         ] : [])));
-      list.replaceChildren(table("Dead-letter rows", ["Id", "Event", "Error", "Attempts", "Next retry", "Status", ""], rows, "Nothing in the dead-letter queue."));
+      list.replaceChildren(table("Dead-letter rows, newest first", ["Id", "Event", "Error", "Times parked", "Next retry", "Status", ""], rows, "Nothing in the dead-letter queue."));
+      if (id) { const picked = list.querySelector("tr.picked"); if (picked) picked.scrollIntoView(); }
     } catch (e) { list.replaceChildren(errorBox(e)); }
   };
   const bulk = async () => {
@@ -636,6 +666,28 @@ async function renderDlq() {
   // Rows being retried change on their own: follow them.
   timers.push(setInterval(() => { if (!document.querySelector("dialog")) load(); }, 5000));
   await load();
+}
+
+// ---------- search ----------
+
+/// The header's search: a phone, name, BSUID or wamid finds conversations; a wamid, phone or
+/// correlation id finds events.
+async function renderSearch(q) {
+  const term = decodeURIComponent(q || "").trim();
+  if (!term) return show(el("h1", {}, "Search"), el("p", { class: "muted" }, "Type a phone, name, wamid or correlation id in the search box."));
+  const [convs, events] = await Promise.all([
+    api("GET", "/conversations" + qs({ search: term, limit: 20 })),
+    api("GET", "/events" + qs({ search: term, limit: 20 })),
+  ]);
+  const cRows = convs.items.map((c) => el("tr", { "data-conversation": c.id },
+    el("td", {}, el("a", { href: "#/conversations/" + c.id }, conversationTitle(c))), el("td", {}, c.contact),
+    el("td", {}, el("span", { class: "badge" }, c.state)), el("td", {}, when(c.last_message_at))));
+  const eRows = events.items.map((e) => el("tr", { "data-event": e.id },
+    el("td", {}, el("a", { href: "#/events/" + e.id }, e.id)), el("td", {}, e.event_type || e.source),
+    el("td", {}, e.status), el("td", {}, when(e.received_at)), el("td", {}, el("code", {}, e.correlation_id))));
+  show(el("h1", {}, `Search: ${term}`),
+    el("h2", {}, "Conversations"), table("Conversations found", ["Contact", "Address", "State", "Last activity"], cRows, "No conversation matches."),
+    el("h2", {}, "Events"), table("Events found, newest first", ["Id", "Type", "Status", "Received", "Correlation id"], eRows, "No event matches."));
 }
 
 // ---------- conversations ----------
@@ -988,5 +1040,11 @@ function leadDialog(c, done) {
 window.addEventListener("hashchange", route);
 document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("sign-out").addEventListener("click", () => signOut());
+  // The header's search: phone, name, wamid or correlation id.
+  document.getElementById("global-search").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const q = document.getElementById("global-search-input").value.trim();
+    if (q) location.hash = "#/search/" + encodeURIComponent(q);
+  });
   route();
 });

@@ -139,9 +139,14 @@ async fn accept_meta(
         // for a body small enough to be an account-level webhook.
         _ => unrouted(state, &directory, body, &expected, Directory::app_secrets)?,
     };
+    // What the body is about (`messages`, `smb_message_echoes`, …), for the operator's lists.
+    let event_type = match &routing {
+        Routing::Json(ids) => ids.event_type.clone(),
+        _ => None,
+    };
     let event = new_event(
         Source::Meta,
-        None,
+        event_type,
         format!("meta:{}", signature::sha256_hex(body)),
         None,
         body,

@@ -33,16 +33,24 @@ pub struct Ids {
     pub waba_ids: Vec<String>,
     /// Kapso's `project_id` (project webhooks).
     pub project_id: Option<String>,
-    /// Kapso's `type` (batches carry it) or `event`.
+    /// Kapso's `type` (batches carry it) or `event`; Meta's `changes[].field`s (distinct, in
+    /// order, joined by `,`).
     pub event_type: Option<String>,
 }
 
 /// The routing ids of a Meta body.
 pub fn meta(body: &[u8]) -> Routing {
     scan::<MetaEnvelope>(body, |env, ids| {
+        let mut fields: Vec<String> = Vec::new();
         for entry in env.entry.0 {
             ids.waba_ids.extend(entry.id.map(Id::into_string));
             for change in entry.changes.0 {
+                if let Some(f) = change.field.0.filter(|f| !f.is_empty() && f.len() <= 64)
+                    && !fields.iter().any(|x| *x == *f)
+                    && fields.len() < 4
+                {
+                    fields.push(f.into_owned());
+                }
                 let pnid = change
                     .value
                     .0
@@ -51,6 +59,7 @@ pub fn meta(body: &[u8]) -> Routing {
                 ids.phone_number_ids.extend(pnid.map(Id::into_string));
             }
         }
+        ids.event_type = (!fields.is_empty()).then(|| fields.join(","));
     })
 }
 
@@ -313,6 +322,8 @@ struct MetaEntry<'a> {
 struct MetaChange<'a> {
     #[serde(default, borrow)]
     value: Obj<MetaValue<'a>>,
+    #[serde(default, borrow)]
+    field: Text<'a>,
 }
 
 #[derive(Deserialize)]
@@ -484,6 +495,14 @@ mod tests {
         let r = ids(meta(body));
         assert_eq!(r.phone_number_ids, vec!["A", "B"]);
         assert_eq!(r.waba_ids, vec!["W1", "W2"]);
+        assert_eq!(r.event_type.as_deref(), Some("messages"));
+        let echo = ids(meta(
+            br#"{"entry":[{"changes":[{"field":"smb_message_echoes"},{"field":"messages"},{"field":7}]}]}"#,
+        ));
+        assert_eq!(
+            echo.event_type.as_deref(),
+            Some("smb_message_echoes,messages")
+        );
         // Odd shapes are skipped, not refused: processing reports them.
         assert_eq!(ids(meta(br#"{"entry":"odd"}"#)), Ids::default());
         assert_eq!(

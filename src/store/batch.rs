@@ -606,7 +606,9 @@ async fn apply_sets(
     let t = std::time::Instant::now();
     let mut applied = transitions::apply(tx, sets, &contacts, conversations, now).await?;
     m::step("transitions", t);
-    // What is new to the conversation (for the agent): never a redelivered copy.
+    // What is new to the conversation (for the agent): never a redelivered copy, and once
+    // only when two copies of one event (a re-dispatch) meet in one batch.
+    let mut fresh = inserted.rows;
     for (a, set) in applied
         .iter_mut()
         .zip(sets)
@@ -617,7 +619,7 @@ async fn apply_sets(
             .messages
             .iter()
             .filter(|m| m.direction == Direction::Inbound)
-            .filter(|m| inserted.rows.contains(&(m.wamid.clone(), set.event_id)))
+            .filter(|m| fresh.remove(&(m.wamid.clone(), set.event_id)))
             .cloned()
             .collect();
     }

@@ -279,7 +279,8 @@ pub struct ConversationView {
 pub struct Filter {
     pub state: Option<String>,
     pub active_since: Option<DateTime<Utc>>,
-    /// Phone (digits), name or business-scoped user id, in part, any case.
+    /// Phone (digits), name or business-scoped user id, in part, any case; or a message's
+    /// wamid, whole.
     pub search: Option<String>,
     /// Only those whose newest message is the customer's (nobody answered yet).
     pub needs_reply: bool,
@@ -352,7 +353,13 @@ pub async fn list(
         if digits.len() >= 3 && digits != term {
             sql.push(" OR c.phone LIKE ").param(format!("%{digits}%"));
         }
-        sql.push(")");
+        // A message's wamid: its conversation.
+        sql.push(
+            " OR EXISTS (SELECT 1 FROM messages m WHERE m.workspace_id = v.workspace_id \
+             AND m.conversation_id = v.id AND m.wamid = ",
+        )
+        .param(term.to_owned())
+        .push("))");
     }
     if filter.needs_reply {
         sql.push(

@@ -30,7 +30,13 @@ pub async fn park(
         error: Set(error.to_owned()),
         attempts: Set(parked),
         next_retry_at: Set(next_retry_at),
-        resolution_status: Set("pending".into()),
+        // The last park: nothing retries it any more.
+        resolution_status: Set(if next_retry_at.is_some() {
+            "pending"
+        } else {
+            "dead"
+        }
+        .into()),
         created_at: Set(now),
         updated_at: Set(now),
         ..Default::default()
@@ -211,6 +217,18 @@ pub async fn list(
     after: Option<i64>,
     limit: u64,
 ) -> Result<Vec<DlqEntry>, DbErr> {
+    list_in(db, workspace_id, status, after, false, limit).await
+}
+
+/// The same, newest first when `newest` (the cursor then pages below it).
+pub async fn list_in(
+    db: &impl ConnectionTrait,
+    workspace_id: i64,
+    status: Option<&str>,
+    after: Option<i64>,
+    newest: bool,
+    limit: u64,
+) -> Result<Vec<DlqEntry>, DbErr> {
     let mut sql = super::sql::Sql::new(
         db.get_database_backend(),
         "SELECT d.id, d.event_id, d.error, d.attempts, d.next_retry_at, d.resolution_status, \
@@ -223,10 +241,21 @@ pub async fn list(
         sql.push(" AND d.resolution_status = ")
             .param(status.to_owned());
     }
-    if let Some(after) = after {
-        sql.push(" AND d.id > ").param(after);
+    match (after, newest) {
+        (Some(after), true) => {
+            sql.push(" AND d.id < ").param(after);
+        }
+        (Some(after), false) => {
+            sql.push(" AND d.id > ").param(after);
+        }
+        (None, _) => {}
     }
-    sql.push(" ORDER BY d.id LIMIT ").param(limit as i64);
+    sql.push(if newest {
+        " ORDER BY d.id DESC LIMIT "
+    } else {
+        " ORDER BY d.id LIMIT "
+    })
+    .param(limit as i64);
     let mut out = Vec::new();
     for r in db.query_all_raw(sql.build()).await? {
         out.push(DlqEntry {

@@ -771,6 +771,11 @@ pub struct EventFilter<'a> {
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
     pub ids: Option<&'a [i64]>,
+    /// A wamid, phone or other text the payload holds, or the correlation id.
+    pub search: Option<&'a str>,
+    /// Newest first (the cursor is then the last id seen, and the page goes below it);
+    /// otherwise oldest first.
+    pub newest: bool,
 }
 
 /// What a list of events shows: every column but the payload and the headers, which may be
@@ -868,6 +873,31 @@ fn filtered(
     }
     if let Some(ids) = filter.ids {
         q = q.filter(C::Id.is_in(ids.iter().copied()));
+    }
+    if let Some(term) = filter.search.map(str::trim).filter(|t| !t.is_empty()) {
+        use sea_orm::{
+            ExprTrait,
+            sea_query::{Expr, LikeExpr},
+        };
+        let escaped: String = term
+            .chars()
+            .flat_map(|ch| match ch {
+                '%' | '_' | '\\' => vec!['\\', ch],
+                _ => vec![ch],
+            })
+            .collect();
+        let like = LikeExpr::new(format!("%{escaped}%")).escape('\\');
+        q = q.filter(
+            sea_orm::Condition::any()
+                .add(C::CorrelationId.eq(term))
+                .add(Expr::col(C::Payload).like(like)),
+        );
+    }
+    if filter.newest {
+        if let Some(after) = after {
+            q = q.filter(C::Id.lt(after));
+        }
+        return q.order_by_desc(C::Id).limit(limit);
     }
     if let Some(after) = after {
         q = q.filter(C::Id.gt(after));

@@ -432,3 +432,24 @@ pub async fn last_human_reply(
         None => None,
     })
 }
+
+/// The conversations an inbox event's messages went to.
+pub async fn conversations_of_event(
+    db: &impl ConnectionTrait,
+    workspace_id: i64,
+    event_id: i64,
+) -> Result<Vec<i64>, DbErr> {
+    let mut sql = Sql::new(
+        db.get_database_backend(),
+        "SELECT DISTINCT conversation_id FROM messages WHERE workspace_id = ",
+    );
+    sql.param(workspace_id)
+        .push(" AND event_id = ")
+        .param(event_id)
+        .push(" ORDER BY conversation_id LIMIT 100");
+    let mut out = Vec::new();
+    for r in db.query_all_raw(sql.build()).await? {
+        out.push(r.try_get("", "conversation_id")?);
+    }
+    Ok(out)
+}

@@ -695,7 +695,7 @@ async fn dlq_rows_are_listed_retried_resolved_and_discarded(backend: Backend) {
     let (status, listed) = call(
         &app,
         Method::GET,
-        "/api/v1/dlq?status=pending",
+        "/api/v1/dlq?status=pending&order=oldest",
         Some(&viewer),
         None,
     )

@@ -26,6 +26,8 @@ both_backends!(
     a_template_goes_from_the_console_once,
     the_console_shows_a_conversations_files,
     an_operator_finds_a_customer_and_replies_once,
+    every_screen_fits_a_phone,
+    events_and_the_dlq_link_to_each_other_and_to_conversations,
 );
 
 /// chromedriver on a free port, and a headless Chromium session through it.
@@ -722,5 +724,214 @@ async fn an_operator_finds_a_customer_and_replies_once(backend: Backend) {
     );
     b.shot("conversation-authors").await;
     assert_eq!(provider.requests().len(), 2, "the agent's two answers only");
+    app.stop().await;
+}
+
+/// At 390 px (a phone) no screen is wider than the viewport: no sideways page scroll, tables
+/// read as cards, the header keeps "Sign out" on the screen and stays short.
+async fn every_screen_fits_a_phone(backend: Backend) {
+    use crate::{
+        agent::{agent_app, now_ts, post, text, wait_outbound},
+        fakes,
+    };
+    let (provider, graph) = (fakes::provider().await, fakes::graph().await);
+    let app = agent_app(backend, &provider, &graph, |_| {}).await;
+    post(
+        &app,
+        text(
+            "wamid.phone.1.with.a.rather.long.identifier.that.could.push.a.table.wide",
+            "Hello! Do you have the blue bike in size M? I would like to pick it up on Saturday morning.",
+            now_ts(),
+            "p1",
+        ),
+    )
+    .await;
+    wait_outbound(&app, "sent", 1).await;
+    let conversation = app.scalar("SELECT id FROM conversations").await;
+    let (_, admin) = user_with_token(&app, "acme", "ada@acme.test", Role::Admin).await;
+    let b = Browser::start(backend == Backend::Sqlite).await;
+    b.client.set_window_size(390, 844).await.unwrap();
+    b.sign_in(&app, &admin).await;
+    for (screen, ready) in [
+        ("overview", "#overview-cards .card"),
+        ("events", "main table, main [data-empty]"),
+        ("dlq", "main table, main [data-empty]"),
+        ("conversations", "tr[data-conversation]"),
+        (
+            &format!("conversations/{conversation}") as &str,
+            "#reply-text",
+        ),
+        ("leads", "main table, main [data-empty]"),
+        ("templates", "main table, main [data-empty], main h1"),
+        ("users", "main table"),
+    ] {
+        b.open(&app.url(&format!("/console#/{screen}"))).await;
+        b.find(ready).await;
+        let size = b
+            .client
+            .execute(
+                "const s = document.getElementById('sign-out').getBoundingClientRect(); \
+                 return [document.documentElement.scrollWidth, window.innerWidth, \
+                 document.querySelector('header').getBoundingClientRect().height, s.right];",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let [page, viewport, header, sign_out] = [0, 1, 2, 3].map(|i| size[i].as_f64().unwrap());
+        assert!(
+            page <= viewport,
+            "{screen}: the page is {page} px wide on a {viewport} px screen"
+        );
+        assert!(header <= 100.0, "{screen}: the header is {header} px high");
+        assert!(
+            sign_out <= viewport,
+            "{screen}: Sign out is off the screen ({sign_out} px)"
+        );
+        let name = if screen.contains('/') {
+            "conversation"
+        } else {
+            screen
+        };
+        b.shot(&format!("phone-{name}")).await;
+    }
+    app.stop().await;
+}
+
+/// Deep links, the header's search, the event's type, correlation id, headers and conversation,
+/// its DLQ row (a last park is `dead`: no retry), and a replay that asks first.
+async fn events_and_the_dlq_link_to_each_other_and_to_conversations(backend: Backend) {
+    let _turn = FAILPOINTS.lock().await;
+    let poison = format!("wamid.links.fault.{backend:?}");
+    fail::cfg("conversation::apply", &format!("return({poison})")).unwrap();
+    let app = TestApp::start_with(backend, |c| {
+        c.processing.max_attempts = 1;
+        c.processing.backoff_base_ms = 1;
+        c.processing.backoff_max_ms = 2;
+        c.processing.dlq_max_attempts = 1;
+        c.processing.dlq_poll_ms = 20;
+    })
+    .await;
+    let (_, op) = user_with_token(&app, "acme", "otto@acme.test", Role::Operator).await;
+    let body = meta_text(
+        ACME_PNID,
+        "4917612340005",
+        "wamid.links.ok",
+        "where is my order?",
+    );
+    assert_eq!(app.post_meta(body, ACME_SECRET).await.status(), 200);
+    let parked = meta_text(ACME_PNID, "4917612340006", &poison, "parked for good");
+    assert_eq!(app.post_meta(parked, ACME_SECRET).await.status(), 200);
+    app.wait_for(
+        "SELECT COUNT(*) FROM webhook_dlq WHERE resolution_status = 'dead'",
+        1,
+    )
+    .await;
+    fail::remove("conversation::apply");
+    let event = app
+        .scalar("SELECT event_id FROM messages WHERE wamid = 'wamid.links.ok'")
+        .await;
+    let conversation = app
+        .scalar("SELECT conversation_id FROM messages WHERE wamid = 'wamid.links.ok'")
+        .await;
+    let correlation = app
+        .text(&format!(
+            "SELECT correlation_id FROM webhook_events WHERE id = {event}"
+        ))
+        .await
+        .unwrap();
+    let dlq = app.scalar("SELECT id FROM webhook_dlq").await;
+    let b = Browser::start(backend == Backend::Sqlite).await;
+    b.sign_in(&app, &op).await;
+
+    // A deep link opens the event: its type, correlation id, headers and conversation.
+    b.open(&app.url(&format!("/console#/events/{event}"))).await;
+    let id = b.find("#event-correlation").await.text().await.unwrap();
+    assert_eq!(id, correlation);
+    b.find(&format!("tr[data-event='{event}'] td.type")).await;
+    let kind = b
+        .find(&format!("tr[data-event='{event}'] td.type"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(kind.contains("messages"), "the event's type: {kind}");
+    b.xpath("//section//pre[@aria-label='Headers']").await;
+    b.click(&format!(
+        "#event-conversations a[href='#/conversations/{conversation}']"
+    ))
+    .await;
+    b.find("article[data-wamid='wamid.links.ok']").await;
+
+    // Replay asks first; cancelling replays nothing.
+    b.open(&app.url(&format!("/console#/events/{event}"))).await;
+    b.click("#event-replay").await;
+    b.find("dialog[open]").await;
+    b.shot("event-replay-confirm").await;
+    b.xpath("//dialog[@open]//button[text()='Cancel']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    // The dialog is gone and nothing was replayed.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.count("dialog[open]").await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dialog stays open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'events.replay'")
+            .await,
+        0,
+        "cancelled: no replay"
+    );
+    // Confirmed: one replay.
+    b.click("#event-replay").await;
+    b.xpath("//dialog[@open]//button[text()='Replay']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    app.wait_for(
+        "SELECT COUNT(*) FROM audit_log WHERE action = 'events.replay'",
+        1,
+    )
+    .await;
+
+    // The dead row: `dead`, no retry, a link to its event.
+    b.open(&app.url(&format!("/console#/dlq/{dlq}"))).await;
+    b.xpath(&format!(
+        "//tr[@data-dlq='{dlq}']//span[@data-status and text()='dead']"
+    ))
+    .await;
+    assert_eq!(
+        b.count(&format!("tr[data-dlq='{dlq}'] button.secondary"))
+            .await,
+        1,
+        "Resolve only, no Retry"
+    );
+    b.shot("dlq-dead").await;
+    b.click(&format!("tr[data-dlq='{dlq}'] td a")).await;
+    b.find("#event-dlq").await;
+
+    // The header's search: a wamid finds its conversation, the correlation id its event.
+    b.fill("#global-search-input", "wamid.links.ok").await;
+    b.find("#global-search-input")
+        .await
+        .send_keys("\u{E007}")
+        .await
+        .unwrap();
+    b.find(&format!("tr[data-conversation='{conversation}']"))
+        .await;
+    b.fill("#global-search-input", &correlation).await;
+    b.find("#global-search-input")
+        .await
+        .send_keys("\u{E007}")
+        .await
+        .unwrap();
+    b.find(&format!("tr[data-event='{event}']")).await;
+    b.shot("search").await;
     app.stop().await;
 }

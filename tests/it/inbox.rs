@@ -103,6 +103,8 @@ async fn conversations_are_found_and_listed_by_activity(backend: Backend) {
     assert_eq!(names(&get("?search=%2B55%2011%209999").await), ["Bruno"]);
     assert_eq!(names(&get("?search=600111").await), ["Carla"]);
     assert_eq!(names(&get("?search=nobody").await), Vec::<String>::new());
+    // A message's wamid finds its conversation.
+    assert_eq!(names(&get("?search=wamid.b").await), ["Bruno"]);
     // A LIKE wildcard is a character, not a pattern.
     assert_eq!(names(&get("?search=%25").await), Vec::<String>::new());
     // The ones nobody answered.

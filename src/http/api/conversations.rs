@@ -43,7 +43,7 @@ struct ListQuery {
     /// Last message at or after (RFC 3339).
     active_since: Option<DateTime<Utc>>,
     /// Phone (any digits of it, `+49 151…` as people write it), name or business-scoped user
-    /// id, in part, any case.
+    /// id, in part, any case; or a message's wamid (whole): its conversation.
     #[param(max_length = 200)]
     search: Option<String>,
     /// Only conversations whose newest message is the customer's (unanswered).

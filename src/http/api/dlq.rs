@@ -29,9 +29,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
-    /// pending, retrying, resolved or discarded.
-    #[param(pattern = "^(pending|retrying|resolved|discarded)$")]
+    /// pending, retrying, resolved, discarded or dead (parked for the last time: nothing
+    /// retries it; replay its event).
+    #[param(pattern = "^(pending|retrying|resolved|discarded|dead)$")]
     status: Option<String>,
+    /// `newest` (the default) or `oldest` first.
+    #[param(pattern = "^(newest|oldest)$")]
+    order: Option<String>,
     /// The `next` cursor of the previous page.
     after: Option<String>,
     /// 1 to 200 (default 50).
@@ -39,9 +43,10 @@ struct ListQuery {
     limit: Option<u64>,
 }
 
-const STATUSES: &[&str] = &["pending", "retrying", "resolved", "discarded"];
+const STATUSES: &[&str] = &["pending", "retrying", "resolved", "discarded", "dead"];
 
-/// The workspace's DLQ rows with their events' source and type, by id, optionally by status.
+/// The workspace's DLQ rows with their events' source and type, newest first (or oldest),
+/// optionally by status.
 #[utoipa::path(get, path = "/api/v1/dlq", tag = "dlq", operation_id = "dlq_list", params(ListQuery),
     responses((status = 200, body = Page<DlqEntry>), Errors))]
 async fn list(
@@ -51,12 +56,14 @@ async fn list(
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Viewer)?;
     one_of("status", q.status.as_deref(), STATUSES)?;
+    one_of("order", q.order.as_deref(), &["newest", "oldest"])?;
     let limit = limit(q.limit)?;
-    let rows = dlq::list(
+    let rows = dlq::list_in(
         &state.db,
         caller.0.workspace_id,
         q.status.as_deref(),
         cursor(q.after.as_deref())?,
+        q.order.as_deref() != Some("oldest"),
         limit,
     )
     .await?;

@@ -49,6 +49,12 @@ struct ListQuery {
     from: Option<DateTime<Utc>>,
     /// Received before (RFC 3339).
     to: Option<DateTime<Utc>>,
+    /// A wamid, phone number or other text of the payload, or a correlation id.
+    #[param(max_length = 200)]
+    search: Option<String>,
+    /// `newest` (the default) or `oldest` first.
+    #[param(pattern = "^(newest|oldest)$")]
+    order: Option<String>,
     /// The `next` cursor of the previous page.
     after: Option<String>,
     /// 1 to 200 (default 50).
@@ -112,6 +118,8 @@ struct EventDetail {
     headers: Value,
     /// Its DLQ row, if it was ever parked.
     dlq: Option<DlqRow>,
+    /// The conversations its messages went to.
+    conversations: Vec<i64>,
 }
 
 /// The stored headers without the signatures: a signature shown to a viewer would let the
@@ -128,7 +136,8 @@ fn redacted_headers(stored: &str) -> Value {
     headers
 }
 
-/// The workspace's events, newest id last, by status, source and time received.
+/// The workspace's events, newest first (or oldest), by status, source, time received and a
+/// search of the payload (a wamid, a phone) or the correlation id.
 #[utoipa::path(get, path = "/api/v1/events", tag = "events", operation_id = "events_list", params(ListQuery),
     responses((status = 200, body = Page<EventSummary>), Errors))]
 async fn list(
@@ -145,6 +154,12 @@ async fn list(
         &["pending", "processed", "failed", "dead"],
     )?;
     one_of("source", q.source.as_deref(), &["meta", "kapso"])?;
+    one_of("order", q.order.as_deref(), &["newest", "oldest"])?;
+    if q.search.as_ref().is_some_and(|s| s.chars().count() > 200) {
+        return Err(Failure::bad_request(
+            "search must have at most 200 characters",
+        ));
+    }
     let limit = limit(q.limit)?;
     let filter = EventFilter {
         status: q.status.as_deref(),
@@ -152,6 +167,8 @@ async fn list(
         from: q.from,
         to: q.to,
         ids: None,
+        search: q.search.as_deref(),
+        newest: q.order.as_deref() != Some("oldest"),
     };
     let rows = inbox::list_summaries(
         &state.db,
@@ -187,7 +204,11 @@ async fn one(
         .pop()
         .ok_or_else(|| Failure::not_found("event"))?;
     let history = dlq::of_event(&state.db, id).await?;
+    let conversations =
+        crate::store::messages::conversations_of_event(&state.db, caller.0.workspace_id, id)
+            .await?;
     Ok(Json(EventDetail {
+        conversations,
         event: summary(&event),
         payload: serde_json::from_str(&event.payload)
             .unwrap_or_else(|_| Value::String(event.payload.clone())),
