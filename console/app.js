@@ -29,6 +29,7 @@ const ICONS = {
   edit: "M4 20h4L19 9l-4-4L4 16v4zm11-17 4 4",
   trash: "M5 7h14M10 7V4h4v3m-7 0 1 13h8l1-13M10 11v6m4-6v6",
   send: "M3 20 21 12 3 4v6l12 2-12 2z",
+  key: "M15 7a4 4 0 1 1-3.9 4.9L4 19v2h3v-2h2v-2h2l1.1-1.1A4 4 0 0 1 15 7z",
 };
 
 /// A small line icon (the page's own SVG: no icon font, no emoji font needed).
@@ -211,6 +212,7 @@ function dialog(title, build, submit, submitLabel) {
       await submit(form);
       close();
     } catch (e) {
+      if (e.keepOpen) return;
       problem.textContent = e.message;
       problem.hidden = false;
     }
@@ -511,6 +513,40 @@ function userDialog(user, done) {
   }, editing ? "Save" : "Add user");
 }
 
+/// A user's tokens (admin): issue one (shown once, with a copy button), revoke one.
+function tokensDialog(u) {
+  const list = el("div", { class: "tokens" }, loading());
+  const shown = el("div", { class: "new-token", hidden: true });
+  const name = el("input", { type: "text", id: "token-name", required: true, maxlength: 100, value: "console" });
+  const load = async () => {
+    try {
+      const r = await api("GET", "/tokens" + qs({ user_id: u.id }));
+      const rows = r.items.map((t) => el("tr", { "data-token": t.id },
+        el("td", {}, t.name), el("td", {}, when(t.created_at)), el("td", {}, t.last_used_at ? when(t.last_used_at) : "never"),
+        el("td", {}, t.revoked_at ? el("span", { class: "badge" }, "revoked") : el("span", { class: "badge ok" }, "live")),
+        el("td", { class: "actions" }, t.revoked_at ? null : el("button", { type: "button", class: "danger", onclick: async () => {
+          try { await api("DELETE", "/tokens/" + t.id); toast(`Token ${t.name} revoked`); load(); } catch (e) { toast(e.message, true); }
+        } }, "Revoke"))));
+      list.replaceChildren(table("Tokens", ["Name", "Created", "Last used", "Status", ""], rows, "No tokens yet."));
+    } catch (e) { list.replaceChildren(errorBox(e)); }
+  };
+  dialog(`Tokens of ${u.name}`, (form) => {
+    form.append(list, field("New token's name", name), shown);
+    load();
+  }, async () => {
+    const t = await api("POST", "/tokens", { user_id: u.id, name: name.value.trim() });
+    const value = el("input", { type: "text", id: "new-token", readonly: true, value: t.token, "aria-label": "The new token" });
+    const copy = el("button", { type: "button", class: "secondary", id: "copy-token", onclick: async () => {
+      try { await navigator.clipboard.writeText(t.token); toast("Copied"); } catch (_) { value.select(); document.execCommand("copy"); toast("Copied"); }
+    } }, "Copy");
+    shown.replaceChildren(el("p", {}, "Shown this once: give it to " + u.name + " now."), el("div", { class: "bar" }, value, copy));
+    shown.hidden = false;
+    load();
+    // The dialog stays open so the token can be copied.
+    throw Object.assign(new Error(""), { keepOpen: true });
+  }, "Issue token");
+}
+
 async function renderUsers() {
   const search = el("input", { type: "search", id: "user-search", placeholder: "Search by name" });
   const list = el("div", {}, loading());
@@ -524,6 +560,7 @@ async function renderUsers() {
         el("td", {}, u.role),
         el("td", {}, el("span", { class: u.is_active ? "badge ok" : "badge" }, u.is_active ? "active" : "inactive")),
         el("td", { class: "actions" }, can("admin") ? [
+          u.is_active ? el("button", { type: "button", class: "icon", "aria-label": "Tokens of " + u.name, title: "Tokens", onclick: () => tokensDialog(u) }, icon("key")) : null,
           el("button", { type: "button", class: "icon", "aria-label": "Edit " + u.name, title: "Edit", onclick: () => userDialog(u, load) }, icon("edit")),
           u.is_active ? el("button", {
             type: "button", class: "icon", "aria-label": "Deactivate " + u.name, title: "Deactivate",
@@ -1026,7 +1063,14 @@ async function renderLeads() {
 function leadDialog(c, done) {
   dialog("Edit lead", (form) => form.append(
     el("p", { class: "muted" }, `${c.name || "—"} · ${c.phone}`),
-    field("Lead status", el("input", { name: "lead_status", type: "text", required: true, pattern: "[a-z_]{1,50}", value: c.lead_status })),
+    field("Lead status", (() => {
+      // The usual stages, and any other the workspace uses (lower-case letters and _).
+      const input = el("input", { name: "lead_status", type: "text", required: true, pattern: "[a-z_]{1,50}", value: c.lead_status,
+        list: "lead-stages", title: "lower-case letters and _, e.g. new, contacted, qualified, customer, lost" });
+      input.addEventListener("input", () => input.setCustomValidity(/^[a-z_]{1,50}$/.test(input.value) ? "" : "Use lower-case letters and _ only, e.g. qualified"));
+      return el("span", {}, input, el("datalist", { id: "lead-stages" },
+        ["new", "contacted", "qualified", "proposal", "customer", "lost"].map((v) => el("option", { value: v }))));
+    })()),
     field("Score (0–100)", el("input", { name: "lead_score", type: "number", min: 0, max: 100, required: true, value: c.lead_score }))),
   async (form) => {
     await api("PATCH", "/contacts/" + c.id, { lead_status: form.elements.lead_status.value, lead_score: Number(form.elements.lead_score.value) });

@@ -55,6 +55,24 @@ pub async fn create(
     Ok((row, plain))
 }
 
+/// A user's tokens (never the secret): live ones first, newest first.
+pub async fn of_user(
+    db: &impl ConnectionTrait,
+    workspace_id: i64,
+    user_id: i64,
+) -> Result<Vec<api_tokens::Model>, DbErr> {
+    use sea_orm::{QueryOrder, QuerySelect};
+    let mut rows = api_tokens::Entity::find()
+        .filter(api_tokens::Column::WorkspaceId.eq(workspace_id))
+        .filter(api_tokens::Column::UserId.eq(user_id))
+        .order_by_desc(api_tokens::Column::Id)
+        .limit(200)
+        .all(db)
+        .await?;
+    rows.sort_by_key(|r| r.revoked_at.is_some());
+    Ok(rows)
+}
+
 /// Revokes a token of the workspace; false when there is none.
 pub async fn revoke(
     db: &impl ConnectionTrait,

@@ -28,6 +28,7 @@ both_backends!(
     an_operator_finds_a_customer_and_replies_once,
     every_screen_fits_a_phone,
     events_and_the_dlq_link_to_each_other_and_to_conversations,
+    an_admin_issues_a_token_in_the_console_and_revokes_it,
 );
 
 /// chromedriver on a free port, and a headless Chromium session through it.
@@ -933,5 +934,72 @@ async fn events_and_the_dlq_link_to_each_other_and_to_conversations(backend: Bac
         .unwrap();
     b.find(&format!("tr[data-event='{event}']")).await;
     b.shot("search").await;
+    app.stop().await;
+}
+
+/// A user added in the console can sign in without the CLI: an admin issues a token (shown
+/// once, with a copy button) and revokes it, and the API agrees at once.
+async fn an_admin_issues_a_token_in_the_console_and_revokes_it(backend: Backend) {
+    use wahook::store::{
+        accounts,
+        users::{self, NewUser},
+    };
+    let app = TestApp::start(backend).await;
+    let (_, admin) = user_with_token(&app, "acme", "ada@acme.test", Role::Admin).await;
+    let ws = accounts::ensure_workspace(&app.db, "acme").await.unwrap();
+    users::create(
+        &app.db,
+        NewUser {
+            workspace_id: ws,
+            name: "Nina",
+            email: "nina@acme.test",
+            role: Role::Operator,
+            is_active: true,
+        },
+        "test",
+    )
+    .await
+    .unwrap();
+    let b = Browser::start(backend == Backend::Sqlite).await;
+    b.sign_in(&app, &admin).await;
+    b.open(&app.url("/console#/users")).await;
+    b.click("button[aria-label='Tokens of Nina']").await;
+    b.find("dialog[open] [data-empty]").await;
+    b.fill("#token-name", "laptop").await;
+    b.xpath("//dialog[@open]//button[text()='Issue token']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let token = b
+        .find("#new-token")
+        .await
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    b.find("#copy-token").await;
+    b.find("dialog[open] tr[data-token]").await;
+    b.shot("users-token").await;
+    let me = |token: String| {
+        let app = &app;
+        async move { call(app, Method::GET, "/api/v1/me", Some(&token), None).await }
+    };
+    let (status, who) = me(token.clone()).await;
+    assert_eq!(status, 200, "{who}");
+    assert!(
+        who["actor"].as_str().unwrap().contains("nina@acme.test"),
+        "{who}"
+    );
+    // Revoked from the same dialog: refused at once.
+    b.xpath("//dialog[@open]//tr[@data-token]//button[text()='Revoke']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.xpath("//dialog[@open]//tr[@data-token]//span[text()='revoked']")
+        .await;
+    let (status, _) = me(token).await;
+    assert_eq!(status, 401);
     app.stop().await;
 }

@@ -1,13 +1,13 @@
-//! `/api/v1/tokens`: admins create a token for a user of their workspace (shown once) and
-//! revoke tokens.
+//! `/api/v1/tokens`: admins list a user's tokens (never their secrets), create one for a user
+//! of their workspace (shown once) and revoke tokens.
 
 use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{Body, Caller, Errors, Failure, Id};
+use super::{Body, Caller, Errors, Failure, Id, Items, Params};
 use crate::{
     http::AppState,
     store::{
@@ -18,8 +18,53 @@ use crate::{
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(create))
+        .routes(routes!(create, list))
         .routes(routes!(revoke))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    user_id: i64,
+}
+
+/// A token as listed: never its secret.
+#[derive(Serialize, ToSchema)]
+struct TokenView {
+    id: i64,
+    user_id: i64,
+    name: String,
+    created_at: DateTime<Utc>,
+    last_used_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A user's tokens of the workspace (admin): unrevoked first, newest first; never the secret.
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", operation_id = "tokens_list", params(ListQuery),
+    responses((status = 200, body = Items<TokenView>), Errors))]
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(q): Params<ListQuery>,
+) -> Result<impl IntoResponse, Failure> {
+    caller.require(Role::Admin)?;
+    let ws = caller.0.workspace_id;
+    // Another workspace's user is not found.
+    users::get(&state.db, ws, q.user_id).await?;
+    let items = tokens::of_user(&state.db, ws, q.user_id)
+        .await?
+        .into_iter()
+        .map(|t| TokenView {
+            id: t.id,
+            user_id: t.user_id,
+            name: t.name,
+            created_at: t.created_at,
+            last_used_at: t.last_used_at,
+            revoked_at: t.revoked_at,
+        })
+        .collect();
+    Ok(Json(Items { items }))
 }
 
 #[derive(Deserialize, ToSchema)]
