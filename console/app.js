@@ -737,19 +737,21 @@ async function renderConversations(id) {
   const since = el("input", { type: "datetime-local", id: "conversation-since" });
   const search = el("input", { type: "search", id: "conversation-search", placeholder: "phone, name or user id", maxlength: 200 });
   const waiting = el("input", { type: "checkbox", id: "conversation-needs-reply" });
+  const mine = el("input", { type: "checkbox", id: "conversation-mine" });
   const list = el("div", {});
   const load = async () => {
     list.replaceChildren(loading());
     try {
       const sinceIso = since.value ? new Date(since.value).toISOString() : "";
       const page = await api("GET", "/conversations" + qs({ state: state.value, active_since: sinceIso, search: search.value.trim(),
-        needs_reply: waiting.checked ? "true" : "", limit: 200 }));
+        needs_reply: waiting.checked ? "true" : "", assignee_id: mine.checked && me.user_id ? me.user_id : "", limit: 200 }));
       const rows = page.items.map((c) => el("tr", { "data-conversation": c.id },
         el("td", {}, el("a", { href: "#/conversations/" + c.id }, conversationTitle(c)),
           c.needs_reply ? el("span", { class: "mark needs-reply", title: "the customer's message is unanswered" }, "needs reply") : null),
         el("td", {}, c.contact), el("td", {}, el("span", { class: "badge" }, c.state)),
+        el("td", {}, c.assignee_name || "—"),
         el("td", {}, c.message_count), el("td", {}, when(c.last_message_at))));
-      list.replaceChildren(table("Conversations, newest activity first", ["Contact", "Address", "State", "Messages", "Last activity"], rows, "No conversations match."));
+      list.replaceChildren(table("Conversations, newest activity first", ["Contact", "Address", "State", "Assigned to", "Messages", "Last activity"], rows, "No conversations match."));
     } catch (e) { list.replaceChildren(errorBox(e)); }
   };
   let typing = null;
@@ -757,9 +759,10 @@ async function renderConversations(id) {
   state.addEventListener("change", load);
   since.addEventListener("change", load);
   waiting.addEventListener("change", load);
+  mine.addEventListener("change", load);
   onLive = debounced(load, 300);
   show(el("h1", {}, "Conversations"), el("div", { class: "bar" }, field("Search", search), field("State", state), field("Active since", since),
-    el("label", { class: "check" }, waiting, "Needs a reply")), list);
+    el("label", { class: "check" }, waiting, "Needs a reply"), el("label", { class: "check" }, mine, "Assigned to me")), list);
   await load();
 }
 
@@ -842,6 +845,22 @@ async function renderConversation(id) {
     c.state === "human" || c.state === "closed" ? el("button", { type: "button", class: "secondary", onclick: () => setState("open", "Given back to the agent") }, "Give back to the agent") : null,
     c.state !== "closed" ? el("button", { type: "button", class: "secondary", onclick: () => setState("closed", "Conversation closed") }, "Close") : null,
   ] : [];
+  // Who has it: operators assign it (to themselves or another user), everyone sees it.
+  let assignee = el("span", { class: "muted", id: "conversation-assignee" }, c.assignee_name ? `Assigned to ${c.assignee_name}` : "Unassigned");
+  if (can("operator")) {
+    const users = await api("GET", "/users" + qs({ limit: 200 })).catch(() => ({ items: [] }));
+    const pick = el("select", { id: "conversation-assign", "aria-label": "Assigned to" },
+      el("option", { value: "" }, "Unassigned"),
+      users.items.filter((u) => u.is_active).map((u) => el("option", { value: String(u.id) }, u.name + (u.id === me.user_id ? " (me)" : ""))));
+    pick.value = c.assignee_id ? String(c.assignee_id) : "";
+    pick.addEventListener("change", async () => {
+      try {
+        const after = await api("PUT", `/conversations/${id}/assignee`, { user_id: pick.value ? Number(pick.value) : null });
+        toast(after.assignee_name ? `Assigned to ${after.assignee_name}` : "Unassigned");
+      } catch (e) { toast(e.message, true); }
+    });
+    assignee = field("Assigned to", pick);
+  }
   const composer = !data.service_window_open && can("operator") ? await templateComposer(c, () => renderConversation(id))
     : data.service_window_open && can("operator") ? await replyComposer(c, () => renderConversation(id)) : null;
   if (!here()) return;
@@ -849,7 +868,7 @@ async function renderConversation(id) {
     el("p", {}, el("a", { href: "#/conversations" }, "← Conversations")),
     el("div", { class: "bar" },
       el("h1", { class: "grow" }, `${conversationTitle(c)} · `, el("span", { class: "badge", id: "conversation-state-badge" }, c.state)),
-      actions),
+      assignee, actions),
     data.service_window_open ? null : el("div", { class: "banner", role: "note", id: "window-closed" },
       "The 24-hour window is closed: the customer has not written since " +
       (data.service_window_closes_at ? when(new Date(new Date(data.service_window_closes_at) - 864e5)) : "— (never)") +

@@ -18,6 +18,8 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
     /// The platform's own id of the conversation (Kapso's `conversation.id`).
     pub external_id: Option<String>,
+    /// The user it is assigned to.
+    pub assignee_id: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -18,6 +18,7 @@ mod m20261202_000013_agent_turn_outcomes;
 mod m20261202_000014_message_templates;
 mod m20261202_000015_media;
 mod m20261203_000016_authors;
+mod m20261203_000017_assignee;
 
 pub struct Migrator;
 
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000014_message_templates::Migration),
             Box::new(m20261202_000015_media::Migration),
             Box::new(m20261203_000016_authors::Migration),
+            Box::new(m20261203_000017_assignee::Migration),
         ]
     }
 }

@@ -272,6 +272,9 @@ pub struct ConversationView {
     pub created_at: DateTime<Utc>,
     /// The newest message is the customer's: nobody answered it yet.
     pub needs_reply: bool,
+    /// The user it is assigned to, and their name.
+    pub assignee_id: Option<i64>,
+    pub assignee_name: Option<String>,
 }
 
 /// Which conversations a list shows, and in what order.
@@ -284,6 +287,10 @@ pub struct Filter {
     pub search: Option<String>,
     /// Only those whose newest message is the customer's (nobody answered yet).
     pub needs_reply: bool,
+    /// Only those assigned to this user.
+    pub assignee_id: Option<i64>,
+    /// Only those assigned to nobody.
+    pub unassigned: bool,
     pub order: Order,
 }
 
@@ -313,10 +320,11 @@ pub async fn list(
     let mut sql = Sql::new(
         db.get_database_backend(),
         "SELECT v.id, v.contact_id, c.phone, c.name, c.user_id, v.status, v.message_count, \
-         v.last_message_at, v.created_at, \
+         v.last_message_at, v.created_at, v.assignee_id, u.name AS assignee_name, \
          (SELECT m.direction FROM messages m WHERE m.conversation_id = v.id \
           AND m.message_type <> 'pending' ORDER BY m.timestamp DESC, m.id DESC LIMIT 1) AS last_direction \
-         FROM conversations v JOIN contacts c ON c.id = v.contact_id WHERE v.workspace_id = ",
+         FROM conversations v JOIN contacts c ON c.id = v.contact_id \
+         LEFT JOIN users u ON u.id = v.assignee_id WHERE v.workspace_id = ",
     );
     sql.param(workspace_id);
     if let Some(state) = &filter.state {
@@ -361,6 +369,12 @@ pub async fn list(
         .param(term.to_owned())
         .push("))");
     }
+    if let Some(user) = filter.assignee_id {
+        sql.push(" AND v.assignee_id = ").param(user);
+    }
+    if filter.unassigned {
+        sql.push(" AND v.assignee_id IS NULL");
+    }
     if filter.needs_reply {
         sql.push(
             " AND (SELECT m.direction FROM messages m WHERE m.conversation_id = v.id \
@@ -404,6 +418,8 @@ pub async fn list(
             last_message_at: r.try_get("", "last_message_at")?,
             created_at: r.try_get("", "created_at")?,
             needs_reply: last_direction.as_deref() == Some("inbound"),
+            assignee_id: r.try_get("", "assignee_id")?,
+            assignee_name: r.try_get("", "assignee_name")?,
         });
     }
     Ok(out)
@@ -493,4 +509,25 @@ pub async fn open_windows(
         }
     }
     Ok(out)
+}
+
+/// Assigns a conversation of the workspace to a user (or to nobody); false when there is no
+/// such conversation. Only this column changes (nothing else writes it).
+pub async fn assign(
+    db: &impl ConnectionTrait,
+    workspace_id: i64,
+    id: i64,
+    user_id: Option<i64>,
+) -> Result<bool, DbErr> {
+    let mut sql = Sql::new(
+        db.get_database_backend(),
+        "UPDATE conversations SET assignee_id = ",
+    );
+    sql.param(user_id)
+        .push(" WHERE id = ")
+        .param(id)
+        .push(" AND workspace_id = ")
+        .param(workspace_id);
+    let r = db.execute_raw(sql.build()).await?;
+    Ok(r.rows_affected() == 1)
 }

@@ -134,6 +134,7 @@ async fn every_documented_route_checks_the_role(backend: Backend) {
             "contacts_update" => (O, "", Some(json!({"lead_score": 5}))),
             "contacts_identity" => (V, "", None),
             "conversations_set_state" => (O, "", Some(json!({"state": "human"}))),
+            "conversations_assign" => (O, "", Some(json!({"user_id": null}))),
             "dlq_bulk_retry" => (O, "", Some(json!({}))),
             "dlq_retry" | "dlq_resolve" | "dlq_discard" => (O, "", None),
             "events_replay" => (O, "", Some(json!({"ids": [999999]}))),
@@ -189,7 +190,7 @@ async fn every_documented_route_checks_the_role(backend: Backend) {
             checked += 1;
         }
     }
-    assert_eq!(checked, 38, "every documented operation was checked");
+    assert_eq!(checked, 39, "every documented operation was checked");
     app.stop().await;
 }
 

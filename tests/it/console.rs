@@ -654,7 +654,7 @@ async fn an_operator_finds_a_customer_and_replies_once(backend: Backend) {
     )
     .await;
     wait_outbound(&app, "sent", 2).await;
-    let (_, op) = user_with_token(&app, "acme", "otto@acme.test", Role::Operator).await;
+    let (op_id, op) = user_with_token(&app, "acme", "otto@acme.test", Role::Operator).await;
     app.exec("UPDATE users SET name = 'Otto' WHERE email = 'otto@acme.test'")
         .await;
     let b = Browser::start(backend == Backend::Sqlite).await;
@@ -678,6 +678,17 @@ async fn an_operator_finds_a_customer_and_replies_once(backend: Backend) {
         .await;
     b.xpath("//article[contains(@class,'outbound')]//span[@data-author='agent']")
         .await;
+    // Otto takes it: assigned, and the list says so.
+    b.find(&format!("#conversation-assign option[value='{op_id}']"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    app.wait_for(
+        &format!("SELECT COUNT(*) FROM conversations WHERE assignee_id = {op_id}"),
+        1,
+    )
+    .await;
     // The reply: a double click sends once.
     b.fill("#reply-text", "Yes! Otto here, I keep one for you.")
         .await;

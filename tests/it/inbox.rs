@@ -113,6 +113,46 @@ async fn conversations_are_found_and_listed_by_activity(backend: Backend) {
     assert_eq!(waiting["items"][0]["needs_reply"], true);
     let all = get("").await;
     assert_eq!(all["items"][0]["needs_reply"], false, "Carla was answered");
+    // Assigned to Otto: shown, filterable, audited; back to nobody.
+    let otto_id = app
+        .scalar("SELECT id FROM users WHERE email = 'otto@acme.test'")
+        .await;
+    let bruno = app
+        .scalar("SELECT v.id FROM conversations v JOIN contacts c ON c.id = v.contact_id WHERE c.name = 'Bruno'")
+        .await;
+    let assign = |user: Value| {
+        let (app, op) = (&app, op.clone());
+        async move {
+            call(
+                app,
+                Method::PUT,
+                &format!("/api/v1/conversations/{bruno}/assignee"),
+                Some(&op),
+                Some(json!({"user_id": user})),
+            )
+            .await
+        }
+    };
+    let (status, body) = assign(json!(otto_id)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["assignee_id"], otto_id);
+    assert_eq!(body["assignee_name"], "otto");
+    assert_eq!(
+        names(&get(&format!("?assignee_id={otto_id}")).await),
+        ["Bruno"]
+    );
+    assert_eq!(names(&get("?unassigned=true").await), ["Carla", "Ana Lima"]);
+    let (gus, _) = user_with_token(&app, "globex", "gus@globex.test", Role::Viewer).await;
+    let (status, _) = assign(json!(gus)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "another workspace's user");
+    let (status, body) = assign(Value::Null).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["assignee_id"].is_null());
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'conversation.assign'")
+            .await,
+        2
+    );
     // Bad parameters are a 400 with the reason.
     for q in ["?order=name", "?after=xyz"] {
         let (status, body) = call(

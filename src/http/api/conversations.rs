@@ -29,6 +29,65 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list))
         .routes(routes!(one))
         .routes(routes!(set_state))
+        .routes(routes!(assign))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct AssignBody {
+    /// An active user of the workspace, or null: nobody.
+    user_id: Option<i64>,
+}
+
+/// Assigns a conversation to a user of the workspace, or to nobody (operator); an audit row
+/// says who did it.
+#[utoipa::path(put, path = "/api/v1/conversations/{id}/assignee", tag = "conversations", operation_id = "conversations_assign",
+    params(("id" = i64, Path)), request_body = AssignBody,
+    responses((status = 200, body = ConversationView), Errors))]
+async fn assign(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id,
+    Body(body): Body<AssignBody>,
+) -> Result<impl IntoResponse, Failure> {
+    caller.require(Role::Operator)?;
+    let ws = caller.0.workspace_id;
+    let before = conversations::get(&state.db, ws, id)
+        .await?
+        .ok_or_else(|| Failure::not_found("conversation"))?;
+    if let Some(user) = body.user_id {
+        let u = crate::store::users::get(&state.db, ws, user)
+            .await
+            .map_err(|_| {
+                Failure::bad_request(format!("user {user} is not a user of this workspace"))
+            })?;
+        if !u.is_active {
+            return Err(Failure::bad_request(format!("user {user} is inactive")));
+        }
+    }
+    conversations::assign(&state.db, ws, id, body.user_id).await?;
+    let after = conversations::get(&state.db, ws, id)
+        .await?
+        .ok_or_else(|| Failure::not_found("conversation"))?;
+    audit(
+        &state.db,
+        ws,
+        &caller.0.actor,
+        "conversation.assign",
+        &format!("conversation:{id}"),
+        before
+            .assignee_name
+            .as_deref()
+            .or(before.assignee_id.map(|_| "?")),
+        Some(after.assignee_name.as_deref().unwrap_or("nobody")),
+    )
+    .await?;
+    state
+        .processing
+        .store
+        .live()
+        .publish(ws, id, crate::store::live::Kind::Conversation);
+    Ok(Json(after))
 }
 
 const STATES: &[&str] = &["open", "inactive", "closed", "human"];
@@ -48,6 +107,10 @@ struct ListQuery {
     search: Option<String>,
     /// Only conversations whose newest message is the customer's (unanswered).
     needs_reply: Option<bool>,
+    /// Only those assigned to this user.
+    assignee_id: Option<i64>,
+    /// Only those assigned to nobody.
+    unassigned: Option<bool>,
     /// `activity` (newest activity first, the default) or `id` (oldest first, for a full
     /// export).
     #[param(pattern = "^(activity|id)$")]
@@ -96,6 +159,8 @@ async fn list(
         active_since: q.active_since,
         search: q.search.clone(),
         needs_reply: q.needs_reply.unwrap_or(false),
+        assignee_id: q.assignee_id,
+        unassigned: q.unassigned.unwrap_or(false),
         order,
     };
     let rows = conversations::list(&state.db, caller.0.workspace_id, &filter, limit).await?;
