@@ -786,6 +786,19 @@ function conversationTitle(c) {
   return c.group_id ? `Group ${c.contact_name || c.group_id}` : (c.contact_name || c.contact);
 }
 
+// What the agent did here: turns, skips, failures, tokens, latency, its last error.
+function agentPanel(data) {
+  const panels = data.agents || [];
+  if (!panels.length) return null;
+  return el("details", { class: "agent-panel", id: "agent-panel" },
+    el("summary", {}, panels.map((a) => `${a.agent}: ${a.turns} turn(s), ${a.skips} kept quiet, ${a.failures} failed`).join(" · ")),
+    ...panels.map((a) => el("dl", { "data-agent": a.agent },
+      el("dt", {}, "Tokens"), el("dd", {}, `${a.prompt_tokens} in, ${a.completion_tokens} out`),
+      el("dt", {}, "Mean latency"), el("dd", {}, a.mean_latency_ms === null ? "—" : `${a.mean_latency_ms} ms`),
+      el("dt", {}, "Last turn"), el("dd", {}, when(a.last_turn_at)),
+      el("dt", {}, "Last error"), el("dd", { class: a.last_error ? "error" : "" }, a.last_error || "none"))));
+}
+
 // A conversation's messages and the agent's silent turns, in time order.
 function timelineOf(data) {
   const c = data.conversation;
@@ -829,7 +842,11 @@ async function renderConversation(id) {
       if (!here()) return;
       if (now.conversation.state !== c.state || now.service_window_open !== data.service_window_open) return renderConversation(id);
       const old = document.getElementById("thread");
-      if (old) old.replaceWith(timelineOf(now));
+      if (!old) return;
+      const panel = agentPanel(now);
+      const oldPanel = document.getElementById("agent-panel");
+      if (panel && oldPanel) { panel.open = oldPanel.open; oldPanel.replaceWith(panel); } else if (panel) old.before(panel);
+      old.replaceWith(timelineOf(now));
     } catch (_) { /* the next change tries again */ }
   }, 150);
   onLive = (event, d) => { if (event === "reset" || d.conversation_id === Number(id)) refresh(); };
@@ -873,6 +890,7 @@ async function renderConversation(id) {
       "The 24-hour window is closed: the customer has not written since " +
       (data.service_window_closes_at ? when(new Date(new Date(data.service_window_closes_at) - 864e5)) : "— (never)") +
       ". Only a template message may be sent."),
+    agentPanel(data),
     timelineOf(data),
     composer);
 }

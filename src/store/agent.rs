@@ -123,3 +123,55 @@ pub async fn record_turn(
     }
     update.exec(db).await.map(|_| ())
 }
+
+/// The agent's figures in one conversation, as the console's agent panel shows them.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AgentPanel {
+    pub agent: String,
+    pub turns: i32,
+    pub skips: i32,
+    pub failures: i32,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    /// Mean provider latency of its turns, in milliseconds.
+    pub mean_latency_ms: Option<i64>,
+    pub last_turn_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Its newest failed turn's reason, if any.
+    pub last_error: Option<String>,
+}
+
+/// Every agent's figures in a conversation.
+pub async fn panels(
+    db: &impl ConnectionTrait,
+    conversation_id: i64,
+) -> Result<Vec<AgentPanel>, DbErr> {
+    use sea_orm::QueryOrder;
+    let sessions = agent_sessions::Entity::find()
+        .filter(agent_sessions::Column::ConversationId.eq(conversation_id))
+        .all(db)
+        .await?;
+    let mut out = Vec::new();
+    for s in sessions {
+        let last_error = entity::outbound_messages::Entity::find()
+            .filter(entity::outbound_messages::Column::ConversationId.eq(conversation_id))
+            .filter(entity::outbound_messages::Column::AgentType.eq(s.agent_type.clone()))
+            .filter(entity::outbound_messages::Column::State.eq("failed"))
+            .order_by_desc(entity::outbound_messages::Column::Id)
+            .one(db)
+            .await?
+            .and_then(|r| r.error.or(r.error_code));
+        let answered = i64::from(std::cmp::Ord::max(s.turns - s.skips, 0));
+        out.push(AgentPanel {
+            agent: s.agent_type,
+            turns: s.turns,
+            skips: s.skips,
+            failures: s.failures,
+            prompt_tokens: s.prompt_tokens,
+            completion_tokens: s.completion_tokens,
+            mean_latency_ms: (answered > 0).then(|| s.latency_ms_total / answered),
+            last_turn_at: s.last_turn_at,
+            last_error,
+        });
+    }
+    Ok(out)
+}

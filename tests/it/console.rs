@@ -734,6 +734,9 @@ async fn an_operator_finds_a_customer_and_replies_once(backend: Backend) {
         Some("a draft in progress"),
         "the draft survives the live refreshes"
     );
+    // The agent's panel: its turns here, one kept quiet (updated live).
+    b.xpath("//details[@id='agent-panel']/summary[contains(., '1 kept quiet')]")
+        .await;
     b.shot("conversation-authors").await;
     assert_eq!(provider.requests().len(), 2, "the agent's two answers only");
     app.stop().await;

@@ -16,6 +16,7 @@ use crate::{
     http::AppState,
     ingest::event::{ContactKey, ConversationState, Intent},
     store::{
+        agent::AgentPanel,
         batch::{ChangeSet, Known},
         conversations::{self, ConversationView, Filter, Order},
         messages::{self, MessageView},
@@ -207,6 +208,8 @@ struct ConversationDetail {
     /// The agent's turns that sent nothing (`skipped`, `failed`, `unknown`) with why, oldest
     /// first (the newest 200).
     turns: Vec<TurnView>,
+    /// Each agent's figures here: turns, skips, failures, tokens, mean latency, last error.
+    agents: Vec<AgentPanel>,
 }
 
 /// One conversation with its messages in order.
@@ -234,12 +237,14 @@ async fn one(
     let messages = messages::of_conversation(&state.db, id, max).await?;
     let window = conversations::service_window(&state.db, id, Utc::now()).await?;
     let turns = outbound::quiet_turns(&state.db, id, 200).await?;
+    let agents = crate::store::agent::panels(&state.db, id).await?;
     Ok(Json(ConversationDetail {
         conversation,
         service_window_open: window.service_window_open,
         service_window_closes_at: window.service_window_closes_at,
         messages,
         turns,
+        agents,
     }))
 }
 
