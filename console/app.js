@@ -840,7 +840,10 @@ async function renderConversation(id) {
     try {
       const now = await api("GET", "/conversations/" + id);
       if (!here()) return;
-      if (now.conversation.state !== c.state || now.service_window_open !== data.service_window_open) return renderConversation(id);
+      // Compared with what the screen shows now (another render may have come in between).
+      const badge = document.getElementById("conversation-state-badge");
+      const shownOpen = !document.getElementById("window-closed");
+      if (!badge || now.conversation.state !== badge.textContent || now.service_window_open !== shownOpen) return renderConversation(id);
       const old = document.getElementById("thread");
       if (!old) return;
       const panel = agentPanel(now);

@@ -226,6 +226,14 @@ fn new_inbound(
     let answer_groups = answerer.provider.cfg.answer_groups;
     let in_group = state.key.1.group_id().is_some();
     burst.retain(|i| i.message.is_spoken() && (answer_groups || !in_group));
+    // A message already waiting in the burst (a resumed copy of one that came live) joins once.
+    burst.retain(|i| {
+        !state
+            .agent
+            .burst
+            .iter()
+            .any(|b| b.message.wamid == i.message.wamid)
+    });
     if burst.is_empty() {
         return;
     }

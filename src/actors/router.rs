@@ -122,7 +122,11 @@ impl Actor for Router {
         // serving does not wait for it). Not in cluster mode: every node would resume every
         // conversation, beside its owner; there they wait for the conversation's next message.
         if !state.ctx.cluster {
-            tokio::spawn(resume_unanswered(state.ctx.clone(), myself.clone()));
+            tokio::spawn(resume_unanswered(
+                state.ctx.clone(),
+                myself.clone(),
+                chrono::Utc::now(),
+            ));
         }
         if recovered > 0 || reset > 0 {
             tracing::info!(
@@ -462,12 +466,19 @@ fn make_room(state: &mut RouterState, incoming: usize) {
 
 /// Finds inbound messages (of the last 24 hours, to numbers with an agent) that no turn has
 /// answered and hands them to their conversations as bursts.
-async fn resume_unanswered(ctx: Arc<Ctx>, router: ActorRef<RouterMsg>) {
+async fn resume_unanswered(
+    ctx: Arc<Ctx>,
+    router: ActorRef<RouterMsg>,
+    started: chrono::DateTime<chrono::Utc>,
+) {
     if ctx.agents.names().next().is_none() {
         return;
     }
-    let since = chrono::Utc::now() - chrono::Duration::hours(24);
-    let rows = match outbound::unanswered(&ctx.db, since).await {
+    // Only what was stored before this router started: anything later reached its
+    // conversation the live way, and would otherwise join its burst twice.
+    let now = chrono::Utc::now();
+    let since = now - chrono::Duration::hours(24);
+    let rows = match outbound::unanswered(&ctx.db, since, started).await {
         Ok(rows) => rows,
         Err(e) => {
             tracing::warn!(error = %e, "cannot look for unanswered messages; they wait for the next message");

@@ -144,6 +144,7 @@ pub struct Unanswered {
 pub async fn unanswered(
     db: &impl ConnectionTrait,
     since: DateTime<Utc>,
+    stored_before: DateTime<Utc>,
 ) -> Result<Vec<Unanswered>, DbErr> {
     use crate::ingest::event::{Direction, MessageItem, MessageStatus};
     let mut sql = super::sql::Sql::new(
@@ -159,7 +160,10 @@ pub async fn unanswered(
          JOIN whatsapp_accounts a ON a.id = e.account_id \
          WHERE m.direction = 'inbound' AND a.agent_type IS NOT NULL AND m.timestamp > ",
     );
-    sql.param(since).push(
+    sql.param(since)
+        .push(" AND m.created_at < ")
+        .param(stored_before);
+    sql.push(
         " AND NOT EXISTS (SELECT 1 FROM outbound_messages o \
          WHERE o.conversation_id = m.conversation_id AND o.created_at >= m.created_at) \
          ORDER BY m.conversation_id, m.timestamp",

@@ -587,7 +587,7 @@ async fn a_burst_cut_short_by_a_stop_is_answered_after_the_restart(backend: Back
     post(&app, text("wamid.cut.2", "on sunday?", ts + 1, "c2")).await;
     app.wait_processed(2).await;
     let since = chrono::Utc::now() - chrono::Duration::hours(24);
-    let left = wahook::store::outbound::unanswered(&app.db, since)
+    let left = wahook::store::outbound::unanswered(&app.db, since, chrono::Utc::now())
         .await
         .unwrap();
     assert_eq!(left.len(), 2, "both messages wait for a turn");
@@ -605,7 +605,7 @@ async fn a_burst_cut_short_by_a_stop_is_answered_after_the_restart(backend: Back
     app.wait_for("SELECT COUNT(*) FROM agent_sessions WHERE turns = 1", 1)
         .await;
     let since = chrono::Utc::now() - chrono::Duration::hours(24);
-    let left = wahook::store::outbound::unanswered(&app.db, since)
+    let left = wahook::store::outbound::unanswered(&app.db, since, chrono::Utc::now())
         .await
         .unwrap();
     assert!(left.is_empty(), "{left:?}");

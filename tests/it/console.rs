@@ -5,6 +5,7 @@
 
 use std::{
     net::TcpListener,
+    os::unix::process::CommandExt,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -40,6 +41,13 @@ struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // The driver and the Chromium it started share a process group of their own: all of
+        // it goes (killing the driver alone left a browser behind per test, each still
+        // reconnecting its live stream).
+        // SAFETY: kill(2) on the group we created for this driver.
+        unsafe {
+            libc::kill(-(self.driver.id() as i32), libc::SIGKILL);
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -56,6 +64,7 @@ impl Browser {
             .port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -842,6 +851,11 @@ async fn events_and_the_dlq_link_to_each_other_and_to_conversations(backend: Bac
     )
     .await;
     fail::remove("conversation::apply");
+    app.wait_for(
+        "SELECT COUNT(*) FROM messages WHERE wamid = 'wamid.links.ok'",
+        1,
+    )
+    .await;
     let event = app
         .scalar("SELECT event_id FROM messages WHERE wamid = 'wamid.links.ok'")
         .await;
