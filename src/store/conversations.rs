@@ -339,22 +339,13 @@ pub async fn list(
         .map(str::trim)
         .filter(|t| !t.is_empty())
     {
-        let like = |t: &str| {
-            let escaped: String = t
-                .chars()
-                .flat_map(|ch| match ch {
-                    '%' | '_' | '\\' => vec!['\\', ch],
-                    _ => vec![ch],
-                })
-                .collect();
-            format!("%{}%", escaped.to_lowercase())
-        };
+        let like = super::sql::contains(&term.to_lowercase());
         sql.push(" AND (LOWER(c.name) LIKE ")
-            .param(like(term))
+            .param(like.clone())
             .push(" ESCAPE '\\' OR LOWER(c.user_id) LIKE ")
-            .param(like(term))
+            .param(like.clone())
             .push(" ESCAPE '\\' OR LOWER(c.phone) LIKE ")
-            .param(like(term))
+            .param(like)
             .push(" ESCAPE '\\'");
         // A phone number as people write it: +49 151 1234-5678.
         let digits: String = term.chars().filter(char::is_ascii_digit).collect();

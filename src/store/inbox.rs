@@ -879,14 +879,7 @@ fn filtered(
             ExprTrait,
             sea_query::{Expr, LikeExpr},
         };
-        let escaped: String = term
-            .chars()
-            .flat_map(|ch| match ch {
-                '%' | '_' | '\\' => vec!['\\', ch],
-                _ => vec![ch],
-            })
-            .collect();
-        let like = LikeExpr::new(format!("%{escaped}%")).escape('\\');
+        let like = LikeExpr::new(super::sql::contains(term)).escape(super::sql::LIKE_ESCAPE);
         q = q.filter(
             sea_orm::Condition::any()
                 .add(C::CorrelationId.eq(term))

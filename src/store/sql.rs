@@ -5,6 +5,24 @@ use sea_orm::{
     ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, QueryResult, Statement, Value,
 };
 
+/// A `LIKE` pattern that finds `term` anywhere, its `%`, `_` and `\\` taken as themselves (with
+/// `ESCAPE '\\'`, [`LIKE_ESCAPE`]): a search for `50%` is not a pattern.
+pub fn contains(term: &str) -> String {
+    let mut out = String::with_capacity(term.len() + 2);
+    out.push('%');
+    for ch in term.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out.push('%');
+    out
+}
+
+/// The escape character of [`contains`] patterns.
+pub const LIKE_ESCAPE: char = '\\';
+
 pub struct Sql {
     backend: DatabaseBackend,
     text: String,
