@@ -167,24 +167,16 @@ pub async fn send_once(o: Outgoing<'_>) -> Outcome {
             };
             let set = ChangeSet {
                 event_id: o.event_id,
-                marks_event: false,
-                correlation_id: o.correlation_id.to_owned(),
-                workspace_id: o.workspace_id,
-                contact: o.contact.clone(),
-                user_id: None,
-                contact_name: None,
                 messages: vec![message],
-                statuses: Vec::new(),
-                amendments: Vec::new(),
-                identity: Vec::new(),
-                intents: Vec::new(),
-                external_id: None,
-                marketing: None,
-                report_new_inbound: false,
-                known: Some(Known {
-                    contact_id: o.contact_id,
-                    conversation_id: o.conversation_id,
-                }),
+                ..ChangeSet::ours(
+                    o.workspace_id,
+                    o.contact.clone(),
+                    Known {
+                        contact_id: o.contact_id,
+                        conversation_id: o.conversation_id,
+                    },
+                    o.correlation_id,
+                )
             };
             if let Err(e) = o.store.apply(set).await {
                 log("cannot store the sent message", &e);

@@ -255,13 +255,7 @@ async fn send(
     let ws = caller.0.workspace_id;
     let conv = conversation(&state, &caller, body.conversation_id).await?;
     let directory = state.directory();
-    if directory
-        .get(&body.phone_number_id)
-        .is_none_or(|a| a.workspace_id != ws)
-    {
-        return Err(Failure::not_found("account"));
-    }
-    let token = graph_token(&state, &body.phone_number_id)?;
+    let token = workspace_token(&state, ws, &body.phone_number_id)?;
     let window = conversations::service_window(&state.db, conv.id, Utc::now()).await?;
     if body.template.is_none() && !window.service_window_open {
         return Err(Failure::new(
@@ -394,6 +388,23 @@ async fn send(
     Ok(respond(outcome))
 }
 
+/// The Graph API token of one of the workspace's accounts: 404 for a number of another
+/// workspace (or none), 409 `no_graph_token` for one without a token.
+pub(super) fn workspace_token<'a>(
+    state: &'a AppState,
+    workspace_id: i64,
+    phone_number_id: &str,
+) -> Result<&'a str, Failure> {
+    if state
+        .directory()
+        .get(phone_number_id)
+        .is_none_or(|a| a.workspace_id != workspace_id)
+    {
+        return Err(Failure::not_found("account"));
+    }
+    graph_token(state, phone_number_id)
+}
+
 /// The Graph API token of an account, or 409 `no_graph_token`.
 pub(super) fn graph_token<'a>(
     state: &'a AppState,
@@ -499,13 +510,6 @@ async fn record(
     }
     let conv = conversation(&state, &caller, body.conversation_id).await?;
     let set = ChangeSet {
-        event_id: 0,
-        marks_event: false,
-        correlation_id: format!("api:user:{}", caller.0.user_id),
-        workspace_id: caller.0.workspace_id,
-        contact: ContactKey::stored(conv.contact.clone()),
-        user_id: None,
-        contact_name: None,
         messages: vec![MessageItem {
             direction: Direction::Outbound,
             wamid: body.wamid.trim().to_owned(),
@@ -518,17 +522,15 @@ async fn record(
             media: None,
             author: Author::Api,
         }],
-        statuses: Vec::new(),
-        amendments: Vec::new(),
-        identity: Vec::new(),
-        intents: Vec::new(),
-        external_id: None,
-        marketing: None,
-        report_new_inbound: false,
-        known: Some(Known {
-            contact_id: conv.contact_id,
-            conversation_id: conv.id,
-        }),
+        ..ChangeSet::ours(
+            caller.0.workspace_id,
+            ContactKey::stored(conv.contact.clone()),
+            Known {
+                contact_id: conv.contact_id,
+                conversation_id: conv.id,
+            },
+            format!("api:user:{}", caller.0.user_id),
+        )
     };
     state.processing.store.apply(set).await.map_err(|e| {
         Failure::new(

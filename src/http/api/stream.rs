@@ -65,21 +65,21 @@ async fn stream(
         .and_then(|v| v.rsplit_once('-'))
         .filter(|(boot, _)| *boot == live.boot())
         .and_then(|(_, seq)| seq.parse::<u64>().ok());
-    let sub = live.subscribe(last.or(asked.map(|_| u64::MAX)));
+    let sub = live.subscribe(last);
+    // Nothing kept since, or an id of another life (or none we could read): start over.
+    let gap = sub.gap || (asked.is_some() && last.is_none());
     let boot = live.boot().to_owned();
     let ws = caller.0.workspace_id;
     let mut first = VecDeque::new();
     let head = sub.head;
+    let first_id = if gap { head } else { last.unwrap_or(head) };
     first.push_back(
         Event::default()
-            .event(if sub.gap { "reset" } else { "ready" })
-            .id(format!(
-                "{boot}-{}",
-                if sub.gap { head } else { last.unwrap_or(head) }
-            ))
+            .event(if gap { "reset" } else { "ready" })
+            .id(format!("{boot}-{first_id}"))
             .data("{}"),
     );
-    if !sub.gap {
+    if !gap {
         first.extend(
             sub.missed
                 .iter()
