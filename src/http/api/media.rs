@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{Caller, ErrorBody, Errors, Failure, Id, Params, messages::graph_token};
+use super::{Caller, ErrorBody, Errors, Failure, Id, Params, messages::workspace_token};
 use crate::{
     http::AppState,
     media::{essence, fetch::limit_of},
@@ -114,14 +114,7 @@ async fn upload(
 ) -> Result<Response, Failure> {
     caller.require(Role::Operator)?;
     let ws = caller.0.workspace_id;
-    if state
-        .directory()
-        .get(&q.phone_number_id)
-        .is_none_or(|a| a.workspace_id != ws)
-    {
-        return Err(Failure::not_found("account"));
-    }
-    let token = graph_token(&state, &q.phone_number_id)?.to_owned();
+    let token = workspace_token(&state, ws, &q.phone_number_id)?.to_owned();
     let declared = q
         .mime_type
         .clone()
@@ -173,6 +166,9 @@ async fn upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared_len.is_some_and(|n| n > limit) {
+        // What the client has already sent (up to 1 MB) is read and dropped first, so it
+        // reads the 413 rather than a connection reset by unread bytes.
+        let _ = axum::body::to_bytes(body, 1 << 20).await;
         return Err(too_large());
     }
     let bytes = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX))
