@@ -645,8 +645,7 @@ async function renderEvents(id) {
       detail.scrollIntoView();
     } catch (err) { detail.replaceChildren(errorBox(err)); }
   };
-  let typing = null;
-  search.addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(reload, 250); });
+  search.addEventListener("input", debounced(reload, 250));
   for (const f of [status, source, from, to]) f.addEventListener("change", reload);
   show(el("h1", {}, "Events"), el("div", { class: "bar" }, field("Search", search), field("Status", status), field("Source", source),
     field("Received from", from), field("to", to)), list, detail);
@@ -754,8 +753,7 @@ async function renderConversations(id) {
       list.replaceChildren(table("Conversations, newest activity first", ["Contact", "Address", "State", "Assigned to", "Messages", "Last activity"], rows, "No conversations match."));
     } catch (e) { list.replaceChildren(errorBox(e)); }
   };
-  let typing = null;
-  search.addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(load, 250); });
+  search.addEventListener("input", debounced(load, 250));
   state.addEventListener("change", load);
   since.addEventListener("change", load);
   waiting.addEventListener("change", load);
