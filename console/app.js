@@ -699,8 +699,9 @@ async function renderDlq(id) {
     el("div", { class: "bar" }, field("Status", status),
       can("operator") ? [field("Bulk retry filter", needle), el("button", { type: "button", id: "bulk-retry", onclick: bulk }, "Retry all pending")] : []),
     list);
-  // Rows being retried change on their own: follow them.
-  timers.push(setInterval(() => { if (!document.querySelector("dialog")) load(); }, 5000));
+  // Rows change on their own (parked, re-driven, resolved): the live stream says when.
+  const reload = debounced(() => { if (!document.querySelector("dialog")) load(); }, 300);
+  onLive = (event) => { if (event === "dlq" || event === "reset") reload(); };
   await load();
 }
 
@@ -820,8 +821,14 @@ function timelineOf(data) {
   // The agent's turns that sent nothing, where they happened, with why.
   const turns = (data.turns || []).map((t) => ({ at: t.created_at, node: el("div", { class: "turn " + t.state, role: "note", "data-turn": t.state, "data-reason": t.error || "" },
     `${t.agent} ${t.state === "skipped" ? "kept quiet" : t.state}: ${TURN_REASONS[t.error] || t.error || "—"}`, el("time", { datetime: t.created_at }, " · " + when(t.created_at))) }));
+  // Hand-offs announced to the number's notify_url, and how that went.
+  const handoffs = (data.handoffs || []).filter((h) => h.status !== "skipped").map((h) => ({ at: h.created_at,
+    node: el("div", { class: "turn handoff " + h.status, role: "note", "data-handoff": h.status },
+      `Hand-off announced to ${h.url || "the notify URL"}: ${h.status === "pending" ? `trying (${h.attempts} attempt(s) so far)` : h.status}`
+        + (h.last_status ? ` (${h.last_status})` : "") + (h.status !== "delivered" && h.error ? ` — ${h.error}` : ""),
+      el("time", { datetime: h.created_at }, " · " + when(h.created_at))) }));
   const timeline = thread.map((node, i) => ({ at: data.messages[i].timestamp, node }))
-    .concat(turns).sort((a, b) => new Date(a.at) - new Date(b.at)).map((x) => x.node);
+    .concat(turns, handoffs).sort((a, b) => new Date(a.at) - new Date(b.at)).map((x) => x.node);
   return timeline.length ? el("div", { class: "thread", id: "thread" }, timeline) : el("p", { class: "muted", id: "thread" }, "No messages yet.");
 }
 

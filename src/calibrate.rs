@@ -20,7 +20,7 @@ use crate::{
     },
     store::{
         self,
-        batch::ChangeSet,
+        change::ChangeSet,
         inbox::{EventStatus, NewEvent},
     },
 };
@@ -81,6 +81,7 @@ pub async fn run(config: Config, args: Args) -> anyhow::Result<String> {
                 received_at: now,
                 status: EventStatus::Pending,
                 last_error: None,
+                normalized: None,
             })
             .collect();
 
@@ -106,13 +107,16 @@ pub async fn run(config: Config, args: Args) -> anyhow::Result<String> {
                 .map(|(k, &id)| {
                     let i = n * args.batch + k;
                     let phone = sender(i, args.senders);
+                    let contact = ContactKey::new(Some(&phone), None).expect("a phone number");
+                    let set = ChangeSet::of_event(
+                        id,
+                        false,
+                        account.workspace_id,
+                        contact,
+                        None,
+                        format!("calibrate-{i}"),
+                    );
                     ChangeSet {
-                        event_id: id,
-                        marks_event: true,
-                        correlation_id: format!("calibrate-{i}"),
-                        workspace_id: account.workspace_id,
-                        contact: ContactKey::new(Some(&phone), None).expect("a phone number"),
-                        user_id: None,
                         contact_name: Some(format!("Lead {}", i % args.senders)),
                         messages: vec![MessageItem {
                             direction: Direction::Inbound,
@@ -126,14 +130,7 @@ pub async fn run(config: Config, args: Args) -> anyhow::Result<String> {
                             media: None,
                             author: crate::ingest::event::Author::Customer,
                         }],
-                        statuses: Vec::new(),
-                        amendments: Vec::new(),
-                        identity: Vec::new(),
-                        intents: Vec::new(),
-                        external_id: None,
-                        marketing: None,
-                        report_new_inbound: false,
-                        known: None,
+                        ..set
                     }
                 })
                 .collect();

@@ -27,6 +27,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub tenants: TenantsConfig,
     pub media: MediaConfig,
+    pub notify: NotifyConfig,
     /// AI agent types by name.
     #[serde(default)]
     pub agents: std::collections::BTreeMap<String, AgentConfig>,
@@ -452,6 +453,22 @@ pub struct HealthConfig {
     pub gauge_interval_ms: u64,
 }
 
+/// How hand-offs are announced to an account's `notify_url` (Standard Webhooks).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// A receiver that has not answered by then failed this attempt.
+    pub timeout_ms: u64,
+    /// Attempts before a notification is `failed` (after 0 s, 5 s, 5 min, 30 min, 2 h, 5 h,
+    /// 10 h, 10 h; a `Retry-After` is honoured).
+    pub max_attempts: u32,
+    pub poll_ms: u64,
+    /// A worker that died holding a notification gives it up after this.
+    pub lease_ms: u64,
+    /// The conversation's newest messages the notification carries.
+    pub last_messages: u64,
+}
+
 /// Where the files customers send are kept, and how their jobs fetch them.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -597,7 +614,7 @@ pub enum LogFormat {
     Pretty,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AccountConfig {
     pub workspace: String,
@@ -626,6 +643,15 @@ pub struct AccountConfig {
     /// The token itself (prefer `access_token_env`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_token: Option<String>,
+    /// A conversation of this number handed to a person is announced here: a signed POST
+    /// (Standard Webhooks) with the conversation and its last messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_url: Option<String>,
+    /// The signing secret (`whsec_` + base64), or the variable holding it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_secret_env: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -761,6 +787,11 @@ impl Config {
             ("media.max_bytes", self.media.max_bytes),
             ("media.upload_max_bytes", self.media.upload_max_bytes),
             ("media.retention_every_ms", self.media.retention_every_ms),
+            ("notify.timeout_ms", self.notify.timeout_ms),
+            ("notify.max_attempts", self.notify.max_attempts as u64),
+            ("notify.poll_ms", self.notify.poll_ms),
+            ("notify.lease_ms", self.notify.lease_ms),
+            ("notify.last_messages", self.notify.last_messages),
         ];
         for (key, _) in positive.iter().filter(|(_, value)| *value == 0) {
             errs.push(invalid(key, "must be at least 1"));
@@ -885,6 +916,23 @@ impl Config {
                         message,
                     });
                 }
+            }
+            if let Some(url) = &account.notify_url {
+                match reqwest::Url::parse(url) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                    _ => errs.push(invalid(&key("notify_url"), "must be an http(s) URL")),
+                }
+            }
+            if let Err(message) = account.resolve_notify_secret() {
+                errs.push(ConfigError::Invalid {
+                    key: key(if account.notify_secret_env.is_some() {
+                        "notify_secret_env"
+                    } else {
+                        "notify_secret"
+                    }),
+                    origin: origin("accounts"),
+                    message,
+                });
             }
             if let Err(message) = account.resolve_app_secret() {
                 errs.push(ConfigError::Invalid {
@@ -1015,6 +1063,31 @@ impl AccountConfig {
             "an account with an agent needs access_token_env (or access_token) to send its replies"
                 .into()
         })
+    }
+
+    /// The hand-off notification's signing secret (checked to be a Standard Webhooks
+    /// secret); `None` without a `notify_url`.
+    pub fn resolve_notify_secret(&self) -> Result<Option<String>, String> {
+        if self.notify_url.is_none() {
+            return Ok(None);
+        }
+        let s = secret(&self.notify_secret, &self.notify_secret_env)?.ok_or_else(|| {
+            "a notify_url needs notify_secret_env (or notify_secret) to sign with".to_owned()
+        })?;
+        let decoded = s
+            .strip_prefix("whsec_")
+            .and_then(|b| {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.decode(b).ok()
+            })
+            .ok_or_else(|| "must be `whsec_` followed by base64".to_owned())?;
+        if !(24..=64).contains(&decoded.len()) {
+            return Err(format!(
+                "must hold 24 to 64 random bytes (it holds {})",
+                decoded.len()
+            ));
+        }
+        Ok(Some(s))
     }
 
     /// The app secret, from the file or from the environment variable it names.

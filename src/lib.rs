@@ -241,6 +241,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         recovered: watch::channel(false).0,
         serving: Default::default(),
         notes: Default::default(),
+        reads: Default::default(),
         agents,
         cluster: config.cluster.enabled(),
         owned: RwLock::new(None),
@@ -299,45 +300,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         state.config.health.max_pending_age_seconds,
         ctx.clone(),
     ));
-    let follow_ups = tokio::spawn(actors::followups::run(ctx.clone()));
-    // Media jobs: on a single node nobody else can hold one, so a dead process's leases go.
-    if !ctx.cluster {
-        let released = store::media::release_leases(&db)
-            .await
-            .context("releasing media jobs held by a previous process")?;
-        if released > 0 {
-            tracing::info!(
-                released,
-                "media jobs a previous process held are taken up again"
-            );
-        }
-    }
-    let media_jobs = tokio::spawn(media::worker::run(
-        ctx.agents.media.clone(),
-        db.clone(),
-        ctx.store.progress(),
-    ));
-    // The template catalog, read once at start (it is kept current by the template webhooks).
-    let catalog = {
-        let (db, agents, directory) = (db.clone(), ctx.agents.clone(), ctx.directory());
-        tokio::spawn(async move {
-            let wabas =
-                agent::templates::wabas(&directory, |p| agents.token(p).map(str::to_owned), None);
-            if wabas.is_empty() {
-                return;
-            }
-            let synced = agent::templates::sync(&db, &agents.graph, &wabas).await;
-            if synced.errors.is_empty() {
-                tracing::info!(
-                    templates = synced.templates,
-                    accounts = synced.accounts,
-                    "template catalog synced"
-                );
-            } else {
-                tracing::warn!(errors = ?synced.errors, templates = synced.templates, "template catalog sync had errors");
-            }
-        })
-    };
+    let background = background(&ctx, &db, &state.config).await?;
     let limits = connection_limits(&state.config.server);
     let app = http::router(state);
     let (shutdown, rx) = watch::channel(false);
@@ -352,7 +315,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         writer,
         store_writer,
         checkpointer,
-        background: vec![follow_ups, catalog, media_jobs],
+        background,
         root,
         cluster,
     })
@@ -408,6 +371,67 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// The durable jobs' workers: follow-ups, media, hand-off notifications, and the start-up
+/// template catalog sync.
+async fn background(
+    ctx: &Arc<Ctx>,
+    db: &DatabaseConnection,
+    config: &Config,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let follow_ups = tokio::spawn(actors::followups::run(ctx.clone()));
+    // Media jobs: on a single node nobody else can hold one, so a dead process's leases go.
+    if !ctx.cluster {
+        let released = store::media::release_leases(db)
+            .await
+            .context("releasing media jobs held by a previous process")?;
+        if released > 0 {
+            tracing::info!(
+                released,
+                "media jobs a previous process held are taken up again"
+            );
+        }
+    }
+    let media_jobs = tokio::spawn(media::worker::run(
+        ctx.agents.media.clone(),
+        db.clone(),
+        ctx.store.progress(),
+    ));
+    // The template catalog, read once at start (it is kept current by the template webhooks).
+    let catalog = {
+        let (db, agents, directory) = (db.clone(), ctx.agents.clone(), ctx.directory());
+        tokio::spawn(async move {
+            let wabas =
+                agent::templates::wabas(&directory, |p| agents.token(p).map(str::to_owned), None);
+            if wabas.is_empty() {
+                return;
+            }
+            let synced = agent::templates::sync(&db, &agents.graph, &wabas).await;
+            if synced.errors.is_empty() {
+                tracing::info!(
+                    templates = synced.templates,
+                    accounts = synced.accounts,
+                    "template catalog synced"
+                );
+            } else {
+                tracing::warn!(errors = ?synced.errors, templates = synced.templates, "template catalog sync had errors");
+            }
+        })
+    };
+    // Hand-off notifications: the same, for a dead process's leases.
+    let notifier = agent::notify::Notifier::new(config, &ctx.directory())?;
+    if !ctx.cluster {
+        store::handoffs::release_leases(db)
+            .await
+            .context("releasing hand-off notifications held by a previous process")?;
+    }
+    let notifications = tokio::spawn(agent::notify::run(
+        Arc::new(notifier),
+        db.clone(),
+        ctx.store.progress(),
+    ));
+    Ok(vec![follow_ups, catalog, media_jobs, notifications])
 }
 
 /// The accept loop's bounds: `server.max_connections`, kept below the descriptors the process

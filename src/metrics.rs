@@ -46,6 +46,12 @@ pub const TEMPLATE_SYNCS: &str = "wahook_template_syncs_total";
 pub const TEMPLATE_UPDATES: &str = "wahook_template_updates_total";
 /// Media jobs by outcome: stored, failed, retry, deleted (retention).
 pub const MEDIA_JOBS: &str = "wahook_media_jobs_total";
+/// Full readings of a payload into a typed event, by who read it: `intake` (once per request
+/// kept), `processing` (an event read back: recovery, re-drives, replays, broker deliveries),
+/// `publish` (the cluster sweeper).
+pub const PAYLOAD_READS: &str = "wahook_payload_reads_total";
+/// Hand-off notifications by outcome: delivered, retry, failed, skipped.
+pub const HANDOFF_NOTIFICATIONS: &str = "wahook_handoff_notifications_total";
 /// Bytes of files stored, by store (fs, s3).
 pub const MEDIA_BYTES: &str = "wahook_media_bytes_stored_total";
 /// One fetch of a file (Graph metadata and download).
@@ -377,6 +383,14 @@ fn describe() {
         "Media jobs by outcome: stored, failed (with the reason on the row), retry, deleted (media.keep_days)."
     );
     describe_counter!(MEDIA_BYTES, "Bytes of files stored, by store (fs, s3).");
+    describe_counter!(
+        PAYLOAD_READS,
+        "Readings of a payload into a typed event, by who read it: intake (once per kept request), processing (an event read back: recovery, re-drives, replays, broker deliveries), publish (the cluster sweeper)."
+    );
+    describe_counter!(
+        HANDOFF_NOTIFICATIONS,
+        "Hand-off notifications to an account's notify_url by outcome: delivered, retry, failed (with the reason on the row), skipped (no notify_url)."
+    );
     describe_histogram!(
         MEDIA_FETCH_SECONDS,
         Unit::Seconds,
@@ -392,6 +406,12 @@ fn describe() {
     }
     for store in ["fs", "s3"] {
         metrics::counter!(MEDIA_BYTES, "store" => store).increment(0);
+    }
+    for by in ["intake", "processing", "publish"] {
+        metrics::counter!(PAYLOAD_READS, "by" => by).increment(0);
+    }
+    for outcome in ["delivered", "retry", "failed", "skipped"] {
+        metrics::counter!(HANDOFF_NOTIFICATIONS, "outcome" => outcome).increment(0);
     }
     // Registered (no observation) so its series exist on a single node too.
     let _ = metrics::histogram!(CLUSTER_PUBLISH_DURATION);

@@ -7,6 +7,7 @@ pub mod audit_log;
 pub mod contacts;
 pub mod conversation_state_transitions;
 pub mod conversations;
+pub mod handoff_notifications;
 pub mod media;
 pub mod message_templates;
 pub mod messages;
@@ -25,6 +26,7 @@ pub mod prelude {
     pub use super::contacts::Entity as Contacts;
     pub use super::conversation_state_transitions::Entity as ConversationStateTransitions;
     pub use super::conversations::Entity as Conversations;
+    pub use super::handoff_notifications::Entity as HandoffNotifications;
     pub use super::media::Entity as Media;
     pub use super::message_templates::Entity as MessageTemplates;
     pub use super::messages::Entity as Messages;

@@ -19,6 +19,7 @@ mod m20261202_000014_message_templates;
 mod m20261202_000015_media;
 mod m20261203_000016_authors;
 mod m20261203_000017_assignee;
+mod m20261203_000018_handoff_notifications;
 
 pub struct Migrator;
 
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000015_media::Migration),
             Box::new(m20261203_000016_authors::Migration),
             Box::new(m20261203_000017_assignee::Migration),
+            Box::new(m20261203_000018_handoff_notifications::Migration),
         ]
     }
 }

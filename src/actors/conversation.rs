@@ -33,7 +33,7 @@ use crate::{
     config::backoff,
     ingest::event::{AmendmentKind, ConversationState, Direction, Intent, ItemKind},
     metrics as m,
-    store::batch::{Applied, ApplyError, ChangeSet, Known},
+    store::change::{Applied, ApplyError, ChangeSet, Known},
 };
 
 pub struct Conversation;
@@ -511,29 +511,21 @@ async fn apply(state: &mut Live, slice: &Slice) -> Option<Applied> {
 }
 
 fn change_set(state: &Live, slice: &Slice) -> ChangeSet {
-    let mut set = ChangeSet {
-        event_id: slice.event_id,
-        marks_event: true,
-        correlation_id: slice.correlation_id.clone(),
-        workspace_id: slice.key.0,
-        contact: slice.key.1.clone(),
-        user_id: slice.user_id.clone(),
-        contact_name: None,
-        messages: Vec::new(),
-        statuses: Vec::new(),
-        amendments: Vec::new(),
-        identity: Vec::new(),
-        intents: Vec::new(),
-        external_id: None,
-        marketing: None,
-        // Only an account with an agent needs to hear which messages are new.
-        report_new_inbound: state
-            .ctx
-            .directory()
-            .get(&slice.phone_number_id)
-            .is_some_and(|a| a.agent_type.is_some()),
-        known: state.known,
-    };
+    // Only an account with an agent needs to hear which messages are new.
+    let report = state
+        .ctx
+        .directory()
+        .get(&slice.phone_number_id)
+        .is_some_and(|a| a.agent_type.is_some());
+    let mut set = ChangeSet::of_event(
+        slice.event_id,
+        report,
+        slice.key.0,
+        slice.key.1.clone(),
+        state.known,
+        slice.correlation_id.clone(),
+    );
+    set.user_id = slice.user_id.clone();
     for item in &slice.items {
         match item {
             ItemKind::Profile { name } => set.contact_name = Some(name.clone()),

@@ -13,7 +13,11 @@ use super::{
     messages::{DeadLetterMsg, RouterMsg},
     write,
 };
-use crate::{config::backoff, metrics as m, store::dlq};
+use crate::{
+    config::backoff,
+    metrics as m,
+    store::{dlq, live::Kind},
+};
 
 pub struct DeadLetter;
 
@@ -63,12 +67,15 @@ impl Actor for DeadLetter {
                             )
                     });
                     let message = format!("failed after {attempts} attempts: {error}");
-                    dlq::park(&ctx.db, event_id, &message, parked, attempts, next).await?;
-                    Ok::<_, sea_orm::DbErr>((parked, next.is_none()))
+                    let ws = dlq::park(&ctx.db, event_id, &message, parked, attempts, next).await?;
+                    Ok::<_, sea_orm::DbErr>((parked, next.is_none(), ws))
                 }
                 .await;
                 match result {
-                    Ok((parked, dead)) => {
+                    Ok((parked, dead, ws)) => {
+                        if let Some(ws) = ws {
+                            ctx.store.live().publish(ws, event_id, Kind::Dlq);
+                        }
                         let outcome = if dead { "dead" } else { "parked" };
                         metrics::counter!(m::DLQ_PARKED).increment(1);
                         ctx.store.bump();
@@ -93,7 +100,10 @@ impl Actor for DeadLetter {
                 };
                 match dlq::claim_due(&ctx.db, Utc::now(), 100).await {
                     Ok(events) => {
-                        for event in events {
+                        for (ws, event) in events {
+                            if let Some(ws) = ws {
+                                ctx.store.live().publish(ws, event.id, Kind::Dlq);
+                            }
                             tracing::info!(correlation_id = %event.correlation_id, event_id = event.id, "re-driving an event from the dead-letter queue");
                             let _ = router.cast(RouterMsg::Dispatch(event));
                         }

@@ -16,7 +16,7 @@ use super::{
 use crate::{
     ingest::event::ContactKey,
     metrics as m,
-    store::{batch::Known, followups},
+    store::{change::Known, followups},
 };
 
 /// Due conversations handed over per account per sweep.

@@ -68,7 +68,7 @@ impl Slice {
 #[derive(Debug)]
 pub struct Resume {
     pub phone_number_id: String,
-    pub known: crate::store::batch::Known,
+    pub known: crate::store::change::Known,
     pub state: crate::ingest::event::ConversationState,
     pub burst: Vec<crate::agent::turn::Inbound>,
 }
@@ -77,7 +77,7 @@ pub struct Resume {
 #[derive(Debug)]
 pub struct FollowUpDue {
     pub phone_number_id: String,
-    pub known: crate::store::batch::Known,
+    pub known: crate::store::change::Known,
     pub due: crate::store::followups::Due,
 }
 

@@ -58,6 +58,8 @@ pub struct Ctx {
     pub serving: std::sync::atomic::AtomicBool,
     /// What normalisation reported since start (shown by `/health`).
     pub notes: NoteCounts,
+    /// How often payloads were read into typed events since start, and by whom (`/health`).
+    pub reads: ReadCounts,
     /// The AI agent types and the send side.
     pub agents: Arc<crate::agent::Agents>,
     /// Cluster mode: events come from the broker's partition queues, not from this node's
@@ -87,6 +89,35 @@ impl NoteCounts {
         (
             self.notes.load(Ordering::Relaxed),
             self.unattributed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Readings of payloads into typed events since start: by the intake (once per request kept)
+/// and by processing (events read back: recovery, re-drives, replays, broker deliveries).
+/// Each also counts in `wahook_payload_reads_total{by}`.
+#[derive(Default)]
+pub struct ReadCounts {
+    intake: AtomicUsize,
+    processing: AtomicUsize,
+}
+
+impl ReadCounts {
+    pub fn intake(&self) {
+        self.intake.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::PAYLOAD_READS, "by" => "intake").increment(1);
+    }
+
+    pub fn processing(&self) {
+        self.processing.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::PAYLOAD_READS, "by" => "processing").increment(1);
+    }
+
+    /// `(intake, processing)`.
+    pub fn get(&self) -> (usize, usize) {
+        (
+            self.intake.load(Ordering::Relaxed),
+            self.processing.load(Ordering::Relaxed),
         )
     }
 }

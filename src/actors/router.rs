@@ -28,7 +28,7 @@ use crate::{
         event::{ContactKey, ConversationState, Item, ItemKind, Lifecycle},
     },
     metrics as m,
-    store::{batch::Known, contacts, conversations, dlq, inbox, messages, outbound},
+    store::{change::Known, contacts, conversations, dlq, inbox, messages, outbound},
 };
 
 pub struct Router;
@@ -288,21 +288,29 @@ async fn actor_for(
 async fn dispatch(
     myself: &ActorRef<RouterMsg>,
     state: &mut RouterState,
-    event: inbox::CommittedEvent,
+    mut event: inbox::CommittedEvent,
 ) -> Result<(), ActorProcessingErr> {
     injected_panic(&event);
     let ctx = state.ctx.clone();
     let primary = event.part.as_ref().is_none_or(|p| p.primary);
     let directory = ctx.directory();
     // Only inside the tenant whose secret verified the event: a number it names outside that
-    // tenant is reported and never applied.
-    let mut normalized = match ingest::normalize(
-        event.source,
-        event.event_type.as_deref(),
-        &event.payload,
-        event.received_at,
-        &directory.scope(&event.tenant),
-    ) {
+    // tenant is reported and never applied. An event straight from a request carries the
+    // intake's reading of it (made within the same tenant); any other is read from its payload.
+    let reading = match event.normalized.take() {
+        Some(r) => Arc::unwrap_or_clone(r),
+        None => {
+            ctx.reads.processing();
+            ingest::normalize(
+                event.source,
+                event.event_type.as_deref(),
+                &event.payload,
+                event.received_at,
+                &directory.scope(&event.tenant),
+            )
+        }
+    };
+    let mut normalized = match reading {
         Ok(n) => n,
         Err(error) => {
             // Malformed: no retry can fix the payload; it is kept and reported in the DLQ.

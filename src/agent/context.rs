@@ -170,9 +170,14 @@ pub fn alternate(turns: &[Turn]) -> Vec<Turn> {
 /// What the agent reads of an inbound message: text, button and interactive replies give their
 /// text; other types a short marker (`[image]`, `[location: …]`), with a caption if any.
 pub fn user_text(msg: &MessageItem) -> String {
-    let content = msg.content.clone().unwrap_or_default();
-    match msg.message_type.as_str() {
-        "text" | "button" | "interactive" | "edit" => content,
+    render(&msg.message_type, msg.content.as_deref())
+}
+
+/// A stored message as a turn's text: the text itself, or what it is (`[image] caption`).
+pub fn render(message_type: &str, content: Option<&str>) -> String {
+    let content = content.unwrap_or_default();
+    match message_type {
+        "text" | "button" | "interactive" | "edit" => content.to_owned(),
         "location" => format!("[location: {content}]"),
         other if content.is_empty() => format!("[{other}]"),
         other => format!("[{other}] {content}"),

@@ -14,7 +14,7 @@ use super::{
     outbox::{self, Outcome, Outgoing},
     reply,
     templates::{self, NotSent, TemplateRequest, TemplateSend},
-    turn::TurnReport,
+    turn::{TurnOutcome, TurnReport},
 };
 use crate::{
     ingest::event::{ContactKey, ConversationState},
@@ -23,7 +23,7 @@ use crate::{
         agent as agent_store,
         batch::Store,
         conversations, followups,
-        outbound::{self, NewOutbound},
+        outbound::{self, NewOutbound, OutboundState},
     },
 };
 
@@ -45,10 +45,10 @@ pub struct FollowUpInput {
 }
 
 /// Counts a follow-up that ends without a send, with why; its report's outcome.
-pub fn cancelled(reason: &'static str) -> &'static str {
+pub fn cancelled(reason: &'static str) -> TurnOutcome {
     metrics::counter!(m::FOLLOW_UPS, "stage" => "cancelled", "kind" => "any", "reason" => reason)
         .increment(1);
-    "cancelled"
+    TurnOutcome::Cancelled
 }
 
 /// What became of it (`sent`, `cancelled`, `error`) is reported like a turn's: the actor
@@ -65,7 +65,7 @@ pub async fn run(mut input: FollowUpInput) -> TurnReport {
         Ok(_) => return done(context, cancelled("customer_wrote")),
         Err(e) => {
             tracing::warn!(error = %e, conversation_id = input.conversation_id, "follow-up: cannot read the conversation; it is tried again later");
-            return done(context, "error");
+            return done(context, TurnOutcome::Error);
         }
     }
     if matches!(
@@ -82,7 +82,7 @@ pub async fn run(mut input: FollowUpInput) -> TurnReport {
             Ok(w) => w.service_window_open,
             Err(e) => {
                 tracing::warn!(error = %e, "follow-up: cannot read the service window");
-                return done(context, "error");
+                return done(context, TurnOutcome::Error);
             }
         };
     let Some(to) = outbox::recipient(&input.contact) else {
@@ -140,7 +140,7 @@ pub async fn run(mut input: FollowUpInput) -> TurnReport {
             Ok(Outcome::Sent(_)) => {
                 metrics::counter!(m::FOLLOW_UPS, "stage" => "sent", "kind" => "template")
                     .increment(1);
-                "sent"
+                TurnOutcome::Sent
             }
             Ok(Outcome::AlreadyRecorded) => cancelled("already_recorded"),
             Ok(o) => {
@@ -155,7 +155,7 @@ pub async fn run(mut input: FollowUpInput) -> TurnReport {
             Err(NotSent::NoAddress) => cancelled("no_sendable_address"),
             Err(NotSent::Store(e)) => {
                 tracing::warn!(error = %e, "follow-up: cannot read the catalog");
-                "error"
+                TurnOutcome::Error
             }
         };
         return done(context, outcome);
@@ -180,7 +180,8 @@ pub async fn run(mut input: FollowUpInput) -> TurnReport {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(correlation_id = %cid, error = %e, "follow-up: the model gave no text; it is recorded failed and not retried");
-            record(&input, "failed", &format!("provider: {e}"), Some(e.code())).await;
+            let why = format!("provider: {e}");
+            record(&input, OutboundState::Failed, &why, Some(e.code())).await;
             return done(Some(turns), cancelled("provider_failed"));
         }
     };
@@ -191,7 +192,7 @@ pub async fn run(mut input: FollowUpInput) -> TurnReport {
         text
     };
     if text.is_empty() {
-        record(&input, "skipped", "empty_reply", None).await;
+        record(&input, OutboundState::Skipped, "empty_reply", None).await;
         return done(Some(turns), cancelled("empty_reply"));
     }
     let a = &input.answerer;
@@ -210,7 +211,7 @@ pub async fn run(mut input: FollowUpInput) -> TurnReport {
         body: &text,
         template: None,
         media: None,
-        event_id: 0,
+        answers: None,
         sender: &agent,
         author: crate::ingest::event::Author::Agent,
         correlation_id: &cid,
@@ -231,7 +232,7 @@ pub async fn run(mut input: FollowUpInput) -> TurnReport {
                 tracing::error!(error = %e, "follow-up: cannot save the context");
             }
             metrics::counter!(m::FOLLOW_UPS, "stage" => "sent", "kind" => "text").increment(1);
-            "sent"
+            TurnOutcome::Sent
         }
         Outcome::AlreadyRecorded => cancelled("already_recorded"),
         _ => cancelled("send_failed"),
@@ -240,10 +241,10 @@ pub async fn run(mut input: FollowUpInput) -> TurnReport {
 }
 
 async fn skip(input: &FollowUpInput, why: &str) {
-    record(input, "skipped", why, None).await;
+    record(input, OutboundState::Skipped, why, None).await;
 }
 
-async fn record(input: &FollowUpInput, state: &str, why: &str, code: Option<&str>) {
+async fn record(input: &FollowUpInput, state: OutboundState, why: &str, code: Option<&str>) {
     let row = NewOutbound {
         workspace_id: input.workspace_id,
         conversation_id: input.conversation_id,

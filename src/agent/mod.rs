@@ -9,6 +9,7 @@ pub mod files;
 pub mod followup;
 pub mod graph;
 pub mod leads;
+pub mod notify;
 pub mod outbox;
 pub mod provider;
 pub mod reply;

@@ -11,8 +11,9 @@ use super::graph::{Graph, Recipient};
 use crate::{
     ingest::event::{Author, ContactKey, Direction, MediaRef, MessageItem, MessageStatus},
     store::{
-        batch::{ChangeSet, Known, Store},
-        outbound::{self, NewOutbound},
+        batch::Store,
+        change::{ChangeSet, Known},
+        outbound::{self, NewOutbound, OutboundState},
     },
 };
 
@@ -36,7 +37,7 @@ pub struct Outgoing<'a> {
     /// A file send (an operator's): `body` is its caption or marker.
     pub media: Option<&'a OutMedia>,
     /// The inbox event it answers (for the message row), if any.
-    pub event_id: i64,
+    pub answers: Option<i64>,
     /// `agent_type` of the row: the agent's name, or `operator`.
     pub sender: &'a str,
     /// Who the message is by (the agent, an operator, a campaign through the API).
@@ -99,7 +100,7 @@ pub async fn send_once(o: Outgoing<'_>) -> Outcome {
         conversation_id: o.conversation_id,
         agent_type: o.sender,
         turn_key: o.key,
-        state: "pending_send",
+        state: OutboundState::PendingSend,
         body: Some(o.body),
         error: None,
         error_code: None,
@@ -138,7 +139,8 @@ pub async fn send_once(o: Outgoing<'_>) -> Outcome {
     };
     match sent {
         Ok(wamid) => {
-            if let Err(e) = outbound::finish(o.db, id, "sent", Some(&wamid), None, None).await {
+            let sent = outbound::finish(o.db, id, OutboundState::Sent, Some(&wamid), None, None);
+            if let Err(e) = sent.await {
                 log("cannot record the sent message", &e);
             }
             let message = MessageItem {
@@ -166,7 +168,6 @@ pub async fn send_once(o: Outgoing<'_>) -> Outcome {
                 author: o.author,
             };
             let set = ChangeSet {
-                event_id: o.event_id,
                 messages: vec![message],
                 ..ChangeSet::ours(
                     o.workspace_id,
@@ -177,6 +178,7 @@ pub async fn send_once(o: Outgoing<'_>) -> Outcome {
                     },
                     o.correlation_id,
                 )
+                .answering(o.answers)
             };
             if let Err(e) = o.store.apply(set).await {
                 log("cannot store the sent message", &e);
@@ -184,8 +186,12 @@ pub async fn send_once(o: Outgoing<'_>) -> Outcome {
             Outcome::Sent(wamid)
         }
         Err(e) => {
-            let state = if e.unknown { "unknown" } else { "failed" };
-            tracing::warn!(correlation_id = %o.correlation_id, key = %o.key, code = %e.code, error = %e.message, state, "the message was not sent");
+            let state = if e.unknown {
+                OutboundState::Unknown
+            } else {
+                OutboundState::Failed
+            };
+            tracing::warn!(correlation_id = %o.correlation_id, key = %o.key, code = %e.code, error = %e.message, state = state.as_str(), "the message was not sent");
             if let Err(err) =
                 outbound::finish(o.db, id, state, None, Some(&e.code), Some(&e.message)).await
             {

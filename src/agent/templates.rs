@@ -509,7 +509,7 @@ pub async fn send(s: TemplateSend<'_>) -> Result<super::outbox::Outcome, NotSent
         body: &prepared.rendered,
         template: Some(&prepared.payload),
         media: None,
-        event_id: 0,
+        answers: None,
         sender: s.sender,
         author: s.author,
         correlation_id: s.correlation_id,

@@ -30,9 +30,10 @@ use crate::{
     metrics as m,
     store::{
         agent::{self as agent_store, TurnFigures},
-        batch::{ChangeSet, Known, Store},
+        batch::Store,
+        change::{ChangeSet, Known},
         conversations, messages,
-        outbound::{self, NewOutbound},
+        outbound::{self, NewOutbound, OutboundState},
     },
 };
 
@@ -82,8 +83,39 @@ pub struct TurnInput {
 /// What the actor keeps after a turn.
 pub struct TurnReport {
     pub context: Option<Vec<Turn>>,
-    /// `sent`, `failed`, `unknown`, `skipped`, `already_answered`, `error`.
-    pub outcome: &'static str,
+    pub outcome: TurnOutcome,
+}
+
+/// How a turn ended (`wahook_agent_turns_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnOutcome {
+    Sent,
+    /// The provider or the Graph API failed; recorded with why.
+    Failed,
+    /// The send's outcome is not known (recorded `unknown`, never resent).
+    Unknown,
+    /// Recorded `skipped` with its reason.
+    Skipped,
+    /// A turn for this burst was already recorded: nothing ran.
+    AlreadyAnswered,
+    /// The database could not be read or written: nothing was sent.
+    Error,
+    /// A follow-up that found it had nothing to do (the customer wrote, a person has it, …).
+    Cancelled,
+}
+
+impl TurnOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TurnOutcome::Sent => "sent",
+            TurnOutcome::Failed => "failed",
+            TurnOutcome::Unknown => "unknown",
+            TurnOutcome::Skipped => "skipped",
+            TurnOutcome::AlreadyAnswered => "already_answered",
+            TurnOutcome::Error => "error",
+            TurnOutcome::Cancelled => "cancelled",
+        }
+    }
 }
 
 pub async fn run(input: TurnInput) -> TurnReport {
@@ -91,7 +123,8 @@ pub async fn run(input: TurnInput) -> TurnReport {
     let agent = input.answerer.provider.name.clone();
     let report = turn(input).await;
     metrics::histogram!(m::AGENT_TURN_DURATION).record(started.elapsed().as_secs_f64());
-    metrics::counter!(m::AGENT_TURNS, "agent" => agent, "outcome" => report.outcome).increment(1);
+    metrics::counter!(m::AGENT_TURNS, "agent" => agent, "outcome" => report.outcome.as_str())
+        .increment(1);
     report
 }
 
@@ -104,7 +137,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
     else {
         return TurnReport {
             context: input.context,
-            outcome: "skipped",
+            outcome: TurnOutcome::Skipped,
         };
     };
     let key = format!("{}:{}", input.conversation_id, newest.message.wamid);
@@ -117,7 +150,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
         Ok(true) => {
             return TurnReport {
                 context: input.context,
-                outcome: "already_answered",
+                outcome: TurnOutcome::AlreadyAnswered,
             };
         }
         Ok(false) => {}
@@ -125,7 +158,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
             log("cannot read the turn's record", &e);
             return TurnReport {
                 context: input.context,
-                outcome: "error",
+                outcome: TurnOutcome::Error,
             };
         }
     }
@@ -141,7 +174,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
     // The customer asked for a person: the conversation is handed over instead of answered.
     if asks_for_a_person(&provider.cfg.handoff_keywords, &input.burst) {
         let set = ChangeSet {
-            intents: vec![Intent::Set(ConversationState::Human)],
+            intents: vec![Intent::AskedForPerson],
             ..ChangeSet::ours(
                 input.workspace_id,
                 input.contact.clone(),
@@ -156,7 +189,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
             log("cannot hand the conversation to a person", &e);
             return TurnReport {
                 context: input.context,
-                outcome: "error",
+                outcome: TurnOutcome::Error,
             };
         }
         return skip(&input, &key, "handoff_keyword").await;
@@ -175,7 +208,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
                 log("cannot read the conversation's human replies", &e);
                 return TurnReport {
                     context: input.context,
-                    outcome: "error",
+                    outcome: TurnOutcome::Error,
                 };
             }
         }
@@ -199,7 +232,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
                 log("cannot load the context", &e);
                 return TurnReport {
                     context: None,
-                    outcome: "error",
+                    outcome: TurnOutcome::Error,
                 };
             }
         },
@@ -214,6 +247,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
     turns.extend(notes(&input).await);
     let mut burst = input.burst.clone();
     burst.sort_by_key(|i| i.message.timestamp);
+    turns.extend(missed(&input, &turns, &burst).await);
     turns.extend(super::files::burst_turns(&input, &burst).await);
     let cfg = &provider.cfg;
     let bpe = context::tokenizer_for(&cfg.model);
@@ -306,7 +340,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
             record_end(
                 &input,
                 &key,
-                "failed",
+                OutboundState::Failed,
                 &format!("{state}: {e}"),
                 Some(e.code()),
                 status,
@@ -338,7 +372,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
                 .increment(1);
             return TurnReport {
                 context: Some(turns),
-                outcome: "failed",
+                outcome: TurnOutcome::Failed,
             };
         }
     };
@@ -364,7 +398,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
         body: &text,
         template: None,
         media: None,
-        event_id: newest.event_id,
+        answers: Some(newest.event_id),
         sender: agent,
         author: crate::ingest::event::Author::Agent,
         correlation_id: &input.correlation_id,
@@ -384,34 +418,44 @@ async fn turn(mut input: TurnInput) -> TurnReport {
             tokens += context::message_tokens(bpe, &text);
             turns.push(Turn::assistant(text));
             f.replied = true;
-            "sent"
+            TurnOutcome::Sent
         }
-        Outcome::Failed { .. } | Outcome::Unknown { .. } => {
+        Outcome::Failed { .. } => {
             f.failed = true;
-            sent.label()
+            TurnOutcome::Failed
+        }
+        Outcome::Unknown { .. } => {
+            f.failed = true;
+            TurnOutcome::Unknown
         }
         Outcome::AlreadyRecorded => {
             return TurnReport {
                 context: Some(turns),
-                outcome: "already_answered",
+                outcome: TurnOutcome::AlreadyAnswered,
             };
         }
         Outcome::NotRecorded(e) => {
             log("cannot record the reply before sending it; not sending", &e);
             return TurnReport {
                 context: Some(turns),
-                outcome: "error",
+                outcome: TurnOutcome::Error,
             };
         }
         // The process "stopped" between the send and the record of its outcome.
         Outcome::Stopped => {
             return TurnReport {
                 context: None,
-                outcome: "error",
+                outcome: TurnOutcome::Error,
             };
         }
     };
-    metrics::counter!(m::AGENT_REPLIES, "outcome" => outcome, "reason" => if outcome == "sent" { "ok" } else { "send" }).increment(1);
+    let reason = if outcome == TurnOutcome::Sent {
+        "ok"
+    } else {
+        "send"
+    };
+    metrics::counter!(m::AGENT_REPLIES, "outcome" => outcome.as_str(), "reason" => reason)
+        .increment(1);
     save_context(&input, &turns, tokens).await;
     figures(&input, f).await;
     TurnReport {
@@ -423,7 +467,7 @@ async fn turn(mut input: TurnInput) -> TurnReport {
 async fn skip(input: &TurnInput, key: &str, reason: &'static str) -> TurnReport {
     let agent = input.answerer.provider.name.as_str();
     tracing::info!(correlation_id = %input.correlation_id, agent, turn = %key, reason, "agent turn skipped");
-    record_end(input, key, "skipped", reason, None, None).await;
+    record_end(input, key, OutboundState::Skipped, reason, None, None).await;
     figures(
         input,
         TurnFigures {
@@ -435,8 +479,55 @@ async fn skip(input: &TurnInput, key: &str, reason: &'static str) -> TurnReport 
     metrics::counter!(m::AGENT_REPLIES, "outcome" => "skipped", "reason" => reason).increment(1);
     TurnReport {
         context: input.context.clone(),
-        outcome: "skipped",
+        outcome: TurnOutcome::Skipped,
     }
+}
+
+/// What was said while the agent kept quiet, so that, back, it knows what a person told the
+/// customer: when people (an operator, the business app, another system) wrote since the
+/// context was last saved, their lines (as the business's, `assistant`) and the customer's
+/// unanswered ones between them (`user`), in order — none already in the context or the
+/// burst. Nothing when no person wrote (the usual case): the context is as the agent left it.
+async fn missed(input: &TurnInput, turns: &[Turn], burst: &[Inbound]) -> Vec<Turn> {
+    let agent = input.answerer.provider.name.as_str();
+    let since = match agent_store::context_saved_at(&input.db, input.conversation_id, agent).await {
+        Ok(at) => at,
+        Err(e) => {
+            tracing::warn!(correlation_id = %input.correlation_id, agent, error = %e, "cannot read when the context was saved; going on without what people said");
+            return Vec::new();
+        }
+    };
+    let said = match messages::not_by_agent_since(&input.db, input.conversation_id, since, 30).await
+    {
+        Ok(said) => said,
+        Err(e) => {
+            tracing::warn!(correlation_id = %input.correlation_id, agent, error = %e, "cannot read what people said; going on without it");
+            return Vec::new();
+        }
+    };
+    if !said.iter().any(|m| m.author != "customer") {
+        return Vec::new();
+    }
+    let known: std::collections::HashSet<&str> = turns
+        .iter()
+        .filter_map(|t| t.wamid.as_deref())
+        .chain(burst.iter().map(|i| i.message.wamid.as_str()))
+        .collect();
+    said.iter()
+        .filter(|m| !known.contains(m.wamid.as_str()))
+        .map(|m| {
+            let content = context::render(&m.message_type, m.content.as_deref());
+            let turn = if m.author == "customer" {
+                Turn::user(content)
+            } else {
+                Turn::assistant(content)
+            };
+            Turn {
+                wamid: Some(m.wamid.clone()),
+                ..turn
+            }
+        })
+        .collect()
 }
 
 /// Records a turn that ends without a send (`failed` or `skipped`, with why, and for a failed
@@ -444,7 +535,7 @@ async fn skip(input: &TurnInput, key: &str, reason: &'static str) -> TurnReport 
 async fn record_end(
     input: &TurnInput,
     key: &str,
-    state: &str,
+    state: OutboundState,
     why: &str,
     code: Option<&str>,
     provider_status: Option<u16>,
@@ -464,7 +555,7 @@ async fn record_end(
         completion_tokens: 0,
     };
     if let Err(e) = outbound::reserve(&input.db, row).await {
-        tracing::error!(error = %e, turn = %key, state, "cannot record the turn's end");
+        tracing::error!(error = %e, turn = %key, state = state.as_str(), "cannot record the turn's end");
     }
 }
 

@@ -235,16 +235,27 @@ impl Cluster {
     /// conversation) goes whole to one partition chosen by its id.
     fn partitions_of(&self, event: &CommittedEvent) -> Vec<u32> {
         let n = self.cfg.partitions;
-        let directory = self.ctx.directory();
-        let parts = ingest::normalize(
-            event.source,
-            event.event_type.as_deref(),
-            &event.payload,
-            event.received_at,
-            &directory.scope(&event.tenant),
-        )
-        .map(|normalized| ingest::partitions_of(&normalized, n))
-        .unwrap_or_default();
+        let parts = match event.normalized.as_deref() {
+            // The intake's reading of it.
+            Some(reading) => reading
+                .as_ref()
+                .map(|normalized| ingest::partitions_of(normalized, n))
+                .unwrap_or_default(),
+            // The sweeper's: a committed event read back from the inbox.
+            None => {
+                metrics::counter!(crate::metrics::PAYLOAD_READS, "by" => "publish").increment(1);
+                let directory = self.ctx.directory();
+                ingest::normalize(
+                    event.source,
+                    event.event_type.as_deref(),
+                    &event.payload,
+                    event.received_at,
+                    &directory.scope(&event.tenant),
+                )
+                .map(|normalized| ingest::partitions_of(&normalized, n))
+                .unwrap_or_default()
+            }
+        };
         if parts.is_empty() {
             vec![(event.id.unsigned_abs() % u64::from(n)) as u32]
         } else {
@@ -310,6 +321,7 @@ impl Cluster {
             correlation_id: wire.correlation_id.into_owned(),
             received_at: wire.received_at,
             payload: Arc::from(&*wire.payload),
+            normalized: None,
             part: Some(Part {
                 partition: wire.partition,
                 of: wire.of,

@@ -32,6 +32,7 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let stuck = stuck_conversations(&state).await;
     let processing = &state.processing;
     let (notes, unattributed) = processing.notes.get();
+    let (read_at_intake, read_again) = processing.reads.get();
     Json(json!({
         "status": if db.is_ok() && backlog.is_ok() { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
@@ -49,6 +50,8 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
             "stuck_after_seconds": state.config.health.stuck_after_seconds,
             "payload_notes": notes,
             "unattributed": unattributed,
+            "payloads_read_at_intake": read_at_intake,
+            "payloads_read_again": read_again,
         },
         "inbox": backlog.as_ref().ok().map(|b| json!({
             "pending_events": b.pending_events,

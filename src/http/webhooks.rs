@@ -154,6 +154,8 @@ async fn accept_meta(
         correlation_id,
         tenant,
         &routing,
+        &directory,
+        &state.processing.reads,
     );
     append(state, event).await
 }
@@ -226,6 +228,8 @@ async fn accept_kapso(
         correlation_id,
         tenant,
         &routing,
+        &directory,
+        &state.processing.reads,
     );
     append(state, event).await
 }
@@ -335,7 +339,8 @@ fn kept_text(body: &[u8], not_json: bool) -> String {
 /// A verified request as its inbox row, and the 400 to answer once it is kept, if it is one.
 /// A signed body that is not JSON, or JSON that two readers could read two ways (a key given
 /// twice), is kept for the record (status `dead`, with the reason) and refused; a JSON body is
-/// exactly its UTF-8 text.
+/// exactly its UTF-8 text. A body kept to be processed is read here, once, within its tenant:
+/// processing applies that reading (the typed event) rather than parsing the payload again.
 #[allow(clippy::too_many_arguments)]
 fn new_event(
     source: Source,
@@ -347,6 +352,8 @@ fn new_event(
     correlation_id: &str,
     tenant: Tenant,
     routing: &Routing,
+    directory: &Directory,
+    reads: &crate::actors::ReadCounts,
 ) -> (NewEvent, Option<ApiError>) {
     let not_json = match routing {
         Routing::NotJson(err) => Some(err.as_str()),
@@ -383,6 +390,17 @@ fn new_event(
         ),
     };
     let payload: Arc<str> = kept_text(body, not_json.is_some()).into();
+    let received_at = Utc::now();
+    let normalized = (status == EventStatus::Pending).then(|| {
+        reads.intake();
+        Arc::new(crate::ingest::normalize(
+            source,
+            event_type.as_deref(),
+            &payload,
+            received_at,
+            &directory.scope(&tenant),
+        ))
+    });
     let kept: serde_json::Map<String, serde_json::Value> = KEPT_HEADERS
         .iter()
         .filter_map(|name| header_str(headers, name).map(|v| ((*name).to_owned(), json!(v))))
@@ -396,9 +414,10 @@ fn new_event(
         headers: serde_json::Value::Object(kept).to_string(),
         tenant,
         correlation_id: correlation_id.to_owned(),
-        received_at: Utc::now(),
+        received_at,
         status,
         last_error,
+        normalized,
     };
     (event, refusal)
 }

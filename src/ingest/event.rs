@@ -161,6 +161,8 @@ pub enum Intent {
     Lifecycle(Lifecycle),
     /// An operator sets the state (close, hand to a person, give back to the agent).
     Set(ConversationState),
+    /// The customer asked for a person (the agent's `handoff_keywords`).
+    AskedForPerson,
 }
 
 impl ConversationState {
@@ -183,6 +185,9 @@ impl ConversationState {
             }
             (Open | Inactive | Closed, Intent::Lifecycle(Lifecycle::Handoff)) => {
                 Some((Human, "handed to a person"))
+            }
+            (Open | Inactive | Closed, Intent::AskedForPerson) => {
+                Some((Human, "the customer asked for a person"))
             }
             _ => None,
         }

@@ -1,7 +1,7 @@
 //! `agent_contexts` (the agent's memory per conversation) and `agent_sessions` (its figures
 //! per conversation session: a session ends after 24 hours without a turn).
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use entity::{agent_contexts, agent_sessions};
 use sea_orm::{
     ActiveValue::Set,
@@ -21,6 +21,21 @@ pub async fn load_context(
         .one(db)
         .await?
         .map(|c| c.messages))
+}
+
+/// When the agent's context of a conversation was last saved (its last turn that reached the
+/// model), if ever.
+pub async fn context_saved_at(
+    db: &impl ConnectionTrait,
+    conversation_id: i64,
+    agent_type: &str,
+) -> Result<Option<DateTime<Utc>>, DbErr> {
+    Ok(agent_contexts::Entity::find()
+        .filter(agent_contexts::Column::ConversationId.eq(conversation_id))
+        .filter(agent_contexts::Column::AgentType.eq(agent_type))
+        .one(db)
+        .await?
+        .map(|c| c.updated_at))
 }
 
 pub async fn save_context(

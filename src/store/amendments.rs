@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
 
 use super::{
-    batch::ChangeSet,
+    change::ChangeSet,
     contacts::ContactIds,
     conversations::Conversations,
     sql::{CHUNK, Sql, run},
@@ -97,7 +97,7 @@ pub async fn apply(
                 emoji.clone().into(),
                 a.wamid.clone().into(),
                 a.at.into(),
-                set.event_id.into(),
+                set.origin.event_id().into(),
                 now.into(),
             ]
         }));
@@ -128,7 +128,7 @@ pub async fn apply(
                 content.clone().into(),
                 metadata.clone().into(),
                 a.at.into(),
-                set.event_id.into(),
+                set.origin.event_id().into(),
                 now.into(),
             ]
         }));

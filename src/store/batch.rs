@@ -22,142 +22,13 @@ use sea_orm::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    amendments, contacts, conversations, dlq, identities, inbox, media, messages,
-    sql::count_statement, statuses, transitions,
+    amendments,
+    change::{Applied, ApplyError, ChangeSet, is_unreachable},
+    contacts, conversations, dlq, identities, inbox, media, messages,
+    sql::count_statement,
+    statuses, transitions,
 };
-use crate::{
-    config::DatabaseConfig,
-    ingest::event::{
-        Amendment, ContactKey, ConversationState, Direction, IdentityChange, Intent, MessageItem,
-        StatusItem,
-    },
-    metrics as m,
-};
-
-/// What one conversation actor asks the store to apply for one inbox event.
-#[derive(Debug, Clone)]
-pub struct ChangeSet {
-    pub event_id: i64,
-    /// The set finishes (a share of) its inbox event; false for the agent's own sends, which
-    /// only name the event they answer.
-    pub marks_event: bool,
-    pub correlation_id: String,
-    pub workspace_id: i64,
-    pub contact: ContactKey,
-    pub user_id: Option<String>,
-    pub contact_name: Option<String>,
-    pub messages: Vec<MessageItem>,
-    pub statuses: Vec<StatusItem>,
-    /// Reactions, edits and revokes of earlier messages.
-    pub amendments: Vec<Amendment>,
-    /// Number, user-id and identity-key changes: the contact found under the old identity
-    /// moves to this set's (`store/identities.rs`).
-    pub identity: Vec<IdentityChange>,
-    pub intents: Vec<Intent>,
-    /// The platform's own id of the conversation (Kapso's), when the event names it.
-    pub external_id: Option<String>,
-    /// The contact's newest marketing preference in the set: opted out or not, and when.
-    pub marketing: Option<(bool, DateTime<Utc>)>,
-    /// Answer with the set's inbound messages stored for the first time (`Applied::new_inbound`,
-    /// for the agent); off, the store does none of that bookkeeping.
-    pub report_new_inbound: bool,
-    /// The ids the actor already knows (saves a read).
-    pub known: Option<Known>,
-}
-
-impl ChangeSet {
-    /// A set of ours (no inbox event) for a conversation already known: nothing in it yet.
-    pub fn ours(
-        workspace_id: i64,
-        contact: ContactKey,
-        known: Known,
-        correlation_id: impl Into<String>,
-    ) -> Self {
-        Self {
-            event_id: 0,
-            marks_event: false,
-            correlation_id: correlation_id.into(),
-            workspace_id,
-            contact,
-            user_id: None,
-            contact_name: None,
-            messages: Vec::new(),
-            statuses: Vec::new(),
-            amendments: Vec::new(),
-            identity: Vec::new(),
-            intents: Vec::new(),
-            external_id: None,
-            marketing: None,
-            report_new_inbound: false,
-            known: Some(known),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Known {
-    pub contact_id: i64,
-    pub conversation_id: i64,
-}
-
-/// Why a change set did not apply.
-#[derive(Debug, Clone)]
-pub struct ApplyError {
-    pub message: String,
-    /// The database could not be reached: the change set itself is fine and will apply once
-    /// the database answers again, so retrying it spends no attempt.
-    pub transient: bool,
-}
-
-impl std::fmt::Display for ApplyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl From<&DbErr> for ApplyError {
-    fn from(e: &DbErr) -> Self {
-        Self {
-            message: e.to_string(),
-            transient: is_unreachable(e),
-        }
-    }
-}
-
-/// An error that says "the database cannot take this now" rather than "this data is wrong": no
-/// connection to be had, a broken connection, a server shutting down or refusing connections
-/// (SQLSTATE classes 08 and 57P), or no space left (class 53; SQLite's SQLITE_FULL).
-pub fn is_unreachable(e: &DbErr) -> bool {
-    use sea_orm::{RuntimeErr, sqlx::Error as Sqlx};
-    match e {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
-            match &**e {
-                Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed => true,
-                // PostgreSQL: connection exceptions (08), shutdowns (57P), insufficient
-                // resources such as a full disk (53); SQLite: SQLITE_FULL (13).
-                Sqlx::Database(db) => db.code().is_some_and(|c| {
-                    c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") || c == "13"
-                }),
-                _ => false,
-            }
-        }
-        _ => false,
-    }
-}
-
-/// The store's answer to a committed change set.
-#[derive(Debug, Clone)]
-pub struct Applied {
-    pub contact_id: i64,
-    pub conversation_id: i64,
-    /// The conversation's state after the set.
-    pub state: ConversationState,
-    /// The set's inbound messages this transaction stored for the first time.
-    pub new_inbound: Vec<MessageItem>,
-    /// The set asked for `new_inbound` (its account has an agent).
-    pub reported: bool,
-}
+use crate::{config::DatabaseConfig, ingest::event::Direction, metrics as m};
 
 enum StoreMsg {
     Apply {
@@ -332,15 +203,18 @@ impl Writer {
         let mut remaining: HashMap<i64, usize> = HashMap::new();
         let mut done = Vec::new();
         for set in sets {
-            if !set.marks_event || self.abandoned.contains(&set.event_id) {
+            let Some(event) = set.origin.finishes() else {
+                continue;
+            };
+            if self.abandoned.contains(&event) {
                 continue;
             }
             let left = remaining
-                .entry(set.event_id)
-                .or_insert_with(|| self.expected.get(&set.event_id).copied().unwrap_or(1));
+                .entry(event)
+                .or_insert_with(|| self.expected.get(&event).copied().unwrap_or(1));
             *left = left.saturating_sub(1);
             if *left == 0 {
-                done.push(set.event_id);
+                done.push(event);
             }
         }
         (done, remaining)
@@ -357,6 +231,7 @@ impl Writer {
         metrics::histogram!(m::STORE_BATCH_SIZE).record(sets.len() as f64);
         match result {
             Ok(applied) => {
+                self.announce_resolved(&sets, &done);
                 self.settle(remaining);
                 metrics::counter!(m::EVENTS_PROCESSED, "outcome" => "processed")
                     .increment(done.len() as u64);
@@ -427,6 +302,20 @@ impl Writer {
             }
         }
         self.processed.send_modify(|n| *n += 1);
+    }
+
+    /// Tells the live stream which re-driven events' DLQ rows this commit resolved.
+    fn announce_resolved(&self, sets: &[&ChangeSet], done: &[i64]) {
+        let mut seen = HashSet::new();
+        for set in sets {
+            let Some(event) = set.origin.finishes() else {
+                continue;
+            };
+            if self.redriven.contains(&event) && done.contains(&event) && seen.insert(event) {
+                self.live
+                    .publish(set.workspace_id, event, super::live::Kind::Dlq);
+            }
+        }
     }
 
     /// Tells the live stream what a committed set changed.
@@ -579,7 +468,7 @@ async fn apply_sets(
     conversations::set_external_ids(tx, sets, &contacts, &conversations).await?;
     contacts::set_marketing(tx, sets, &contacts).await?;
     // 3. Messages: the first copy of a wamid wins; returns what each conversation gained.
-    let report = sets.iter().any(|s| s.report_new_inbound);
+    let report = sets.iter().any(|s| s.origin.reports());
     let t = std::time::Instant::now();
     let inserted = messages::insert(tx, sets, &contacts, &conversations, report, now).await?;
     m::step("messages", t);
@@ -612,14 +501,14 @@ async fn apply_sets(
     for (a, set) in applied
         .iter_mut()
         .zip(sets)
-        .filter(|(_, s)| s.report_new_inbound)
+        .filter(|(_, s)| s.origin.reports())
     {
         a.reported = true;
         a.new_inbound = set
             .messages
             .iter()
             .filter(|m| m.direction == Direction::Inbound)
-            .filter(|m| fresh.remove(&(m.wamid.clone(), set.event_id)))
+            .filter(|m| fresh.remove(&(m.wamid.clone(), set.origin.event_id())))
             .cloned()
             .collect();
     }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
 
 use super::{
-    batch::ChangeSet,
+    change::ChangeSet,
     sql::{CHUNK, Sql, query},
 };
 use crate::ingest::event::{ContactKey, Direction};
@@ -23,7 +23,7 @@ impl ContactIds {
         self.0
             .get(&(set.workspace_id, set.contact.as_str().to_owned()))
             .copied()
-            .ok_or_else(|| DbErr::Custom(format!("contact of event {} not upserted", set.event_id)))
+            .ok_or_else(|| DbErr::Custom(format!("contact of {:?} not upserted", set.origin)))
     }
 }
 

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
 
 use super::{
-    batch::ChangeSet,
+    change::ChangeSet,
     contacts::ContactIds,
     sql::{CHUNK, Sql, query, run},
 };

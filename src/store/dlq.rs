@@ -12,9 +12,54 @@ use sea_orm::{
 
 use super::inbox::{CommittedEvent, EventStatus};
 
+/// Where a DLQ row stands (`webhook_dlq.resolution_status`, stored as its name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DlqStatus {
+    /// Waiting for its next automatic retry (or an operator's).
+    Pending,
+    /// Being re-driven now.
+    Retrying,
+    /// Its event was processed after all (by a retry), or an operator says it is fixed.
+    Resolved,
+    /// An operator gave it up: its event is never processed.
+    Discarded,
+    /// Parked its last time: no automatic retry is left; an operator's retry revives it.
+    Dead,
+}
+
+impl DlqStatus {
+    pub const ALL: [DlqStatus; 5] = [
+        DlqStatus::Pending,
+        DlqStatus::Retrying,
+        DlqStatus::Resolved,
+        DlqStatus::Discarded,
+        DlqStatus::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DlqStatus::Pending => "pending",
+            DlqStatus::Retrying => "retrying",
+            DlqStatus::Resolved => "resolved",
+            DlqStatus::Discarded => "discarded",
+            DlqStatus::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+
+    /// Still waiting for something (a retry, or an operator).
+    pub fn is_open(self) -> bool {
+        matches!(self, DlqStatus::Pending | DlqStatus::Retrying)
+    }
+}
+
 /// Parks an event: its DLQ row (created or updated; `parked` = times it has been parked) and
 /// its inbox row (status, error, `processing_attempts` more attempts), together.
-/// `next_retry_at = None` means no more automatic retries (the event is `dead`).
+/// `next_retry_at = None` means no more automatic retries (the event is `dead`). Returns the
+/// event's workspace (for the live stream).
 pub async fn park(
     db: &sea_orm::DatabaseConnection,
     event_id: i64,
@@ -22,7 +67,7 @@ pub async fn park(
     parked: i32,
     processing_attempts: u32,
     next_retry_at: Option<DateTime<Utc>>,
-) -> Result<(), DbErr> {
+) -> Result<Option<i64>, DbErr> {
     let now = Utc::now();
     let tx = db.begin().await?;
     webhook_dlq::Entity::insert(webhook_dlq::ActiveModel {
@@ -32,10 +77,11 @@ pub async fn park(
         next_retry_at: Set(next_retry_at),
         // The last park: nothing retries it any more.
         resolution_status: Set(if next_retry_at.is_some() {
-            "pending"
+            DlqStatus::Pending
         } else {
-            "dead"
+            DlqStatus::Dead
         }
+        .as_str()
         .into()),
         created_at: Set(now),
         updated_at: Set(now),
@@ -69,7 +115,15 @@ pub async fn park(
         .filter(webhook_events::Column::Id.eq(event_id))
         .exec(&tx)
         .await?;
-    tx.commit().await
+    let workspace = webhook_events::Entity::find_by_id(event_id)
+        .select_only()
+        .column(webhook_events::Column::WorkspaceId)
+        .into_tuple::<Option<i64>>()
+        .one(&tx)
+        .await?
+        .flatten();
+    tx.commit().await?;
+    Ok(workspace)
 }
 
 /// Resolves the DLQ rows of re-driven events that just succeeded, inside the store's
@@ -87,7 +141,9 @@ pub async fn resolve_retried(
         sql.param(now)
             .push(", updated_at = ")
             .param(now)
-            .push(" WHERE resolution_status = 'retrying' AND event_id IN ");
+            .push(" WHERE resolution_status = ")
+            .param(DlqStatus::Retrying.as_str())
+            .push(" AND event_id IN ");
         sql.tuple(chunk.iter().copied());
         super::sql::run(tx, sql).await?;
     }
@@ -104,14 +160,14 @@ pub async fn attempts_of(db: &impl ConnectionTrait, event_id: i64) -> Result<i32
 }
 
 /// Claims the DLQ rows due for a retry (`pending`, `next_retry_at` passed) and returns their
-/// events, oldest first, marked `retrying`.
+/// events (with their workspace), oldest first, marked `retrying`.
 pub async fn claim_due(
     db: &impl ConnectionTrait,
     now: DateTime<Utc>,
     limit: u64,
-) -> Result<Vec<CommittedEvent>, DbErr> {
+) -> Result<Vec<(Option<i64>, CommittedEvent)>, DbErr> {
     let rows = webhook_dlq::Entity::find()
-        .filter(webhook_dlq::Column::ResolutionStatus.eq("pending"))
+        .filter(webhook_dlq::Column::ResolutionStatus.eq(DlqStatus::Pending.as_str()))
         .filter(webhook_dlq::Column::NextRetryAt.lte(now))
         .order_by_asc(webhook_dlq::Column::NextRetryAt)
         .limit(limit)
@@ -123,7 +179,10 @@ pub async fn claim_due(
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let event_ids: Vec<i64> = rows.iter().map(|r| r.event_id).collect();
     webhook_dlq::Entity::update_many()
-        .col_expr(webhook_dlq::Column::ResolutionStatus, "retrying".into())
+        .col_expr(
+            webhook_dlq::Column::ResolutionStatus,
+            DlqStatus::Retrying.as_str().into(),
+        )
         .col_expr(webhook_dlq::Column::UpdatedAt, now.into())
         .filter(webhook_dlq::Column::Id.is_in(ids))
         .exec(db)
@@ -136,7 +195,7 @@ pub async fn claim_due(
         .await?;
     Ok(events
         .into_iter()
-        .map(|e| CommittedEvent::from_row(e, true))
+        .map(|e| (e.workspace_id, CommittedEvent::from_row(e, true)))
         .collect())
 }
 
@@ -144,11 +203,14 @@ pub async fn claim_due(
 pub async fn replay(db: &impl ConnectionTrait, dlq_id: i64) -> Result<bool, DbErr> {
     let now = Utc::now();
     let res = webhook_dlq::Entity::update_many()
-        .col_expr(webhook_dlq::Column::ResolutionStatus, "pending".into())
+        .col_expr(
+            webhook_dlq::Column::ResolutionStatus,
+            DlqStatus::Pending.as_str().into(),
+        )
         .col_expr(webhook_dlq::Column::NextRetryAt, Some(now).into())
         .col_expr(webhook_dlq::Column::UpdatedAt, now.into())
         .filter(webhook_dlq::Column::Id.eq(dlq_id))
-        .filter(webhook_dlq::Column::ResolutionStatus.ne("resolved"))
+        .filter(webhook_dlq::Column::ResolutionStatus.ne(DlqStatus::Resolved.as_str()))
         .exec(db)
         .await?;
     Ok(res.rows_affected == 1)
@@ -158,12 +220,15 @@ pub async fn replay(db: &impl ConnectionTrait, dlq_id: i64) -> Result<bool, DbEr
 pub async fn close(
     db: &impl ConnectionTrait,
     dlq_id: i64,
-    resolution: &str,
+    resolution: DlqStatus,
     by: &str,
 ) -> Result<bool, DbErr> {
     let now = Utc::now();
     let res = webhook_dlq::Entity::update_many()
-        .col_expr(webhook_dlq::Column::ResolutionStatus, resolution.into())
+        .col_expr(
+            webhook_dlq::Column::ResolutionStatus,
+            resolution.as_str().into(),
+        )
         .col_expr(webhook_dlq::Column::ResolvedBy, Some(by.to_owned()).into())
         .col_expr(webhook_dlq::Column::ResolvedAt, Some(now).into())
         .col_expr(
@@ -181,10 +246,13 @@ pub async fn close(
 pub async fn reset_retrying(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
     let now = Utc::now();
     let res = webhook_dlq::Entity::update_many()
-        .col_expr(webhook_dlq::Column::ResolutionStatus, "pending".into())
+        .col_expr(
+            webhook_dlq::Column::ResolutionStatus,
+            DlqStatus::Pending.as_str().into(),
+        )
         .col_expr(webhook_dlq::Column::NextRetryAt, Some(now).into())
         .col_expr(webhook_dlq::Column::UpdatedAt, now.into())
-        .filter(webhook_dlq::Column::ResolutionStatus.eq("retrying"))
+        .filter(webhook_dlq::Column::ResolutionStatus.eq(DlqStatus::Retrying.as_str()))
         .exec(db)
         .await?;
     Ok(res.rows_affected)
@@ -213,7 +281,7 @@ pub struct DlqEntry {
 pub async fn list(
     db: &impl ConnectionTrait,
     workspace_id: i64,
-    status: Option<&str>,
+    status: Option<DlqStatus>,
     after: Option<i64>,
     limit: u64,
 ) -> Result<Vec<DlqEntry>, DbErr> {
@@ -224,7 +292,7 @@ pub async fn list(
 pub async fn list_in(
     db: &impl ConnectionTrait,
     workspace_id: i64,
-    status: Option<&str>,
+    status: Option<DlqStatus>,
     after: Option<i64>,
     newest: bool,
     limit: u64,
@@ -239,7 +307,7 @@ pub async fn list_in(
     sql.param(workspace_id);
     if let Some(status) = status {
         sql.push(" AND d.resolution_status = ")
-            .param(status.to_owned());
+            .param(status.as_str());
     }
     match (after, newest) {
         (Some(after), true) => {

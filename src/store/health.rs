@@ -31,8 +31,8 @@ pub async fn backlog(db: &impl ConnectionTrait, now: DateTime<Utc>) -> Result<Ba
             .map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
             .unwrap_or(0.0);
     }
-    for status in ["pending", "retrying", "resolved", "discarded"] {
-        out.dlq.insert(status.to_owned(), 0);
+    for status in super::dlq::DlqStatus::ALL {
+        out.dlq.insert(status.as_str().to_owned(), 0);
     }
     for row in db
         .query_all_raw(Statement::from_string(

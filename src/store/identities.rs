@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, QueryResult};
 
 use super::{
-    batch::ChangeSet,
+    change::ChangeSet,
     contacts::ContactIds,
     sql::{Sql, query, run},
 };
@@ -180,7 +180,7 @@ pub async fn record(
             .push(", ")
             .param(audit.merged)
             .push(", ")
-            .param(set.event_id)
+            .param(set.origin.event_id())
             .push(", ")
             .param(audit.at)
             .push(", ")

@@ -28,7 +28,7 @@ use sea_orm::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ingest::{Source, Tenant};
+use crate::ingest::{Source, Tenant, event::Normalized};
 use crate::{config::IntakeConfig, metrics as m};
 
 /// The inbox status of an event.
@@ -73,7 +73,13 @@ pub struct NewEvent {
     pub received_at: DateTime<Utc>,
     pub status: EventStatus,
     pub last_error: Option<String>,
+    /// What the intake read of it (normalised within its tenant), handed to processing with
+    /// the committed event so the payload is parsed once; `None` for a refused body.
+    pub normalized: Option<Reading>,
 }
+
+/// The typed event the intake made of a payload, or why it could not.
+pub type Reading = Arc<Result<Normalized, String>>;
 
 /// An event that is committed to the inbox, as handed to processing.
 #[derive(Debug, Clone)]
@@ -88,6 +94,9 @@ pub struct CommittedEvent {
     pub correlation_id: String,
     pub received_at: DateTime<Utc>,
     pub payload: Arc<str>,
+    /// The intake's reading of the payload, when it came straight from a request (recovery,
+    /// re-drives, replays and broker deliveries read the stored payload again).
+    pub normalized: Option<Reading>,
     /// Cluster mode: the partition's share of the event this delivery carries.
     pub part: Option<Part>,
 }
@@ -161,6 +170,7 @@ impl CommittedEvent {
             correlation_id: e.correlation_id.clone(),
             received_at: e.received_at,
             payload: e.payload.clone(),
+            normalized: e.normalized.clone(),
             part: None,
         }
     }
@@ -175,6 +185,7 @@ impl CommittedEvent {
             correlation_id: e.correlation_id,
             received_at: e.received_at,
             payload: Arc::from(e.payload),
+            normalized: None,
             part: None,
         }
     }
@@ -538,10 +549,16 @@ impl Writer {
                 }
                 committed.sort_unstable();
                 for (id, i) in committed {
-                    let e = &batch[i].event;
+                    let e = &mut batch[i].event;
                     self.in_doubt.remove(e.dedup_key.as_str());
                     if e.status == EventStatus::Pending {
-                        self.sink.dispatch(CommittedEvent::new(id, e));
+                        // The intake's reading goes with it (moved, not shared: processing
+                        // then owns it outright).
+                        let normalized = e.normalized.take();
+                        self.sink.dispatch(CommittedEvent {
+                            normalized,
+                            ..CommittedEvent::new(id, e)
+                        });
                     }
                 }
                 for (r, outcome) in batch.drain(..).zip(outcomes) {
@@ -549,7 +566,7 @@ impl Writer {
                 }
                 true
             }
-            Err(e) if unique.len() > 1 && !super::batch::is_unreachable(&e) => {
+            Err(e) if unique.len() > 1 && !super::change::is_unreachable(&e) => {
                 // The database refused the statement for something in it (a row it cannot
                 // hold): each request is committed alone, so a bad row fails only itself and
                 // the good events grouped with it are still acknowledged.
@@ -729,6 +746,7 @@ mod tests {
             received_at: Utc::now(),
             status: EventStatus::Pending,
             last_error: None,
+            normalized: None,
         }
     }
 

@@ -3,8 +3,9 @@
 //! hub, which `GET /api/v1/stream` turns into server-sent events for the workspace. The hub
 //! keeps the last [`RECENT`] changes, so a client that reconnects with `Last-Event-ID` gets
 //! what it missed, or a `reset` when that is gone (or the process restarted: ids carry the
-//! process's boot id). Only this process's commits: in cluster mode each node announces its
-//! own.
+//! process's boot id). The dead-letter queue announces its rows' changes (parked, re-driven,
+//! resolved, discarded) on the same hub. Only this process's changes: in cluster mode each
+//! node announces its own.
 
 use std::{
     collections::VecDeque,
@@ -27,6 +28,8 @@ pub enum Kind {
     Conversation,
     /// An agent turn ended (sent, skipped, failed).
     Turn,
+    /// An event's dead-letter row changed (its id is the event's).
+    Dlq,
 }
 
 impl Kind {
@@ -36,6 +39,15 @@ impl Kind {
             Kind::Status => "status",
             Kind::Conversation => "conversation",
             Kind::Turn => "turn",
+            Kind::Dlq => "dlq",
+        }
+    }
+
+    /// The JSON key of the change's id in a stream event.
+    pub fn subject(self) -> &'static str {
+        match self {
+            Kind::Dlq => "event_id",
+            _ => "conversation_id",
         }
     }
 }
@@ -44,7 +56,8 @@ impl Kind {
 pub struct Change {
     pub seq: u64,
     pub workspace_id: i64,
-    pub conversation_id: i64,
+    /// The conversation's id, or for [`Kind::Dlq`] the inbox event's.
+    pub id: i64,
     pub kind: Kind,
 }
 
@@ -91,13 +104,13 @@ impl Live {
         &self.0.boot
     }
 
-    pub fn publish(&self, workspace_id: i64, conversation_id: i64, kind: Kind) {
+    pub fn publish(&self, workspace_id: i64, id: i64, kind: Kind) {
         let mut recent = self.0.recent.lock().unwrap_or_else(|p| p.into_inner());
         recent.0 += 1;
         let change = Arc::new(Change {
             seq: recent.0,
             workspace_id,
-            conversation_id,
+            id,
             kind,
         });
         if recent.1.len() == RECENT {

@@ -15,7 +15,7 @@ use sea_orm::{
 };
 
 use super::{
-    batch::ChangeSet,
+    change::ChangeSet,
     sql::{Sql, run},
 };
 

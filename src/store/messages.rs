@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
 
 use super::{
-    batch::ChangeSet,
+    change::ChangeSet,
     contacts::ContactIds,
     conversations::{Added, Conversations},
     sql::{CHUNK, Sql, query},
@@ -25,7 +25,7 @@ pub const INSERT: &str = "INSERT INTO messages (workspace_id, conversation_id, d
 /// tracked, which `(wamid, event_id)` were inserted (a redelivered copy is not among them).
 pub struct Inserted {
     pub added: Added,
-    pub rows: HashSet<(String, i64)>,
+    pub rows: HashSet<(String, Option<i64>)>,
 }
 
 /// Inserts the batch's messages (only rows inserted or placeholders completed come back,
@@ -39,12 +39,17 @@ pub async fn insert(
     now: DateTime<Utc>,
 ) -> Result<Inserted, DbErr> {
     let mut seen: HashSet<(i64, &str)> = HashSet::new();
-    let mut messages: Vec<(i64, i64, &MessageItem, i64)> = Vec::new();
+    let mut messages: Vec<(i64, i64, &MessageItem, Option<i64>)> = Vec::new();
     for set in sets {
         let conversation_id = conversations.id_of(contacts, set)?;
         for msg in &set.messages {
             if seen.insert((set.workspace_id, msg.wamid.as_str())) {
-                messages.push((set.workspace_id, conversation_id, msg, set.event_id));
+                messages.push((
+                    set.workspace_id,
+                    conversation_id,
+                    msg,
+                    set.origin.event_id(),
+                ));
             }
         }
     }
@@ -431,6 +436,47 @@ pub async fn last_human_reply(
         Some(r) => Some(r.try_get("", "timestamp")?),
         None => None,
     })
+}
+
+/// A message of what the agent missed while a person had the conversation.
+#[derive(Debug, Clone)]
+pub struct Said {
+    pub wamid: String,
+    /// `customer`, `operator`, `business_app`, `api`.
+    pub author: String,
+    pub message_type: String,
+    pub content: Option<String>,
+}
+
+/// The conversation's newest `limit` messages stored after `after` (all, for `None`) that the
+/// agent did not write and that are not revoked, oldest first.
+pub async fn not_by_agent_since(
+    db: &impl ConnectionTrait,
+    conversation_id: i64,
+    after: Option<DateTime<Utc>>,
+    limit: u64,
+) -> Result<Vec<Said>, DbErr> {
+    let mut sql = Sql::new(
+        db.get_database_backend(),
+        "SELECT wamid, COALESCE(author, CASE WHEN direction = 'inbound' THEN 'customer' ELSE 'api' END) AS author,          message_type, content FROM messages WHERE revoked_at IS NULL          AND COALESCE(author, '') <> 'agent' AND conversation_id = ",
+    );
+    sql.param(conversation_id);
+    if let Some(after) = after {
+        sql.push(" AND created_at > ").param(after);
+    }
+    sql.push(" ORDER BY timestamp DESC, id DESC LIMIT ")
+        .param(limit as i64);
+    let mut out = Vec::new();
+    for r in db.query_all_raw(sql.build()).await? {
+        out.push(Said {
+            wamid: r.try_get("", "wamid")?,
+            author: r.try_get("", "author")?,
+            message_type: r.try_get("", "message_type")?,
+            content: r.try_get("", "content")?,
+        });
+    }
+    out.reverse();
+    Ok(out)
 }
 
 /// The conversations an inbox event's messages went to.

@@ -8,13 +8,40 @@ use sea_orm::{
     sea_query::OnConflict,
 };
 
+/// Where a send (or a turn that ends without one) stands (`outbound_messages.state`, stored as
+/// its name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundState {
+    /// Recorded before the send: it may be leaving now.
+    PendingSend,
+    Sent,
+    /// Refused (the Graph API's error code kept), or a turn that failed before any send.
+    Failed,
+    /// It may or may not have left (a timeout, a stop between send and record): never resent.
+    Unknown,
+    /// A turn that chose to send nothing, with why.
+    Skipped,
+}
+
+impl OutboundState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboundState::PendingSend => "pending_send",
+            OutboundState::Sent => "sent",
+            OutboundState::Failed => "failed",
+            OutboundState::Unknown => "unknown",
+            OutboundState::Skipped => "skipped",
+        }
+    }
+}
+
 /// A reply about to be sent or a turn that ends without one.
 pub struct NewOutbound<'a> {
     pub workspace_id: i64,
     pub conversation_id: i64,
     pub agent_type: &'a str,
     pub turn_key: &'a str,
-    pub state: &'a str,
+    pub state: OutboundState,
     pub body: Option<&'a str>,
     pub error: Option<&'a str>,
     /// A failed turn's provider error code (`context_length_exceeded`, `http_503`, …).
@@ -47,7 +74,7 @@ pub async fn reserve(
         conversation_id: Set(row.conversation_id),
         agent_type: Set(row.agent_type.to_owned()),
         turn_key: Set(row.turn_key.to_owned()),
-        state: Set(row.state.to_owned()),
+        state: Set(row.state.as_str().to_owned()),
         body: Set(row.body.map(str::to_owned)),
         error: Set(row.error.map(str::to_owned)),
         error_code: Set(row.error_code.map(str::to_owned)),
@@ -77,13 +104,13 @@ pub async fn reserve(
 pub async fn finish(
     db: &impl ConnectionTrait,
     id: i64,
-    state: &str,
+    state: OutboundState,
     wamid: Option<&str>,
     error_code: Option<&str>,
     error: Option<&str>,
 ) -> Result<(), DbErr> {
     outbound_messages::Entity::update_many()
-        .col_expr(outbound_messages::Column::State, state.into())
+        .col_expr(outbound_messages::Column::State, state.as_str().into())
         .col_expr(
             outbound_messages::Column::Wamid,
             wamid.map(str::to_owned).into(),
@@ -110,14 +137,17 @@ pub async fn settle_interrupted(
     before: DateTime<Utc>,
 ) -> Result<u64, DbErr> {
     let r = outbound_messages::Entity::update_many()
-        .col_expr(outbound_messages::Column::State, "unknown".into())
+        .col_expr(
+            outbound_messages::Column::State,
+            OutboundState::Unknown.as_str().into(),
+        )
         .col_expr(
             outbound_messages::Column::Error,
             "interrupted between recording and the send's outcome (process stopped); not resent"
                 .into(),
         )
         .col_expr(outbound_messages::Column::UpdatedAt, Utc::now().into())
-        .filter(outbound_messages::Column::State.eq("pending_send"))
+        .filter(outbound_messages::Column::State.eq(OutboundState::PendingSend.as_str()))
         .filter(outbound_messages::Column::CreatedAt.lt(before))
         .exec(db)
         .await?;
@@ -246,7 +276,16 @@ pub async fn quiet_turns(
     use sea_orm::{QueryOrder, QuerySelect};
     let mut rows = outbound_messages::Entity::find()
         .filter(outbound_messages::Column::ConversationId.eq(conversation_id))
-        .filter(outbound_messages::Column::State.is_in(["skipped", "failed", "unknown"]))
+        .filter(
+            outbound_messages::Column::State.is_in(
+                [
+                    OutboundState::Skipped,
+                    OutboundState::Failed,
+                    OutboundState::Unknown,
+                ]
+                .map(OutboundState::as_str),
+            ),
+        )
         .filter(outbound_messages::Column::AgentType.is_not_in(["operator", "leads"]))
         .order_by_desc(outbound_messages::Column::Id)
         .limit(limit)

@@ -146,7 +146,7 @@ pub async fn dlq(db: &impl ConnectionTrait, ws: i64) -> Result<Value, DbErr> {
     for r in rows(db, q).await? {
         let status: String = r.try_get("", "s")?;
         let error: String = r.try_get("", "error")?;
-        if matches!(status.as_str(), "pending" | "retrying") {
+        if super::dlq::DlqStatus::parse(&status).is_some_and(|s| s.is_open()) {
             let key: String = error
                 .lines()
                 .next()

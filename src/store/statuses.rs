@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
 
 use super::{
-    batch::ChangeSet,
+    change::ChangeSet,
     contacts::ContactIds,
     conversations::Conversations,
     sql::{CHUNK, Sql, run},
@@ -73,7 +73,7 @@ fn pricing(
     st.pricing.as_ref().and_then(|p| field(p).clone()).into()
 }
 
-type Best<'a> = Vec<((i64, &'a str), (i64, StatusItem, i64))>;
+type Best<'a> = Vec<((i64, &'a str), (i64, StatusItem, Option<i64>))>;
 
 /// Per (workspace, wamid): its conversation, the highest-ranked status (with the first error
 /// seen) and the event it came with.
@@ -82,7 +82,7 @@ fn best_per_wamid<'a>(
     contacts: &ContactIds,
     conversations: &Conversations,
 ) -> Result<Best<'a>, DbErr> {
-    let mut best: BTreeMap<(i64, &str), (i64, StatusItem, i64)> = BTreeMap::new();
+    let mut best: BTreeMap<(i64, &str), (i64, StatusItem, Option<i64>)> = BTreeMap::new();
     for set in sets {
         let conversation_id = conversations.id_of(contacts, set)?;
         for st in &set.statuses {
@@ -99,7 +99,7 @@ fn best_per_wamid<'a>(
                 None => {
                     best.insert(
                         (set.workspace_id, st.wamid.as_str()),
-                        (conversation_id, st.clone(), set.event_id),
+                        (conversation_id, st.clone(), set.origin.event_id()),
                     );
                 }
             }

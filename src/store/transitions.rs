@@ -1,6 +1,7 @@
 //! `conversation_state_transitions`, step 6 of a store transaction: the state machine run
 //! from each conversation's stored state over the batch's intents, an audit row per change
-//! (and one for every conversation this transaction started).
+//! (and one for every conversation this transaction started), and a notification job for
+//! every conversation handed to a person (`handoffs.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -8,9 +9,10 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
 
 use super::{
-    batch::{Applied, ChangeSet},
+    change::{Applied, ChangeSet},
     contacts::ContactIds,
     conversations::{self, Conversations},
+    handoffs,
     sql::{CHUNK, Sql, run},
 };
 use crate::ingest::event::ConversationState;
@@ -33,6 +35,7 @@ pub async fn apply(
     now: DateTime<Utc>,
 ) -> Result<Vec<Applied>, DbErr> {
     let mut transitions: Vec<TransitionRow> = Vec::new();
+    let mut handed_off: Vec<handoffs::New> = Vec::new();
     let mut state: HashMap<i64, ConversationState> = HashMap::new();
     let mut changed: BTreeMap<i64, ConversationState> = BTreeMap::new();
     let mut applied = Vec::with_capacity(sets.len());
@@ -51,6 +54,14 @@ pub async fn apply(
         }
         for intent in &set.intents {
             if let Some((to, reason)) = current.after(*intent) {
+                if to == ConversationState::Human {
+                    handed_off.push(handoffs::New {
+                        workspace_id: set.workspace_id,
+                        conversation_id,
+                        reason,
+                        correlation_id: set.correlation_id.clone(),
+                    });
+                }
                 transitions.push(TransitionRow {
                     conversation_id,
                     from: Some(*current),
@@ -72,6 +83,7 @@ pub async fn apply(
     }
     conversations::set_states(tx, &changed).await?;
     insert(tx, &transitions, now).await?;
+    handoffs::enqueue(tx, &handed_off, now).await?;
     Ok(applied)
 }
 

@@ -51,6 +51,17 @@ pub(crate) async fn agent_app(
     graph: &Fake,
     tune: impl FnOnce(&mut AgentConfig),
 ) -> TestApp {
+    agent_app_with(backend, provider, graph, tune, |_| {}).await
+}
+
+/// [`agent_app`], and more of the configuration changed after it.
+pub(crate) async fn agent_app_with(
+    backend: Backend,
+    provider: &Fake,
+    graph: &Fake,
+    tune: impl FnOnce(&mut AgentConfig),
+    more: impl FnOnce(&mut wahook::config::Config),
+) -> TestApp {
     let (provider, graph) = (provider.base.clone(), graph.base.clone());
     TestApp::start_with(backend, move |c| {
         let mut a = AgentConfig::new(format!("{provider}/v1"), "gpt-4o-mini");
@@ -65,6 +76,7 @@ pub(crate) async fn agent_app(
         c.graph.base_url = graph;
         c.accounts[0].agent = Some("sales".into());
         c.accounts[0].access_token = Some("graph-token".into());
+        more(c);
     })
     .await
 }

@@ -209,6 +209,13 @@ async fn a_dlq_row_retried_after_its_fault_is_removed_ends_resolved(backend: Bac
     })
     .await;
     let (_, operator) = user_with_token(&app, "acme", "otto@acme.test", Role::Operator).await;
+    let (_, other) = user_with_token(&app, "globex", "gus@globex.test", Role::Viewer).await;
+    // The DLQ screen follows the stream: every change of the row is announced to its
+    // workspace only.
+    let mut stream = crate::inbox::Stream::open(&app, &operator, None).await;
+    let mut theirs = crate::inbox::Stream::open(&app, &other, None).await;
+    stream.until("event: ready").await;
+    theirs.until("event: ready").await;
     let res = app
         .post_meta(
             meta_text(ACME_PNID, "4917655550001", &wamid, "parked"),
@@ -227,6 +234,8 @@ async fn a_dlq_row_retried_after_its_fault_is_removed_ends_resolved(backend: Bac
         row["id"].as_i64().unwrap(),
         row["event_id"].as_i64().unwrap(),
     );
+    let dlq_event = format!("event: dlq\ndata: {{\"event_id\":{event_id}}}");
+    stream.until(&dlq_event).await;
     // Nothing of the event was applied: no conversation, no message.
     let (_, convs) = call(
         &app,
@@ -262,6 +271,9 @@ async fn a_dlq_row_retried_after_its_fault_is_removed_ends_resolved(backend: Bac
     )
     .await;
     assert_eq!(row["resolution_status"], "resolved", "{row}");
+    // Parked, retried by the operator, claimed by the re-drive, resolved by its commit.
+    stream.until_times(&dlq_event, 4).await;
+    assert!(!theirs.text.contains("event: dlq"), "{}", theirs.text);
     let (_, event) = call(
         &app,
         Method::GET,

@@ -311,6 +311,7 @@ async fn every_message_in_the_reference_payloads_is_stored_once(backend: Backend
                 agent: None,
                 access_token_env: None,
                 access_token: None,
+                ..Default::default()
             });
         }
     })

@@ -62,6 +62,7 @@ pub fn test_accounts() -> Vec<AccountConfig> {
             agent: None,
             access_token_env: None,
             access_token: None,
+            ..Default::default()
         };
     vec![
         account(

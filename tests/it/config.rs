@@ -233,3 +233,27 @@ fn a_bad_agent_config_fails_start_up_naming_the_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
+
+#[test]
+fn a_bad_notify_url_or_secret_fails_start_up_naming_the_key() {
+    // A notify_url with nothing to sign with.
+    let out = serve_with_file(&format!(
+        "{ACCOUNT}notify_url = \"https://hooks.example/handoff\"\n"
+    ));
+    assert_refused(&out, &["accounts[0].notify_secret", "to sign with"]);
+    // A secret that is not a Standard Webhooks secret.
+    let out = serve_with_file(&format!(
+        "{ACCOUNT}notify_url = \"https://hooks.example/handoff\"\nnotify_secret = \"hunter2\"\n"
+    ));
+    assert_refused(&out, &["accounts[0].notify_secret", "whsec_"]);
+    // Too short a key.
+    let out = serve_with_file(&format!(
+        "{ACCOUNT}notify_url = \"https://hooks.example/handoff\"\nnotify_secret = \"whsec_c2hvcnQ=\"\n"
+    ));
+    assert_refused(&out, &["accounts[0].notify_secret", "24 to 64"]);
+    // Not a URL one can POST to.
+    let out = serve_with_file(&format!(
+        "{ACCOUNT}notify_url = \"ftp://hooks.example\"\nnotify_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n"
+    ));
+    assert_refused(&out, &["accounts[0].notify_url", "http(s) URL"]);
+}

@@ -169,13 +169,13 @@ async fn conversations_are_found_and_listed_by_activity(backend: Backend) {
 }
 
 /// An open `GET /api/v1/stream`: what it has sent so far.
-struct Stream {
+pub(crate) struct Stream {
     res: reqwest::Response,
-    text: String,
+    pub(crate) text: String,
 }
 
 impl Stream {
-    async fn open(app: &TestApp, token: &str, last_event_id: Option<&str>) -> Self {
+    pub(crate) async fn open(app: &TestApp, token: &str, last_event_id: Option<&str>) -> Self {
         let mut req = app.client.get(app.url("/api/v1/stream")).bearer_auth(token);
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id);
@@ -195,9 +195,14 @@ impl Stream {
     }
 
     /// Reads until the stream has sent `what` (waiting on its bytes, never a fixed sleep).
-    async fn until(&mut self, what: &str) -> &str {
+    pub(crate) async fn until(&mut self, what: &str) -> &str {
+        self.until_times(what, 1).await
+    }
+
+    /// Reads until the stream has sent `what` `n` times.
+    pub(crate) async fn until_times(&mut self, what: &str, n: usize) -> &str {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !self.text.contains(what) {
+        while self.text.matches(what).count() < n {
             let chunk = tokio::time::timeout_at(deadline, self.res.chunk())
                 .await
                 .unwrap_or_else(|_| panic!("no {what:?} in the stream: {}", self.text))

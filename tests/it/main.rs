@@ -15,6 +15,7 @@ mod fakes;
 mod followups;
 mod foundation;
 mod fuzz;
+mod handoffs;
 mod identity;
 mod inbox;
 mod intake;

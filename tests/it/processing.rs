@@ -147,13 +147,28 @@ async fn redelivery_and_replay_create_nothing_new(backend: Backend) {
             .unwrap();
         assert_eq!(v["status"], "duplicate");
     }
-    // Replay: every event pending again, processed again after a restart.
+    // Each request was read once, at the intake (a duplicate too, before the inbox finds it
+    // is one), and processing applied that reading instead of reading the payload again.
+    let reads = |h: serde_json::Value| {
+        (
+            h["processing"]["payloads_read_at_intake"].as_i64().unwrap(),
+            h["processing"]["payloads_read_again"].as_i64().unwrap(),
+        )
+    };
+    assert_eq!(
+        reads(app.health().await),
+        (8, 0),
+        "intake reads each kept request once"
+    );
+    // Replay: every event pending again, processed again after a restart — read back from
+    // the inbox, once each.
     app.exec("UPDATE webhook_events SET status = 'pending'")
         .await;
     let (test_db, config) = app.stop().await;
     let app = TestApp::start_on(test_db, config).await;
     app.wait_processed(4).await;
     assert_eq!(snapshot(&app).await, before);
+    assert_eq!(reads(app.health().await), (0, 4));
     app.stop().await;
 }
 

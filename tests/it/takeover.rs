@@ -70,6 +70,31 @@ async fn the_agent_yields_to_a_person_and_comes_back_by_itself(backend: Backend)
     .await;
     wait_outbound(&app, "sent", 2).await;
     assert_eq!(provider.requests().len(), 2, "two turns reached the model");
+    // Back, the agent knows what the person told the customer meanwhile, in order (turns of
+    // one role in a row reach the model as one).
+    let asked: Vec<(String, String)> = provider.requests()[1].1["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().to_owned(),
+                m["content"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let said = |role: &str, content: &str| (role.to_owned(), content.to_owned());
+    assert_eq!(
+        asked[1..],
+        [
+            said("user", "hello"),
+            said("assistant", "Reply 1\nI will take this one"),
+            said("user", "great, thanks"),
+            said("assistant", "one more thing"),
+            said("user", "ok\nare you still there?"),
+        ],
+        "{asked:?}"
+    );
 
     // An operator replies from the console (the API it uses): quiet again.
     let conversation = app.scalar("SELECT id FROM conversations").await;

@@ -17,7 +17,7 @@ use crate::{
     ingest::event::{ContactKey, ConversationState, Intent},
     store::{
         agent::AgentPanel,
-        batch::{ChangeSet, Known},
+        change::{ChangeSet, Known},
         conversations::{self, ConversationView, Filter, Order},
         messages::{self, MessageView},
         outbound::{self, TurnView},
@@ -210,6 +210,9 @@ struct ConversationDetail {
     turns: Vec<TurnView>,
     /// Each agent's figures here: turns, skips, failures, tokens, mean latency, last error.
     agents: Vec<AgentPanel>,
+    /// Its hand-offs to a person as announced to the number's `notify_url`, newest first (the
+    /// last 20): `pending`, `delivered`, `failed` or `skipped`, with the receiver's last status.
+    handoffs: Vec<HandoffView>,
 }
 
 /// One conversation with its messages in order.
@@ -238,6 +241,11 @@ async fn one(
     let window = conversations::service_window(&state.db, id, Utc::now()).await?;
     let turns = outbound::quiet_turns(&state.db, id, 200).await?;
     let agents = crate::store::agent::panels(&state.db, id).await?;
+    let handoffs = crate::store::handoffs::of_conversation(&state.db, id, 20)
+        .await?
+        .into_iter()
+        .map(HandoffView::from)
+        .collect();
     Ok(Json(ConversationDetail {
         conversation,
         service_window_open: window.service_window_open,
@@ -245,7 +253,40 @@ async fn one(
         messages,
         turns,
         agents,
+        handoffs,
     }))
+}
+
+/// A hand-off notification (`handoff_notifications`).
+#[derive(Serialize, ToSchema)]
+struct HandoffView {
+    id: i64,
+    reason: String,
+    status: String,
+    url: Option<String>,
+    attempts: i32,
+    last_status: Option<i32>,
+    error: Option<String>,
+    next_attempt_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    delivered_at: Option<DateTime<Utc>>,
+}
+
+impl From<crate::store::handoffs::Handoff> for HandoffView {
+    fn from(h: crate::store::handoffs::Handoff) -> Self {
+        Self {
+            id: h.id,
+            reason: h.reason,
+            status: h.status,
+            url: h.url,
+            attempts: h.attempts,
+            last_status: h.last_status,
+            error: h.error,
+            next_attempt_at: h.next_attempt_at,
+            created_at: h.created_at,
+            delivered_at: h.delivered_at,
+        }
+    }
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -10,7 +10,8 @@ use super::{Caller, Errors, Failure, Id, Page, Params, cursor, limit, one_of, pa
 use crate::{
     http::AppState,
     store::{
-        dlq::{self, DlqEntry},
+        dlq::{self, DlqEntry, DlqStatus},
+        live::Kind,
         users::{Role, audit},
     },
 };
@@ -43,8 +44,6 @@ struct ListQuery {
     limit: Option<u64>,
 }
 
-const STATUSES: &[&str] = &["pending", "retrying", "resolved", "discarded", "dead"];
-
 /// The workspace's DLQ rows with their events' source and type, newest first (or oldest),
 /// optionally by status.
 #[utoipa::path(get, path = "/api/v1/dlq", tag = "dlq", operation_id = "dlq_list", params(ListQuery),
@@ -55,13 +54,15 @@ async fn list(
     Params(q): Params<ListQuery>,
 ) -> Result<impl IntoResponse, Failure> {
     caller.require(Role::Viewer)?;
-    one_of("status", q.status.as_deref(), STATUSES)?;
+    let statuses = DlqStatus::ALL.map(DlqStatus::as_str);
+    one_of("status", q.status.as_deref(), &statuses)?;
+    let status = q.status.as_deref().and_then(DlqStatus::parse);
     one_of("order", q.order.as_deref(), &["newest", "oldest"])?;
     let limit = limit(q.limit)?;
     let rows = dlq::list_in(
         &state.db,
         caller.0.workspace_id,
-        q.status.as_deref(),
+        status,
         cursor(q.after.as_deref())?,
         q.order.as_deref() != Some("oldest"),
         limit,
@@ -133,8 +134,8 @@ async fn act(
     let done = match action {
         // Due now: the dead-letter actor re-drives it through the same actors.
         "retry" => dlq::replay(&state.db, id).await?,
-        "resolve" => dlq::close(&state.db, id, "resolved", &caller.0.actor).await?,
-        _ => dlq::close(&state.db, id, "discarded", &caller.0.actor).await?,
+        "resolve" => dlq::close(&state.db, id, DlqStatus::Resolved, &caller.0.actor).await?,
+        _ => dlq::close(&state.db, id, DlqStatus::Discarded, &caller.0.actor).await?,
     };
     if !done {
         return Err(Failure::new(
@@ -159,6 +160,11 @@ async fn act(
     let after = dlq::get(&state.db, ws, id)
         .await?
         .ok_or_else(|| Failure::not_found("DLQ row"))?;
+    state
+        .processing
+        .store
+        .live()
+        .publish(ws, after.event_id, Kind::Dlq);
     Ok(Json(after))
 }
 
@@ -188,7 +194,7 @@ async fn bulk_retry(
     let mut after = None;
     let mut retried = 0u64;
     loop {
-        let rows = dlq::list(&state.db, ws, Some("pending"), after, 500).await?;
+        let rows = dlq::list(&state.db, ws, Some(DlqStatus::Pending), after, 500).await?;
         let Some(last) = rows.last() else { break };
         after = Some(last.id);
         for row in &rows {
@@ -198,6 +204,11 @@ async fn bulk_retry(
                 .is_none_or(|needle| row.error.contains(needle));
             if matches && dlq::replay(&state.db, row.id).await? {
                 retried += 1;
+                state
+                    .processing
+                    .store
+                    .live()
+                    .publish(ws, row.event_id, Kind::Dlq);
             }
         }
         if retried >= 10_000 {

@@ -24,7 +24,7 @@ use crate::{
     http::AppState,
     ingest::event::{Author, ContactKey, Direction, MediaRef, MessageItem, MessageStatus},
     store::{
-        batch::{ChangeSet, Known},
+        change::{ChangeSet, Known},
         conversations::{self, ConversationView},
         users::{Role, audit},
     },
@@ -362,7 +362,7 @@ async fn send(
         body: text,
         template: None,
         media: media.as_ref(),
-        event_id: 0,
+        answers: None,
         sender: "operator",
         author: Author::Operator(Some(caller.0.user_id)),
         correlation_id: &correlation_id,

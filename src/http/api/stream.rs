@@ -1,6 +1,7 @@
 //! `GET /api/v1/stream`: the workspace's changes as server-sent events, as they commit — a
 //! conversation's new messages (`message`), delivery statuses (`status`), state
-//! (`conversation`) and the agent's finished turns (`turn`), each `{"conversation_id": N}` with an id `<boot>-<seq>`. A client that
+//! (`conversation`) and the agent's finished turns (`turn`), each `{"conversation_id": N}`,
+//! and dead-letter rows that changed (`dlq`, `{"event_id": N}`), with an id `<boot>-<seq>`. A client that
 //! reconnects with `Last-Event-ID` gets what it missed; when that is no longer kept (or the
 //! server restarted) it gets `reset` and reloads what it shows. Token-authenticated like
 //! every route (the console reads it with `fetch`, so the token never goes into a URL).
@@ -40,7 +41,8 @@ struct StreamQuery {
 
 /// The workspace's changes as they commit (viewer), as `text/event-stream`: `ready` first (or
 /// `reset` when what a `Last-Event-ID` names is gone), then `message`, `status`,
-/// `conversation` and `turn` events with `{"conversation_id": N}`; a comment every 15 s keeps it open.
+/// `conversation` and `turn` events with `{"conversation_id": N}`, `dlq` events with
+/// `{"event_id": N}`; a comment every 15 s keeps it open.
 #[utoipa::path(get, path = "/api/v1/stream", tag = "stream", operation_id = "stream_changes",
     params(StreamQuery, ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received")),
     responses((status = 200, description = "Server-sent events", content_type = "text/event-stream", body = String), Errors))]
@@ -160,5 +162,5 @@ fn event(boot: &str, c: &Change) -> Event {
     Event::default()
         .id(format!("{boot}-{}", c.seq))
         .event(c.kind.as_str())
-        .data(format!("{{\"conversation_id\":{}}}", c.conversation_id))
+        .data(format!("{{\"{}\":{}}}", c.kind.subject(), c.id))
 }

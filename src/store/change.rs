@@ -1,0 +1,206 @@
+//! What the store applies: a change set — one conversation's share of an inbox event, or a
+//! change of ours (a reply, a send, an operator's state) — where it comes from ([`Origin`]),
+//! and what applying it gives back ([`Applied`] or [`ApplyError`]). The store's step files
+//! (`contacts.rs`, `messages.rs`, …) read these types; `batch.rs` commits them.
+
+use sea_orm::DbErr;
+
+use crate::ingest::event::{
+    Amendment, ContactKey, ConversationState, IdentityChange, Intent, MessageItem, StatusItem,
+};
+
+/// Where a change set comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A share of inbox event `id` (taken from the inbox, re-driven from the dead-letter
+    /// queue, or delivered by the broker): the store marks the event processed in the
+    /// transaction that commits its last share. `report`: the set's newly stored inbound
+    /// messages are handed back (the number has an agent that answers them).
+    Event { id: i64, report: bool },
+    /// Ours — the agent's reply (`answers`: the inbox event it answers), an operator's or
+    /// another system's send, a follow-up, a template, a state an operator set: it finishes
+    /// no event.
+    Ours { answers: Option<i64> },
+}
+
+impl Origin {
+    /// The inbox event the set's rows name (`messages.event_id`, …), if any.
+    pub fn event_id(self) -> Option<i64> {
+        match self {
+            Origin::Event { id, .. } => Some(id),
+            Origin::Ours { answers } => answers,
+        }
+    }
+
+    /// The inbox event this set is a share of, which it finishes with the others.
+    pub fn finishes(self) -> Option<i64> {
+        match self {
+            Origin::Event { id, .. } => Some(id),
+            Origin::Ours { .. } => None,
+        }
+    }
+
+    /// Whether the store hands back the set's newly stored inbound messages.
+    pub fn reports(self) -> bool {
+        matches!(self, Origin::Event { report: true, .. })
+    }
+}
+
+/// What one conversation asks the store to apply: its share of an inbox event, or a change of
+/// ours. Made by [`ChangeSet::of_event`] or [`ChangeSet::ours`], then filled in.
+#[derive(Debug, Clone)]
+pub struct ChangeSet {
+    pub origin: Origin,
+    pub correlation_id: String,
+    pub workspace_id: i64,
+    pub contact: ContactKey,
+    pub user_id: Option<String>,
+    pub contact_name: Option<String>,
+    pub messages: Vec<MessageItem>,
+    pub statuses: Vec<StatusItem>,
+    /// Reactions, edits and revokes of earlier messages.
+    pub amendments: Vec<Amendment>,
+    /// Number, user-id and identity-key changes: the contact found under the old identity
+    /// moves to this set's (`store/identities.rs`).
+    pub identity: Vec<IdentityChange>,
+    pub intents: Vec<Intent>,
+    /// The platform's own id of the conversation (Kapso's), when the event names it.
+    pub external_id: Option<String>,
+    /// The contact's newest marketing preference in the set: opted out or not, and when.
+    pub marketing: Option<(bool, chrono::DateTime<chrono::Utc>)>,
+    /// The ids the actor already knows (saves a read).
+    pub known: Option<Known>,
+}
+
+impl ChangeSet {
+    fn empty(
+        origin: Origin,
+        workspace_id: i64,
+        contact: ContactKey,
+        known: Option<Known>,
+        correlation_id: String,
+    ) -> Self {
+        Self {
+            origin,
+            correlation_id,
+            workspace_id,
+            contact,
+            user_id: None,
+            contact_name: None,
+            messages: Vec::new(),
+            statuses: Vec::new(),
+            amendments: Vec::new(),
+            identity: Vec::new(),
+            intents: Vec::new(),
+            external_id: None,
+            marketing: None,
+            known,
+        }
+    }
+
+    /// A conversation's share of inbox event `event_id`: nothing in it yet.
+    pub fn of_event(
+        event_id: i64,
+        report: bool,
+        workspace_id: i64,
+        contact: ContactKey,
+        known: Option<Known>,
+        correlation_id: impl Into<String>,
+    ) -> Self {
+        let origin = Origin::Event {
+            id: event_id,
+            report,
+        };
+        Self::empty(origin, workspace_id, contact, known, correlation_id.into())
+    }
+
+    /// A set of ours (no inbox event) for a conversation already known: nothing in it yet.
+    pub fn ours(
+        workspace_id: i64,
+        contact: ContactKey,
+        known: Known,
+        correlation_id: impl Into<String>,
+    ) -> Self {
+        let origin = Origin::Ours { answers: None };
+        Self::empty(
+            origin,
+            workspace_id,
+            contact,
+            Some(known),
+            correlation_id.into(),
+        )
+    }
+
+    /// Ours, answering inbox event `event` (the agent's reply names the event it answers).
+    pub fn answering(mut self, event: Option<i64>) -> Self {
+        if let Origin::Ours { answers } = &mut self.origin {
+            *answers = event;
+        }
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    pub contact_id: i64,
+    pub conversation_id: i64,
+}
+
+/// Why a change set did not apply.
+#[derive(Debug, Clone)]
+pub struct ApplyError {
+    pub message: String,
+    /// The database could not be reached: the change set itself is fine and will apply once
+    /// the database answers again, so retrying it spends no attempt.
+    pub transient: bool,
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<&DbErr> for ApplyError {
+    fn from(e: &DbErr) -> Self {
+        Self {
+            message: e.to_string(),
+            transient: is_unreachable(e),
+        }
+    }
+}
+
+/// An error that says "the database cannot take this now" rather than "this data is wrong": no
+/// connection to be had, a broken connection, a server shutting down or refusing connections
+/// (SQLSTATE classes 08 and 57P), or no space left (class 53; SQLite's SQLITE_FULL).
+pub fn is_unreachable(e: &DbErr) -> bool {
+    use sea_orm::{RuntimeErr, sqlx::Error as Sqlx};
+    match e {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            match &**e {
+                Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed => true,
+                // PostgreSQL: connection exceptions (08), shutdowns (57P), insufficient
+                // resources such as a full disk (53); SQLite: SQLITE_FULL (13).
+                Sqlx::Database(db) => db.code().is_some_and(|c| {
+                    c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") || c == "13"
+                }),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// The store's answer to a committed change set.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub contact_id: i64,
+    pub conversation_id: i64,
+    /// The conversation's state after the set.
+    pub state: ConversationState,
+    /// The set's inbound messages this transaction stored for the first time.
+    pub new_inbound: Vec<MessageItem>,
+    /// The set asked for `new_inbound` (its account has an agent).
+    pub reported: bool,
+}
