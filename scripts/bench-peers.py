@@ -167,7 +167,7 @@ def run_wahook(server, n, tag):
 
 
 only = args.only.split(",")
-n = 25_000 * args.seconds  # more than the fastest server takes: never a repeated body
+n = 40_000 * args.seconds  # more than the fastest server takes: never a repeated body
 results = {}
 if "node" in only:
     results["node"] = run_node(n)

@@ -9,6 +9,8 @@ lag:        the same at a fixed rate (half the measured throughput, --rate); ack
             lag p50/p99 from the database (processed_at - received_at).
 memory:     100,000 payloads from 100,000 distinct senders with actors.idle_timeout_ms=2000;
             RSS with the actors alive and after they stopped idle.
+live [N]:   100,000 payloads from N (100,000) senders, every actor kept alive (no idle stop,
+            actors.max_live = 0): the RSS of N live conversations, and the processed rate.
 """
 import os, re, signal, subprocess, sys, time, urllib.request
 
@@ -61,6 +63,11 @@ def main():
     if mode == "memory":
         requests, senders = 100_000, 100_000
         env["WAHOOK_ACTORS__IDLE_TIMEOUT_MS"] = "2000"
+    if mode == "live":
+        # Every conversation stays alive: no idle stop, no bound (what 100,000 live cost).
+        requests, senders = 100_000, int(sys.argv[3]) if len(sys.argv) > 3 else 100_000
+        env["WAHOOK_ACTORS__IDLE_TIMEOUT_MS"] = "3600000"
+        env["WAHOOK_ACTORS__MAX_LIVE"] = "0"
     if mode == "lag":
         extra = ["--rate", sys.argv[3] if len(sys.argv) > 3 else "3000"]
     server = subprocess.Popen([BIN, "serve"], env=env, stderr=open(os.path.join(WORK, "server.log"), "w"))
@@ -98,7 +105,9 @@ def main():
         q = lambda p: lags[min(len(lags) - 1, int(p * (len(lags) - 1)))]
         print(f"ack-to-processed lag ms: p50 {q(0.5):.1f}  p95 {q(0.95):.1f}  p99 {q(0.99):.1f}  max {lags[-1]:.1f}")
         rss = lambda: int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{server.pid}/status").read()).group(1)) // 1024
-        print(f"RSS now: {rss()} MB")
+        live_now = metric(urllib.request.urlopen(f"http://127.0.0.1:{PORT}/metrics").read().decode(),
+                          "wahook_conversation_actors")
+        print(f"RSS now: {rss()} MB with {live_now:.0f} live conversation actors")
         stat = open(f"/proc/{server.pid}/stat").read().rsplit(")", 1)[1].split()
         cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
         print(f"server CPU: {cpu:.2f} s = {1e6 * cpu / requests:.0f} µs per event")

@@ -106,101 +106,112 @@ impl Actor for Conversation {
         msg: ConversationMsg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            ConversationMsg::Apply(slice) => {
-                state.last_active = Instant::now();
-                if let Some(applied) = apply(state, &slice).await {
-                    state.conv_state = applied.state;
-                    if applied.reported {
-                        take_notes(&mut state.agent, &slice);
-                    }
-                    if !applied.new_inbound.is_empty() {
-                        let burst = applied
-                            .new_inbound
-                            .into_iter()
-                            .map(|message| Inbound {
-                                message,
-                                event_id: slice.event_id,
-                            })
-                            .collect();
-                        let (pnid, cid) = (&slice.phone_number_id, &slice.correlation_id);
-                        new_inbound(&myself, state, pnid, cid, burst);
-                    }
+        // Boxed: an idle actor's task holds only a small future; a message's work (with its
+        // awaits on the store) is allocated while it runs (issue 30: what a live
+        // conversation costs).
+        Box::pin(handle(myself, msg, state)).await
+    }
+}
+
+/// What a conversation actor does with one message.
+async fn handle(
+    myself: ActorRef<ConversationMsg>,
+    msg: ConversationMsg,
+    state: &mut Live,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        ConversationMsg::Apply(slice) => {
+            state.last_active = Instant::now();
+            if let Some(applied) = apply(state, &slice).await {
+                state.conv_state = applied.state;
+                if applied.reported {
+                    take_notes(&mut state.agent, &slice);
                 }
-                state.last_active = Instant::now();
-                state.router.cast(RouterMsg::SliceDone {
-                    key: state.key.clone(),
-                    event_id: slice.event_id,
-                    part: slice.part,
-                })?;
-            }
-            ConversationMsg::Resume(resume) => {
-                // Messages a stopped process never answered (recovery after a restart).
-                state.known.get_or_insert(resume.known);
-                state.conv_state = resume.state;
-                state.last_active = Instant::now();
-                let cid = format!("resume-{}", resume.known.conversation_id);
-                new_inbound(&myself, state, &resume.phone_number_id, &cid, resume.burst);
-            }
-            ConversationMsg::TurnDue(generation) => {
-                let agent = &state.agent;
-                if generation == agent.generation && !agent.turn_running && !agent.burst.is_empty()
-                {
-                    start_turn(&myself, state);
+                if !applied.new_inbound.is_empty() {
+                    let burst = applied
+                        .new_inbound
+                        .into_iter()
+                        .map(|message| Inbound {
+                            message,
+                            event_id: slice.event_id,
+                        })
+                        .collect();
+                    let (pnid, cid) = (&slice.phone_number_id, &slice.correlation_id);
+                    new_inbound(&myself, state, pnid, cid, burst);
                 }
             }
-            ConversationMsg::TurnDone(report) => {
-                state.last_active = Instant::now();
-                let agent = &mut state.agent;
-                agent.turn_running = false;
-                agent.follow_up = None;
-                agent.context = report.context;
-                if let Some(k) = state.known {
-                    state.ctx.store.live().publish(
-                        state.key.0,
-                        k.conversation_id,
-                        crate::store::live::Kind::Turn,
-                    );
-                }
-                // Edits and revokes that came during the turn.
-                amend_context(agent);
-                state.ctx.store.bump();
-                // Messages that came during the turn are the next burst.
-                if !agent.burst.is_empty() {
-                    schedule_turn(&myself, state);
-                }
-            }
-            ConversationMsg::FollowUp(due) => {
-                state.last_active = Instant::now();
-                state.known.get_or_insert(due.known);
-                follow_up(&myself, state, *due);
-            }
-            ConversationMsg::Evict => {
-                // A burst or a turn keeps the actor (the router evicts another).
-                let busy = state.agent.turn_running || !state.agent.burst.is_empty();
-                if !busy {
-                    myself.stop(Some("evicted".into()));
-                }
-            }
-            ConversationMsg::IdleCheck => {
-                let quiet = state.last_active.elapsed();
-                let busy = state.agent.turn_running || !state.agent.burst.is_empty();
-                if quiet >= state.idle && !busy {
-                    // The router sees the stop; if work raced in, it starts a new actor with it.
-                    myself.stop(Some("idle".into()));
-                } else {
-                    // Busy with a turn: look again a whole idle period later.
-                    let wait = if busy {
-                        state.idle
-                    } else {
-                        state.idle.saturating_sub(quiet)
-                    };
-                    myself.send_after(wait, || ConversationMsg::IdleCheck);
-                }
+            state.last_active = Instant::now();
+            state.router.cast(RouterMsg::SliceDone {
+                key: state.key.clone(),
+                event_id: slice.event_id,
+                part: slice.part,
+            })?;
+        }
+        ConversationMsg::Resume(resume) => {
+            // Messages a stopped process never answered (recovery after a restart).
+            state.known.get_or_insert(resume.known);
+            state.conv_state = resume.state;
+            state.last_active = Instant::now();
+            let cid = format!("resume-{}", resume.known.conversation_id);
+            new_inbound(&myself, state, &resume.phone_number_id, &cid, resume.burst);
+        }
+        ConversationMsg::TurnDue(generation) => {
+            let agent = &state.agent;
+            if generation == agent.generation && !agent.turn_running && !agent.burst.is_empty() {
+                start_turn(&myself, state);
             }
         }
-        Ok(())
+        ConversationMsg::TurnDone(report) => {
+            state.last_active = Instant::now();
+            let agent = &mut state.agent;
+            agent.turn_running = false;
+            agent.follow_up = None;
+            agent.context = report.context;
+            if let Some(k) = state.known {
+                state.ctx.store.live().publish(
+                    state.key.0,
+                    k.conversation_id,
+                    crate::store::live::Kind::Turn,
+                );
+            }
+            // Edits and revokes that came during the turn.
+            amend_context(agent);
+            state.ctx.store.bump();
+            // Messages that came during the turn are the next burst.
+            if !agent.burst.is_empty() {
+                schedule_turn(&myself, state);
+            }
+        }
+        ConversationMsg::FollowUp(due) => {
+            state.last_active = Instant::now();
+            state.known.get_or_insert(due.known);
+            follow_up(&myself, state, *due);
+        }
+        ConversationMsg::Evict => {
+            // A burst or a turn keeps the actor (the router evicts another).
+            let busy = state.agent.turn_running || !state.agent.burst.is_empty();
+            if !busy {
+                myself.stop(Some("evicted".into()));
+            }
+        }
+        ConversationMsg::IdleCheck => {
+            let quiet = state.last_active.elapsed();
+            let busy = state.agent.turn_running || !state.agent.burst.is_empty();
+            if quiet >= state.idle && !busy {
+                // The router sees the stop; if work raced in, it starts a new actor with it.
+                myself.stop(Some("idle".into()));
+            } else {
+                // Busy with a turn: look again a whole idle period later.
+                let wait = if busy {
+                    state.idle
+                } else {
+                    state.idle.saturating_sub(quiet)
+                };
+                myself.send_after(wait, || ConversationMsg::IdleCheck);
+            }
+        }
     }
+    Ok(())
 }
 
 /// New inbound messages join the burst (when the account has an agent and no person has the
