@@ -106,10 +106,7 @@ impl Actor for Conversation {
         msg: ConversationMsg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        // Boxed: an idle actor's task holds only a small future; a message's work (with its
-        // awaits on the store) is allocated while it runs (issue 30: what a live
-        // conversation costs).
-        Box::pin(handle(myself, msg, state)).await
+        handle(myself, msg, state).await
     }
 }
 
@@ -122,7 +119,10 @@ async fn handle(
     match msg {
         ConversationMsg::Apply(slice) => {
             state.last_active = Instant::now();
-            if let Some(applied) = apply(state, &slice).await {
+            // Boxed: the store's round trip (with its retries) is the one large future of an
+            // actor; allocated while a slice is applied, it is not held by every idle actor's
+            // task for its whole life, and no other message moves it (issue 30).
+            if let Some(applied) = Box::pin(apply(state, &slice)).await {
                 state.conv_state = applied.state;
                 if applied.reported {
                     take_notes(&mut state.agent, &slice);

@@ -917,7 +917,8 @@ fn filtered(
 }
 
 /// Sets events back to `pending` (a replay: processing them again changes nothing twice) and
-/// returns them for dispatch; a body that never was JSON stays `dead`.
+/// returns them for dispatch; a body that cannot be read one way (not JSON, a key given twice:
+/// the intake's strict reading, run on the stored payload) stays `dead`.
 pub async fn reset_for_replay(
     db: &impl ConnectionTrait,
     events: &[webhook_events::Model],
@@ -927,9 +928,8 @@ pub async fn reset_for_replay(
         .iter()
         .filter(|e| {
             e.status != EventStatus::Dead.as_str()
-                || e.last_error.as_deref().is_none_or(|m| {
-                    !(m.starts_with("payload is not JSON") || m.starts_with(REFUSED))
-                })
+                || crate::ingest::route::strict(e.payload.as_bytes())
+                    == crate::ingest::route::Strict::Fine
         })
         .collect();
     for chunk in replayable.chunks(super::sql::CHUNK) {

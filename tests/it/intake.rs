@@ -221,6 +221,36 @@ async fn a_signed_body_that_is_not_json_is_kept_and_refused(backend: Backend) {
     // Unsigned garbage is refused before anything is kept.
     assert_eq!(app.post_meta("garbage", "wrong").await.status(), 403);
     assert_eq!(app.count("webhook_events").await, 3);
+    // A replay cannot make them readable: they stay dead (decided by reading the payload, not
+    // by the wording of its error).
+    let (_, operator) = crate::api::user_with_token(
+        &app,
+        "acme",
+        "otto@acme.test",
+        wahook::store::users::Role::Operator,
+    )
+    .await;
+    let ids: Vec<i64> = app
+        .strings("SELECT CAST(id AS TEXT) FROM webhook_events")
+        .await
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let (status, replayed) = crate::api::call(
+        &app,
+        reqwest::Method::POST,
+        "/api/v1/events/replay",
+        Some(&operator),
+        Some(serde_json::json!({ "ids": ids })),
+    )
+    .await;
+    assert_eq!(status, 200, "{replayed}");
+    assert_eq!(replayed["replayed"], 0, "{replayed}");
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM webhook_events WHERE status = 'dead'")
+            .await,
+        3
+    );
     app.stop().await;
 }
 
