@@ -301,13 +301,7 @@ async fn dispatch(
         Some(r) => Arc::unwrap_or_clone(r),
         None => {
             ctx.reads.processing();
-            ingest::normalize(
-                event.source,
-                event.event_type.as_deref(),
-                &event.payload,
-                event.received_at,
-                &directory.scope(&event.tenant),
-            )
+            event.read_payload(&directory)
         }
     };
     let mut normalized = match reading {

@@ -245,13 +245,7 @@ async fn attempt(n: &Notifier, db: &DatabaseConnection, job: &Handoff, attempts:
         Ok(r) => {
             let status = r.status();
             let after = retry_after(r.headers());
-            let said: String = r
-                .text()
-                .await
-                .unwrap_or_default()
-                .chars()
-                .take(200)
-                .collect();
+            let said = beginning(r).await;
             let error = format!("the receiver answered {status}: {said}");
             if status == reqwest::StatusCode::GONE {
                 failed(url, Some(status.as_u16()), error)
@@ -328,6 +322,19 @@ fn retry(
         error: Some(error),
         retry_at: Some(Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default()),
     }
+}
+
+/// The first 200 characters of a receiver's answer: read a chunk at a time up to 1 KB (within
+/// the request's timeout), never buffered whole — a receiver may answer with anything.
+async fn beginning(mut r: reqwest::Response) -> String {
+    let mut bytes = Vec::new();
+    while bytes.len() < 1024 {
+        match r.chunk().await {
+            Ok(Some(c)) => bytes.extend_from_slice(&c[..c.len().min(1024 - bytes.len())]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&bytes).chars().take(200).collect()
 }
 
 fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {

@@ -244,16 +244,10 @@ impl Cluster {
             // The sweeper's: a committed event read back from the inbox.
             None => {
                 metrics::counter!(crate::metrics::PAYLOAD_READS, "by" => "publish").increment(1);
-                let directory = self.ctx.directory();
-                ingest::normalize(
-                    event.source,
-                    event.event_type.as_deref(),
-                    &event.payload,
-                    event.received_at,
-                    &directory.scope(&event.tenant),
-                )
-                .map(|normalized| ingest::partitions_of(&normalized, n))
-                .unwrap_or_default()
+                event
+                    .read_payload(&self.ctx.directory())
+                    .map(|normalized| ingest::partitions_of(&normalized, n))
+                    .unwrap_or_default()
             }
         };
         if parts.is_empty() {

@@ -175,6 +175,21 @@ impl CommittedEvent {
         }
     }
 
+    /// Reads the stored payload into its typed event, within the tenant that signed it (an
+    /// event read back: the intake's reading is not there).
+    pub fn read_payload(
+        &self,
+        directory: &super::accounts::Directory,
+    ) -> Result<Normalized, String> {
+        crate::ingest::normalize(
+            self.source,
+            self.event_type.as_deref(),
+            &self.payload,
+            self.received_at,
+            &directory.scope(&self.tenant),
+        )
+    }
+
     pub fn from_row(e: webhook_events::Model, redrive: bool) -> Self {
         Self {
             id: e.id,
