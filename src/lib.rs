@@ -263,10 +263,15 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     }
     ctx.serving
         .store(true, std::sync::atomic::Ordering::Release);
-    // Cluster mode: the intake publishes each committed event to the broker instead.
-    let sink: Arc<dyn store::inbox::EventSink> = match config.cluster.enabled() {
-        true => Arc::new(actors::NoHandOver),
-        false => Arc::new(RouterSink(ctx.clone())),
+    // The inbox hands committed events over to this node's router, or in cluster mode to the
+    // broker (whose partition queues feed the routers of the nodes that own them).
+    let cluster = match config.cluster.enabled() {
+        true => Some(cluster::Cluster::start(config.cluster.clone(), ctx.clone()).await),
+        false => None,
+    };
+    let sink: Arc<dyn store::inbox::EventSink> = match &cluster {
+        Some((cluster, _)) => cluster.clone(),
+        None => Arc::new(RouterSink(ctx.clone())),
     };
     let (inbox, writer) = Inbox::spawn(
         writer_db,
@@ -275,10 +280,6 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         store::WalSync::new(&config.database, config.database.inbox_durable()),
         sink,
     );
-    let cluster = match config.cluster.enabled() {
-        true => Some(cluster::Cluster::start(config.cluster.clone(), ctx.clone()).await),
-        false => None,
-    };
     let state = AppState::new(AppInner {
         db: db.clone(),
         config: Arc::new(config),

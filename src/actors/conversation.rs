@@ -1,28 +1,30 @@
-//! A conversation actor: the one writer of one conversation. It applies its slices strictly
-//! in the order the router hands them over (which is the order they were acknowledged),
-//! keeps the conversation's ids and state in memory once the store has told it, retries a
-//! failing slice with exponential backoff and jitter, and parks it in the dead-letter queue
-//! after `processing.max_attempts` so that its later slices go on.
+//! A conversation: the one writer of one conversation, held as plain state by its lane
+//! (`lane.rs`). It applies its slices strictly in the order the router hands them over (which
+//! is the order they were acknowledged), one at a time, each in a task of its own; keeps the
+//! conversation's ids and state in memory once the store has told it; retries a failing
+//! slice with exponential backoff and jitter, and parks it in the dead-letter queue after
+//! `processing.max_attempts` so that its later slices go on.
 //!
 //! The AI agent: inbound messages stored for the first time (never a redelivered copy) join
 //! the conversation's current burst; after `reply_debounce_ms` of quiet (at most
 //! `reply_max_wait_ms` after the burst's first message) one turn answers the whole burst. The
 //! turn runs as a task of its own and reports back as a message, so a provider call that
-//! takes seconds never holds up this actor's other work, other conversations, the store or
-//! the intake; one turn at a time per conversation. A conversation handed to a person
-//! (`human`) gets no replies.
+//! takes seconds never holds up this conversation's other work, other conversations, the
+//! store or the intake; one turn at a time per conversation. A conversation handed to a
+//! person (`human`) gets no replies.
 
 use std::{
+    collections::VecDeque,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use chrono::Utc;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::ActorRef;
 
 use super::{
     Ctx,
-    messages::{ConversationKey, ConversationMsg, DeadLetterMsg, RouterMsg, Slice},
+    messages::{ConversationKey, ConversationMsg, DeadLetterMsg, LaneMsg, RouterMsg, Slice},
 };
 use crate::{
     agent::{
@@ -36,19 +38,43 @@ use crate::{
     store::change::{Applied, ApplyError, ChangeSet, Known},
 };
 
-pub struct Conversation;
+/// Where a conversation's messages go: its lane, under its key and incarnation.
+#[derive(Clone)]
+pub struct Address {
+    pub lane: ActorRef<LaneMsg>,
+    pub key: ConversationKey,
+    pub inc: u64,
+}
 
-/// What a live conversation actor keeps in memory.
-pub struct Live {
-    ctx: Arc<Ctx>,
-    key: ConversationKey,
-    router: ActorRef<RouterMsg>,
+impl Address {
+    fn send(&self, msg: ConversationMsg) {
+        // A lane that is gone (restarting) has dropped the conversation: the router hands
+        // its unfinished slices to the new one.
+        let _ = self.lane.cast(LaneMsg::To(self.key.clone(), self.inc, msg));
+    }
+
+    fn send_after(&self, wait: Duration, msg: ConversationMsg) {
+        let (key, inc) = (self.key.clone(), self.inc);
+        self.lane
+            .send_after(wait, move || LaneMsg::To(key, inc, msg));
+    }
+}
+
+/// What a lane keeps of one live conversation.
+pub struct Conversation {
+    /// The router's number for this life of the conversation.
+    pub inc: u64,
+    /// Bumped when applying a slice panicked and the conversation started afresh: reports of
+    /// tasks started before are dropped.
+    epoch: u32,
     known: Option<Known>,
-    last_active: Instant,
-    idle: Duration,
+    pub last_active: Instant,
     /// The conversation's state as the store last reported it.
     conv_state: ConversationState,
     agent: AgentState,
+    /// Slices to apply, in order; the first is being applied while `applying`.
+    queue: VecDeque<Arc<Slice>>,
+    applying: bool,
 }
 
 /// The agent's side of a live conversation.
@@ -76,56 +102,72 @@ struct AgentState {
 /// At most this many amendments are kept for the next turn (the newest).
 const NOTES_MAX: usize = 10;
 
-impl Actor for Conversation {
-    type Msg = ConversationMsg;
-    type State = Live;
-    type Arguments = (Arc<Ctx>, ConversationKey, ActorRef<RouterMsg>);
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<ConversationMsg>,
-        (ctx, key, router): Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        let idle = Duration::from_millis(ctx.actors.idle_timeout_ms);
-        myself.send_after(idle, || ConversationMsg::IdleCheck);
-        Ok(Live {
-            ctx,
-            key,
-            router,
+impl Conversation {
+    pub fn new(inc: u64) -> Self {
+        Self {
+            inc,
+            epoch: 0,
             known: None,
             last_active: Instant::now(),
-            idle,
             conv_state: ConversationState::Open,
             agent: AgentState::default(),
-        })
+            queue: VecDeque::new(),
+            applying: false,
+        }
     }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<ConversationMsg>,
-        msg: ConversationMsg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        handle(myself, msg, state).await
+    /// Something is to be applied, or an agent burst or turn is waiting or running: the
+    /// conversation stays live.
+    pub fn busy(&self) -> bool {
+        self.applying
+            || !self.queue.is_empty()
+            || self.agent.turn_running
+            || !self.agent.burst.is_empty()
     }
 }
 
-/// What a conversation actor does with one message.
-async fn handle(
-    myself: ActorRef<ConversationMsg>,
+/// What a conversation does with one message.
+pub fn handle(
+    ctx: &Arc<Ctx>,
+    router: &ActorRef<RouterMsg>,
+    at: &Address,
+    conv: &mut Conversation,
     msg: ConversationMsg,
-    state: &mut Live,
-) -> Result<(), ActorProcessingErr> {
+) {
     match msg {
         ConversationMsg::Apply(slice) => {
-            state.last_active = Instant::now();
-            // Boxed: the store's round trip (with its retries) is the one large future of an
-            // actor; allocated while a slice is applied, it is not held by every idle actor's
-            // task for its whole life, and no other message moves it (issue 30).
-            if let Some(applied) = Box::pin(apply(state, &slice)).await {
-                state.conv_state = applied.state;
+            conv.last_active = Instant::now();
+            conv.queue.push_back(slice);
+            start_apply(ctx, at, conv);
+        }
+        ConversationMsg::Applied {
+            epoch,
+            slice,
+            applied,
+        } => {
+            if epoch != conv.epoch {
+                return;
+            }
+            conv.applying = false;
+            if conv.queue.front().is_some_and(|s| Arc::ptr_eq(s, &slice)) {
+                conv.queue.pop_front();
+            }
+            if let Some(applied) = applied {
+                // Another conversation than before (a number change merged it into an older
+                // one): the context kept is not its own.
+                if conv
+                    .known
+                    .is_some_and(|k| k.conversation_id != applied.conversation_id)
+                {
+                    conv.agent.context = None;
+                }
+                conv.known = Some(Known {
+                    contact_id: applied.contact_id,
+                    conversation_id: applied.conversation_id,
+                });
+                conv.conv_state = applied.state;
                 if applied.reported {
-                    take_notes(&mut state.agent, &slice);
+                    take_notes(&mut conv.agent, &slice);
                 }
                 if !applied.new_inbound.is_empty() {
                     let burst = applied
@@ -137,105 +179,158 @@ async fn handle(
                         })
                         .collect();
                     let (pnid, cid) = (&slice.phone_number_id, &slice.correlation_id);
-                    new_inbound(&myself, state, pnid, cid, burst);
+                    new_inbound(ctx, at, conv, pnid, cid, burst);
                 }
             }
-            state.last_active = Instant::now();
-            state.router.cast(RouterMsg::SliceDone {
-                key: state.key.clone(),
+            conv.last_active = Instant::now();
+            let _ = router.cast(RouterMsg::SliceDone {
+                key: at.key.clone(),
                 event_id: slice.event_id,
-                part: slice.part,
-            })?;
+            });
+            start_apply(ctx, at, conv);
+        }
+        ConversationMsg::Crashed { epoch, error } => {
+            if epoch != conv.epoch {
+                return;
+            }
+            // As a restarted actor: nothing kept in memory, the same slices again.
+            metrics::counter!(m::ACTOR_RESTARTS, "actor" => "conversation").increment(1);
+            let correlation_id = conv.queue.front().map(|s| s.correlation_id.clone());
+            tracing::error!(error = %error, correlation_id, pending = conv.queue.len(), "applying a slice panicked; the conversation starts afresh");
+            let generation = conv.agent.generation;
+            *conv = Conversation {
+                epoch: conv.epoch.wrapping_add(1),
+                queue: std::mem::take(&mut conv.queue),
+                ..Conversation::new(conv.inc)
+            };
+            conv.agent.generation = generation;
+            for slice in &conv.queue {
+                slice.delivered();
+            }
+            start_apply(ctx, at, conv);
         }
         ConversationMsg::Resume(resume) => {
             // Messages a stopped process never answered (recovery after a restart).
-            state.known.get_or_insert(resume.known);
-            state.conv_state = resume.state;
-            state.last_active = Instant::now();
+            conv.known.get_or_insert(resume.known);
+            conv.conv_state = resume.state;
+            conv.last_active = Instant::now();
             let cid = format!("resume-{}", resume.known.conversation_id);
-            new_inbound(&myself, state, &resume.phone_number_id, &cid, resume.burst);
+            new_inbound(ctx, at, conv, &resume.phone_number_id, &cid, resume.burst);
         }
         ConversationMsg::TurnDue(generation) => {
-            let agent = &state.agent;
+            let agent = &conv.agent;
             if generation == agent.generation && !agent.turn_running && !agent.burst.is_empty() {
-                start_turn(&myself, state);
+                start_turn(ctx, at, conv);
             }
         }
-        ConversationMsg::TurnDone(report) => {
-            state.last_active = Instant::now();
-            let agent = &mut state.agent;
+        ConversationMsg::TurnDone(epoch, report) => {
+            if epoch != conv.epoch {
+                return;
+            }
+            conv.last_active = Instant::now();
+            let agent = &mut conv.agent;
             agent.turn_running = false;
             agent.follow_up = None;
             agent.context = report.context;
-            if let Some(k) = state.known {
-                state.ctx.store.live().publish(
-                    state.key.0,
+            if let Some(k) = conv.known {
+                ctx.store.live().publish(
+                    at.key.0,
                     k.conversation_id,
                     crate::store::live::Kind::Turn,
                 );
             }
             // Edits and revokes that came during the turn.
             amend_context(agent);
-            state.ctx.store.bump();
+            ctx.store.bump();
             // Messages that came during the turn are the next burst.
             if !agent.burst.is_empty() {
-                schedule_turn(&myself, state);
+                schedule_turn(at, conv);
             }
         }
         ConversationMsg::FollowUp(due) => {
-            state.last_active = Instant::now();
-            state.known.get_or_insert(due.known);
-            follow_up(&myself, state, *due);
+            conv.last_active = Instant::now();
+            conv.known.get_or_insert(due.known);
+            follow_up(ctx, at, conv, *due);
         }
-        ConversationMsg::Evict => {
-            // A burst or a turn keeps the actor (the router evicts another).
-            let busy = state.agent.turn_running || !state.agent.burst.is_empty();
-            if !busy {
-                myself.stop(Some("evicted".into()));
-            }
+        // The lane decides.
+        ConversationMsg::Evict => {}
+    }
+}
+
+/// Starts applying the first queued slice in a task of its own, unless one is being applied.
+fn start_apply(ctx: &Arc<Ctx>, at: &Address, conv: &mut Conversation) {
+    if conv.applying {
+        return;
+    }
+    let Some(slice) = conv.queue.front().cloned() else {
+        return;
+    };
+    conv.applying = true;
+    let set = change_set(ctx, conv.known, &slice);
+    let (ctx, epoch) = (ctx.clone(), conv.epoch);
+    let watch = CrashWatch(Some((at.clone(), epoch)));
+    tokio::spawn(async move {
+        let watch = watch;
+        let applied = apply(&ctx, set, &slice).await;
+        if let Some(at) = watch.disarm() {
+            at.send(ConversationMsg::Applied {
+                epoch,
+                slice,
+                applied: applied.map(Box::new),
+            });
         }
-        ConversationMsg::IdleCheck => {
-            let quiet = state.last_active.elapsed();
-            let busy = state.agent.turn_running || !state.agent.burst.is_empty();
-            if quiet >= state.idle && !busy {
-                // The router sees the stop; if work raced in, it starts a new actor with it.
-                myself.stop(Some("idle".into()));
+    });
+}
+
+/// Held by an apply task: dropped without being disarmed — the task panicked — it tells the
+/// conversation, which starts afresh with the same slices.
+struct CrashWatch(Option<(Address, u32)>);
+
+impl CrashWatch {
+    fn disarm(mut self) -> Option<Address> {
+        self.0.take().map(|(at, _)| at)
+    }
+}
+
+impl Drop for CrashWatch {
+    fn drop(&mut self) {
+        if let Some((at, epoch)) = self.0.take() {
+            let error = if std::thread::panicking() {
+                "panicked"
             } else {
-                // Busy with a turn: look again a whole idle period later.
-                let wait = if busy {
-                    state.idle
-                } else {
-                    state.idle.saturating_sub(quiet)
-                };
-                myself.send_after(wait, || ConversationMsg::IdleCheck);
-            }
+                "stopped"
+            };
+            at.send(ConversationMsg::Crashed {
+                epoch,
+                error: error.into(),
+            });
         }
     }
-    Ok(())
 }
 
 /// New inbound messages join the burst (when the account has an agent and no person has the
 /// conversation); the newest is marked read with a typing indicator.
 fn new_inbound(
-    myself: &ActorRef<ConversationMsg>,
-    state: &mut Live,
+    ctx: &Arc<Ctx>,
+    at: &Address,
+    state: &mut Conversation,
     phone_number_id: &str,
     correlation_id: &str,
     mut burst: Vec<Inbound>,
 ) {
-    let directory = state.ctx.directory();
+    let directory = ctx.directory();
     let Some(agent_type) = directory
         .get(phone_number_id)
         .and_then(|a| a.agent_type.clone())
     else {
         return;
     };
-    let Some(answerer) = state.ctx.agents.answerer(&agent_type, phone_number_id) else {
+    let Some(answerer) = ctx.agents.answerer(&agent_type, phone_number_id) else {
         return;
     };
     // Only a person's words start a turn; in a group only where the agent answers groups.
     let answer_groups = answerer.provider.cfg.answer_groups;
-    let in_group = state.key.1.group_id().is_some();
+    let in_group = at.key.1.group_id().is_some();
     burst.retain(|i| i.message.is_spoken() && (answer_groups || !in_group));
     // A message already waiting in the burst (a resumed copy of one that came live) joins once.
     burst.retain(|i| {
@@ -266,7 +361,7 @@ fn new_inbound(
     agent.last_inbound = Some(Instant::now());
     agent.generation += 1;
     if !agent.turn_running {
-        schedule_turn(myself, state);
+        schedule_turn(at, state);
     }
 }
 
@@ -314,7 +409,7 @@ fn amend_context(agent: &mut AgentState) {
 }
 
 /// A `TurnDue` after the burst's quiet time, never later than its longest wait.
-fn schedule_turn(myself: &ActorRef<ConversationMsg>, state: &Live) {
+fn schedule_turn(at: &Address, state: &Conversation) {
     let agent = &state.agent;
     let Some(cfg) = agent.answerer.as_ref().map(|a| &a.provider.cfg) else {
         return;
@@ -324,12 +419,10 @@ fn schedule_turn(myself: &ActorRef<ConversationMsg>, state: &Live) {
     let longest = Duration::from_millis(cfg.reply_max_wait_ms)
         .saturating_sub(agent.burst_started.map_or(Duration::ZERO, |t| t.elapsed()));
     let generation = agent.generation;
-    myself.send_after(quiet.min(longest), move || {
-        ConversationMsg::TurnDue(generation)
-    });
+    at.send_after(quiet.min(longest), ConversationMsg::TurnDue(generation));
 }
 
-fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut Live) {
+fn start_turn(ctx: &Arc<Ctx>, at: &Address, state: &mut Conversation) {
     let burst = std::mem::take(&mut state.agent.burst);
     state.agent.burst_started = None;
     let (Some(answerer), Some(known)) = (state.agent.answerer.clone(), state.known) else {
@@ -338,31 +431,32 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut Live) {
     state.agent.turn_running = true;
     let input = TurnInput {
         answerer,
-        db: state.ctx.db.clone(),
-        store: state.ctx.store.clone(),
-        workspace_id: state.key.0,
+        db: ctx.db.clone(),
+        store: ctx.store.clone(),
+        workspace_id: at.key.0,
         contact_id: known.contact_id,
         conversation_id: known.conversation_id,
-        contact: state.key.1.clone(),
+        contact: at.key.1.clone(),
         correlation_id: state.agent.correlation_id.clone(),
         context: state.agent.context.take(),
         notes: std::mem::take(&mut state.agent.notes),
         burst,
         handed_off: state.conv_state == ConversationState::Human,
     };
-    let myself = myself.clone();
+    let (at, epoch) = (at.clone(), state.epoch);
     tokio::spawn(async move {
         let report = turn::run(input).await;
-        // If the actor is gone (idle stop, restart), the next one reloads the saved context.
-        let _ = myself.cast(ConversationMsg::TurnDone(Box::new(report)));
+        // If the conversation started afresh meanwhile, it reloads the saved context.
+        at.send(ConversationMsg::TurnDone(epoch, Box::new(report)));
     });
 }
 
 /// A follow-up found due: run it as a task (one at a time with turns), unless the customer
 /// has just written (their burst is waiting or being answered) or a person has it.
 fn follow_up(
-    myself: &ActorRef<ConversationMsg>,
-    state: &mut Live,
+    ctx: &Arc<Ctx>,
+    at: &Address,
+    state: &mut Conversation,
     due: super::messages::FollowUpDue,
 ) {
     let cancel = |reason: &'static str| {
@@ -384,11 +478,11 @@ fn follow_up(
     if state.conv_state == ConversationState::Human {
         return cancel("handed_to_person");
     }
-    let directory = state.ctx.directory();
+    let directory = ctx.directory();
     let account = directory.get(&due.phone_number_id);
     let Some(answerer) = account
         .and_then(|a| a.agent_type.as_deref())
-        .and_then(|agent| state.ctx.agents.answerer(agent, &due.phone_number_id))
+        .and_then(|agent| ctx.agents.answerer(agent, &due.phone_number_id))
     else {
         return cancel("no_agent");
     };
@@ -397,22 +491,22 @@ fn follow_up(
     state.agent.follow_up = Some(due.due.key());
     let input = crate::agent::followup::FollowUpInput {
         answerer,
-        db: state.ctx.db.clone(),
-        store: state.ctx.store.clone(),
-        workspace_id: state.key.0,
+        db: ctx.db.clone(),
+        store: ctx.store.clone(),
+        workspace_id: at.key.0,
         contact_id: known.contact_id,
         conversation_id: known.conversation_id,
-        contact: state.key.1.clone(),
+        contact: at.key.1.clone(),
         contact_name: due.due.contact_name.clone(),
         waba_id: account.and_then(|a| a.waba_id.clone()),
         anchor: due.due.anchor,
         key: due.due.key(),
         context: state.agent.context.take(),
     };
-    let myself = myself.clone();
+    let (at, epoch) = (at.clone(), state.epoch);
     tokio::spawn(async move {
         let report = crate::agent::followup::run(input).await;
-        let _ = myself.cast(ConversationMsg::TurnDone(Box::new(report)));
+        at.send(ConversationMsg::TurnDone(epoch, Box::new(report)));
     });
 }
 
@@ -420,9 +514,8 @@ fn follow_up(
 /// slice hurts only itself. While the database is unreachable no attempt is spent: the slice
 /// (and the conversation behind it) waits, in order, until the database answers again, rather
 /// than filling the dead-letter queue with events that have nothing wrong with them.
-async fn apply(state: &mut Live, slice: &Slice) -> Option<Applied> {
-    let set = change_set(state, slice);
-    let processing = &state.ctx.processing;
+async fn apply(ctx: &Ctx, set: ChangeSet, slice: &Slice) -> Option<Applied> {
+    let processing = &ctx.processing;
     let max = processing.max_attempts;
     let mut attempt = 0;
     let mut waits = 0u32;
@@ -432,22 +525,10 @@ async fn apply(state: &mut Live, slice: &Slice) -> Option<Applied> {
             .and_then(|()| injected_outage(slice))
         {
             Err(e) => Err(e),
-            Ok(()) => state.ctx.store.apply(set.clone()).await,
+            Ok(()) => ctx.store.apply(set.clone()).await,
         };
         let error = match result {
             Ok(applied) => {
-                // Another conversation than before (a number change merged it into an older
-                // one): the context kept is not its own.
-                if state
-                    .known
-                    .is_some_and(|k| k.conversation_id != applied.conversation_id)
-                {
-                    state.agent.context = None;
-                }
-                state.known = Some(Known {
-                    contact_id: applied.contact_id,
-                    conversation_id: applied.conversation_id,
-                });
                 tracing::debug!(
                     correlation_id = %slice.correlation_id,
                     event_id = slice.event_id,
@@ -475,7 +556,7 @@ async fn apply(state: &mut Live, slice: &Slice) -> Option<Applied> {
                     "the database is unreachable; the event waits for it"
                 );
             }
-            state.ctx.store.bump();
+            ctx.store.bump();
             tokio::time::sleep(backoff(
                 waits.min(16),
                 processing.backoff_base_ms,
@@ -504,8 +585,10 @@ async fn apply(state: &mut Live, slice: &Slice) -> Option<Applied> {
         ))
         .await;
     };
-    state.ctx.store.abandon(slice.event_id).await;
-    match state.ctx.dead_letter() {
+    // Parked, then counted finished: the event is never marked processed (the DLQ owns it).
+    slice.ticket.park();
+    slice.ticket.finish(1);
+    match ctx.dead_letter() {
         Some(dl) => {
             let _ = dl.cast(DeadLetterMsg::Park {
                 event_id: slice.event_id,
@@ -521,19 +604,18 @@ async fn apply(state: &mut Live, slice: &Slice) -> Option<Applied> {
     None
 }
 
-fn change_set(state: &Live, slice: &Slice) -> ChangeSet {
+fn change_set(ctx: &Ctx, known: Option<Known>, slice: &Slice) -> ChangeSet {
     // Only an account with an agent needs to hear which messages are new.
-    let report = state
-        .ctx
+    let report = ctx
         .directory()
         .get(&slice.phone_number_id)
         .is_some_and(|a| a.agent_type.is_some());
     let mut set = ChangeSet::of_event(
-        slice.event_id,
+        slice.ticket.clone(),
         report,
         slice.key.0,
         slice.key.1.clone(),
-        state.known,
+        known,
         slice.correlation_id.clone(),
     );
     set.user_id = slice.user_id.clone();

@@ -10,7 +10,7 @@ use ractor::RpcReplyPort;
 
 use crate::{
     ingest::event::{ContactKey, ItemKind},
-    store::inbox::CommittedEvent,
+    store::{change::Ticket, inbox::CommittedEvent},
 };
 
 /// A conversation: its workspace and who it is with.
@@ -20,8 +20,8 @@ pub type ConversationKey = (i64, ContactKey);
 #[derive(Debug)]
 pub struct Slice {
     pub event_id: i64,
-    /// The partition of the delivery it came in ([`CommittedEvent::partition`]).
-    pub part: u32,
+    /// The event's completion, shared by its slices.
+    pub ticket: Arc<Ticket>,
     pub correlation_id: String,
     pub received_at: DateTime<Utc>,
     pub key: ConversationKey,
@@ -37,6 +37,7 @@ pub struct Slice {
 impl Slice {
     pub fn new(
         event: &CommittedEvent,
+        ticket: Arc<Ticket>,
         key: ConversationKey,
         user_id: Option<String>,
         phone_number_id: String,
@@ -44,7 +45,7 @@ impl Slice {
     ) -> Self {
         Self {
             event_id: event.id,
-            part: event.partition(),
+            ticket,
             correlation_id: event.correlation_id.clone(),
             received_at: event.received_at,
             key,
@@ -90,31 +91,49 @@ pub enum RouterMsg {
     Resume(ConversationKey, Box<Resume>),
     /// A conversation's follow-up is due.
     FollowUp(ConversationKey, Box<FollowUpDue>),
-    /// A conversation actor finished (applied or parked) a slice.
-    SliceDone {
-        key: ConversationKey,
-        event_id: i64,
-        part: u32,
-    },
-    /// How many conversation actors are alive.
+    /// A conversation finished (applied or parked) a slice.
+    SliceDone { key: ConversationKey, event_id: i64 },
+    /// Conversations a lane stopped (idle, or evicted), with their incarnations.
+    Stopped(Vec<(ConversationKey, u64)>),
+    /// How many conversations are live.
     LiveConversations(RpcReplyPort<usize>),
     /// How many conversations have unfinished work acknowledged more than this long ago.
     Stuck(std::time::Duration, RpcReplyPort<usize>),
 }
 
+/// A lane's messages (`lane.rs`).
+pub enum LaneMsg {
+    /// A conversation comes to life under the router's incarnation number: fresh state.
+    Start(ConversationKey, u64),
+    /// For one incarnation of a conversation (dropped if it has stopped since).
+    To(ConversationKey, u64, ConversationMsg),
+    /// Stop the conversations idle for `actors.idle_timeout_ms`.
+    Sweep,
+}
+
 pub enum ConversationMsg {
     Apply(Arc<Slice>),
+    /// A slice's apply task finished: `applied`, or parked in the dead-letter queue (`None`).
+    /// `epoch`: the conversation's life the task was started in.
+    Applied {
+        epoch: u32,
+        slice: Arc<Slice>,
+        applied: Option<Box<crate::store::change::Applied>>,
+    },
+    /// A slice's apply task panicked.
+    Crashed {
+        epoch: u32,
+        error: String,
+    },
     /// Inbound messages left unanswered by a stopped process: a burst for the agent.
     Resume(Box<Resume>),
     /// The burst's quiet time may be over (the generation it was scheduled for).
     TurnDue(u64),
-    /// An agent turn or a follow-up finished.
-    TurnDone(Box<crate::agent::turn::TurnReport>),
+    /// An agent turn or a follow-up finished (started in the conversation's `epoch`).
+    TurnDone(u32, Box<crate::agent::turn::TurnReport>),
     /// The customer has been quiet since our last message: a follow-up is due.
     FollowUp(Box<FollowUpDue>),
-    /// Stop if nothing happened for `actors.idle_timeout_ms`.
-    IdleCheck,
-    /// `actors.max_live` are alive: stop now unless an agent turn is waiting or running.
+    /// `actors.max_live` are alive: stop now unless something runs or waits.
     Evict,
 }
 

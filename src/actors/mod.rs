@@ -2,19 +2,21 @@
 //!
 //! ```text
 //! root (supervisor: restart budget, then exit loudly)
-//! ├── router ── owns (workspace, contact) → conversation actor; the only place they spawn
-//! │    └── conversation actors (one per live conversation; restarted by the router)
+//! ├── router ── owns which (workspace, contact) are live; the only place they come to life
+//! │    └── 16 lanes (restarted by the router), each holding its live conversations as plain
+//! │        state: one writer per conversation, its slices applied one after another
 //! └── dead-letter actor ── webhook_dlq, retry worker
 //! ```
 //!
-//! The inbox hands every committed event to the router through [`RouterSink`]; conversation
-//! actors write through the batched [`Store`]. A conversation actor awaits its own commits
-//! only, so a slow conversation (an AI turn later) never holds up the others, the store or
+//! The inbox hands every committed event to the router through [`RouterSink`]; conversations
+//! write through the batched [`Store`], each slice in a task of its own that awaits its own
+//! commit only, so a slow conversation (an AI turn) never holds up the others, the store or
 //! the intake.
 
 pub mod conversation;
 pub mod dead_letter;
 pub mod followups;
+pub mod lane;
 pub mod messages;
 pub mod router;
 pub mod supervisor;
@@ -33,7 +35,7 @@ use crate::{
     store::{
         accounts::Directory,
         batch::Store,
-        inbox::{CommittedEvent, EventSink},
+        inbox::{BoxFuture, CommittedEvent, EventSink, HandOver},
     },
 };
 use messages::{DeadLetterMsg, RouterMsg};
@@ -168,23 +170,19 @@ pub(crate) fn write<T>(lock: &RwLock<T>, value: T) {
     }
 }
 
-/// Cluster mode: the inbox hands nothing over; the intake publishes each event to the broker
-/// before its 200, and the sweeper publishes what a crash left unpublished.
-pub struct NoHandOver;
-
-impl EventSink for NoHandOver {
-    fn dispatch(&self, _event: CommittedEvent) {}
-}
-
-/// The inbox's hand-over to processing: a cast to the router, never an await.
+/// The inbox's hand-over to processing on a single node: a cast to the router per event,
+/// never an await.
 pub struct RouterSink(pub Arc<Ctx>);
 
 impl EventSink for RouterSink {
-    fn dispatch(&self, event: CommittedEvent) {
-        // While the router restarts there is no one to tell: the event stays `pending` in the
-        // inbox, and the new router's recovery dispatches it.
+    fn hand_over(&self, events: Vec<CommittedEvent>) -> BoxFuture<'_, HandOver> {
+        // While the router restarts there is no one to tell: the events stay `pending` in
+        // the inbox, and the new router's recovery dispatches them.
         if let Some(router) = self.0.router() {
-            let _ = router.cast(RouterMsg::Dispatch(event));
+            for event in events {
+                let _ = router.cast(RouterMsg::Dispatch(event));
+            }
         }
+        Box::pin(std::future::ready(HandOver::Taken))
     }
 }

@@ -1,24 +1,28 @@
 //! The router: normalises each committed event, splits it into per-conversation slices, and
-//! hands them to the conversation actors it owns (the only place they are spawned, so two
-//! webhooks for a new phone cannot race). It keeps every slice in flight until its actor
-//! reports it done, so a conversation actor that fails or stops with work queued is restarted
-//! and fed the same slices again: nothing in a dead mailbox is lost.
+//! hands them to the live conversations it owns (the only place they come to life, so two
+//! webhooks for a new phone cannot race), held as plain state by a fixed set of lanes
+//! (`lane.rs`; a conversation's lane is its key's hash). It keeps every slice in flight
+//! until its conversation reports it done, so a conversation that stops with work queued, or
+//! whose lane fails, comes back to life and is fed the same slices again: nothing in a dead
+//! mailbox is lost.
 //!
 //! On start it re-dispatches every `pending` inbox event, oldest first, before any new event
 //! (those wait in its mailbox): crash recovery.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, Weak, atomic::Ordering},
     time::{Duration, Instant},
 };
 
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::{
     Ctx,
-    conversation::Conversation,
-    messages::{ConversationKey, ConversationMsg, DeadLetterMsg, Resume, RouterMsg, Slice},
+    lane::Lane,
+    messages::{
+        ConversationKey, ConversationMsg, DeadLetterMsg, LaneMsg, Resume, RouterMsg, Slice,
+    },
     write,
 };
 use crate::{
@@ -28,30 +32,35 @@ use crate::{
         event::{ContactKey, ConversationState, Item, ItemKind, Lifecycle},
     },
     metrics as m,
-    store::{change::Known, contacts, conversations, dlq, inbox, messages, outbound},
+    store::{
+        change::{Known, Ticket},
+        contacts, conversations, dlq, inbox, messages, outbound,
+    },
 };
 
 pub struct Router;
 
 struct Conv {
-    actor: ActorRef<ConversationMsg>,
+    /// This life's number (work for an earlier one is dropped by the lane).
+    inc: u64,
     in_flight: VecDeque<Arc<Slice>>,
     /// When work last went to it (the least recently used idle ones are evicted first).
     last_used: Instant,
 }
 
-struct Track {
-    left: usize,
-    /// The broker's delivery, acknowledged once every slice is finished (cluster mode).
-    done: Option<Arc<inbox::Done>>,
-}
-
 pub struct RouterState {
     ctx: Arc<Ctx>,
     conversations: HashMap<ConversationKey, Conv>,
-    by_actor: HashMap<ActorId, ConversationKey>,
-    /// Slices still to finish per event (and partition, in cluster mode).
-    events: HashMap<(i64, u32), Track>,
+    /// The lanes holding the live conversations' state.
+    lanes: Vec<ActorRef<LaneMsg>>,
+    /// The next conversation life's number.
+    next_inc: u64,
+    /// The tickets of the events dispatched (per partition, in cluster mode), to know a copy
+    /// of one still in flight; the ticket alone decides when an event is done, and a finished
+    /// one is dropped here when the map is next pruned.
+    events: HashMap<(i64, u32), Weak<Ticket>>,
+    /// How many `events` were left at the last pruning.
+    events_pruned_at: usize,
     /// Events a restarted router's recovery dispatched while the intake kept handing events
     /// over: their copies in the mailbox are skipped.
     recovered: HashSet<i64>,
@@ -77,13 +86,19 @@ impl Actor for Router {
         myself: ActorRef<RouterMsg>,
         ctx: Arc<Ctx>,
     ) -> Result<RouterState, ActorProcessingErr> {
+        let mut lanes = Vec::with_capacity(LANES);
+        for _ in 0..LANES {
+            lanes.push(spawn_lane(&myself, &ctx).await?);
+        }
         // Take the inbox's hand-over before recovery reads it, so no event falls between.
         write(&ctx.router, Some(myself));
         Ok(RouterState {
             ctx,
             conversations: HashMap::new(),
-            by_actor: HashMap::new(),
+            lanes,
+            next_inc: 0,
             events: HashMap::new(),
+            events_pruned_at: 0,
             recovered: HashSet::new(),
             queued: 0,
             evicting: HashMap::new(),
@@ -114,7 +129,7 @@ impl Actor for Router {
                 if concurrent_intake {
                     state.recovered.insert(event.id);
                 }
-                dispatch(&myself, state, event).await?;
+                dispatch(state, event).await?;
             }
         }
         let _ = state.ctx.recovered.send(true);
@@ -150,7 +165,7 @@ impl Actor for Router {
 
     async fn handle(
         &self,
-        myself: ActorRef<RouterMsg>,
+        _myself: ActorRef<RouterMsg>,
         msg: RouterMsg,
         state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
@@ -158,33 +173,40 @@ impl Actor for Router {
             RouterMsg::Dispatch(event) => {
                 // A copy of an event already in flight (recovery, or the inbox settling a
                 // commit whose answer was lost) is not dispatched twice.
-                let part = event.partition();
-                let already = !event.redrive
-                    && (state.recovered.remove(&event.id)
-                        || state.events.contains_key(&(event.id, part)));
-                if !already {
-                    dispatch(&myself, state, event).await?;
-                } else if let (Some(p), Some(track)) =
-                    (event.part, state.events.get_mut(&(event.id, part)))
-                {
-                    // Delivered again while in flight (its channel broke): the new delivery
-                    // is the one to acknowledge.
-                    track.done = Some(p.done);
+                let in_flight = state
+                    .events
+                    .get(&(event.id, event.partition()))
+                    .and_then(Weak::upgrade)
+                    .filter(|t| !t.is_done());
+                let recovered = !event.redrive && state.recovered.remove(&event.id);
+                match in_flight.filter(|_| !event.redrive) {
+                    None if !recovered => dispatch(state, event).await?,
+                    None => {}
+                    Some(ticket) => {
+                        // Delivered again while in flight (its channel broke): the new
+                        // delivery is the one to acknowledge.
+                        if let Some(p) = event.part {
+                            ticket.then(when_done(&state.ctx, Some(p.done)));
+                        }
+                    }
                 }
             }
             RouterMsg::Resume(key, resume) => {
-                let actor = actor_for(&myself, state, key).await?;
-                let _ = actor.cast(ConversationMsg::Resume(resume));
+                let inc = live(state, &key);
+                send(state, key, inc, ConversationMsg::Resume(resume));
             }
             RouterMsg::FollowUp(key, due) => {
-                let actor = actor_for(&myself, state, key).await?;
-                let _ = actor.cast(ConversationMsg::FollowUp(due));
+                let inc = live(state, &key);
+                send(state, key, inc, ConversationMsg::FollowUp(due));
             }
-            RouterMsg::SliceDone {
-                key,
-                event_id,
-                part,
-            } => {
+            RouterMsg::Stopped(stopped) => {
+                for (key, inc) in stopped {
+                    stopped_one(state, key, inc);
+                }
+                metrics::gauge!(m::LIVE_CONVERSATIONS).set(state.conversations.len() as f64);
+                state.ctx.store.bump();
+            }
+            RouterMsg::SliceDone { key, event_id } => {
                 if let Some(conv) = state.conversations.get_mut(&key)
                     && let Some(pos) = conv.in_flight.iter().position(|s| s.event_id == event_id)
                 {
@@ -192,7 +214,6 @@ impl Actor for Router {
                     state.queued = state.queued.saturating_sub(1);
                     metrics::gauge!(m::MAILBOX_DEPTH).set(state.queued as f64);
                 }
-                finish_slice(state, event_id, part);
                 // Over the bound because every actor was busy when the last ones started:
                 // room is made as soon as some are idle again.
                 make_room(state, 0);
@@ -221,72 +242,124 @@ impl Actor for Router {
         state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
         let (cell, failure) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
-            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
             _ => return Ok(()),
         };
-        let Some(key) = state.by_actor.remove(&cell.get_id()) else {
+        let Some(lane) = state.lanes.iter().position(|l| l.get_id() == cell.get_id()) else {
             return Ok(());
         };
-        state.evicting.remove(&key);
-        let Some(conv) = state.conversations.remove(&key) else {
-            return Ok(());
-        };
-        // A restarted router stops its children; their queues died with this state.
-        if let Some(err) = &failure {
-            metrics::counter!(m::ACTOR_RESTARTS, "actor" => "conversation").increment(1);
-            let correlation_id = conv.in_flight.front().map(|s| s.correlation_id.clone());
-            tracing::error!(error = %err, correlation_id, pending = conv.in_flight.len(), "conversation actor failed; restarting it");
+        // A lane failed: its conversations' state died with it. Those with work in flight
+        // come back to life in the new lane with the same slices; the rest are forgotten.
+        metrics::counter!(m::ACTOR_RESTARTS, "actor" => "conversation").increment(1);
+        let keys: Vec<ConversationKey> = state
+            .conversations
+            .keys()
+            .filter(|k| lane_of(k, state.lanes.len()) == lane)
+            .cloned()
+            .collect();
+        tracing::error!(error = %failure, conversations = keys.len(), "a conversation lane failed; restarting it");
+        state.lanes[lane] = spawn_lane(&myself, &state.ctx).await?;
+        for key in keys {
+            let inc = state.conversations.get(&key).map_or(0, |c| c.inc);
+            stopped_one(state, key, inc);
         }
-        if conv.in_flight.is_empty() {
-            metrics::gauge!(m::LIVE_CONVERSATIONS).set(state.conversations.len() as f64);
-            state.ctx.store.bump();
-            return Ok(());
-        }
-        // Failed, or stopped idle just as work arrived: a new actor gets the same slices.
-        let actor = spawn_conversation(&myself, state, key.clone()).await?;
-        for slice in &conv.in_flight {
-            slice.delivered();
-            actor.cast(ConversationMsg::Apply(slice.clone()))?;
-        }
-        state.conversations.insert(
-            key,
-            Conv {
-                actor,
-                in_flight: conv.in_flight,
-                last_used: Instant::now(),
-            },
-        );
+        metrics::gauge!(m::LIVE_CONVERSATIONS).set(state.conversations.len() as f64);
+        state.ctx.store.bump();
         Ok(())
     }
 }
 
-/// The conversation's live actor, started if it is not alive.
-async fn actor_for(
+/// How many lanes hold the live conversations: enough that one lane's turn at the CPU holds
+/// up few others, few enough that each one's sweep covers many conversations.
+const LANES: usize = 16;
+
+async fn spawn_lane(
     myself: &ActorRef<RouterMsg>,
-    state: &mut RouterState,
-    key: ConversationKey,
-) -> Result<ActorRef<ConversationMsg>, ActorProcessingErr> {
-    if let Some(conv) = state.conversations.get_mut(&key) {
+    ctx: &Arc<Ctx>,
+) -> Result<ActorRef<LaneMsg>, ActorProcessingErr> {
+    let (lane, _) =
+        Actor::spawn_linked(None, Lane, (ctx.clone(), myself.clone()), myself.get_cell()).await?;
+    Ok(lane)
+}
+
+/// The lane a conversation lives in.
+fn lane_of(key: &ConversationKey, lanes: usize) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    (BuildHasherDefault::<DefaultHasher>::default().hash_one(key) % lanes as u64) as usize
+}
+
+fn send(state: &RouterState, key: ConversationKey, inc: u64, msg: ConversationMsg) {
+    let lane = &state.lanes[lane_of(&key, state.lanes.len())];
+    // A lane that is gone is restarting: its supervision event hands the work again.
+    let _ = lane.cast(LaneMsg::To(key, inc, msg));
+}
+
+/// A new life of a conversation in its lane: its number.
+fn start(state: &mut RouterState, key: &ConversationKey) -> u64 {
+    state.next_inc += 1;
+    let inc = state.next_inc;
+    let lane = &state.lanes[lane_of(key, state.lanes.len())];
+    let _ = lane.cast(LaneMsg::Start(key.clone(), inc));
+    inc
+}
+
+/// The conversation's live incarnation, brought to life if it is not live.
+fn live(state: &mut RouterState, key: &ConversationKey) -> u64 {
+    if let Some(conv) = state.conversations.get_mut(key) {
         conv.last_used = Instant::now();
-        return Ok(conv.actor.clone());
+        return conv.inc;
     }
     make_room(state, 1);
-    let actor = spawn_conversation(myself, state, key.clone()).await?;
+    let inc = start(state, key);
     state.conversations.insert(
-        key,
+        key.clone(),
         Conv {
-            actor: actor.clone(),
+            inc,
             in_flight: VecDeque::new(),
             last_used: Instant::now(),
         },
     );
     metrics::gauge!(m::LIVE_CONVERSATIONS).set(state.conversations.len() as f64);
-    Ok(actor)
+    inc
+}
+
+/// A lane stopped life `inc` of a conversation (idle, evicted, or the lane failed): it is
+/// forgotten, or — stopped just as work arrived — brought back with the same slices.
+fn stopped_one(state: &mut RouterState, key: ConversationKey, inc: u64) {
+    if state.conversations.get(&key).is_none_or(|c| c.inc != inc) {
+        return;
+    }
+    state.evicting.remove(&key);
+    let Some(conv) = state.conversations.remove(&key) else {
+        return;
+    };
+    if conv.in_flight.is_empty() {
+        return;
+    }
+    let inc = start(state, &key);
+    for slice in &conv.in_flight {
+        slice.delivered();
+        send(
+            state,
+            key.clone(),
+            inc,
+            ConversationMsg::Apply(slice.clone()),
+        );
+    }
+    state.conversations.insert(
+        key,
+        Conv {
+            inc,
+            in_flight: conv.in_flight,
+            last_used: Instant::now(),
+        },
+    );
 }
 
 async fn dispatch(
-    myself: &ActorRef<RouterMsg>,
     state: &mut RouterState,
     mut event: inbox::CommittedEvent,
 ) -> Result<(), ActorProcessingErr> {
@@ -369,53 +442,31 @@ async fn dispatch(
         return Ok(());
     }
     metrics::gauge!(m::MAILBOX_DEPTH).set((state.queued + slices.len()) as f64);
-    if !unattributed {
-        ctx.store
-            .expect(event.id, slices.len(), event.redrive)
-            .await;
+    // The event's one bookkeeper: its shares finish on it, and the last runs `when_done`.
+    let ticket = Ticket::new(event.id, slices.len(), event.redrive);
+    if unattributed {
+        ticket.park();
     }
     ctx.in_flight.fetch_add(1, Ordering::Relaxed);
     metrics::gauge!(m::IN_FLIGHT).set(ctx.in_flight() as f64);
-    state.events.insert(
-        (event.id, event.partition()),
-        Track {
-            left: slices.len(),
-            done: event.part.as_ref().map(|p| p.done.clone()),
-        },
-    );
+    ticket.then(when_done(&ctx, event.part.as_ref().map(|p| p.done.clone())));
+    remember(state, (event.id, event.partition()), &ticket);
     for (key, user_id, phone_number_id, items) in slices {
         let slice = Arc::new(Slice::new(
             &event,
+            ticket.clone(),
             key.clone(),
             user_id,
             phone_number_id,
             items,
         ));
-        let actor = match state.conversations.get(&key) {
-            Some(conv) => conv.actor.clone(),
-            None => {
-                make_room(state, 1);
-                let actor = spawn_conversation(myself, state, key.clone()).await?;
-                state.conversations.insert(
-                    key.clone(),
-                    Conv {
-                        actor: actor.clone(),
-                        in_flight: VecDeque::new(),
-                        last_used: Instant::now(),
-                    },
-                );
-                metrics::gauge!(m::LIVE_CONVERSATIONS).set(state.conversations.len() as f64);
-                actor
-            }
-        };
+        let inc = live(state, &key);
         if let Some(conv) = state.conversations.get_mut(&key) {
             conv.in_flight.push_back(slice.clone());
-            conv.last_used = Instant::now();
             state.queued += 1;
         }
         slice.delivered();
-        // A failed cast means the actor is already gone; its supervision event re-sends.
-        let _ = actor.cast(ConversationMsg::Apply(slice));
+        send(state, key, inc, ConversationMsg::Apply(slice));
     }
     Ok(())
 }
@@ -454,14 +505,15 @@ fn make_room(state: &mut RouterState, incoming: usize) {
         idle.truncate(batch);
     }
     let now = Instant::now();
-    let mut asked = Vec::with_capacity(idle.len());
-    for (_, key, conv) in idle {
-        if conv.actor.cast(ConversationMsg::Evict).is_ok() {
-            asked.push(key.clone());
-        }
+    let asked: Vec<(ConversationKey, u64)> = idle
+        .into_iter()
+        .map(|(_, key, conv)| (key.clone(), conv.inc))
+        .collect();
+    for (key, inc) in &asked {
+        send(state, key.clone(), *inc, ConversationMsg::Evict);
     }
     metrics::counter!(m::ACTORS_EVICTED).increment(asked.len() as u64);
-    for key in asked {
+    for (key, _) in asked {
         state.evicting.insert(key, now);
     }
 }
@@ -524,7 +576,6 @@ async fn resume_unanswered(
 /// Parks the whole event in the dead-letter queue; change sets of it still to commit apply
 /// but never mark it processed.
 async fn park(ctx: &Ctx, event: &inbox::CommittedEvent, error: String) {
-    ctx.store.abandon(event.id).await;
     if let Some(dl) = ctx.dead_letter() {
         let _ = dl.cast(DeadLetterMsg::Park {
             event_id: event.id,
@@ -780,35 +831,32 @@ fn report_notes(ctx: &Ctx, event: &inbox::CommittedEvent, normalized: &ingest::N
     });
 }
 
-async fn spawn_conversation(
-    myself: &ActorRef<RouterMsg>,
-    state: &mut RouterState,
-    key: ConversationKey,
-) -> Result<ActorRef<ConversationMsg>, ActorProcessingErr> {
-    let (actor, _) = Actor::spawn_linked(
-        None,
-        Conversation,
-        (state.ctx.clone(), key.clone(), myself.clone()),
-        myself.get_cell(),
-    )
-    .await?;
-    state.by_actor.insert(actor.get_id(), key);
-    Ok(actor)
+/// What an event's ticket runs when its last share is finished: the broker's delivery is
+/// acknowledged (cluster mode) and the event leaves the intake's in-flight bound. A ticket of
+/// a router that has since restarted (whose count started again from zero) takes nothing off.
+fn when_done(ctx: &Arc<Ctx>, delivery: Option<Arc<inbox::Done>>) -> impl FnOnce() + Send + 'static {
+    let ctx = ctx.clone();
+    move || {
+        if let Some(done) = delivery {
+            done.finish();
+        }
+        let _ = ctx
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        metrics::gauge!(m::IN_FLIGHT).set(ctx.in_flight() as f64);
+    }
 }
 
-fn finish_slice(state: &mut RouterState, event_id: i64, part: u32) {
-    let Some(track) = state.events.get_mut(&(event_id, part)) else {
-        return;
-    };
-    track.left -= 1;
-    if track.left > 0 {
-        return;
+/// Keeps a weak hold of a dispatched event's ticket; finished ones are dropped once the map
+/// has doubled since it was last pruned.
+fn remember(state: &mut RouterState, key: (i64, u32), ticket: &Arc<Ticket>) {
+    if state.events.len() >= state.events_pruned_at.max(1024) * 2 {
+        state
+            .events
+            .retain(|_, t| t.upgrade().is_some_and(|t| !t.is_done()));
+        state.events_pruned_at = state.events.len();
     }
-    if let Some(done) = state.events.remove(&(event_id, part)).and_then(|t| t.done) {
-        done.finish();
-    }
-    state.ctx.in_flight.fetch_sub(1, Ordering::Relaxed);
-    metrics::gauge!(m::IN_FLIGHT).set(state.ctx.in_flight() as f64);
+    state.events.insert(key, Arc::downgrade(ticket));
 }
 
 /// A delivery with nothing left to apply is finished at once.

@@ -24,7 +24,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties,
+    BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm,
     options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
 };
@@ -36,7 +36,7 @@ use crate::{
     config::ClusterConfig,
     ingest::{self, Source, Tenant},
     metrics as m,
-    store::inbox::{CommittedEvent, Done, Part},
+    store::inbox::{BoxFuture, CommittedEvent, Done, EventSink, HandOver, Part},
 };
 
 /// Redeliveries after which the broker drops a message (a poison message must not loop for
@@ -168,28 +168,37 @@ impl Cluster {
     }
 
     /// Publishes a committed event to the partition queues of its conversations and waits for
-    /// the broker's confirms. An error means it may not be published: the event stays
-    /// `pending` in the inbox and the sweeper publishes it later.
+    /// the broker's confirms (the sweeper's publish). An error means it may not be published:
+    /// the event stays `pending` in the inbox and the sweeper publishes it later.
     pub async fn publish(&self, event: &CommittedEvent, via: &'static str) -> Result<(), String> {
         let started = Instant::now();
-        let result = self.publish_parts(event).await;
-        let outcome = if result.is_ok() {
-            "confirmed"
-        } else {
-            "failed"
+        let result = match self.channel().await {
+            Ok(channel) => match self.send(&channel, event).await {
+                Ok(confirms) => confirmed(confirms).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
         };
-        metrics::counter!(m::CLUSTER_PUBLISHED, "via" => via, "outcome" => outcome).increment(1);
-        metrics::histogram!(m::CLUSTER_PUBLISH_DURATION).record(started.elapsed().as_secs_f64());
+        count_published(via, &result, started);
         result
     }
 
-    async fn publish_parts(&self, event: &CommittedEvent) -> Result<(), String> {
+    /// The publishing channel, while the broker is there.
+    async fn channel(&self) -> Result<Channel, String> {
+        match &*self.broker.read().await {
+            Some(b) => Ok(b.publish.clone()),
+            None => Err(self.unready().unwrap_or_else(|| "no broker".into())),
+        }
+    }
+
+    /// Publishes one message per partition of the event; their confirms are to be awaited.
+    async fn send(
+        &self,
+        channel: &Channel,
+        event: &CommittedEvent,
+    ) -> Result<Vec<PublisherConfirm>, String> {
         injected_failure(event)?;
         let parts = self.partitions_of(event);
-        let channel = match &*self.broker.read().await {
-            Some(b) => b.publish.clone(),
-            None => return Err(self.unready().unwrap_or_else(|| "no broker".into())),
-        };
         let mut confirms = Vec::with_capacity(parts.len());
         for (i, partition) in parts.iter().enumerate() {
             let body = serde_json::to_vec(&Wire {
@@ -221,13 +230,7 @@ impl Cluster {
                 .map_err(|e| e.to_string())?;
             confirms.push(confirm);
         }
-        for confirm in confirms {
-            let confirmation = confirm.await.map_err(|e| e.to_string())?;
-            if !confirmation.is_ack() {
-                return Err("the broker did not confirm the message".into());
-            }
-        }
-        Ok(())
+        Ok(confirms)
     }
 
     /// The partitions of an event's conversations, first-named first (that one is primary);
@@ -328,6 +331,66 @@ impl Cluster {
         if let Some(router) = self.ctx.router() {
             let _ = router.cast(crate::actors::messages::RouterMsg::Dispatch(event));
         }
+    }
+}
+
+/// Waits for the broker's confirms of one event's messages.
+async fn confirmed(confirms: Vec<PublisherConfirm>) -> Result<(), String> {
+    for confirm in confirms {
+        let confirmation = confirm.await.map_err(|e| e.to_string())?;
+        if !confirmation.is_ack() {
+            return Err("the broker did not confirm the message".into());
+        }
+    }
+    Ok(())
+}
+
+fn count_published(via: &'static str, result: &Result<(), String>, started: Instant) {
+    let outcome = if result.is_ok() {
+        "confirmed"
+    } else {
+        "failed"
+    };
+    metrics::counter!(m::CLUSTER_PUBLISHED, "via" => via, "outcome" => outcome).increment(1);
+    metrics::histogram!(m::CLUSTER_PUBLISH_DURATION).record(started.elapsed().as_secs_f64());
+}
+
+/// The inbox's hand-over in cluster mode: a committed group's events are published in commit
+/// order (the writer awaits only that), then their confirms are awaited together — one wait
+/// per group, not per event — before the group's requests are answered.
+impl EventSink for Cluster {
+    fn hand_over(&self, events: Vec<CommittedEvent>) -> BoxFuture<'_, HandOver> {
+        Box::pin(async move {
+            if events.is_empty() {
+                return HandOver::Taken;
+            }
+            let started = Instant::now();
+            let mut sent = Vec::with_capacity(events.len());
+            match self.channel().await {
+                Ok(channel) => {
+                    for event in &events {
+                        sent.push(self.send(&channel, event).await);
+                    }
+                }
+                Err(e) => sent.extend(events.iter().map(|_| Err(e.clone()))),
+            }
+            HandOver::Confirming(Box::pin(async move {
+                let mut results = Vec::with_capacity(sent.len());
+                for s in sent {
+                    let result = match s {
+                        Ok(confirms) => confirmed(confirms).await,
+                        Err(e) => Err(e),
+                    };
+                    count_published("intake", &result, started);
+                    results.push(result);
+                }
+                results
+            }))
+        })
+    }
+
+    fn hands_over_pending_duplicates(&self) -> bool {
+        true
     }
 }
 

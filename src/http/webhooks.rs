@@ -24,7 +24,7 @@ use crate::{
     metrics as m,
     store::{
         accounts::{Account, Directory},
-        inbox::{self, AppendError, AppendOutcome, CommittedEvent, EventStatus, NewEvent},
+        inbox::{self, AppendError, AppendOutcome, EventStatus, NewEvent},
     },
     telemetry::LogSampler,
 };
@@ -436,48 +436,24 @@ async fn append(
             retry_after_seconds,
         });
     }
-    // Cluster mode publishes the event after its commit: keep what the broker needs.
-    let published = state.cluster.as_ref().map(|_| event.clone());
+    // The 200 waits for the hand-over (in cluster mode, the broker's confirms; an event
+    // committed but not confirmed is published by the sweeper if the sender's retry does
+    // not come).
     let outcome = state.inbox.append(event).await.map_err(|e| {
         let reason = match e {
             AppendError::QueueFull => "intake_queue_full",
             AppendError::Closed => "intake_stopped",
             AppendError::Store(_) => "store_unavailable",
+            AppendError::HandOver(e) => {
+                tracing::warn!(error = %e, "cannot publish a committed event");
+                "broker_unavailable"
+            }
         };
         ApiError::Unavailable {
             reason,
             retry_after_seconds,
         }
     })?;
-    if let (Some(cluster), Some(event)) = (&state.cluster, published)
-        && event.status == EventStatus::Pending
-    {
-        // The 200 waits for the broker. A duplicate whose first copy is still `pending` may
-        // never have been published (its node died between commit and confirm): it is
-        // published again now, so what its sender sends next is applied after it.
-        let committed = match &outcome {
-            AppendOutcome::Accepted { event_id } => Some(CommittedEvent::new(*event_id, &event)),
-            AppendOutcome::Duplicate => {
-                inbox::pending_copy(&state.db, &event)
-                    .await
-                    .map_err(|_| ApiError::Unavailable {
-                        reason: "store_unavailable",
-                        retry_after_seconds,
-                    })?
-            }
-        };
-        if let Some(committed) = committed
-            && let Err(e) = cluster.publish(&committed, "intake").await
-        {
-            // Committed but not published: the sender retries, and the sweeper publishes
-            // the committed copy if the retry does not come.
-            tracing::warn!(event_id = committed.id, error = %e, "cannot publish a committed event");
-            return Err(ApiError::Unavailable {
-                reason: "broker_unavailable",
-                retry_after_seconds,
-            });
-        }
-    }
     match refusal {
         Some(refusal) => Err(refusal),
         None => Ok(outcome),

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     amendments,
-    change::{Applied, ApplyError, ChangeSet, is_unreachable},
+    change::{Applied, ApplyError, ChangeSet, Ticket, is_unreachable},
     contacts, conversations, dlq, identities, inbox, media, messages,
     sql::count_statement,
     statuses, transitions,
@@ -35,17 +35,9 @@ enum StoreMsg {
         set: Box<ChangeSet>,
         reply: oneshot::Sender<Result<Applied, ApplyError>>,
     },
-    /// The event was split into this many change sets; mark it processed after the last.
-    /// `redrive`: it comes from the dead-letter queue, whose row is resolved with it.
-    Expect {
-        event_id: i64,
-        slices: usize,
-        redrive: bool,
-    },
-    /// An event with nothing to apply: mark it processed.
+    /// An event with nothing to apply: mark it processed (`redrive`: it comes from the
+    /// dead-letter queue, whose row is resolved with it).
     Complete { event_id: i64, redrive: bool },
-    /// The event went to the dead-letter queue; stop waiting for its other sets.
-    Abandon { event_id: i64 },
 }
 
 /// Handle to the store writer.
@@ -72,10 +64,7 @@ impl Store {
             committer: Committer::new(db, gate, cfg),
             rx,
             batch_max,
-            expected: HashMap::new(),
             completed: Vec::new(),
-            redriven: HashSet::new(),
-            abandoned: HashSet::new(),
             processed: progress.clone(),
         };
         (Self { tx, progress, live }, tokio::spawn(writer.run()))
@@ -102,23 +91,8 @@ impl Store {
         rx.await.map_err(|_| stopped())?
     }
 
-    pub async fn expect(&self, event_id: i64, slices: usize, redrive: bool) {
-        let _ = self
-            .tx
-            .send(StoreMsg::Expect {
-                event_id,
-                slices,
-                redrive,
-            })
-            .await;
-    }
-
     pub async fn complete(&self, event_id: i64, redrive: bool) {
         let _ = self.tx.send(StoreMsg::Complete { event_id, redrive }).await;
-    }
-
-    pub async fn abandon(&self, event_id: i64) {
-        let _ = self.tx.send(StoreMsg::Abandon { event_id }).await;
     }
 
     /// Processing progress: changes after every commit, DLQ park and actor stop (tests and
@@ -138,15 +112,9 @@ struct Writer {
     committer: Committer,
     rx: mpsc::Receiver<StoreMsg>,
     batch_max: usize,
-    /// Change sets still to come per multi-set event.
-    expected: HashMap<i64, usize>,
-    /// Events with nothing (left) to apply, to mark processed in the next commit.
-    completed: Vec<i64>,
-    /// Events re-driven from the dead-letter queue, whose DLQ rows resolve with them.
-    redriven: HashSet<i64>,
-    /// Events parked in the DLQ: their other change sets still apply, but never mark them
-    /// processed (the DLQ owns them until a re-drive dispatches them afresh).
-    abandoned: HashSet<i64>,
+    /// Events with nothing to apply, to mark processed in the next commit (and whether each
+    /// was re-driven).
+    completed: Vec<(i64, bool)>,
     processed: std::sync::Arc<watch::Sender<u64>>,
 }
 
@@ -173,69 +141,27 @@ impl Writer {
     fn take(&mut self, msg: StoreMsg, batch: &mut Vec<Pending>) {
         match msg {
             StoreMsg::Apply { set, reply } => batch.push((*set, reply)),
-            StoreMsg::Expect {
-                event_id,
-                slices,
-                redrive,
-            } => {
-                self.abandoned.remove(&event_id);
-                self.expected.insert(event_id, slices);
-                if redrive {
-                    self.redriven.insert(event_id);
-                }
-            }
-            StoreMsg::Complete { event_id, redrive } => {
-                self.completed.push(event_id);
-                if redrive {
-                    self.redriven.insert(event_id);
-                }
-            }
-            StoreMsg::Abandon { event_id } => {
-                self.expected.remove(&event_id);
-                self.redriven.remove(&event_id);
-                self.abandoned.insert(event_id);
-            }
+            StoreMsg::Complete { event_id, redrive } => self.completed.push((event_id, redrive)),
         }
-    }
-
-    /// The events this group of sets finishes, given what is still expected.
-    fn finishing(&self, sets: &[&ChangeSet]) -> (Vec<i64>, HashMap<i64, usize>) {
-        let mut remaining: HashMap<i64, usize> = HashMap::new();
-        let mut done = Vec::new();
-        for set in sets {
-            let Some(event) = set.origin.finishes() else {
-                continue;
-            };
-            if self.abandoned.contains(&event) {
-                continue;
-            }
-            let left = remaining
-                .entry(event)
-                .or_insert_with(|| self.expected.get(&event).copied().unwrap_or(1));
-            *left = left.saturating_sub(1);
-            if *left == 0 {
-                done.push(event);
-            }
-        }
-        (done, remaining)
     }
 
     async fn commit(&mut self, batch: Vec<Pending>) {
         let started = Instant::now();
         let sets: Vec<&ChangeSet> = batch.iter().map(|(s, _)| s).collect();
-        let (mut done, remaining) = self.finishing(&sets);
         let completed = std::mem::take(&mut self.completed);
-        done.extend(completed.iter().copied());
-        let result = self.committer.transact(&sets, &done, &self.redriven).await;
+        let mut finishing = Finishing::of(&sets);
+        finishing.add(&completed);
+        let result = self.committer.transact(&sets, &finishing).await;
         metrics::histogram!(m::STORE_COMMIT_DURATION).record(started.elapsed().as_secs_f64());
         metrics::histogram!(m::STORE_BATCH_SIZE).record(sets.len() as f64);
         match result {
             Ok(applied) => {
-                self.announce_resolved(&sets, &done);
-                self.settle(remaining);
+                self.announce_resolved(&sets, &finishing);
+                finishing.finished();
                 metrics::counter!(m::EVENTS_PROCESSED, "outcome" => "processed")
-                    .increment(done.len() as u64);
-                self.processed.send_modify(|n| *n += done.len() as u64);
+                    .increment(finishing.done.len() as u64);
+                self.processed
+                    .send_modify(|n| *n += finishing.done.len() as u64);
                 for ((set, reply), a) in batch.into_iter().zip(applied) {
                     self.announce(&set, &a);
                     let _ = reply.send(Ok(a));
@@ -259,20 +185,18 @@ impl Writer {
                 tracing::warn!(error = %e, sets = batch.len(), ?correlation_ids, "store batch failed; applying its change sets one by one");
                 self.completed = completed;
                 for (set, reply) in batch {
-                    let (done, remaining) = self.finishing(&[&set]);
-                    match self
-                        .committer
-                        .transact(&[&set], &done, &self.redriven)
-                        .await
-                    {
+                    let finishing = Finishing::of(&[&set]);
+                    match self.committer.transact(&[&set], &finishing).await {
                         Ok(mut applied) => {
                             if let Some(a) = applied.first() {
                                 self.announce(&set, a);
                             }
-                            self.settle(remaining);
-                            self.processed.send_modify(|n| *n += done.len() as u64);
+                            self.announce_resolved(&[&set], &finishing);
+                            finishing.finished();
+                            let done = finishing.done.len() as u64;
+                            self.processed.send_modify(|n| *n += done);
                             metrics::counter!(m::EVENTS_PROCESSED, "outcome" => "processed")
-                                .increment(done.len() as u64);
+                                .increment(done);
                             let _ = reply.send(Ok(applied.remove(0)));
                         }
                         Err(e) => {
@@ -282,11 +206,9 @@ impl Writer {
                 }
                 if !self.completed.is_empty() {
                     let completed = std::mem::take(&mut self.completed);
-                    match self
-                        .committer
-                        .transact(&[], &completed, &self.redriven)
-                        .await
-                    {
+                    let mut finishing = Finishing::default();
+                    finishing.add(&completed);
+                    match self.committer.transact(&[], &finishing).await {
                         Ok(_) => self.processed.send_modify(|n| *n += completed.len() as u64),
                         Err(e) => {
                             tracing::warn!(error = %e, "marking events processed failed; they stay pending for recovery");
@@ -305,13 +227,13 @@ impl Writer {
     }
 
     /// Tells the live stream which re-driven events' DLQ rows this commit resolved.
-    fn announce_resolved(&self, sets: &[&ChangeSet], done: &[i64]) {
+    fn announce_resolved(&self, sets: &[&ChangeSet], finishing: &Finishing) {
         let mut seen = HashSet::new();
         for set in sets {
-            let Some(event) = set.origin.finishes() else {
+            let Some(event) = set.origin.ticket().map(|t| t.event_id) else {
                 continue;
             };
-            if self.redriven.contains(&event) && done.contains(&event) && seen.insert(event) {
+            if finishing.resolve.contains(&event) && seen.insert(event) {
                 self.live
                     .publish(set.workspace_id, event, super::live::Kind::Dlq);
             }
@@ -336,15 +258,59 @@ impl Writer {
             self.live.publish(ws, conv, Kind::Conversation);
         }
     }
+}
 
-    fn settle(&mut self, remaining: HashMap<i64, usize>) {
-        for (event_id, left) in remaining {
-            if left == 0 {
-                self.expected.remove(&event_id);
-                self.redriven.remove(&event_id);
-            } else {
-                self.expected.insert(event_id, left);
+/// What one commit finishes: each event ticket's shares in it, and the events it marks
+/// `processed` (those whose last unfinished shares these are) and whose DLQ rows it resolves.
+#[derive(Default)]
+struct Finishing {
+    shares: Vec<(std::sync::Arc<Ticket>, usize)>,
+    done: Vec<i64>,
+    resolve: Vec<i64>,
+}
+
+impl Finishing {
+    fn of(sets: &[&ChangeSet]) -> Self {
+        let mut shares: Vec<(std::sync::Arc<Ticket>, usize)> = Vec::new();
+        let mut index: HashMap<*const Ticket, usize> = HashMap::new();
+        for ticket in sets.iter().filter_map(|s| s.origin.ticket()) {
+            match index.entry(std::sync::Arc::as_ptr(ticket)) {
+                std::collections::hash_map::Entry::Occupied(i) => shares[*i.get()].1 += 1,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(shares.len());
+                    shares.push((ticket.clone(), 1));
+                }
             }
+        }
+        let mut f = Self {
+            shares,
+            ..Self::default()
+        };
+        for (ticket, n) in &f.shares {
+            if ticket.last_in(*n) {
+                f.done.push(ticket.event_id);
+                if ticket.redrive {
+                    f.resolve.push(ticket.event_id);
+                }
+            }
+        }
+        f
+    }
+
+    /// Events with nothing to apply, marked processed too.
+    fn add(&mut self, completed: &[(i64, bool)]) {
+        for &(event_id, redrive) in completed {
+            self.done.push(event_id);
+            if redrive {
+                self.resolve.push(event_id);
+            }
+        }
+    }
+
+    /// The commit succeeded: its shares count finished on their tickets.
+    fn finished(&self) {
+        for (ticket, n) in &self.shares {
+            ticket.finish(*n);
         }
     }
 }
@@ -360,10 +326,11 @@ pub async fn apply_once(
 ) -> Result<(), DbErr> {
     let committer = Committer::new(db.clone(), gate.clone(), cfg);
     let refs: Vec<&ChangeSet> = sets.iter().collect();
-    committer
-        .transact(&refs, done, &HashSet::new())
-        .await
-        .map(|_| ())
+    let finishing = Finishing {
+        done: done.to_vec(),
+        ..Finishing::default()
+    };
+    committer.transact(&refs, &finishing).await.map(|_| ())
 }
 
 /// Where and how the store commits.
@@ -389,15 +356,14 @@ impl Committer {
     async fn transact(
         &self,
         sets: &[&ChangeSet],
-        done: &[i64],
-        redriven: &HashSet<i64>,
+        finishing: &Finishing,
     ) -> Result<Vec<Applied>, DbErr> {
         let t0 = std::time::Instant::now();
         let applied = {
             let _gate = self.gate.enter().await;
             metrics::histogram!(m::WRITE_GATE_WAIT, "writer" => "store")
                 .record(t0.elapsed().as_secs_f64());
-            self.transact_in(sets, done, redriven).await?
+            self.transact_in(sets, finishing).await?
         };
         // With `store_fsync` on SQLite: on disk before the actors hear of it, flushed after
         // leaving the gate so the inbox commits meanwhile.
@@ -408,8 +374,7 @@ impl Committer {
     async fn transact_in(
         &self,
         sets: &[&ChangeSet],
-        done: &[i64],
-        redriven: &HashSet<i64>,
+        finishing: &Finishing,
     ) -> Result<Vec<Applied>, DbErr> {
         let t = std::time::Instant::now();
         let tx = self.db.begin().await?;
@@ -425,14 +390,9 @@ impl Committer {
         let now = Utc::now();
         let applied = apply_sets(&tx, sets, now).await?;
         // Inbox rows become `processed`; a DLQ row being retried is resolved with them.
-        let resolve: Vec<i64> = done
-            .iter()
-            .copied()
-            .filter(|e| redriven.contains(e))
-            .collect();
         let t = std::time::Instant::now();
-        inbox::mark_processed(&tx, done, now).await?;
-        dlq::resolve_retried(&tx, &resolve, now).await?;
+        inbox::mark_processed(&tx, &finishing.done, now).await?;
+        dlq::resolve_retried(&tx, &finishing.resolve, now).await?;
         m::step("mark_processed", t);
         let t = std::time::Instant::now();
         tx.commit().await?;

@@ -3,6 +3,11 @@
 //! and what applying it gives back ([`Applied`] or [`ApplyError`]). The store's step files
 //! (`contacts.rs`, `messages.rs`, …) read these types; `batch.rs` commits them.
 
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+};
+
 use sea_orm::DbErr;
 
 use crate::ingest::event::{
@@ -10,13 +15,13 @@ use crate::ingest::event::{
 };
 
 /// Where a change set comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Origin {
-    /// A share of inbox event `id` (taken from the inbox, re-driven from the dead-letter
-    /// queue, or delivered by the broker): the store marks the event processed in the
-    /// transaction that commits its last share. `report`: the set's newly stored inbound
-    /// messages are handed back (the number has an agent that answers them).
-    Event { id: i64, report: bool },
+    /// A share of an inbox event (taken from the inbox, re-driven from the dead-letter queue,
+    /// or delivered by the broker), carrying the event's [`Ticket`]: the store marks the event
+    /// processed in the transaction that commits its last share. `report`: the set's newly
+    /// stored inbound messages are handed back (the number has an agent that answers them).
+    Event { ticket: Arc<Ticket>, report: bool },
     /// Ours — the agent's reply (`answers`: the inbox event it answers), an operator's or
     /// another system's send, a follow-up, a template, a state an operator set: it finishes
     /// no event.
@@ -25,24 +30,103 @@ pub enum Origin {
 
 impl Origin {
     /// The inbox event the set's rows name (`messages.event_id`, …), if any.
-    pub fn event_id(self) -> Option<i64> {
+    pub fn event_id(&self) -> Option<i64> {
         match self {
-            Origin::Event { id, .. } => Some(id),
-            Origin::Ours { answers } => answers,
+            Origin::Event { ticket, .. } => Some(ticket.event_id),
+            Origin::Ours { answers } => *answers,
         }
     }
 
-    /// The inbox event this set is a share of, which it finishes with the others.
-    pub fn finishes(self) -> Option<i64> {
+    /// The ticket of the inbox event this set is a share of, which it finishes with the others.
+    pub fn ticket(&self) -> Option<&Arc<Ticket>> {
         match self {
-            Origin::Event { id, .. } => Some(id),
+            Origin::Event { ticket, .. } => Some(ticket),
             Origin::Ours { .. } => None,
         }
     }
 
     /// Whether the store hands back the set's newly stored inbound messages.
-    pub fn reports(self) -> bool {
+    pub fn reports(&self) -> bool {
         matches!(self, Origin::Event { report: true, .. })
+    }
+}
+
+/// One dispatched event's completion: the router makes it with the number of shares the event
+/// was split into and hands it, inside every share, to the conversations; the store counts a
+/// share finished when it commits it, a conversation when it parks its share in the
+/// dead-letter queue. Nothing else counts: when the last share is finished, the ticket runs
+/// what the router gave it (the broker's acknowledgement, the in-flight bound). An event is
+/// marked `processed` — in the transaction of its last share — only if no share was parked.
+pub struct Ticket {
+    pub event_id: i64,
+    /// Re-driven from the dead-letter queue: its DLQ row resolves with it.
+    pub redrive: bool,
+    left: AtomicUsize,
+    parked: AtomicBool,
+    then: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl Ticket {
+    pub fn new(event_id: i64, shares: usize, redrive: bool) -> Arc<Self> {
+        Arc::new(Self {
+            event_id,
+            redrive,
+            left: AtomicUsize::new(shares),
+            parked: AtomicBool::new(false),
+            then: Mutex::new(None),
+        })
+    }
+
+    /// What to run once every share is finished (replacing what was set before).
+    pub fn then(&self, f: impl FnOnce() + Send + 'static) {
+        *self.then.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
+    }
+
+    /// Part of the event went to the dead-letter queue (which owns it until a re-drive
+    /// dispatches it afresh): the other shares still apply, but it is never marked processed.
+    pub fn park(&self) {
+        self.parked.store(true, Ordering::Release);
+    }
+
+    /// Whether committing `shares` more (all in one transaction) leaves none unfinished and
+    /// none parked: that transaction marks the event processed. Asked by the store's one
+    /// writer, which alone finishes shares by committing them.
+    pub fn last_in(&self, shares: usize) -> bool {
+        // A parked share sets `parked` before it counts itself finished.
+        self.left.load(Ordering::Acquire) == shares && !self.parked.load(Ordering::Acquire)
+    }
+
+    /// `shares` are finished (committed or parked). A share finished twice (applied again
+    /// after its lane failed while its first commit was under way) takes the count no lower
+    /// than zero.
+    pub fn finish(&self, shares: usize) {
+        let before = self
+            .left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(shares))
+            })
+            .unwrap_or(0);
+        if before > 0 && before <= shares {
+            let then = self.then.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(f) = then {
+                f();
+            }
+        }
+    }
+
+    /// Whether every share is finished.
+    pub fn is_done(&self) -> bool {
+        self.left.load(Ordering::Acquire) == 0
+    }
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("event_id", &self.event_id)
+            .field("left", &self.left)
+            .field("parked", &self.parked)
+            .finish()
     }
 }
 
@@ -98,19 +182,16 @@ impl ChangeSet {
         }
     }
 
-    /// A conversation's share of inbox event `event_id`: nothing in it yet.
+    /// A conversation's share of the inbox event `ticket` finishes: nothing in it yet.
     pub fn of_event(
-        event_id: i64,
+        ticket: Arc<Ticket>,
         report: bool,
         workspace_id: i64,
         contact: ContactKey,
         known: Option<Known>,
         correlation_id: impl Into<String>,
     ) -> Self {
-        let origin = Origin::Event {
-            id: event_id,
-            report,
-        };
+        let origin = Origin::Event { ticket, report };
         Self::empty(origin, workspace_id, contact, known, correlation_id.into())
     }
 

@@ -288,10 +288,36 @@ pub async fn record_notes(
         .map(|_| ())
 }
 
-/// The one narrow interface between the inbox and processing: it is told about every pending
-/// event right after its commit, in commit order, and must not block.
+/// The one narrow interface between the inbox and processing, on one node as in a cluster:
+/// the inbox's writer hands over each committed group's pending events, in commit order, right
+/// after the commit, and answers the group's requests once the hand-over is confirmed. A
+/// single node's router takes them at once (a cast each, never an await); a cluster node
+/// publishes them to the broker and confirms once the broker has confirmed them all — waited
+/// for apart from the writer, so the next group commits meanwhile.
 pub trait EventSink: Send + Sync + 'static {
-    fn dispatch(&self, event: CommittedEvent);
+    /// Hands the events over (in order: the writer awaits it before its next commit) and says
+    /// how the hand-over is confirmed.
+    fn hand_over(&self, events: Vec<CommittedEvent>) -> BoxFuture<'_, HandOver>;
+
+    /// Whether a request that is a duplicate of an event still `pending` hands that event
+    /// over again (a cluster node: its first node may have died between commit and publish,
+    /// so what its sender sends next must not be applied before it). A single node's router
+    /// has every pending event already.
+    fn hands_over_pending_duplicates(&self) -> bool {
+        false
+    }
+}
+
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// How a group's hand-over is confirmed.
+pub enum HandOver {
+    /// Taken: the requests are answered now.
+    Taken,
+    /// Confirmed when this resolves, per event in the order given: `Err` says why an event
+    /// may not have been handed over (its request is answered 503; the event stays `pending`
+    /// in the inbox, and the cluster's sweeper hands it over later).
+    Confirming(BoxFuture<'static, Vec<Result<(), String>>>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,6 +334,8 @@ pub enum AppendError {
     Closed,
     #[error("the inbox could not commit: {0}")]
     Store(String),
+    #[error("committed, but not handed over to processing: {0}")]
+    HandOver(String),
 }
 
 struct Request {
@@ -486,8 +514,9 @@ impl Writer {
         metrics::counter!(m::INBOX_DOUBTFUL, "outcome" => "not_committed")
             .increment((keys.len() - found.len()) as u64);
         self.in_doubt.clear();
-        for event in found {
-            self.sink.dispatch(event);
+        // Nobody waits for these: a cluster's sweeper publishes any whose publish fails.
+        if let HandOver::Confirming(confirms) = self.sink.hand_over(found).await {
+            tokio::spawn(confirms);
         }
     }
 
@@ -563,6 +592,9 @@ impl Writer {
                     }
                 }
                 committed.sort_unstable();
+                // What is handed over, and the request each answers.
+                let mut handed = Vec::with_capacity(committed.len());
+                let mut answers = Vec::with_capacity(committed.len());
                 for (id, i) in committed {
                     let e = &mut batch[i].event;
                     self.in_doubt.remove(e.dedup_key.as_str());
@@ -570,14 +602,42 @@ impl Writer {
                         // The intake's reading goes with it (moved, not shared: processing
                         // then owns it outright).
                         let normalized = e.normalized.take();
-                        self.sink.dispatch(CommittedEvent {
+                        handed.push(CommittedEvent {
                             normalized,
                             ..CommittedEvent::new(id, e)
                         });
+                        answers.push(i);
                     }
                 }
-                for (r, outcome) in batch.drain(..).zip(outcomes) {
-                    let _ = r.reply.send(Ok(outcome));
+                let mut failed: Vec<Option<String>> = vec![None; batch.len()];
+                if self.sink.hands_over_pending_duplicates() {
+                    for (i, r) in batch.iter().enumerate() {
+                        if outcomes[i] != AppendOutcome::Duplicate
+                            || r.event.status != EventStatus::Pending
+                        {
+                            continue;
+                        }
+                        match pending_copy(&self.db, &r.event).await {
+                            Ok(Some(first)) => {
+                                handed.push(first);
+                                answers.push(i);
+                            }
+                            Ok(None) => {}
+                            // Its first copy stays pending for the sweeper; the sender retries.
+                            Err(e) => failed[i] = Some(e.to_string()),
+                        }
+                    }
+                }
+                let hand_over = self.sink.hand_over(handed).await;
+                let replies: Vec<_> = batch.drain(..).map(|r| r.reply).collect();
+                match hand_over {
+                    HandOver::Taken => answer(replies, outcomes, failed, answers, Vec::new()),
+                    HandOver::Confirming(confirms) => {
+                        tokio::spawn(async move {
+                            let confirmed = confirms.await;
+                            answer(replies, outcomes, failed, answers, confirmed);
+                        });
+                    }
                 }
                 true
             }
@@ -610,6 +670,29 @@ impl Writer {
                 false
             }
         }
+    }
+}
+
+/// Answers a group's requests: each with its outcome, or — where the hand-over of the event it
+/// answers for (`answers[k]` is the request of the `k`-th event handed over) was not
+/// confirmed — with why.
+fn answer(
+    replies: Vec<oneshot::Sender<Result<AppendOutcome, AppendError>>>,
+    outcomes: Vec<AppendOutcome>,
+    mut failed: Vec<Option<String>>,
+    answers: Vec<usize>,
+    confirmed: Vec<Result<(), String>>,
+) {
+    for (k, result) in confirmed.into_iter().enumerate() {
+        if let (Err(e), Some(&i)) = (result, answers.get(k)) {
+            failed[i] = Some(e);
+        }
+    }
+    for ((reply, outcome), failed) in replies.into_iter().zip(outcomes).zip(failed) {
+        let _ = reply.send(match failed {
+            None => Ok(outcome),
+            Some(e) => Err(AppendError::HandOver(e)),
+        });
     }
 }
 
