@@ -11,7 +11,7 @@ These machines vary by 2x between days: only the ratios of one run carry. BENCHM
 them with the machine and the day.
 
 Usage: scripts/bench-peers.py [--seconds 15] [--connections 64] [--senders 10000]
-                              [--only node,sqlite,postgres,cluster] [--build]
+                              [--only node,sqlite,postgres,cluster] [--build] [--perf DIR]
 Needs wrk (apt-get install wrk), node and npm (the peer is installed once into
 ~/.cache/wahook-peer), RabbitMQ for the cluster node, and `cargo build --release`."""
 
@@ -41,6 +41,8 @@ p.add_argument("--only", default="node,sqlite,postgres,cluster")
 p.add_argument("--peer", default=os.path.join(HERE, "..", "..", "shared", "peers"),
                help="the peer's folder (server.mjs, package.json)")
 p.add_argument("--build", action="store_true")
+p.add_argument("--perf", metavar="DIR",
+               help="record each wahook server with `perf record -g` during its load, into DIR/<server>.data")
 args = p.parse_args()
 if args.build:
     drill.build()
@@ -148,9 +150,18 @@ def run_wahook(server, n, tag):
         bodies = os.path.join(server.work, "bodies.tsv")
         write_bodies(bodies, n, WAHOOK_SECRET, tag)
         cpu0 = cpu_seconds(server.proc.pid)
+        perf = None
+        if args.perf:
+            os.makedirs(args.perf, exist_ok=True)
+            perf = subprocess.Popen(["perf", "record", "-F", "199", "--call-graph", "dwarf,16384", "-p", str(server.proc.pid),
+                                     "-o", os.path.join(args.perf, f"{tag}.data")],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         started = time.monotonic()
         rate, p99, non2xx, busy, out = wrk(server.base, bodies)
         acked_at = time.monotonic()
+        if perf:
+            perf.send_signal(signal.SIGINT)
+            perf.wait()
         accepted = counter(server.base, "wahook_webhooks_received_total", 'outcome="accepted"')
         while counter(server.base, "wahook_events_processed_total", 'outcome="processed"') < accepted:
             if time.monotonic() - acked_at > 300:

@@ -143,6 +143,19 @@ async fn rebalance(cluster: &Arc<Cluster>, state: &mut State) -> Result<(), sea_
         .into_iter()
         .collect();
 
+    // A consumer whose channel closed (the broker closed it over an error) takes nothing
+    // more: it is dropped and subscribed again below; what it held unacknowledged is back in
+    // the queue already.
+    state.consumers.retain(|p, c| {
+        let open = c.channel.status().connected();
+        if !open && c.draining.is_none() {
+            tracing::warn!(
+                partition = p,
+                "cluster: a partition's channel closed; consuming it again"
+            );
+        }
+        open || c.draining.is_some()
+    });
     // Consumers of partitions that are not (or no longer) ours, or not our share: hand back.
     let broker_up = cluster.broker.read().await.is_some();
     let mut released = Vec::new();
@@ -238,6 +251,8 @@ async fn subscribe(cluster: &Arc<Cluster>, partition: u32) -> Result<Consumer, l
         )
         .await?;
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let (settle, settled) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(acker(channel.clone(), settled, in_flight.clone()));
     // One task takes the partition's deliveries one after the other and hands them to the
     // router in that order (lapin's delegate would spawn a task per delivery, and tasks may
     // run in any order: that reordered conversations).
@@ -247,16 +262,18 @@ async fn subscribe(cluster: &Arc<Cluster>, partition: u32) -> Result<Consumer, l
         while let Some(delivery) = next(&mut consumer).await {
             let Ok(mut delivery) = delivery else { break };
             let data = std::mem::take(&mut delivery.data);
+            let tag = delivery.delivery_tag;
             match super::Wire::decode(&data) {
                 Ok(wire) => {
                     counter.fetch_add(1, Ordering::AcqRel);
-                    cluster.dispatch(wire, on_done(delivery, counter.clone()));
+                    cluster.dispatch(wire, on_done(tag, settle.clone()));
                 }
                 Err(e) => {
                     // Not one of ours (or corrupt): no node could apply it.
                     tracing::error!(error = %e, "cluster: dropping a message that is not a wahook event");
                     metrics::counter!(m::CLUSTER_CONSUMED, "outcome" => "rejected").increment(1);
                     let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+                    let _ = settle.send((tag, Settle::Gone));
                 }
             }
         }
@@ -276,31 +293,96 @@ async fn next(consumer: &mut lapin::Consumer) -> Option<lapin::Result<lapin::mes
     .await
 }
 
-/// Acknowledges a finished delivery, or gives back one dropped unfinished.
-fn on_done(delivery: lapin::message::Delivery, in_flight: Arc<AtomicUsize>) -> Arc<Done> {
+/// How a delivery of a partition's channel ended.
+enum Settle {
+    /// Finished: to be acknowledged.
+    Ack,
+    /// Dropped unfinished: given back to the queue.
+    Requeue,
+    /// Settled already (rejected by the consumer).
+    Gone,
+}
+
+/// Finishing a delivery tells the channel's acker; dropping it unfinished gives it back.
+fn on_done(tag: u64, settle: tokio::sync::mpsc::UnboundedSender<(u64, Settle)>) -> Arc<Done> {
     Done::new(move |ok| {
-        tokio::spawn(async move {
-            let outcome = if ok {
-                delivery
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .map(|_| "acked")
-            } else {
-                delivery
-                    .nack(BasicNackOptions {
+        let _ = settle.send((tag, if ok { Settle::Ack } else { Settle::Requeue }));
+    })
+}
+
+/// Acknowledges a channel's finished deliveries in batches: whatever has finished when it
+/// looks is settled together, the run of finished delivery tags from the lowest unsettled one
+/// with one `basic.ack` (`multiple`), each finished out of order at once on its own (so a slow
+/// conversation's delivery never holds the others back, nor the prefetch window full). Each
+/// `basic.ack` is a broker command (a Raft entry on a quorum queue): in-order batches save most.
+async fn acker(
+    channel: Channel,
+    mut settled: tokio::sync::mpsc::UnboundedReceiver<(u64, Settle)>,
+    in_flight: Arc<AtomicUsize>,
+) {
+    // Delivery tags count from 1 on each channel; every one below `low` is settled.
+    let mut low = 1u64;
+    let mut above = std::collections::BTreeSet::new();
+    let mut batch = Vec::with_capacity(256);
+    while settled.recv_many(&mut batch, 1024).await > 0 {
+        let mut finished = Vec::with_capacity(batch.len());
+        let mut outcomes = Vec::new();
+        let mut returned = 0usize;
+        for (tag, how) in batch.drain(..) {
+            match how {
+                Settle::Ack => finished.push(tag),
+                Settle::Requeue => {
+                    let nack = BasicNackOptions {
                         requeue: true,
                         multiple: false,
-                    })
-                    .await
-                    .map(|_| "requeued")
-            };
-            // A broken channel's deliveries are back in the queue already.
-            if let Ok(outcome) = outcome {
-                metrics::counter!(m::CLUSTER_CONSUMED, "outcome" => outcome).increment(1);
+                    };
+                    // A broken channel's deliveries are back in the queue already.
+                    if channel.basic_nack(tag, nack).await.is_ok() {
+                        outcomes.push("requeued");
+                    }
+                    returned += 1;
+                }
+                Settle::Gone => {}
             }
-            in_flight.fetch_sub(1, Ordering::AcqRel);
-        });
-    })
+            above.insert(tag);
+        }
+        let start = low;
+        while above.remove(&low) {
+            low += 1;
+        }
+        finished.sort_unstable();
+        let run: Vec<u64> = finished
+            .iter()
+            .copied()
+            .filter(|t| (start..low).contains(t))
+            .collect();
+        let mut acked = 0usize;
+        // Up to the run's highest finished tag: one still outstanding (the broker refuses a
+        // tag it no longer holds, and closes the channel), and every tag below it that is
+        // still outstanding is finished.
+        if let Some(&last) = run.last() {
+            let all = BasicAckOptions { multiple: true };
+            if channel.basic_ack(last, all).await.is_ok() {
+                acked += run.len();
+            }
+        }
+        for &tag in finished.iter().filter(|t| **t >= low) {
+            if channel
+                .basic_ack(tag, BasicAckOptions::default())
+                .await
+                .is_ok()
+            {
+                acked += 1;
+            }
+        }
+        if acked > 0 {
+            metrics::counter!(m::CLUSTER_CONSUMED, "outcome" => "acked").increment(acked as u64);
+        }
+        for outcome in outcomes {
+            metrics::counter!(m::CLUSTER_CONSUMED, "outcome" => outcome).increment(1);
+        }
+        in_flight.fetch_sub(finished.len() + returned, Ordering::AcqRel);
+    }
 }
 
 /// The node holding partition 0 publishes, every few seconds, the events that were committed
