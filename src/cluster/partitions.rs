@@ -320,68 +320,96 @@ async fn acker(
     mut settled: tokio::sync::mpsc::UnboundedReceiver<(u64, Settle)>,
     in_flight: Arc<AtomicUsize>,
 ) {
-    // Delivery tags count from 1 on each channel; every one below `low` is settled.
-    let mut low = 1u64;
-    let mut above = std::collections::BTreeSet::new();
+    let mut ledger = Ledger::default();
     let mut batch = Vec::with_capacity(256);
     while settled.recv_many(&mut batch, 1024).await > 0 {
-        let mut finished = Vec::with_capacity(batch.len());
-        let mut outcomes = Vec::new();
-        let mut returned = 0usize;
-        for (tag, how) in batch.drain(..) {
-            match how {
-                Settle::Ack => finished.push(tag),
-                Settle::Requeue => {
-                    let nack = BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    };
-                    // A broken channel's deliveries are back in the queue already.
-                    if channel.basic_nack(tag, nack).await.is_ok() {
-                        outcomes.push("requeued");
-                    }
-                    returned += 1;
-                }
-                Settle::Gone => {}
-            }
-            above.insert(tag);
-        }
-        let start = low;
-        while above.remove(&low) {
-            low += 1;
-        }
-        finished.sort_unstable();
-        let run: Vec<u64> = finished
-            .iter()
-            .copied()
-            .filter(|t| (start..low).contains(t))
-            .collect();
+        let plan = ledger.settle(batch.drain(..));
         let mut acked = 0usize;
-        // Up to the run's highest finished tag: one still outstanding (the broker refuses a
-        // tag it no longer holds, and closes the channel), and every tag below it that is
-        // still outstanding is finished.
-        if let Some(&last) = run.last() {
+        for &tag in &plan.requeue {
+            let nack = BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            };
+            // A broken channel's deliveries are back in the queue already.
+            if channel.basic_nack(tag, nack).await.is_ok() {
+                metrics::counter!(m::CLUSTER_CONSUMED, "outcome" => "requeued").increment(1);
+            }
+        }
+        if let Some((last, n)) = plan.up_to {
             let all = BasicAckOptions { multiple: true };
             if channel.basic_ack(last, all).await.is_ok() {
-                acked += run.len();
+                acked += n;
             }
         }
-        for &tag in finished.iter().filter(|t| **t >= low) {
-            if channel
-                .basic_ack(tag, BasicAckOptions::default())
-                .await
-                .is_ok()
-            {
+        for &tag in &plan.single {
+            let one = BasicAckOptions::default();
+            if channel.basic_ack(tag, one).await.is_ok() {
                 acked += 1;
             }
         }
         if acked > 0 {
             metrics::counter!(m::CLUSTER_CONSUMED, "outcome" => "acked").increment(acked as u64);
         }
-        for outcome in outcomes {
-            metrics::counter!(m::CLUSTER_CONSUMED, "outcome" => outcome).increment(1);
+        in_flight.fetch_sub(plan.finished, Ordering::AcqRel);
+    }
+}
+
+/// Which of a channel's delivery tags are settled (they count from 1; every one below `low`
+/// is, and those in `above`).
+struct Ledger {
+    low: u64,
+    above: std::collections::BTreeSet<u64>,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Self {
+            low: 1,
+            above: Default::default(),
         }
-        in_flight.fetch_sub(finished.len() + returned, Ordering::AcqRel);
+    }
+}
+
+/// What to tell the broker about a batch of settled deliveries.
+#[derive(Debug, PartialEq)]
+struct Plan {
+    /// One `multiple` ack up to this tag, covering this many finished deliveries.
+    up_to: Option<(u64, usize)>,
+    /// Acks of one delivery each (finished out of order).
+    single: Vec<u64>,
+    requeue: Vec<u64>,
+    /// Deliveries of ours this batch finishes (acked or requeued), for the in-flight count.
+    finished: usize,
+}
+
+impl Ledger {
+    fn settle(&mut self, batch: impl IntoIterator<Item = (u64, Settle)>) -> Plan {
+        let mut acks = Vec::new();
+        let mut requeue = Vec::new();
+        for (tag, how) in batch {
+            match how {
+                Settle::Ack => acks.push(tag),
+                Settle::Requeue => requeue.push(tag),
+                Settle::Gone => {}
+            }
+            self.above.insert(tag);
+        }
+        let start = self.low;
+        while self.above.remove(&self.low) {
+            self.low += 1;
+        }
+        acks.sort_unstable();
+        let (run, single): (Vec<u64>, Vec<u64>) =
+            acks.iter().partition(|t| (start..self.low).contains(t));
+        Plan {
+            // Up to the run's highest finished tag: one still outstanding (the broker refuses
+            // a tag it no longer holds, and closes the channel: 406), and every tag below it
+            // still outstanding is finished.
+            up_to: run.last().map(|&last| (last, run.len())),
+            single,
+            finished: acks.len() + requeue.len(),
+            requeue,
+        }
     }
 }
 
@@ -428,5 +456,43 @@ async fn sweep(cluster: &Cluster, state: &mut State) {
             published,
             "cluster: published inbox events that were committed but never published"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Ledger, Plan, Settle};
+
+    /// In-order finishes are acknowledged with one ack; one finished out of order is acked
+    /// alone at once, and the run that later closes the gap is acked up to its own highest
+    /// tag, never past it to a tag acked already (RabbitMQ closes the channel on that).
+    #[test]
+    fn acks_are_batched_and_never_name_a_settled_tag() {
+        let mut ledger = Ledger::default();
+        let plan = ledger.settle([(2, Settle::Ack), (1, Settle::Ack), (3, Settle::Ack)]);
+        assert_eq!(plan.up_to, Some((3, 3)));
+        assert!(plan.single.is_empty());
+        // 4 is slow; 5 and 6 finish first, 7 was rejected by the consumer.
+        let plan = ledger.settle([(5, Settle::Ack), (7, Settle::Gone), (6, Settle::Ack)]);
+        assert_eq!(plan.up_to, None);
+        assert_eq!(plan.single, vec![5, 6]);
+        let plan = ledger.settle([(4, Settle::Ack)]);
+        assert_eq!(
+            plan,
+            Plan {
+                up_to: Some((4, 1)),
+                single: vec![],
+                requeue: vec![],
+                finished: 1,
+            }
+        );
+        assert_eq!(ledger.low, 8, "every tag up to 7 is settled");
+        // A requeued delivery is settled by its nack, and not named by the next ack.
+        let plan = ledger.settle([(9, Settle::Ack), (8, Settle::Requeue)]);
+        assert_eq!(
+            (plan.up_to, plan.requeue, plan.finished),
+            (Some((9, 1)), vec![8], 2)
+        );
+        assert!(ledger.above.is_empty());
     }
 }
