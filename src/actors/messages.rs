@@ -87,6 +87,8 @@ pub enum RootMsg {}
 pub enum RouterMsg {
     /// A committed inbox event to process.
     Dispatch(CommittedEvent),
+    /// A broker delivery of a committed event (cluster mode): one partition's share of it.
+    Deliver(Box<(CommittedEvent, super::delivery::Delivery)>),
     /// Unanswered inbound messages of a conversation with an agent, found at start.
     Resume(ConversationKey, Box<Resume>),
     /// A conversation's follow-up is due.

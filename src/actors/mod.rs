@@ -15,6 +15,7 @@
 
 pub mod conversation;
 pub mod dead_letter;
+pub mod delivery;
 pub mod followups;
 pub mod lane;
 pub mod messages;

@@ -19,6 +19,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::{
     Ctx,
+    delivery::{self, Delivery, Done},
     lane::Lane,
     messages::{
         ConversationKey, ConversationMsg, DeadLetterMsg, LaneMsg, Resume, RouterMsg, Slice,
@@ -129,7 +130,7 @@ impl Actor for Router {
                 if concurrent_intake {
                     state.recovered.insert(event.id);
                 }
-                dispatch(state, event).await?;
+                dispatch(state, event, None).await?;
             }
         }
         let _ = state.ctx.recovered.send(true);
@@ -170,26 +171,10 @@ impl Actor for Router {
         state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RouterMsg::Dispatch(event) => {
-                // A copy of an event already in flight (recovery, or the inbox settling a
-                // commit whose answer was lost) is not dispatched twice.
-                let in_flight = state
-                    .events
-                    .get(&(event.id, event.partition()))
-                    .and_then(Weak::upgrade)
-                    .filter(|t| !t.is_done());
-                let recovered = !event.redrive && state.recovered.remove(&event.id);
-                match in_flight.filter(|_| !event.redrive) {
-                    None if !recovered => dispatch(state, event).await?,
-                    None => {}
-                    Some(ticket) => {
-                        // Delivered again while in flight (its channel broke): the new
-                        // delivery is the one to acknowledge.
-                        if let Some(p) = event.part {
-                            ticket.then(when_done(&state.ctx, Some(p.done)));
-                        }
-                    }
-                }
+            RouterMsg::Dispatch(event) => take(state, event, None).await?,
+            RouterMsg::Deliver(delivered) => {
+                let (event, delivery) = *delivered;
+                take(state, event, Some(delivery)).await?;
             }
             RouterMsg::Resume(key, resume) => {
                 let inc = live(state, &key);
@@ -359,13 +344,42 @@ fn stopped_one(state: &mut RouterState, key: ConversationKey, inc: u64) {
     );
 }
 
+/// An event handed over (by the inbox, a re-drive, a replay or the broker): dispatched, unless
+/// a copy of it is already in flight (recovery, the inbox settling a commit whose answer was
+/// lost, a broker delivering again).
+async fn take(
+    state: &mut RouterState,
+    event: inbox::CommittedEvent,
+    delivery: Option<Delivery>,
+) -> Result<(), ActorProcessingErr> {
+    let in_flight = state
+        .events
+        .get(&(event.id, delivery::partition(delivery.as_ref())))
+        .and_then(Weak::upgrade)
+        .filter(|t| !t.is_done());
+    let recovered = !event.redrive && state.recovered.remove(&event.id);
+    match in_flight.filter(|_| !event.redrive) {
+        None if !recovered => dispatch(state, event, delivery).await?,
+        None => {}
+        Some(ticket) => {
+            // Delivered again while in flight (its channel broke): the new delivery is the
+            // one to acknowledge.
+            if let Some(d) = delivery {
+                ticket.then(when_done(&state.ctx, Some(d.done)));
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn dispatch(
     state: &mut RouterState,
     mut event: inbox::CommittedEvent,
+    delivery: Option<Delivery>,
 ) -> Result<(), ActorProcessingErr> {
     injected_panic(&event);
     let ctx = state.ctx.clone();
-    let primary = event.part.as_ref().is_none_or(|p| p.primary);
+    let primary = delivery.as_ref().is_none_or(|p| p.primary);
     let directory = ctx.directory();
     // Only inside the tenant whose secret verified the event: a number it names outside that
     // tenant is reported and never applied. An event straight from a request carries the
@@ -385,11 +399,11 @@ async fn dispatch(
                 tracing::warn!(correlation_id = %event.correlation_id, event_id = event.id, %error, "payload cannot be normalised; parking it");
                 park(&ctx, &event, error).await;
             }
-            finish_delivery(&event);
+            finish_delivery(delivery.as_ref());
             return Ok(());
         }
     };
-    if let Some(p) = &event.part {
+    if let Some(p) = &delivery {
         // This delivery carries one partition's conversations; the other partitions' nodes
         // apply the rest.
         normalized
@@ -438,7 +452,7 @@ async fn dispatch(
         if !unattributed {
             ctx.store.complete(event.id, event.redrive).await;
         }
-        finish_delivery(&event);
+        finish_delivery(delivery.as_ref());
         return Ok(());
     }
     metrics::gauge!(m::MAILBOX_DEPTH).set((state.queued + slices.len()) as f64);
@@ -449,8 +463,9 @@ async fn dispatch(
     }
     ctx.in_flight.fetch_add(1, Ordering::Relaxed);
     metrics::gauge!(m::IN_FLIGHT).set(ctx.in_flight() as f64);
-    ticket.then(when_done(&ctx, event.part.as_ref().map(|p| p.done.clone())));
-    remember(state, (event.id, event.partition()), &ticket);
+    let part = delivery::partition(delivery.as_ref());
+    ticket.then(when_done(&ctx, delivery.map(|d| d.done)));
+    remember(state, (event.id, part), &ticket);
     for (key, user_id, phone_number_id, items) in slices {
         let slice = Arc::new(Slice::new(
             &event,
@@ -834,7 +849,7 @@ fn report_notes(ctx: &Ctx, event: &inbox::CommittedEvent, normalized: &ingest::N
 /// What an event's ticket runs when its last share is finished: the broker's delivery is
 /// acknowledged (cluster mode) and the event leaves the intake's in-flight bound. A ticket of
 /// a router that has since restarted (whose count started again from zero) takes nothing off.
-fn when_done(ctx: &Arc<Ctx>, delivery: Option<Arc<inbox::Done>>) -> impl FnOnce() + Send + 'static {
+fn when_done(ctx: &Arc<Ctx>, delivery: Option<Arc<Done>>) -> impl FnOnce() + Send + 'static {
     let ctx = ctx.clone();
     move || {
         if let Some(done) = delivery {
@@ -860,9 +875,9 @@ fn remember(state: &mut RouterState, key: (i64, u32), ticket: &Arc<Ticket>) {
 }
 
 /// A delivery with nothing left to apply is finished at once.
-fn finish_delivery(event: &inbox::CommittedEvent) {
-    if let Some(p) = &event.part {
-        p.done.finish();
+fn finish_delivery(delivery: Option<&Delivery>) {
+    if let Some(d) = delivery {
+        d.done.finish();
     }
 }
 

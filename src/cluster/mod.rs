@@ -32,11 +32,15 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use crate::{
-    actors::Ctx,
+    actors::{
+        Ctx,
+        delivery::{Delivery, Done},
+        messages::RouterMsg,
+    },
     config::ClusterConfig,
     ingest::{self, Source, Tenant},
     metrics as m,
-    store::inbox::{BoxFuture, CommittedEvent, Done, EventSink, HandOver, Part},
+    store::inbox::{BoxFuture, CommittedEvent, EventSink, HandOver},
 };
 
 /// Redeliveries after which the broker drops a message (a poison message must not loop for
@@ -319,17 +323,17 @@ impl Cluster {
             received_at: wire.received_at,
             payload: Arc::from(&*wire.payload),
             normalized: None,
-            part: Some(Part {
-                partition: wire.partition,
-                of: wire.of,
-                primary: wire.primary,
-                done,
-            }),
+        };
+        let delivery = Delivery {
+            partition: wire.partition,
+            of: wire.of,
+            primary: wire.primary,
+            done,
         };
         // No router (it is restarting): `done` is dropped with the event and the delivery
         // comes back.
         if let Some(router) = self.ctx.router() {
-            let _ = router.cast(crate::actors::messages::RouterMsg::Dispatch(event));
+            let _ = router.cast(RouterMsg::Deliver(Box::new((event, delivery))));
         }
     }
 }

@@ -30,11 +30,9 @@ use lapin::{
 
 use super::Cluster;
 use crate::{
+    actors::delivery::Done,
     metrics as m,
-    store::{
-        cluster as leases,
-        inbox::{self, Done},
-    },
+    store::{cluster as leases, inbox},
 };
 
 /// Most deliveries a handed-back partition may wait for before its lease goes anyway.

@@ -97,68 +97,9 @@ pub struct CommittedEvent {
     /// The intake's reading of the payload, when it came straight from a request (recovery,
     /// re-drives, replays and broker deliveries read the stored payload again).
     pub normalized: Option<Reading>,
-    /// Cluster mode: the partition's share of the event this delivery carries.
-    pub part: Option<Part>,
 }
-
-/// One partition's share of an event, as delivered by the broker (cluster mode): processing
-/// applies only the conversations of `partition` and calls `done` once they are committed.
-#[derive(Debug, Clone)]
-pub struct Part {
-    pub partition: u32,
-    pub of: u32,
-    /// This share also carries what no partition can name before the database is read
-    /// (statuses without a recipient, hand-offs by Kapso id), what cannot be attributed, and
-    /// the notes; exactly one share of an event is primary.
-    pub primary: bool,
-    pub done: Arc<Done>,
-}
-
-/// Called once when a delivery is finished (`true`), or, if it is dropped unfinished (a
-/// restarted router forgets its work), with `false`, so the broker delivers it again.
-pub struct Done(std::sync::Mutex<Option<OnDone>>);
-
-type OnDone = Box<dyn FnOnce(bool) + Send>;
-
-impl Done {
-    pub fn new(f: impl FnOnce(bool) + Send + 'static) -> Arc<Self> {
-        Arc::new(Self(std::sync::Mutex::new(Some(Box::new(f)))))
-    }
-
-    pub fn finish(&self) {
-        self.call(true);
-    }
-
-    fn call(&self, finished: bool) {
-        let f = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(f) = f {
-            f(finished);
-        }
-    }
-}
-
-impl Drop for Done {
-    fn drop(&mut self) {
-        self.call(false);
-    }
-}
-
-impl std::fmt::Debug for Done {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Done")
-    }
-}
-
-/// The partition number of an event that came from the inbox itself (single node, recovery,
-/// re-drives), not from a broker delivery.
-pub const NO_PART: u32 = u32::MAX;
 
 impl CommittedEvent {
-    /// The partition of the delivery this event came in, or [`NO_PART`].
-    pub fn partition(&self) -> u32 {
-        self.part.as_ref().map_or(NO_PART, |p| p.partition)
-    }
-
     /// A request's event, as committed with `id`.
     pub fn new(id: i64, e: &NewEvent) -> Self {
         Self {
@@ -171,7 +112,6 @@ impl CommittedEvent {
             received_at: e.received_at,
             payload: e.payload.clone(),
             normalized: e.normalized.clone(),
-            part: None,
         }
     }
 
@@ -201,7 +141,6 @@ impl CommittedEvent {
             received_at: e.received_at,
             payload: Arc::from(e.payload),
             normalized: None,
-            part: None,
         }
     }
 }
