@@ -114,5 +114,14 @@ fn sweep(state: &mut LaneState) {
     });
     if !stopped.is_empty() {
         let _ = state.router.cast(RouterMsg::Stopped(stopped));
+        shrink(&mut state.conversations);
+    }
+}
+
+/// A map that held many more conversations than it does now gives the room back (a burst of
+/// senders leaves no lasting weight once its conversations stop).
+pub fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 1024 && map.len() < map.capacity() / 4 {
+        map.shrink_to_fit();
     }
 }

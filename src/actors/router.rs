@@ -188,6 +188,7 @@ impl Actor for Router {
                 for (key, inc) in stopped {
                     stopped_one(state, key, inc);
                 }
+                super::lane::shrink(&mut state.conversations);
                 metrics::gauge!(m::LIVE_CONVERSATIONS).set(state.conversations.len() as f64);
                 state.ctx.store.bump();
             }
