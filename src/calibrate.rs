@@ -109,7 +109,7 @@ pub async fn run(config: Config, args: Args) -> anyhow::Result<String> {
                     let phone = sender(i, args.senders);
                     let contact = ContactKey::new(Some(&phone), None).expect("a phone number");
                     let set = ChangeSet::of_event(
-                        crate::store::change::Ticket::new(id, 1, false),
+                        crate::store::change::Ticket::new(id, 1, false).share(0),
                         false,
                         account.workspace_id,
                         contact,

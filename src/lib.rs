@@ -168,11 +168,84 @@ pub fn install_tls() {
 }
 
 /// Connects, migrates, upserts the configured accounts and starts serving on `listener`
-/// (or on `server.listen` when `None`).
+/// (or on `server.listen` when `None`): the database made ready, processing started (and its
+/// recovery of unprocessed events done), then the intake handing over to it, then the server.
 pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Result<Running> {
     let metrics = metrics::install();
     install_tls();
     let agents = Arc::new(agent::Agents::new(&config).context("setting up the AI agents")?);
+    let ready = prepare(&config).await?;
+    let listener = match listener {
+        Some(l) => l,
+        None => TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("binding server.listen = {}", config.server.listen))?,
+    };
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        backend = store::backend_name(&ready.db),
+        listen = %addr,
+        accounts = ready.directory.len(),
+        "wahook started"
+    );
+    let db = ready.db.clone();
+    let processing = start_processing(&config, ready.db, ready.directory, agents).await?;
+    let ctx = processing.ctx.clone();
+    let (inbox, writer, cluster) = start_intake(&config, &processing).await;
+    let gate = processing.gate.clone();
+    let state = AppState::new(AppInner {
+        db: db.clone(),
+        config: Arc::new(config),
+        inbox,
+        metrics,
+        processing: ctx.clone(),
+        cluster: cluster.as_ref().map(|(c, _)| c.clone()),
+        kapso_projects: Arc::new(ready.kapso_projects),
+        auth: Default::default(),
+    });
+    let checkpointer = tokio::spawn(store::checkpoint_every(
+        db.clone(),
+        gate,
+        std::time::Duration::from_millis(state.config.database.sqlite_checkpoint_ms),
+    ));
+    let gauges = tokio::spawn(refresh_gauges(
+        state.db.clone(),
+        std::time::Duration::from_millis(state.config.health.gauge_interval_ms),
+        state.config.health.max_pending_age_seconds,
+        ctx.clone(),
+    ));
+    let background = background(&ctx, &db, &state.config).await?;
+    let limits = connection_limits(&state.config.server);
+    let app = http::router(state);
+    let (shutdown, rx) = watch::channel(false);
+    let server = tokio::spawn(http::serve::serve(listener, app, limits, rx));
+    Ok(Running {
+        addr,
+        db,
+        ctx,
+        gauges,
+        shutdown,
+        server,
+        writer,
+        store_writer: processing.store_writer,
+        checkpointer,
+        background,
+        root: processing.root,
+        cluster,
+    })
+}
+
+/// The database, ready to serve: connected, migrated, the configured accounts upserted and
+/// read, Kapso projects' workspaces made, and sends a previous process left unconfirmed
+/// settled.
+struct Ready {
+    db: DatabaseConnection,
+    directory: store::accounts::Directory,
+    kapso_projects: std::collections::HashMap<String, (i64, String)>,
+}
+
+async fn prepare(config: &Config) -> anyhow::Result<Ready> {
     let db = store::connect(&config.database)
         .await
         .with_context(|| format!("connecting to {}", config::redact_url(&config.database.url)))?;
@@ -201,23 +274,29 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
             "agent replies whose send outcome is unknown after a restart were marked `unknown`; they are not resent"
         );
     }
+    Ok(Ready {
+        db,
+        directory,
+        kapso_projects,
+    })
+}
 
-    let listener = match listener {
-        Some(l) => l,
-        None => TcpListener::bind(config.server.listen)
-            .await
-            .with_context(|| format!("binding server.listen = {}", config.server.listen))?,
-    };
-    let addr = listener.local_addr()?;
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        backend = store::backend_name(&db),
-        listen = %addr,
-        accounts = directory.len(),
-        "wahook started"
-    );
+/// Processing, started: the store's writer and the actor tree, whose router has re-dispatched
+/// every pending inbox event before this returns (new traffic is taken in after it).
+struct Processing {
+    ctx: Arc<Ctx>,
+    root: ActorRef<RootMsg>,
+    store_writer: JoinHandle<()>,
+    gate: store::WriteGate,
+    writer_db: DatabaseConnection,
+}
 
-    let accounts = RwLock::new(Arc::new(directory));
+async fn start_processing(
+    config: &Config,
+    db: DatabaseConnection,
+    directory: store::accounts::Directory,
+    agents: Arc<agent::Agents>,
+) -> anyhow::Result<Processing> {
     let gate = store::WriteGate::for_backend(&db);
     let writer_db = store::connect_writer(&config.database, &db)
         .await
@@ -229,9 +308,9 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         &config.database,
     );
     let ctx = Arc::new(Ctx {
-        db: db.clone(),
+        db,
         store,
-        accounts,
+        accounts: RwLock::new(Arc::new(directory)),
         actors: config.actors.clone(),
         processing: config.processing.clone(),
         in_flight: Default::default(),
@@ -246,7 +325,6 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         cluster: config.cluster.enabled(),
         owned: RwLock::new(None),
     });
-    // Every pending inbox event is re-dispatched before new traffic is taken in.
     let mut recovered = ctx.recovered.subscribe();
     let (root, _) = Actor::spawn(None, Root, ctx.clone())
         .await
@@ -263,8 +341,26 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     }
     ctx.serving
         .store(true, std::sync::atomic::Ordering::Release);
-    // The inbox hands committed events over to this node's router, or in cluster mode to the
-    // broker (whose partition queues feed the routers of the nodes that own them).
+    Ok(Processing {
+        ctx,
+        root,
+        store_writer,
+        gate,
+        writer_db,
+    })
+}
+
+/// The intake's inbox, handing committed events over to this node's router, or in cluster
+/// mode to the broker (whose partition queues feed the routers of the nodes that own them).
+async fn start_intake(
+    config: &Config,
+    processing: &Processing,
+) -> (
+    Inbox,
+    JoinHandle<()>,
+    Option<(Arc<cluster::Cluster>, JoinHandle<()>)>,
+) {
+    let ctx = &processing.ctx;
     let cluster = match config.cluster.enabled() {
         true => Some(cluster::Cluster::start(config.cluster.clone(), ctx.clone()).await),
         false => None,
@@ -274,52 +370,13 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         None => Arc::new(RouterSink(ctx.clone())),
     };
     let (inbox, writer) = Inbox::spawn(
-        writer_db,
-        gate.clone(),
+        processing.writer_db.clone(),
+        processing.gate.clone(),
         &config.intake,
         store::WalSync::new(&config.database, config.database.inbox_durable()),
         sink,
     );
-    let state = AppState::new(AppInner {
-        db: db.clone(),
-        config: Arc::new(config),
-        inbox,
-        metrics,
-        processing: ctx.clone(),
-        cluster: cluster.as_ref().map(|(c, _)| c.clone()),
-        kapso_projects: Arc::new(kapso_projects),
-        auth: Default::default(),
-    });
-    let checkpointer = tokio::spawn(store::checkpoint_every(
-        db.clone(),
-        gate.clone(),
-        std::time::Duration::from_millis(state.config.database.sqlite_checkpoint_ms),
-    ));
-    let gauges = tokio::spawn(refresh_gauges(
-        state.db.clone(),
-        std::time::Duration::from_millis(state.config.health.gauge_interval_ms),
-        state.config.health.max_pending_age_seconds,
-        ctx.clone(),
-    ));
-    let background = background(&ctx, &db, &state.config).await?;
-    let limits = connection_limits(&state.config.server);
-    let app = http::router(state);
-    let (shutdown, rx) = watch::channel(false);
-    let server = tokio::spawn(http::serve::serve(listener, app, limits, rx));
-    Ok(Running {
-        addr,
-        db,
-        ctx,
-        gauges,
-        shutdown,
-        server,
-        writer,
-        store_writer,
-        checkpointer,
-        background,
-        root,
-        cluster,
-    })
+    (inbox, writer, cluster)
 }
 
 /// Keeps the backlog gauges (and readiness) current between scrapes.

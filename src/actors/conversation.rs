@@ -586,8 +586,7 @@ async fn apply(ctx: &Ctx, set: ChangeSet, slice: &Slice) -> Option<Applied> {
         .await;
     };
     // Parked, then counted finished: the event is never marked processed (the DLQ owns it).
-    slice.ticket.park();
-    slice.ticket.finish(1);
+    slice.share.park();
     match ctx.dead_letter() {
         Some(dl) => {
             let _ = dl.cast(DeadLetterMsg::Park {
@@ -611,7 +610,7 @@ fn change_set(ctx: &Ctx, known: Option<Known>, slice: &Slice) -> ChangeSet {
         .get(&slice.phone_number_id)
         .is_some_and(|a| a.agent_type.is_some());
     let mut set = ChangeSet::of_event(
-        slice.ticket.clone(),
+        slice.share.clone(),
         report,
         slice.key.0,
         slice.key.1.clone(),

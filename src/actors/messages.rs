@@ -10,7 +10,7 @@ use ractor::RpcReplyPort;
 
 use crate::{
     ingest::event::{ContactKey, ItemKind},
-    store::{change::Ticket, inbox::CommittedEvent},
+    store::{change::Share, inbox::CommittedEvent},
 };
 
 /// A conversation: its workspace and who it is with.
@@ -20,8 +20,8 @@ pub type ConversationKey = (i64, ContactKey);
 #[derive(Debug)]
 pub struct Slice {
     pub event_id: i64,
-    /// The event's completion, shared by its slices.
-    pub ticket: Arc<Ticket>,
+    /// Its share of the event's completion.
+    pub share: Share,
     pub correlation_id: String,
     pub received_at: DateTime<Utc>,
     pub key: ConversationKey,
@@ -37,7 +37,7 @@ pub struct Slice {
 impl Slice {
     pub fn new(
         event: &CommittedEvent,
-        ticket: Arc<Ticket>,
+        share: Share,
         key: ConversationKey,
         user_id: Option<String>,
         phone_number_id: String,
@@ -45,7 +45,7 @@ impl Slice {
     ) -> Self {
         Self {
             event_id: event.id,
-            ticket,
+            share,
             correlation_id: event.correlation_id.clone(),
             received_at: event.received_at,
             key,

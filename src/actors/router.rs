@@ -467,10 +467,10 @@ async fn dispatch(
     let part = delivery::partition(delivery.as_ref());
     ticket.then(when_done(&ctx, delivery.map(|d| d.done)));
     remember(state, (event.id, part), &ticket);
-    for (key, user_id, phone_number_id, items) in slices {
+    for (index, (key, user_id, phone_number_id, items)) in slices.into_iter().enumerate() {
         let slice = Arc::new(Slice::new(
             &event,
-            ticket.clone(),
+            ticket.share(index),
             key.clone(),
             user_id,
             phone_number_id,

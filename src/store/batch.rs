@@ -230,7 +230,7 @@ impl Writer {
     fn announce_resolved(&self, sets: &[&ChangeSet], finishing: &Finishing) {
         let mut seen = HashSet::new();
         for set in sets {
-            let Some(event) = set.origin.ticket().map(|t| t.event_id) else {
+            let Some(event) = set.origin.share().map(|s| s.ticket.event_id) else {
                 continue;
             };
             if finishing.resolve.contains(&event) && seen.insert(event) {
@@ -264,21 +264,23 @@ impl Writer {
 /// `processed` (those whose last unfinished shares these are) and whose DLQ rows it resolves.
 #[derive(Default)]
 struct Finishing {
-    shares: Vec<(std::sync::Arc<Ticket>, usize)>,
+    shares: Vec<(std::sync::Arc<Ticket>, Vec<usize>)>,
     done: Vec<i64>,
     resolve: Vec<i64>,
 }
 
 impl Finishing {
     fn of(sets: &[&ChangeSet]) -> Self {
-        let mut shares: Vec<(std::sync::Arc<Ticket>, usize)> = Vec::new();
+        let mut shares: Vec<(std::sync::Arc<Ticket>, Vec<usize>)> = Vec::new();
         let mut index: HashMap<*const Ticket, usize> = HashMap::new();
-        for ticket in sets.iter().filter_map(|s| s.origin.ticket()) {
-            match index.entry(std::sync::Arc::as_ptr(ticket)) {
-                std::collections::hash_map::Entry::Occupied(i) => shares[*i.get()].1 += 1,
+        for share in sets.iter().filter_map(|s| s.origin.share()) {
+            match index.entry(std::sync::Arc::as_ptr(&share.ticket)) {
+                std::collections::hash_map::Entry::Occupied(i) => {
+                    shares[*i.get()].1.push(share.index)
+                }
                 std::collections::hash_map::Entry::Vacant(v) => {
                     v.insert(shares.len());
-                    shares.push((ticket.clone(), 1));
+                    shares.push((share.ticket.clone(), vec![share.index]));
                 }
             }
         }
@@ -287,7 +289,7 @@ impl Finishing {
             ..Self::default()
         };
         for (ticket, n) in &f.shares {
-            if ticket.last_in(*n) {
+            if ticket.last_in(n) {
                 f.done.push(ticket.event_id);
                 if ticket.redrive {
                     f.resolve.push(ticket.event_id);
@@ -310,7 +312,7 @@ impl Finishing {
     /// The commit succeeded: its shares count finished on their tickets.
     fn finished(&self) {
         for (ticket, n) in &self.shares {
-            ticket.finish(*n);
+            ticket.finish(n);
         }
     }
 }

@@ -3,10 +3,7 @@
 //! and what applying it gives back ([`Applied`] or [`ApplyError`]). The store's step files
 //! (`contacts.rs`, `messages.rs`, …) read these types; `batch.rs` commits them.
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicBool, AtomicUsize, Ordering},
-};
+use std::sync::{Arc, Mutex};
 
 use sea_orm::DbErr;
 
@@ -18,10 +15,10 @@ use crate::ingest::event::{
 #[derive(Debug, Clone)]
 pub enum Origin {
     /// A share of an inbox event (taken from the inbox, re-driven from the dead-letter queue,
-    /// or delivered by the broker), carrying the event's [`Ticket`]: the store marks the event
+    /// or delivered by the broker), naming the event's [`Ticket`]: the store marks the event
     /// processed in the transaction that commits its last share. `report`: the set's newly
     /// stored inbound messages are handed back (the number has an agent that answers them).
-    Event { ticket: Arc<Ticket>, report: bool },
+    Event { share: Share, report: bool },
     /// Ours — the agent's reply (`answers`: the inbox event it answers), an operator's or
     /// another system's send, a follow-up, a template, a state an operator set: it finishes
     /// no event.
@@ -32,15 +29,15 @@ impl Origin {
     /// The inbox event the set's rows name (`messages.event_id`, …), if any.
     pub fn event_id(&self) -> Option<i64> {
         match self {
-            Origin::Event { ticket, .. } => Some(ticket.event_id),
+            Origin::Event { share, .. } => Some(share.ticket.event_id),
             Origin::Ours { answers } => *answers,
         }
     }
 
-    /// The ticket of the inbox event this set is a share of, which it finishes with the others.
-    pub fn ticket(&self) -> Option<&Arc<Ticket>> {
+    /// The share of an inbox event this set is, which it finishes with the others.
+    pub fn share(&self) -> Option<&Share> {
         match self {
-            Origin::Event { ticket, .. } => Some(ticket),
+            Origin::Event { share, .. } => Some(share),
             Origin::Ours { .. } => None,
         }
     }
@@ -52,18 +49,40 @@ impl Origin {
 }
 
 /// One dispatched event's completion: the router makes it with the number of shares the event
-/// was split into and hands it, inside every share, to the conversations; the store counts a
-/// share finished when it commits it, a conversation when it parks its share in the
-/// dead-letter queue. Nothing else counts: when the last share is finished, the ticket runs
-/// what the router gave it (the broker's acknowledgement, the in-flight bound). An event is
-/// marked `processed` — in the transaction of its last share — only if no share was parked.
+/// was split into (one per conversation) and hands each conversation its [`Share`]; the store
+/// finishes a share when it commits it, a conversation when it parks it in the dead-letter
+/// queue. Nothing else counts, and a share finished twice (applied again after its lane
+/// failed) counts once: when every share is finished, the ticket runs what the router gave it
+/// (the broker's acknowledgement, the in-flight bound). An event is marked `processed` — in
+/// the transaction of its last share — only if no share was parked.
 pub struct Ticket {
     pub event_id: i64,
     /// Re-driven from the dead-letter queue: its DLQ row resolves with it.
     pub redrive: bool,
-    left: AtomicUsize,
-    parked: AtomicBool,
+    shares: Mutex<Shares>,
     then: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+struct Shares {
+    finished: Vec<bool>,
+    left: usize,
+    parked: bool,
+}
+
+/// One conversation's share of an event: its ticket and its place in it.
+#[derive(Debug, Clone)]
+pub struct Share {
+    pub ticket: Arc<Ticket>,
+    pub index: usize,
+}
+
+impl Share {
+    /// Parked in the dead-letter queue (which owns the event until a re-drive dispatches it
+    /// afresh): finished, and the event is never marked processed.
+    pub fn park(&self) {
+        self.ticket.lock().parked = true;
+        self.ticket.finish(&[self.index]);
+    }
 }
 
 impl Ticket {
@@ -71,10 +90,25 @@ impl Ticket {
         Arc::new(Self {
             event_id,
             redrive,
-            left: AtomicUsize::new(shares),
-            parked: AtomicBool::new(false),
+            shares: Mutex::new(Shares {
+                finished: vec![false; shares],
+                left: shares,
+                parked: false,
+            }),
             then: Mutex::new(None),
         })
+    }
+
+    /// Share `index` of this ticket.
+    pub fn share(self: &Arc<Self>, index: usize) -> Share {
+        Share {
+            ticket: self.clone(),
+            index,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shares> {
+        self.shares.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// What to run once every share is finished (replacing what was set before).
@@ -82,31 +116,43 @@ impl Ticket {
         *self.then.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
     }
 
-    /// Part of the event went to the dead-letter queue (which owns it until a re-drive
-    /// dispatches it afresh): the other shares still apply, but it is never marked processed.
+    /// Part of the event could not be attributed (it went to the dead-letter queue whole):
+    /// its shares still apply, but it is never marked processed.
     pub fn park(&self) {
-        self.parked.store(true, Ordering::Release);
+        self.lock().parked = true;
     }
 
-    /// Whether committing `shares` more (all in one transaction) leaves none unfinished and
+    /// Whether committing these shares (all in one transaction) leaves none unfinished and
     /// none parked: that transaction marks the event processed. Asked by the store's one
     /// writer, which alone finishes shares by committing them.
-    pub fn last_in(&self, shares: usize) -> bool {
-        // A parked share sets `parked` before it counts itself finished.
-        self.left.load(Ordering::Acquire) == shares && !self.parked.load(Ordering::Acquire)
+    pub fn last_in(&self, shares: &[usize]) -> bool {
+        let s = self.lock();
+        let mut unfinished: Vec<usize> = shares
+            .iter()
+            .copied()
+            .filter(|&i| s.finished.get(i) == Some(&false))
+            .collect();
+        unfinished.sort_unstable();
+        unfinished.dedup();
+        !s.parked && s.left > 0 && unfinished.len() == s.left
     }
 
-    /// `shares` are finished (committed or parked). A share finished twice (applied again
-    /// after its lane failed while its first commit was under way) takes the count no lower
-    /// than zero.
-    pub fn finish(&self, shares: usize) {
-        let before = self
-            .left
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                Some(n.saturating_sub(shares))
-            })
-            .unwrap_or(0);
-        if before > 0 && before <= shares {
+    /// These shares are finished (committed or parked); each counts once.
+    pub fn finish(&self, shares: &[usize]) {
+        let all_done = {
+            let mut s = self.lock();
+            let before = s.left;
+            for &i in shares {
+                if let Some(f) = s.finished.get_mut(i)
+                    && !*f
+                {
+                    *f = true;
+                    s.left -= 1;
+                }
+            }
+            before > 0 && s.left == 0
+        };
+        if all_done {
             let then = self.then.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(f) = then {
                 f();
@@ -116,16 +162,17 @@ impl Ticket {
 
     /// Whether every share is finished.
     pub fn is_done(&self) -> bool {
-        self.left.load(Ordering::Acquire) == 0
+        self.lock().left == 0
     }
 }
 
 impl std::fmt::Debug for Ticket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.lock();
         f.debug_struct("Ticket")
             .field("event_id", &self.event_id)
-            .field("left", &self.left)
-            .field("parked", &self.parked)
+            .field("left", &s.left)
+            .field("parked", &s.parked)
             .finish()
     }
 }
@@ -182,16 +229,16 @@ impl ChangeSet {
         }
     }
 
-    /// A conversation's share of the inbox event `ticket` finishes: nothing in it yet.
+    /// A conversation's share of an inbox event: nothing in it yet.
     pub fn of_event(
-        ticket: Arc<Ticket>,
+        share: Share,
         report: bool,
         workspace_id: i64,
         contact: ContactKey,
         known: Option<Known>,
         correlation_id: impl Into<String>,
     ) -> Self {
-        let origin = Origin::Event { ticket, report };
+        let origin = Origin::Event { share, report };
         Self::empty(origin, workspace_id, contact, known, correlation_id.into())
     }
 
@@ -284,4 +331,50 @@ pub struct Applied {
     pub new_inbound: Vec<MessageItem>,
     /// The set asked for `new_inbound` (its account has an agent).
     pub reported: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use super::Ticket;
+
+    /// The last share's commit marks the event processed and runs the ticket's work once; a
+    /// share finished twice (applied again after its lane failed) counts once; a parked share
+    /// means the event is never marked processed, though the work still runs when all finish.
+    #[test]
+    fn each_share_counts_once_and_a_parked_one_keeps_the_event_unprocessed() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let ticket = Ticket::new(7, 3, false);
+        let counter = runs.clone();
+        ticket.then(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        assert!(!ticket.last_in(&[0]), "two more shares to go");
+        ticket.finish(&[0]);
+        ticket.finish(&[0]);
+        assert!(!ticket.last_in(&[1]), "share 0 finished twice counts once");
+        assert!(
+            ticket.last_in(&[1, 2, 2]),
+            "the batch holding both others is the last"
+        );
+        ticket.finish(&[1, 2]);
+        assert!(ticket.is_done());
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        ticket.finish(&[2]);
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "runs once");
+        assert!(!ticket.last_in(&[2]), "nothing is left to mark");
+
+        let parked = Ticket::new(8, 2, false);
+        parked.share(1).park();
+        assert!(!parked.last_in(&[0]), "a parked share keeps it unprocessed");
+        assert!(!parked.is_done());
+        parked.finish(&[0]);
+        assert!(parked.is_done());
+        // An index the ticket does not have is ignored, never a panic.
+        parked.finish(&[9]);
+    }
 }
