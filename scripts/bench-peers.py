@@ -42,7 +42,7 @@ p.add_argument("--peer", default=os.path.join(HERE, "..", "..", "shared", "peers
                help="the peer's folder (server.mjs, package.json)")
 p.add_argument("--build", action="store_true")
 p.add_argument("--perf", metavar="DIR",
-               help="record each wahook server with `perf record -g` during its load, into DIR/<server>.data")
+               help="record each wahook server with `perf record --call-graph dwarf` during its load, into DIR/<server>.data (slows it: not for the figures)")
 args = p.parse_args()
 if args.build:
     drill.build()

@@ -252,8 +252,6 @@ pub fn handle(
             conv.known.get_or_insert(due.known);
             follow_up(ctx, at, conv, *due);
         }
-        // The lane decides.
-        ConversationMsg::Evict => {}
     }
 }
 

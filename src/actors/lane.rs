@@ -27,7 +27,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use super::{
     Ctx,
     conversation::{self, Address, Conversation},
-    messages::{ConversationKey, ConversationMsg, LaneMsg, RouterMsg},
+    messages::{ConversationKey, LaneMsg, RouterMsg},
 };
 
 pub struct Lane;
@@ -84,17 +84,19 @@ impl Actor for Lane {
                     key,
                     inc,
                 };
-                if let ConversationMsg::Evict = msg {
-                    if !conv.busy() {
-                        let key = at.key;
-                        state.conversations.remove(&key);
-                        let _ = state.router.cast(RouterMsg::Stopped(vec![(key, inc)]));
-                    }
-                    return Ok(());
-                }
                 conversation::handle(&state.ctx, &state.router, &at, conv, msg);
             }
             LaneMsg::Sweep => sweep(state),
+            LaneMsg::Evict(key, inc) => {
+                if state
+                    .conversations
+                    .get(&key)
+                    .is_some_and(|c| c.inc == inc && !c.busy())
+                {
+                    state.conversations.remove(&key);
+                    let _ = state.router.cast(RouterMsg::Stopped(vec![(key, inc)]));
+                }
+            }
         }
         Ok(())
     }

@@ -111,6 +111,8 @@ pub enum LaneMsg {
     To(ConversationKey, u64, ConversationMsg),
     /// Stop the conversations idle for `actors.idle_timeout_ms`.
     Sweep,
+    /// `actors.max_live` are alive: stop this one now unless something runs or waits.
+    Evict(ConversationKey, u64),
 }
 
 pub enum ConversationMsg {
@@ -135,8 +137,6 @@ pub enum ConversationMsg {
     TurnDone(u32, Box<crate::agent::turn::TurnReport>),
     /// The customer has been quiet since our last message: a follow-up is due.
     FollowUp(Box<FollowUpDue>),
-    /// `actors.max_live` are alive: stop now unless something runs or waits.
-    Evict,
 }
 
 pub enum DeadLetterMsg {

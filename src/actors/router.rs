@@ -526,7 +526,8 @@ fn make_room(state: &mut RouterState, incoming: usize) {
         .map(|(_, key, conv)| (key.clone(), conv.inc))
         .collect();
     for (key, inc) in &asked {
-        send(state, key.clone(), *inc, ConversationMsg::Evict);
+        let lane = &state.lanes[lane_of(key, state.lanes.len())];
+        let _ = lane.cast(LaneMsg::Evict(key.clone(), *inc));
     }
     metrics::counter!(m::ACTORS_EVICTED).increment(asked.len() as u64);
     for (key, _) in asked {

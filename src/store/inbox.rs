@@ -174,24 +174,35 @@ pub async fn pending_page(
         .collect())
 }
 
-/// The stored first copy of a duplicate (by its dedup key or its body key), if it is still
-/// `pending`.
-pub async fn pending_copy(
+/// The stored first copies of duplicates (by dedup key or body key) that are still
+/// `pending`, one query for them all: per event given, its copy or `None`.
+async fn pending_copies(
     db: &impl ConnectionTrait,
-    event: &NewEvent,
-) -> Result<Option<CommittedEvent>, DbErr> {
+    events: &[&NewEvent],
+) -> Result<Vec<Option<CommittedEvent>>, DbErr> {
     use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter};
     use webhook_events::Column as C;
-    let mut same = Condition::any().add(C::DedupKey.eq(event.dedup_key.as_str()));
-    if let Some(body_key) = &event.body_key {
-        same = same.add(C::BodyKey.eq(body_key.as_str()));
+    let dedup_keys = events.iter().map(|e| e.dedup_key.clone());
+    let body_keys: Vec<String> = events.iter().filter_map(|e| e.body_key.clone()).collect();
+    let mut same = Condition::any().add(C::DedupKey.is_in(dedup_keys));
+    if !body_keys.is_empty() {
+        same = same.add(C::BodyKey.is_in(body_keys));
     }
-    Ok(webhook_events::Entity::find()
+    let rows = webhook_events::Entity::find()
         .filter(same)
         .filter(C::Status.eq(EventStatus::Pending.as_str()))
-        .one(db)
-        .await?
-        .map(|e| CommittedEvent::from_row(e, false)))
+        .all(db)
+        .await?;
+    Ok(events
+        .iter()
+        .map(|e| {
+            rows.iter()
+                .find(|r| {
+                    r.dedup_key == e.dedup_key || (e.body_key.is_some() && r.body_key == e.body_key)
+                })
+                .map(|r| CommittedEvent::from_row(r.clone(), false))
+        })
+        .collect())
 }
 
 /// Marks inbox rows `processed`, inside the store's transaction with their last effects.
@@ -549,21 +560,29 @@ impl Writer {
                     }
                 }
                 let mut failed: Vec<Option<String>> = vec![None; batch.len()];
-                if self.sink.hands_over_pending_duplicates() {
-                    for (i, r) in batch.iter().enumerate() {
-                        if outcomes[i] != AppendOutcome::Duplicate
-                            || r.event.status != EventStatus::Pending
-                        {
-                            continue;
-                        }
-                        match pending_copy(&self.db, &r.event).await {
-                            Ok(Some(first)) => {
-                                handed.push(first);
-                                answers.push(i);
+                let duplicates: Vec<usize> = (0..batch.len())
+                    .filter(|&i| {
+                        outcomes[i] == AppendOutcome::Duplicate
+                            && batch[i].event.status == EventStatus::Pending
+                    })
+                    .collect();
+                if self.sink.hands_over_pending_duplicates() && !duplicates.is_empty() {
+                    let events: Vec<&NewEvent> =
+                        duplicates.iter().map(|&i| &batch[i].event).collect();
+                    match pending_copies(&self.db, &events).await {
+                        Ok(copies) => {
+                            for (&i, copy) in duplicates.iter().zip(copies) {
+                                if let Some(first) = copy {
+                                    handed.push(first);
+                                    answers.push(i);
+                                }
                             }
-                            Ok(None) => {}
-                            // Its first copy stays pending for the sweeper; the sender retries.
-                            Err(e) => failed[i] = Some(e.to_string()),
+                        }
+                        // Their first copies stay pending for the sweeper; the senders retry.
+                        Err(e) => {
+                            for &i in &duplicates {
+                                failed[i] = Some(e.to_string());
+                            }
                         }
                     }
                 }
