@@ -322,8 +322,10 @@ async fn start_processing(
         notes: Default::default(),
         reads: Default::default(),
         agents,
-        cluster: config.cluster.enabled(),
-        owned: RwLock::new(None),
+        feed: match config.cluster.enabled() {
+            true => actors::Feed::Partitions(RwLock::new(None)),
+            false => actors::Feed::Inbox,
+        },
     });
     let mut recovered = ctx.recovered.subscribe();
     let (root, _) = Actor::spawn(None, Root, ctx.clone())
@@ -440,7 +442,7 @@ async fn background(
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let follow_ups = tokio::spawn(actors::followups::run(ctx.clone()));
     // Media jobs: on a single node nobody else can hold one, so a dead process's leases go.
-    if !ctx.cluster {
+    if ctx.feed.resumes_at_start() {
         let released = store::media::release_leases(db)
             .await
             .context("releasing media jobs held by a previous process")?;
@@ -479,7 +481,7 @@ async fn background(
     };
     // Hand-off notifications: the same, for a dead process's leases.
     let notifier = agent::notify::Notifier::new(config, &ctx.directory())?;
-    if !ctx.cluster {
+    if ctx.feed.resumes_at_start() {
         store::handoffs::release_leases(db)
             .await
             .context("releasing hand-off notifications held by a previous process")?;

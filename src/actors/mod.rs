@@ -65,12 +65,36 @@ pub struct Ctx {
     pub reads: ReadCounts,
     /// The AI agent types and the send side.
     pub agents: Arc<crate::agent::Agents>,
-    /// Cluster mode: events come from the broker's partition queues, not from this node's
-    /// inbox (no inbox recovery at start).
-    pub cluster: bool,
-    /// Cluster mode: the partition count and the partitions this node consumes (set by the
-    /// cluster's rebalance); timed work (follow-ups) runs only for conversations in them.
-    pub owned: RwLock<Option<(u32, Arc<Vec<u32>>)>>,
+    /// Where this node's events come from.
+    pub feed: Feed,
+}
+
+/// Where a node's events come from: what it resumes at start, and whose timed work it runs.
+pub enum Feed {
+    /// Its own inbox (a single node): at start it resumes every unfinished thing — the
+    /// inbox's pending events, the bursts a stopped process left unanswered, the job leases
+    /// it held — and it runs every conversation's timed work.
+    Inbox,
+    /// The broker's partition queues (cluster mode): unacknowledged deliveries come back on
+    /// their own and the sweeper publishes what never reached the broker, so nothing is
+    /// resumed at start (every node would resume everything). Holds the partition count and
+    /// the partitions this node consumes (set by the cluster's rebalance): timed work
+    /// (follow-ups) runs only for conversations in them.
+    Partitions(RwLock<Option<(u32, Arc<Vec<u32>>)>>),
+}
+
+impl Feed {
+    /// Whether this node alone holds what is unfinished and resumes it at start.
+    pub fn resumes_at_start(&self) -> bool {
+        matches!(self, Feed::Inbox)
+    }
+
+    /// The partitions this node consumes now, of `n` (cluster mode).
+    pub fn set_owned(&self, n: u32, owned: Vec<u32>) {
+        if let Feed::Partitions(lock) = self {
+            write(lock, Some((n, Arc::new(owned))));
+        }
+    }
 }
 
 /// Lines normalisation reported since start: notes (value-level errors, parts stored but not
@@ -97,7 +121,8 @@ impl NoteCounts {
 }
 
 /// Readings of payloads into typed events since start: by the intake (once per request kept)
-/// and by processing (events read back: recovery, re-drives, replays, broker deliveries).
+/// and by processing (events read back: recovery, re-drives, replays; a broker delivery
+/// carries the publishing node's reading).
 /// Each also counts in `wahook_payload_reads_total{by}`.
 #[derive(Default)]
 pub struct ReadCounts {
@@ -141,14 +166,14 @@ impl Ctx {
     /// Whether this node runs the timed work of a conversation: always on a single node; in
     /// cluster mode only for the partitions it consumes.
     pub fn owns(&self, workspace_id: i64, contact: &crate::ingest::event::ContactKey) -> bool {
-        if !self.cluster {
-            return true;
-        }
-        match read(&self.owned) {
-            Some((n, owned)) => {
-                owned.contains(&crate::ingest::partition_of(workspace_id, contact, n))
-            }
-            None => false,
+        match &self.feed {
+            Feed::Inbox => true,
+            Feed::Partitions(lock) => match read(lock) {
+                Some((n, owned)) => {
+                    owned.contains(&crate::ingest::partition_of(workspace_id, contact, n))
+                }
+                None => false,
+            },
         }
     }
 

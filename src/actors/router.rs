@@ -119,9 +119,9 @@ impl Actor for Router {
         let reset = dlq::reset_retrying(&state.ctx.db).await?;
         let mut after = None;
         let mut recovered = 0usize;
-        // In cluster mode the broker holds what is unfinished (unacknowledged deliveries come
-        // back) and the sweeper publishes what never reached it: the inbox is not re-read.
-        while !state.ctx.cluster {
+        // Fed by its own inbox, the node re-reads what is pending there (a broker's feed
+        // brings back its unacknowledged deliveries by itself).
+        while state.ctx.feed.resumes_at_start() {
             let page = inbox::pending_page(&state.ctx.db, after, 1000).await?;
             let Some(last) = page.last() else { break };
             after = Some((last.received_at, last.id));
@@ -135,9 +135,9 @@ impl Actor for Router {
         }
         let _ = state.ctx.recovered.send(true);
         // Bursts a stopped process gathered and never answered get their turn now (aside:
-        // serving does not wait for it). Not in cluster mode: every node would resume every
+        // serving does not wait for it). Not on a broker's feed: every node would resume every
         // conversation, beside its owner; there they wait for the conversation's next message.
-        if !state.ctx.cluster {
+        if state.ctx.feed.resumes_at_start() {
             tokio::spawn(resume_unanswered(
                 state.ctx.clone(),
                 myself.clone(),

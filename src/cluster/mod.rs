@@ -38,7 +38,7 @@ use crate::{
         messages::RouterMsg,
     },
     config::ClusterConfig,
-    ingest::{self, Source, Tenant},
+    ingest::{self, Normalized, Source, Tenant},
     metrics as m,
     store::inbox::{BoxFuture, CommittedEvent, EventSink, HandOver},
 };
@@ -82,8 +82,10 @@ pub struct Health {
     pub partitions_owned: Vec<u32>,
 }
 
-/// One partition message: the committed event and which share of it this is. Its text fields
-/// borrow (from the event when publishing, from the delivery when one needs no unescaping).
+/// One partition message: the committed event as the intake read it (its typed event, not its
+/// raw payload: the consuming node applies that reading instead of parsing the payload again)
+/// and which share of it this is. Its text fields borrow (from the event when publishing, from
+/// the delivery when one needs no unescaping).
 #[derive(Serialize, Deserialize)]
 struct Wire<'a> {
     id: i64,
@@ -100,8 +102,14 @@ struct Wire<'a> {
     #[serde(borrow)]
     correlation_id: Cow<'a, str>,
     received_at: DateTime<Utc>,
-    #[serde(borrow)]
-    payload: Cow<'a, str>,
+    /// The typed event (or why the payload could not be read), made once within the signing
+    /// tenant by the node that took the request (or by the sweeper, from the stored payload).
+    #[serde(default)]
+    reading: Option<Cow<'a, Result<Normalized, String>>>,
+    /// The raw payload: sent only by nodes older than `reading`, whose messages the consumer
+    /// then reads as before (the inbox keeps the payload itself).
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    payload: Option<Cow<'a, str>>,
     partition: u32,
     of: u32,
     primary: bool,
@@ -202,7 +210,16 @@ impl Cluster {
         event: &CommittedEvent,
     ) -> Result<Vec<PublisherConfirm>, String> {
         injected_failure(event)?;
-        let parts = self.partitions_of(event);
+        // The intake's reading of it; the sweeper's event, read back from the inbox, is read
+        // here (once: what is published is that reading).
+        let reading = match event.normalized.clone() {
+            Some(reading) => reading,
+            None => {
+                metrics::counter!(crate::metrics::PAYLOAD_READS, "by" => "publish").increment(1);
+                Arc::new(event.read_payload(&self.ctx.directory()))
+            }
+        };
+        let parts = self.partitions_of(event.id, &reading);
         let mut confirms = Vec::with_capacity(parts.len());
         for (i, partition) in parts.iter().enumerate() {
             let body = serde_json::to_vec(&Wire {
@@ -214,7 +231,8 @@ impl Cluster {
                 signed_by: Some(event.tenant.encode().into()),
                 correlation_id: event.correlation_id.as_str().into(),
                 received_at: event.received_at,
-                payload: (*event.payload).into(),
+                reading: Some(Cow::Borrowed(&*reading)),
+                payload: None,
                 partition: *partition,
                 of: self.cfg.partitions,
                 primary: i == 0,
@@ -240,25 +258,14 @@ impl Cluster {
     /// The partitions of an event's conversations, first-named first (that one is primary);
     /// an event that names none (it cannot be read, or only the database can tell its
     /// conversation) goes whole to one partition chosen by its id.
-    fn partitions_of(&self, event: &CommittedEvent) -> Vec<u32> {
+    fn partitions_of(&self, id: i64, reading: &Result<Normalized, String>) -> Vec<u32> {
         let n = self.cfg.partitions;
-        let parts = match event.normalized.as_deref() {
-            // The intake's reading of it.
-            Some(reading) => reading
-                .as_ref()
-                .map(|normalized| ingest::partitions_of(normalized, n))
-                .unwrap_or_default(),
-            // The sweeper's: a committed event read back from the inbox.
-            None => {
-                metrics::counter!(crate::metrics::PAYLOAD_READS, "by" => "publish").increment(1);
-                event
-                    .read_payload(&self.ctx.directory())
-                    .map(|normalized| ingest::partitions_of(&normalized, n))
-                    .unwrap_or_default()
-            }
-        };
+        let parts = reading
+            .as_ref()
+            .map(|normalized| ingest::partitions_of(normalized, n))
+            .unwrap_or_default();
         if parts.is_empty() {
-            vec![(event.id.unsigned_abs() % u64::from(n)) as u32]
+            vec![(id.unsigned_abs() % u64::from(n)) as u32]
         } else {
             parts
         }
@@ -321,8 +328,14 @@ impl Cluster {
             ),
             correlation_id: wire.correlation_id.into_owned(),
             received_at: wire.received_at,
-            payload: Arc::from(&*wire.payload),
-            normalized: None,
+            payload: wire
+                .payload
+                .as_deref()
+                .map(Arc::from)
+                .unwrap_or_else(|| Arc::from("")),
+            // The publisher's reading, applied as it is (the router reads the payload only
+            // for a message that carries no reading).
+            normalized: wire.reading.map(|r| Arc::new(r.into_owned())),
         };
         let delivery = Delivery {
             partition: wire.partition,

@@ -81,10 +81,10 @@ pub(super) async fn run(cluster: Arc<Cluster>) {
             .map(|(p, _)| *p)
             .collect();
         metrics::gauge!(m::CLUSTER_PARTITIONS_OWNED).set(owned.len() as f64);
-        crate::actors::write(
-            &cluster.ctx.owned,
-            Some((cluster.cfg.partitions, Arc::new(owned.clone()))),
-        );
+        cluster
+            .ctx
+            .feed
+            .set_owned(cluster.cfg.partitions, owned.clone());
         cluster.set_status(|s| s.owned = owned);
         sweep(&cluster, &mut state).await;
     }

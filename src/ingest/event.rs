@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Direction {
     Inbound,
     Outbound,
@@ -21,7 +21,7 @@ impl Direction {
 /// their user id, through wahook's API or console), the WhatsApp Business app (an
 /// `smb_message_echoes` echo, Kapso's `business_app` or `history_sync` origin), or another
 /// system (recorded through the API, Kapso's `cloud_api` origin). Stored by its name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Author {
     #[default]
     Customer,
@@ -71,7 +71,7 @@ impl Author {
 /// A message's delivery status, ordered: a status only ever moves to a higher rank.
 /// `failed` outranks only a message not yet delivered; after that it is recorded with its
 /// error without changing the status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MessageStatus {
     /// An inbound message as received.
     Received,
@@ -124,7 +124,7 @@ impl MessageStatus {
 }
 
 /// A conversation's lifecycle state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ConversationState {
     Open,
     Inactive,
@@ -155,7 +155,7 @@ impl ConversationState {
 }
 
 /// What an event asks of a conversation's state; [`ConversationState::after`] decides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Intent {
     InboundMessage,
     Lifecycle(Lifecycle),
@@ -198,7 +198,9 @@ impl ConversationState {
 /// phone, `bsuid:<user_id>`; for a sender id that is present but not a phone number (e.g. a
 /// placeholder such as `PHONE_NUMBER`), `raw:<id as given>`. A sender is never dropped for its
 /// shape.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ContactKey(String);
 
 impl ContactKey {
@@ -266,7 +268,7 @@ impl ContactKey {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MessageItem {
     pub direction: Direction,
     pub wamid: String,
@@ -289,7 +291,7 @@ pub struct MessageItem {
 
 /// A file a message names: what the webhook says of it. The bytes are fetched later from the
 /// Graph API by the media id (the download URL lives minutes, the id 7 days).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct MediaRef {
     /// The message type: `image`, `audio`, `video`, `document` or `sticker`.
     pub kind: String,
@@ -392,7 +394,7 @@ impl MessageItem {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StatusItem {
     pub wamid: String,
     pub status: MessageStatus,
@@ -405,7 +407,7 @@ pub struct StatusItem {
 
 /// `statuses[].pricing`: `pricing_model` (CBP, PMP), `category` (marketing, utility,
 /// authentication, service, …) and `type` (regular, free_customer_service, free_entry_point).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Pricing {
     pub model: Option<String>,
     pub category: Option<String>,
@@ -414,7 +416,7 @@ pub struct Pricing {
 
 /// A change to an earlier message — a reaction, an edit, a revoke. It is not a message of its
 /// own: it changes the one it points at (once that has arrived) and is never counted.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Amendment {
     /// Its own id (a redelivery of it changes nothing).
     pub wamid: String,
@@ -426,7 +428,7 @@ pub struct Amendment {
     pub kind: AmendmentKind,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum AmendmentKind {
     /// `None`: the reaction was taken back (emoji missing or empty).
     Reaction(Option<String>),
@@ -439,12 +441,13 @@ pub enum AmendmentKind {
     Revoke,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct IdentityChange {
     /// `user_changed_number`, `customer_changed_number`, `user_changed_user_id`, `linked` (a
     /// message named a phone and a user id first seen alone), `identity_changed`
     /// (`customer_identity_changed`: the same contact, a new identity key).
-    pub kind: &'static str,
+    #[serde(with = "identity_kind")]
+    pub kind: IdentityKind,
     /// The identity the contact was known by (the same as the item's for `identity_changed`).
     pub from: ContactKey,
     /// The new business-scoped user id, when the change names one.
@@ -452,7 +455,34 @@ pub struct IdentityChange {
     pub at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An identity change's kind: one of the names in [`identity_kind`]'s list.
+pub type IdentityKind = &'static str;
+
+/// An identity change's kind travels by its name (between nodes, through the broker) and is
+/// read back as one of the names the intake gives.
+mod identity_kind {
+    const KINDS: [&str; 5] = [
+        "user_changed_number",
+        "customer_changed_number",
+        "user_changed_user_id",
+        "linked",
+        "identity_changed",
+    ];
+
+    pub fn serialize<S: serde::Serializer>(kind: &&'static str, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(kind)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+        let name = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        KINDS
+            .into_iter()
+            .find(|k| *k == name)
+            .ok_or_else(|| serde::de::Error::unknown_variant(&name, &KINDS))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Lifecycle {
     Opened,
     Ended,
@@ -461,7 +491,7 @@ pub enum Lifecycle {
     Handoff,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ItemKind {
     Message(MessageItem),
     /// A reaction, edit or revoke of an earlier message.
@@ -486,7 +516,7 @@ pub enum ItemKind {
 }
 
 /// One thing that happened in one conversation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Item {
     pub workspace_id: i64,
     /// The business number it concerns (where a reply goes out from).
@@ -498,7 +528,7 @@ pub struct Item {
 
 /// A status whose recipient the payload does not name: it belongs to the conversation of the
 /// stored message with its wamid, if there is one.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OrphanStatus {
     pub workspace_id: i64,
     pub phone_number_id: String,
@@ -507,7 +537,7 @@ pub struct OrphanStatus {
 
 /// A template webhook (keyed by the WhatsApp Business Account, no phone number): what changed
 /// of one template of the catalog.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TemplateUpdate {
     pub waba_id: String,
     /// Meta's id of the template (an integer in the payload).
@@ -517,7 +547,7 @@ pub struct TemplateUpdate {
     pub change: TemplateChange,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum TemplateChange {
     /// `message_template_status_update`: the new status (`event`) and why.
     Status {
@@ -542,7 +572,7 @@ pub enum TemplateChange {
 }
 
 /// Everything one inbox event says, in payload order.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Normalized {
     pub items: Vec<Item>,
     /// Statuses to attribute by their message's wamid (processing looks them up).

@@ -285,6 +285,20 @@ async fn two_nodes_split_the_partitions_and_process_every_webhook_once_in_order(
     let (live_a, live_b) = (cluster.live(a).await, cluster.live(b).await);
     assert_eq!(live_a + live_b, 20, "{live_a} + {live_b}");
     assert!(live_a > 0 && live_b > 0, "{live_a} / {live_b}");
+    // Each payload was read once, by the node that took its request; the node that applied
+    // it through the broker applied that reading (half the events crossed between nodes).
+    let mut read_at_intake = 0;
+    for node in [a, b] {
+        let health = cluster.health(node).await;
+        read_at_intake += health["processing"]["payloads_read_at_intake"]
+            .as_i64()
+            .unwrap();
+        assert_eq!(
+            health["processing"]["payloads_read_again"], 0,
+            "node {node} parsed a payload the broker brought it"
+        );
+    }
+    assert_eq!(read_at_intake, 200);
     cluster.finish().await;
 }
 
