@@ -93,9 +93,10 @@ pub struct CommittedEvent {
     pub tenant: Tenant,
     pub correlation_id: String,
     pub received_at: DateTime<Utc>,
+    /// The raw payload (empty for a broker delivery: the broker carries the reading).
     pub payload: Arc<str>,
-    /// The intake's reading of the payload, when it came straight from a request (recovery,
-    /// re-drives, replays and broker deliveries read the stored payload again).
+    /// The intake's reading of the payload, when it came straight from a request or through
+    /// the broker (recovery, re-drives and replays read the stored payload again).
     pub normalized: Option<Reading>,
 }
 
