@@ -448,3 +448,117 @@ impl Cluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::ingest::event::{
+        Author, ContactKey, Direction, IdentityChange, Item, ItemKind, MediaRef, MessageItem,
+        MessageStatus, TemplateChange, TemplateUpdate,
+    };
+
+    fn reading() -> Result<Normalized, String> {
+        let at = Utc.timestamp_opt(1_767_225_600, 0).unwrap();
+        let item = |kind| Item {
+            workspace_id: 7,
+            phone_number_id: "106540352242922".into(),
+            contact: ContactKey::phone("+49 176 1111 0000").unwrap(),
+            user_id: Some("US.13491208655302741918".into()),
+            kind,
+        };
+        Ok(Normalized {
+            items: vec![
+                item(ItemKind::Message(MessageItem {
+                    direction: Direction::Inbound,
+                    wamid: "wamid.wire.1".into(),
+                    timestamp: at,
+                    message_type: "image".into(),
+                    content: Some("a \"quoted\" caption\n".into()),
+                    metadata: r#"{"type":"image","image":{"id":"1"}}"#.into(),
+                    status: MessageStatus::Received,
+                    sender: None,
+                    media: Some(Box::new(MediaRef {
+                        kind: "image".into(),
+                        media_id: "1".into(),
+                        voice: false,
+                        ..MediaRef::default()
+                    })),
+                    author: Author::Operator(Some(3)),
+                })),
+                item(ItemKind::IdentityChange(IdentityChange {
+                    kind: "user_changed_number",
+                    from: ContactKey::user("US.1"),
+                    user_id: None,
+                    at,
+                })),
+                item(ItemKind::MarketingPreference { opt_out: true, at }),
+            ],
+            templates: vec![TemplateUpdate {
+                waba_id: "102290129340398".into(),
+                template_id: Some("1".into()),
+                name: Some("order_update".into()),
+                language: Some("en".into()),
+                change: TemplateChange::Components {
+                    body: Some("Hi {{1}}".into()),
+                    header: None,
+                    footer: None,
+                    buttons: Some(vec![serde_json::json!({"type": "URL"})]),
+                },
+            }],
+            notes: vec!["a note".into()],
+            ..Normalized::default()
+        })
+    }
+
+    fn wire<'a>(reading: &'a Result<Normalized, String>, payload: Option<&'a str>) -> Wire<'a> {
+        Wire {
+            id: 42,
+            source: "meta".into(),
+            event_type: Some("messages".into()),
+            workspace_id: Some(7),
+            account_id: Some(1),
+            signed_by: Some("account:1".into()),
+            correlation_id: "c-1".into(),
+            received_at: Utc.timestamp_opt(1_767_225_601, 0).unwrap(),
+            reading: payload.is_none().then_some(Cow::Borrowed(reading)),
+            payload: payload.map(Cow::Borrowed),
+            partition: 3,
+            of: 8,
+            primary: true,
+        }
+    }
+
+    /// What a consuming node applies is exactly what the publishing node read: every kind of
+    /// item comes back equal, with text that needs escaping and an identity change's kind.
+    #[test]
+    fn the_typed_event_crosses_the_broker_unchanged() {
+        let sent = reading();
+        let body = serde_json::to_vec(&wire(&sent, None)).unwrap();
+        let got = Wire::decode(&body).unwrap();
+        assert!(got.payload.is_none(), "the raw payload is not sent");
+        assert_eq!(got.reading.map(Cow::into_owned), Some(sent));
+        let refused: Result<Normalized, String> = Err("not JSON".into());
+        let body = serde_json::to_vec(&wire(&refused, None)).unwrap();
+        assert_eq!(
+            Wire::decode(&body).unwrap().reading.map(Cow::into_owned),
+            Some(refused)
+        );
+    }
+
+    /// A message from a node older than the reading on the wire (payload, no reading) is still
+    /// taken: the router reads its payload; an identity kind no intake gives is refused.
+    #[test]
+    fn an_older_nodes_message_and_an_unknown_kind() {
+        let unused = reading();
+        let body = serde_json::to_vec(&wire(&unused, Some(r#"{"entry":[]}"#))).unwrap();
+        let got = Wire::decode(&body).unwrap();
+        assert!(got.reading.is_none());
+        assert_eq!(got.payload.as_deref(), Some(r#"{"entry":[]}"#));
+        let body = String::from_utf8(serde_json::to_vec(&wire(&unused, None)).unwrap())
+            .unwrap()
+            .replace("user_changed_number", "made_up_kind");
+        assert!(Wire::decode(body.as_bytes()).is_err());
+    }
+}
