@@ -16,13 +16,13 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr};
 
 use super::{
     change::ChangeSet,
     contacts::ContactIds,
     conversations::Conversations,
-    sql::{CHUNK, Sql, run},
+    sql::{CHUNK, Chain, Sql},
 };
 use crate::ingest::event::AmendmentKind;
 
@@ -35,6 +35,7 @@ pub async fn apply(
     contacts: &ContactIds,
     conversations: &Conversations,
     now: DateTime<Utc>,
+    chain: &mut Chain,
 ) -> Result<(), DbErr> {
     let backend = tx.get_database_backend();
     let mut reactions = Vec::new();
@@ -110,7 +111,7 @@ pub async fn apply(
              OR (excluded.reacted_at = message_reactions.reacted_at \
                  AND excluded.reaction_wamid > message_reactions.reaction_wamid)",
         );
-        run(tx, sql).await?;
+        chain.push(sql);
     }
     for chunk in amendments.chunks(CHUNK) {
         let mut sql = Sql::new(
@@ -133,7 +134,7 @@ pub async fn apply(
             ]
         }));
         sql.push(" ON CONFLICT (workspace_id, amendment_wamid) DO NOTHING");
-        run(tx, sql).await?;
+        chain.push(sql);
     }
     // The messages to bring in line: the targets of this batch's edits and revokes, and this
     // batch's messages (an amendment may have been waiting for them).
@@ -149,20 +150,19 @@ pub async fn apply(
     }
     let targets: Vec<(i64, &str)> = targets.into_iter().collect();
     for chunk in targets.chunks(CHUNK) {
-        reconcile(tx, chunk).await?;
+        chain.push(reconcile(backend, chunk));
     }
     // A revoked message's edits keep no text either (only an amendment can add one).
     let amended: Vec<(i64, &str)> = amended.into_iter().collect();
     for chunk in amended.chunks(CHUNK) {
-        forget_revoked_edits(tx, chunk).await?;
+        chain.push(forget_revoked_edits(backend, chunk));
     }
     let revoked: Vec<(i64, &str)> = amendments
         .iter()
         .filter(|(.., kind, _, _)| *kind == "revoke")
         .map(|(_, conv, a, ..)| (*conv, a.target.as_str()))
         .collect();
-    forget_in_agent_contexts(tx, &revoked).await?;
-    Ok(())
+    forget_in_agent_contexts(tx, &revoked, chain).await
 }
 
 /// A revoked message's text leaves the agent's saved context too: its turn (kept with the
@@ -170,10 +170,13 @@ pub async fn apply(
 async fn forget_in_agent_contexts(
     tx: &DatabaseTransaction,
     revoked: &[(i64, &str)],
+    chain: &mut Chain,
 ) -> Result<(), DbErr> {
     if revoked.is_empty() {
         return Ok(());
     }
+    // It reads what the statements before it wrote.
+    chain.flush(tx).await?;
     let backend = tx.get_database_backend();
     let mut sql = Sql::new(
         backend,
@@ -202,7 +205,7 @@ async fn forget_in_agent_contexts(
             sql.param(serde_json::Value::Array(turns).to_string())
                 .push(" WHERE id = ")
                 .param(id);
-            run(tx, sql).await?;
+            chain.push(sql);
         }
     }
     Ok(())
@@ -237,8 +240,7 @@ fn pairs(sql: &mut Sql, targets: &[(i64, &str)]) {
 
 /// One statement: each listed message that has amendments takes the latest edit's content (and
 /// when), or, revoked, loses its text.
-async fn reconcile(tx: &DatabaseTransaction, targets: &[(i64, &str)]) -> Result<(), DbErr> {
-    let backend = tx.get_database_backend();
+fn reconcile(backend: DatabaseBackend, targets: &[(i64, &str)]) -> Sql {
     const AMENDED: &str = "FROM message_amendments a WHERE a.workspace_id = messages.workspace_id \
                            AND a.wamid = messages.wamid \
                            AND a.conversation_id = messages.conversation_id";
@@ -254,15 +256,12 @@ async fn reconcile(tx: &DatabaseTransaction, targets: &[(i64, &str)]) -> Result<
          WHERE message_type <> 'pending' AND EXISTS (SELECT 1 {AMENDED}) AND "
     ));
     pairs(&mut sql, targets);
-    run(tx, sql).await
+    sql
 }
 
-async fn forget_revoked_edits(
-    tx: &DatabaseTransaction,
-    targets: &[(i64, &str)],
-) -> Result<(), DbErr> {
+fn forget_revoked_edits(backend: DatabaseBackend, targets: &[(i64, &str)]) -> Sql {
     let mut sql = Sql::new(
-        tx.get_database_backend(),
+        backend,
         "UPDATE message_amendments SET content = NULL, metadata = '{}' \
          WHERE kind = 'edit' AND content IS NOT NULL AND EXISTS (SELECT 1 FROM message_amendments r \
          WHERE r.workspace_id = message_amendments.workspace_id \
@@ -270,5 +269,5 @@ async fn forget_revoked_edits(
          AND r.conversation_id = message_amendments.conversation_id) AND ",
     );
     pairs(&mut sql, targets);
-    run(tx, sql).await
+    sql
 }

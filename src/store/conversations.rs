@@ -10,7 +10,7 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
 use super::{
     change::ChangeSet,
     contacts::ContactIds,
-    sql::{CHUNK, Sql, query, run},
+    sql::{CHUNK, Chain, Sql, query, run},
 };
 use crate::ingest::event::ConversationState;
 
@@ -168,11 +168,7 @@ pub type Added = BTreeMap<i64, (i32, DateTime<Utc>)>;
 
 /// Each conversation gains exactly the messages this transaction added, so a redelivered,
 /// replayed or retried message never counts twice; O(1) per conversation.
-pub async fn add_counts(
-    tx: &DatabaseTransaction,
-    added: Added,
-    now: DateTime<Utc>,
-) -> Result<(), DbErr> {
+pub fn add_counts(tx: &DatabaseTransaction, added: Added, now: DateTime<Utc>, chain: &mut Chain) {
     let added: Vec<(i64, (i32, DateTime<Utc>))> = added.into_iter().collect();
     for chunk in added.chunks(CHUNK) {
         let mut sql = Sql::new(
@@ -196,18 +192,18 @@ pub async fn add_counts(
             .param(now)
             .push(" WHERE id IN ");
         sql.tuple(chunk.iter().map(|(id, _)| *id));
-        run(tx, sql).await?;
+        chain.push(sql);
     }
-    Ok(())
 }
 
 /// Stores the states the state machine moved conversations to.
-pub async fn set_states(
+pub fn set_states(
     tx: &DatabaseTransaction,
     changed: &BTreeMap<i64, ConversationState>,
-) -> Result<(), DbErr> {
+    chain: &mut Chain,
+) {
     if changed.is_empty() {
-        return Ok(());
+        return;
     }
     let mut sql = Sql::new(
         tx.get_database_backend(),
@@ -221,7 +217,7 @@ pub async fn set_states(
     }
     sql.push(" ELSE status END WHERE id IN ");
     sql.tuple(changed.keys().copied());
-    run(tx, sql).await
+    chain.push(sql);
 }
 
 /// The customer-service window: free-form messages may be sent only within 24 hours of the

@@ -128,11 +128,12 @@ pub async fn park(
 
 /// Resolves the DLQ rows of re-driven events that just succeeded, inside the store's
 /// transaction that marks them processed.
-pub async fn resolve_retried(
+pub fn resolve_retried(
     tx: &sea_orm::DatabaseTransaction,
     event_ids: &[i64],
     now: DateTime<Utc>,
-) -> Result<(), DbErr> {
+    chain: &mut super::sql::Chain,
+) {
     for chunk in event_ids.chunks(super::sql::CHUNK) {
         let mut sql = super::sql::Sql::new(
             tx.get_database_backend(),
@@ -145,9 +146,8 @@ pub async fn resolve_retried(
             .param(DlqStatus::Retrying.as_str())
             .push(" AND event_id IN ");
         sql.tuple(chunk.iter().copied());
-        super::sql::run(tx, sql).await?;
+        chain.push(sql);
     }
-    Ok(())
 }
 
 /// Current DLQ attempts of an event (0 if it was never parked).

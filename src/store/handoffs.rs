@@ -11,7 +11,7 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait},
 };
 
-use super::sql::{CHUNK, Sql, run};
+use super::sql::{CHUNK, Chain, Sql};
 
 pub use rows::Model as Handoff;
 
@@ -29,11 +29,7 @@ pub struct New {
 }
 
 /// Step 6b of a store transaction: a `pending` row per hand-off, due now.
-pub async fn enqueue(
-    tx: &DatabaseTransaction,
-    new: &[New],
-    now: DateTime<Utc>,
-) -> Result<(), DbErr> {
+pub fn enqueue(tx: &DatabaseTransaction, new: &[New], now: DateTime<Utc>, chain: &mut Chain) {
     for chunk in new.chunks(CHUNK) {
         let mut sql = Sql::new(
             tx.get_database_backend(),
@@ -53,9 +49,8 @@ pub async fn enqueue(
                 now.into(),
             ]
         }));
-        run(tx, sql).await?;
+        chain.push(sql);
     }
-    Ok(())
 }
 
 /// Up to `limit` rows due now that no worker holds, oldest first.

@@ -207,11 +207,12 @@ async fn pending_copies(
 }
 
 /// Marks inbox rows `processed`, inside the store's transaction with their last effects.
-pub async fn mark_processed(
+pub fn mark_processed(
     tx: &sea_orm::DatabaseTransaction,
     done: &[i64],
     now: DateTime<Utc>,
-) -> Result<(), DbErr> {
+    chain: &mut super::sql::Chain,
+) {
     for chunk in done.chunks(super::sql::CHUNK) {
         let mut sql = super::sql::Sql::new(
             tx.get_database_backend(),
@@ -219,9 +220,8 @@ pub async fn mark_processed(
         );
         sql.param(now).push(" WHERE id IN ");
         sql.tuple(chunk.iter().copied());
-        super::sql::run(tx, sql).await?;
+        chain.push(sql);
     }
-    Ok(())
 }
 
 /// Keeps what normalisation said about an event with it (`webhook_events.notes`).

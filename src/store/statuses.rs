@@ -11,7 +11,7 @@ use super::{
     change::ChangeSet,
     contacts::ContactIds,
     conversations::Conversations,
-    sql::{CHUNK, Sql, run},
+    sql::{CHUNK, Chain, Sql},
 };
 
 /// Status rows: a placeholder's columns, with what Meta bills for the message.
@@ -26,6 +26,7 @@ pub async fn apply(
     contacts: &ContactIds,
     conversations: &Conversations,
     now: DateTime<Utc>,
+    chain: &mut Chain,
 ) -> Result<(), DbErr> {
     let statuses = best_per_wamid(sets, contacts, conversations)?;
     for chunk in statuses.chunks(CHUNK) {
@@ -61,7 +62,7 @@ pub async fn apply(
              pricing_type = COALESCE(excluded.pricing_type, messages.pricing_type), \
              updated_at = excluded.updated_at",
         );
-        run(tx, sql).await?;
+        chain.push(sql);
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use super::{
     contacts::ContactIds,
     conversations::{self, Conversations},
     handoffs,
-    sql::{CHUNK, Sql, run},
+    sql::{CHUNK, Chain, Sql},
 };
 use crate::ingest::event::ConversationState;
 
@@ -33,6 +33,7 @@ pub async fn apply(
     contacts: &ContactIds,
     mut conversations: Conversations,
     now: DateTime<Utc>,
+    chain: &mut Chain,
 ) -> Result<Vec<Applied>, DbErr> {
     let mut transitions: Vec<TransitionRow> = Vec::new();
     let mut handed_off: Vec<handoffs::New> = Vec::new();
@@ -81,17 +82,18 @@ pub async fn apply(
             reported: false,
         });
     }
-    conversations::set_states(tx, &changed).await?;
-    insert(tx, &transitions, now).await?;
-    handoffs::enqueue(tx, &handed_off, now).await?;
+    conversations::set_states(tx, &changed, chain);
+    insert(tx, &transitions, now, chain);
+    handoffs::enqueue(tx, &handed_off, now, chain);
     Ok(applied)
 }
 
-async fn insert(
+fn insert(
     tx: &DatabaseTransaction,
     transitions: &[TransitionRow],
     now: DateTime<Utc>,
-) -> Result<(), DbErr> {
+    chain: &mut Chain,
+) {
     for chunk in transitions.chunks(CHUNK) {
         let mut sql = Sql::new(
             tx.get_database_backend(),
@@ -107,7 +109,6 @@ async fn insert(
                 now.into(),
             ]
         }));
-        run(tx, sql).await?;
+        chain.push(sql);
     }
-    Ok(())
 }
