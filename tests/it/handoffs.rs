@@ -81,12 +81,14 @@ impl Receiver {
 }
 
 async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
-    r.got.lock().unwrap().push((headers, body));
-    r.seen.notify_waiters();
+    // The answer is chosen before the request counts as seen: one the test sets after
+    // `until(n)` returned is for a later request, never for the one it just waited for.
     let next = {
         let mut answers = r.answers.lock().unwrap();
         (!answers.is_empty()).then(|| answers.remove(0))
     };
+    r.got.lock().unwrap().push((headers, body));
+    r.seen.notify_waiters();
     match next {
         Some((status, after)) => {
             let mut res = (AxumStatus::from_u16(status).unwrap(), "not now").into_response();
