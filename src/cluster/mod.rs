@@ -316,16 +316,26 @@ impl Cluster {
 
     /// Hands one delivery to the router; `done` acknowledges it.
     fn dispatch(&self, wire: Wire<'_>, done: Arc<Done>) {
+        let tenant = Tenant::decode(
+            wire.signed_by.as_deref(),
+            wire.workspace_id,
+            wire.account_id,
+        );
+        // The publisher's reading, applied as it is once it is confined to the signer (the
+        // router reads the payload only for a message that carries no reading).
+        let directory = self.ctx.directory();
+        let normalized = wire.reading.map(|r| {
+            Arc::new(
+                r.into_owned()
+                    .and_then(|n| ingest::confined(n, &directory.scope(&tenant))),
+            )
+        });
         let event = CommittedEvent {
             id: wire.id,
             redrive: false,
             source: Source::from_name(&wire.source),
             event_type: wire.event_type.map(Cow::into_owned),
-            tenant: Tenant::decode(
-                wire.signed_by.as_deref(),
-                wire.workspace_id,
-                wire.account_id,
-            ),
+            tenant,
             correlation_id: wire.correlation_id.into_owned(),
             received_at: wire.received_at,
             payload: wire
@@ -333,9 +343,7 @@ impl Cluster {
                 .as_deref()
                 .map(Arc::from)
                 .unwrap_or_else(|| Arc::from("")),
-            // The publisher's reading, applied as it is (the router reads the payload only
-            // for a message that carries no reading).
-            normalized: wire.reading.map(|r| Arc::new(r.into_owned())),
+            normalized,
         };
         let delivery = Delivery {
             partition: wire.partition,
@@ -545,6 +553,68 @@ mod tests {
             Wire::decode(&body).unwrap().reading.map(Cow::into_owned),
             Some(refused)
         );
+    }
+
+    fn account(id: i64, workspace_id: i64, pnid: &str) -> crate::store::accounts::Account {
+        crate::store::accounts::Account {
+            id,
+            workspace_id,
+            phone_number_id: pnid.into(),
+            app_secret: format!("secret-{id}"),
+            verify_token: format!("token-{id}"),
+            kapso_secret: None,
+            agent_type: None,
+            waba_id: None,
+        }
+    }
+
+    /// A reading on the broker acts only inside the tenant that signed its request, as the
+    /// intake's own reading does: one naming another tenant's number (or the right number in
+    /// another workspace) is refused whole, with the reason the router parks it with.
+    #[test]
+    fn a_reading_from_the_broker_is_confined_to_its_signer() {
+        let directory = crate::store::accounts::Directory::new([
+            account(1, 7, "106540352242922"),
+            account(2, 8, "109999999999999"),
+        ]);
+        let acme = Tenant::decode(Some("accounts:7:1"), Some(7), Some(1));
+        let sent = reading().unwrap();
+        let body = serde_json::to_vec(&wire(&Ok(sent.clone()), None)).unwrap();
+        let got = Wire::decode(&body).unwrap().reading.unwrap().into_owned();
+        assert_eq!(
+            ingest::confined(got.unwrap(), &directory.scope(&acme)),
+            Ok(sent.clone())
+        );
+        // Globex's number, or acme's number claimed for globex's workspace.
+        for (pnid, ws) in [("109999999999999", 8), ("106540352242922", 8)] {
+            let mut forged = sent.clone();
+            forged.items[1].phone_number_id = pnid.into();
+            forged.items[1].workspace_id = ws;
+            let refused = ingest::confined(forged, &directory.scope(&acme)).unwrap_err();
+            assert!(
+                refused.contains(pnid) && refused.contains("outside the tenant"),
+                "{refused}"
+            );
+        }
+        // A status to attribute by wamid, on a number the signer does not have.
+        let mut forged = sent.clone();
+        forged
+            .orphan_statuses
+            .push(crate::ingest::event::OrphanStatus {
+                workspace_id: 8,
+                phone_number_id: "109999999999999".into(),
+                status: crate::ingest::event::StatusItem {
+                    wamid: "wamid.x".into(),
+                    status: MessageStatus::Read,
+                    timestamp: Utc.timestamp_opt(1_767_225_600, 0).unwrap(),
+                    error: None,
+                    pricing: None,
+                },
+            });
+        assert!(ingest::confined(forged, &directory.scope(&acme)).is_err());
+        // The project tenant of globex's workspace may not act on acme's number either.
+        let globex = Tenant::Workspace(8);
+        assert!(ingest::confined(sent, &directory.scope(&globex)).is_err());
     }
 
     /// A message from a node older than the reading on the wire (payload, no reading) is still

@@ -55,6 +55,36 @@ pub fn normalize(
     }
 }
 
+/// A typed event made elsewhere (another node, through the broker), checked against `scope` as
+/// [`normalize`] would have made it: every conversation it names and every status it carries
+/// is on a number the signer may act on, in that number's workspace. An event that names
+/// anything else is refused whole (the router parks it with the reason): whatever a message on
+/// the broker says, it acts only inside the tenant that signed its request.
+pub fn confined(
+    normalized: Normalized,
+    scope: &dyn Fn(&str) -> Admit,
+) -> Result<Normalized, String> {
+    let named = normalized
+        .items
+        .iter()
+        .map(|i| (i.phone_number_id.as_str(), i.workspace_id))
+        .chain(
+            normalized
+                .orphan_statuses
+                .iter()
+                .map(|o| (o.phone_number_id.as_str(), o.workspace_id)),
+        );
+    for (pnid, workspace_id) in named {
+        if scope(pnid) != Admit::In(workspace_id) {
+            return Err(format!(
+                "the event as another node read it names phone_number_id {pnid:?} in workspace \
+                 {workspace_id}, outside the tenant whose secret signed it: not applied"
+            ));
+        }
+    }
+    Ok(normalized)
+}
+
 /// The workspace a change for `pnid` is applied in, or `None` with the reason recorded: a note
 /// for a number no account has (`what` names the change), an unattributed part (the event is
 /// parked) for another tenant's number.
