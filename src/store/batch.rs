@@ -393,8 +393,8 @@ impl Committer {
         let mut chain = Chain::new(tx.get_database_backend());
         let applied = apply_sets(&tx, sets, now, &mut chain).await?;
         // Inbox rows become `processed`; a DLQ row being retried is resolved with them.
-        inbox::mark_processed(&tx, &finishing.done, now, &mut chain);
-        dlq::resolve_retried(&tx, &finishing.resolve, now, &mut chain);
+        inbox::mark_processed(&finishing.done, now, &mut chain);
+        dlq::resolve_retried(&finishing.resolve, now, &mut chain);
         // What follows the messages step, in one round trip (SQLite).
         let t = std::time::Instant::now();
         chain.flush(&tx).await?;
@@ -448,13 +448,13 @@ async fn apply_sets(
         media::enqueue(tx, sets, now).await?;
     }
     // 4. Statuses: the highest rank per wamid; placeholders for wamids not stored yet.
-    statuses::apply(tx, sets, &contacts, &conversations, now, chain).await?;
+    statuses::apply(sets, &contacts, &conversations, now, chain)?;
     // 5. Reactions, edits, revokes: they change their message, whichever came first.
     amendments::apply(tx, sets, &contacts, &conversations, now, chain).await?;
     // 6. Counters: each conversation gains exactly the messages step 3 added.
-    conversations::add_counts(tx, inserted.added, now, chain);
+    conversations::add_counts(inserted.added, now, chain);
     // 7. The state machine, from the stored state, with an audit row per change.
-    let mut applied = transitions::apply(tx, sets, &contacts, conversations, now, chain).await?;
+    let mut applied = transitions::apply(sets, &contacts, conversations, now, chain)?;
     // What is new to the conversation (for the agent): never a redelivered copy, and once
     // only when two copies of one event (a re-dispatch) meet in one batch.
     let mut fresh = inserted.rows;

@@ -168,11 +168,11 @@ pub type Added = BTreeMap<i64, (i32, DateTime<Utc>)>;
 
 /// Each conversation gains exactly the messages this transaction added, so a redelivered,
 /// replayed or retried message never counts twice; O(1) per conversation.
-pub fn add_counts(tx: &DatabaseTransaction, added: Added, now: DateTime<Utc>, chain: &mut Chain) {
+pub fn add_counts(added: Added, now: DateTime<Utc>, chain: &mut Chain) {
     let added: Vec<(i64, (i32, DateTime<Utc>))> = added.into_iter().collect();
     for chunk in added.chunks(CHUNK) {
         let mut sql = Sql::new(
-            tx.get_database_backend(),
+            chain.backend(),
             "UPDATE conversations SET message_count = message_count + CASE id",
         );
         for (id, (n, _)) in chunk {
@@ -197,18 +197,11 @@ pub fn add_counts(tx: &DatabaseTransaction, added: Added, now: DateTime<Utc>, ch
 }
 
 /// Stores the states the state machine moved conversations to.
-pub fn set_states(
-    tx: &DatabaseTransaction,
-    changed: &BTreeMap<i64, ConversationState>,
-    chain: &mut Chain,
-) {
+pub fn set_states(changed: &BTreeMap<i64, ConversationState>, chain: &mut Chain) {
     if changed.is_empty() {
         return;
     }
-    let mut sql = Sql::new(
-        tx.get_database_backend(),
-        "UPDATE conversations SET status = CASE id",
-    );
+    let mut sql = Sql::new(chain.backend(), "UPDATE conversations SET status = CASE id");
     for (id, to) in changed {
         sql.push(" WHEN ")
             .param(*id)

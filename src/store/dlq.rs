@@ -128,15 +128,10 @@ pub async fn park(
 
 /// Resolves the DLQ rows of re-driven events that just succeeded, inside the store's
 /// transaction that marks them processed.
-pub fn resolve_retried(
-    tx: &sea_orm::DatabaseTransaction,
-    event_ids: &[i64],
-    now: DateTime<Utc>,
-    chain: &mut super::sql::Chain,
-) {
+pub fn resolve_retried(event_ids: &[i64], now: DateTime<Utc>, chain: &mut super::sql::Chain) {
     for chunk in event_ids.chunks(super::sql::CHUNK) {
         let mut sql = super::sql::Sql::new(
-            tx.get_database_backend(),
+            chain.backend(),
             "UPDATE webhook_dlq SET resolution_status = 'resolved', resolved_by = 'retry', resolved_at = ",
         );
         sql.param(now)

@@ -6,8 +6,7 @@
 use chrono::{DateTime, Utc};
 use entity::handoff_notifications as rows;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait},
 };
 
@@ -29,10 +28,10 @@ pub struct New {
 }
 
 /// Step 6b of a store transaction: a `pending` row per hand-off, due now.
-pub fn enqueue(tx: &DatabaseTransaction, new: &[New], now: DateTime<Utc>, chain: &mut Chain) {
+pub fn enqueue(new: &[New], now: DateTime<Utc>, chain: &mut Chain) {
     for chunk in new.chunks(CHUNK) {
         let mut sql = Sql::new(
-            tx.get_database_backend(),
+            chain.backend(),
             "INSERT INTO handoff_notifications (workspace_id, conversation_id, reason, \
              correlation_id, status, attempts, next_attempt_at, created_at, updated_at) VALUES ",
         );

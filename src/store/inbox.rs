@@ -207,15 +207,10 @@ async fn pending_copies(
 }
 
 /// Marks inbox rows `processed`, inside the store's transaction with their last effects.
-pub fn mark_processed(
-    tx: &sea_orm::DatabaseTransaction,
-    done: &[i64],
-    now: DateTime<Utc>,
-    chain: &mut super::sql::Chain,
-) {
+pub fn mark_processed(done: &[i64], now: DateTime<Utc>, chain: &mut super::sql::Chain) {
     for chunk in done.chunks(super::sql::CHUNK) {
         let mut sql = super::sql::Sql::new(
-            tx.get_database_backend(),
+            chain.backend(),
             "UPDATE webhook_events SET status = 'processed', last_error = NULL, attempts = attempts + 1, processed_at = ",
         );
         sql.param(now).push(" WHERE id IN ");

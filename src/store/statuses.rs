@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
+use sea_orm::DbErr;
 
 use super::{
     change::ChangeSet,
@@ -20,8 +20,7 @@ const INSERT: &str = "INSERT INTO messages (workspace_id, conversation_id, direc
      created_at, updated_at, pricing_model, pricing_category, pricing_type) VALUES ";
 use crate::ingest::event::StatusItem;
 
-pub async fn apply(
-    tx: &DatabaseTransaction,
+pub fn apply(
     sets: &[&ChangeSet],
     contacts: &ContactIds,
     conversations: &Conversations,
@@ -30,7 +29,7 @@ pub async fn apply(
 ) -> Result<(), DbErr> {
     let statuses = best_per_wamid(sets, contacts, conversations)?;
     for chunk in statuses.chunks(CHUNK) {
-        let mut sql = Sql::new(tx.get_database_backend(), INSERT);
+        let mut sql = Sql::new(chain.backend(), INSERT);
         sql.values(chunk.iter().map(|((ws, wamid), (conv, st, event_id))| {
             vec![
                 (*ws).into(),

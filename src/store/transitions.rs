@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
+use sea_orm::DbErr;
 
 use super::{
     change::{Applied, ChangeSet},
@@ -27,8 +27,7 @@ struct TransitionRow {
 
 /// Moves the conversations' states and writes their audit rows; returns, per set, the ids it
 /// was applied to.
-pub async fn apply(
-    tx: &DatabaseTransaction,
+pub fn apply(
     sets: &[&ChangeSet],
     contacts: &ContactIds,
     mut conversations: Conversations,
@@ -82,21 +81,16 @@ pub async fn apply(
             reported: false,
         });
     }
-    conversations::set_states(tx, &changed, chain);
-    insert(tx, &transitions, now, chain);
-    handoffs::enqueue(tx, &handed_off, now, chain);
+    conversations::set_states(&changed, chain);
+    insert(&transitions, now, chain);
+    handoffs::enqueue(&handed_off, now, chain);
     Ok(applied)
 }
 
-fn insert(
-    tx: &DatabaseTransaction,
-    transitions: &[TransitionRow],
-    now: DateTime<Utc>,
-    chain: &mut Chain,
-) {
+fn insert(transitions: &[TransitionRow], now: DateTime<Utc>, chain: &mut Chain) {
     for chunk in transitions.chunks(CHUNK) {
         let mut sql = Sql::new(
-            tx.get_database_backend(),
+            chain.backend(),
             "INSERT INTO conversation_state_transitions (conversation_id, from_state, to_state, reason, correlation_id, at) VALUES ",
         );
         sql.values(chunk.iter().map(|t| {
